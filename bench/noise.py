@@ -1,0 +1,114 @@
+"""Noise types: standardised (mean 0, variance 1 per element), time-aware samplers of eps.
+
+Every type returns eps such that x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, so the
+diffusion math never branches on the noise type: the noise is *passed into* the math
+(improved-diffusion's ``noise=`` argument, k-diffusion's ``noise_sampler``).
+
+Timesteps are 0-based indices into the schedule (index i is the paper's t = i + 1). All draws come
+from CPU ``torch.Generator`` s, so a seed gives the same noise on every device.
+
+Add a noise type: subclass ``Noise``, implement ``draw``, decorate with ``@NOISES.register("name")``;
+its constructor's keyword parameters are RunConfig fields (``None`` = the default).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from bench.registry import InputError, Registry
+
+NOISES: Registry = Registry("noise")
+
+
+class Noise:
+    """Base class. ``alpha_bar`` is the schedule's alpha_bar_1..alpha_bar_T (float64, shape [T])."""
+
+    def __init__(self, alpha_bar: torch.Tensor):
+        self.alpha_bar = alpha_bar.to(torch.float64).cpu()
+
+    def draw(self, shape: Sequence[int], t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Standardised noise of ``shape`` (first dim = len(t)) at 0-based timesteps ``t``, float32, CPU."""
+        raise NotImplementedError
+
+    def sample(self, shape, t, generator, device=None) -> torch.Tensor:
+        """``draw`` on a batch with one generator (training), moved to ``device``."""
+        t = _as_index(t, shape[0])
+        return self.draw(tuple(shape), t, generator).to(device or "cpu")
+
+    def sample_per_item(self, shape, t, generators: Sequence[torch.Generator], device=None) -> torch.Tensor:
+        """Item i drawn from ``generators[i]`` alone (per-image seeds: image i gets the same noise
+        whatever the batch it is in)."""
+        t = _as_index(t, shape[0])
+        if len(generators) != shape[0]:
+            raise ValueError(f"need one generator per item: {len(generators)} for batch {shape[0]}")
+        items = [self.draw((1, *shape[1:]), t[i : i + 1], g) for i, g in enumerate(generators)]
+        return torch.cat(items).to(device or "cpu")
+
+
+def _as_index(t, batch: int) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.long).cpu()
+    return t.expand(batch) if t.ndim == 0 else t
+
+
+@NOISES.register("gaussian")
+class Gaussian(Noise):
+    """eps ~ N(0, I) (Ho et al. 2020)."""
+
+    def draw(self, shape, t, generator):
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+@NOISES.register("gamma")
+class Gamma(Noise):
+    """Standardised Gamma noise of "Denoising Diffusion Gamma Models" (Nachmani, San Roman, Wolf 2021).
+
+    k_bar_t = (1/alpha_bar_t - 1) / theta_0^2, G ~ Gamma(shape k_bar_t, scale 1),
+    eps = (G - k_bar_t) / sqrt(k_bar_t): mean 0, variance 1, skewness 2/sqrt(k_bar_t)
+    = 2 theta_0 sqrt(SNR_t), i.e. non-Gaussian only at high SNR (small t). Paper: theta_0 = 0.001.
+
+    Numerics: drawn and centred in float64 (numpy's generator seeded from the torch generator);
+    k_bar_t reaches ~1e14 (cosine, t = T), where float32 "G - k" would leave a handful of values.
+    """
+
+    def __init__(self, alpha_bar: torch.Tensor, theta_0: float = 0.001):
+        super().__init__(alpha_bar)
+        if not (theta_0 > 0 and math.isfinite(theta_0)):
+            raise InputError(f"gamma noise: theta_0 must be a finite number > 0, got {theta_0}")
+        self.theta_0 = theta_0
+        self.k_bar = (1.0 / self.alpha_bar - 1.0) / theta_0**2
+
+    def draw(self, shape, t, generator):
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        k = self.k_bar[t].numpy().reshape((-1,) + (1,) * (len(shape) - 1))
+        g = rng.standard_gamma(np.broadcast_to(k, shape))
+        return torch.from_numpy((g - k) / np.sqrt(k)).to(torch.float32)
+
+
+@NOISES.register("laplace")
+class Laplace(Noise):
+    """eps ~ Laplace(0, b = 1/sqrt(2)) per element (variance 2 b^2 = 1, excess kurtosis 3):
+    a heavy-tailed, symmetric, time-independent alternative to Gaussian, drawn by inverse CDF."""
+
+    def draw(self, shape, t, generator):
+        u = torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5
+        eps = -torch.sign(u) * torch.log1p(-2 * u.abs()) / math.sqrt(2)
+        return eps.to(torch.float32)
+
+
+def noise_params(name: str) -> dict[str, object]:
+    """Keyword parameters (and defaults) of noise type ``name``."""
+    sig = inspect.signature(NOISES.get(name).__init__)
+    return {p.name: p.default for p in list(sig.parameters.values())[2:]}
+
+
+def make_noise(name: str, alpha_bar: torch.Tensor, **params) -> Noise:
+    """Noise type ``name`` for a schedule's alpha_bar; ``None`` or inapplicable params are ignored."""
+    cls = NOISES.get(name)
+    accepted = noise_params(name)
+    return cls(alpha_bar, **{k: v for k, v in params.items() if k in accepted and v is not None})
