@@ -91,6 +91,17 @@ class RunConfig:
 
         return {k: getattr(self, k) for k in noise_params(self.noise) if getattr(self, k) is not None}
 
+    def canonical(self) -> "RunConfig":
+        """The same trial with the parameters that do not apply to its schedule / noise set to None,
+        so that e.g. gaussian x theta_0 in {0.001, 0.01} is one trial, not two identical ones."""
+        from bench.noise import NOISES, noise_params
+        from bench.schedules import SCHEDULES, schedule_params
+
+        every = {p for n in SCHEDULES for p in schedule_params(n)} | {p for n in NOISES for p in noise_params(n)}
+        keep = set(schedule_params(self.schedule)) | set(noise_params(self.noise))
+        drop = {k: None for k in sorted(every - keep) if getattr(self, k) is not None}
+        return dataclasses.replace(self, **drop) if drop else self
+
     def arm(self) -> str:
         """Short label of the forward process: schedule[params] + noise[params]."""
         def fmt(name, kw):

@@ -1,0 +1,173 @@
+"""Grids as data: ``experiments/<name>.toml`` -> a validated list of RunConfigs.
+
+A grid file has a ``[base]`` table of RunConfig fields, an ``[axes]`` table whose lists form the
+Cartesian product (each axis is a RunConfig field), and ``[presets.<name>.base]`` /
+``[presets.<name>.axes]`` overrides (``full`` is the file as written). The evaluation list is the
+``evals`` field (SAMPLER:STEPS, ...) with ``n_samples`` images each.
+
+    name = "schedules"
+    description = "..."
+    [base]
+    dataset = "mnist"
+    evals = "ddim:10,ddim:50,ddpm:1000"
+    [axes]
+    schedule = ["linear", "cosine"]
+    seed = [0, 1, 2]
+    [presets.quick.base]
+    train_steps = 1500
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig, coerce, from_dict, validate
+from bench.noise import NOISES
+from bench.schedules import SCHEDULES
+from bench.registry import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+PRESETS = ("full", "quick", "smoke")
+
+
+@dataclass
+class Grid:
+    name: str
+    description: str
+    preset: str
+    base: dict[str, Any]
+    axes: dict[str, list[Any]]
+    notes: list[str] = field(default_factory=list)  # what the preset changed, for the report
+
+    def trials(self) -> list[RunConfig]:
+        """The Cartesian product of the axes over the base, in file order. Parameters that do not
+        apply to a trial's schedule or noise are dropped and the resulting duplicates removed
+        (gaussian x three theta_0 values is one gaussian trial)."""
+        keys = list(self.axes)
+        combos = itertools.product(*(self.axes[k] for k in keys)) if keys else [()]
+        unique: dict[str, RunConfig] = {}
+        for combo in combos:
+            cfg = from_dict({**self.base, **dict(zip(keys, combo))})
+            cfg = cfg.canonical() if cfg.schedule in SCHEDULES and cfg.noise in NOISES else cfg
+            unique.setdefault(trial_id(cfg), cfg)
+        return list(unique.values())
+
+    def to_toml(self) -> str:
+        """The resolved grid (preset and --set applied), from which the run can be repeated."""
+        lines = [f"name = {_toml(self.name)}", f"description = {_toml(self.description)}",
+                 f"preset = {_toml(self.preset)}", "", "[base]"]
+        lines += [f"{k} = {_toml(v)}" for k, v in self.base.items() if v is not None]
+        lines += ["", "[axes]"] + [f"{k} = {_toml(v)}" for k, v in self.axes.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def grid_names() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS.glob("*.toml"))
+
+
+def find_grid(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise InputError(f"grid file {path} does not exist")
+        return path
+    candidate = EXPERIMENTS / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        import difflib
+
+        close = difflib.get_close_matches(name_or_path, grid_names(), n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise InputError(f"unknown grid {name_or_path!r}: {hint}known: {', '.join(grid_names())}")
+    return candidate
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:  # the message carries "(at line L, column C)"
+        raise InputError(f"{path}: malformed TOML: {e}") from None
+
+
+def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any] | None = None) -> Grid:
+    """Read a grid, apply a preset and ``--set`` overrides (typed dict); every value is type-checked.
+
+    An override of an axis field fixes that axis to the one value."""
+    path = find_grid(name_or_path)
+    raw = read_toml(path)
+    unknown = set(raw) - {"name", "description", "base", "axes", "presets", "preset"}
+    if unknown:
+        raise InputError(f"{path}: unknown top-level keys {sorted(unknown)} (expected name, description, base, axes, presets)")
+    presets = raw.get("presets", {})
+    if preset not in PRESETS and preset not in presets:
+        raise InputError(f"unknown preset {preset!r}: known {', '.join(sorted(set(PRESETS) | set(presets)))}")
+    if preset != "full" and preset not in presets:
+        raise InputError(f"{path}: grid has no [presets.{preset}]")
+    base = {k: coerce(k, v) for k, v in raw.get("base", {}).items()}
+    axes = {k: _axis(path, k, v) for k, v in raw.get("axes", {}).items()}
+    notes: list[str] = []
+    if preset != "full":
+        p = presets[preset]
+        bad = set(p) - {"base", "axes", "note"}
+        if bad:
+            raise InputError(f"{path}: [presets.{preset}] has unknown keys {sorted(bad)} (expected base, axes, note)")
+        for k, v in p.get("base", {}).items():  # like --set: a preset value fixes an axis of the file
+            axes.pop(k, None)
+            base[k] = coerce(k, v)
+        axes.update({k: _axis(path, k, v) for k, v in p.get("axes", {}).items()})
+        notes += [p["note"]] if "note" in p else []
+        notes += [f"preset {preset} sets {k} = {v}" for k, v in p.get("base", {}).items()]
+        notes += [f"preset {preset} sets axis {k} = {v}" for k, v in p.get("axes", {}).items()]
+    for k in list(base):
+        if k in axes:  # in the file itself an axis wins over a [base] value of the same field
+            del base[k]
+    for k, v in (overrides or {}).items():  # --set fixes an axis to one value
+        axes.pop(k, None)
+        base[k] = v
+        notes.append(f"--set {k}={v}")
+    grid = Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes)
+    return grid
+
+
+def _axis(path: Path, key: str, values: Any) -> list[Any]:
+    if not isinstance(values, list) or not values:
+        raise InputError(f"{path}: axis {key} must be a non-empty list, got {values!r}")
+    return [coerce(key, v) for v in values]
+
+
+def validate_trials(trials: list[RunConfig]) -> None:
+    """Validate every trial before any starts (names, ranges, schedule/noise construction)."""
+    for i, cfg in enumerate(trials):
+        try:
+            validate(cfg)
+        except InputError as e:
+            raise InputError(f"trial {i} (schedule={cfg.schedule}, noise={cfg.noise}, dataset={cfg.dataset}, "
+                             f"seed={cfg.seed}): {e}") from None
+
+
+def trial_id(cfg: RunConfig) -> str:
+    """Stable id of a trial: a hash of its full config (same config -> same id, across runs)."""
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]

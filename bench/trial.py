@@ -1,0 +1,163 @@
+"""One trial, top to bottom: data -> schedule + noise -> train -> sample at every evaluation -> score.
+
+``run_trial`` is the only thing both ``--local`` and the Ray Tune trainable call, so the two paths
+cannot disagree. A trial's files live in its work dir (checkpoints, loss logs, sample grids,
+``result.json``); its rows are what ``rows.csv`` gets, one per evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench.config import RunConfig, validate
+from bench.grid import trial_id
+
+RESULT = "result.json"
+STATUSES = ("ok", "diverged", "error")
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress: bool | None = None,
+              report: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+    """Train, sample and score one config; returns one row per evaluation and writes result.json."""
+    from bench.data import load_dataset
+    from bench.diffusion import Diffusion
+    from bench.metrics import score
+    from bench.noise import make_noise
+    from bench.sample import sample_images, save_grid, to_uint8
+    from bench.schedules import make_betas, terminal_report
+    from bench.train import train
+
+    validate(cfg)
+    device = device or pick_device()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _log_attempt(workdir)
+    write_json_atomic(workdir / "config.json", cfg.to_dict())  # what `bench sample` rebuilds the model from
+    t_start = time.time()
+
+    # Data: the whole training split in memory, on the device (no DataLoader per step).
+    data = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.image_size)
+    if cfg.max_train_images:
+        data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_train_images]]
+
+    # The only two things that differ between arms: the schedule and the noise.
+    betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
+    diffusion = Diffusion(betas)
+    noise = make_noise(cfg.noise, diffusion.alpha_bar, **cfg.noise_kwargs())
+
+    result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress, report=report)
+    base = {
+        **cfg.to_dict(),
+        "trial_id": trial_id(cfg),
+        "arm": cfg.arm(),
+        "status": result.status,
+        "error": "",
+        "params": result.params,
+        "train_steps_done": result.steps,
+        "final_loss": result.final_loss,
+        "train_s": result.wall_s,
+        "train_images_per_s": result.images_per_s,
+        "alpha_bar_T": terminal_report(betas).alpha_bar_T,
+        "n_train_images": len(data),
+        "device": device_name(device),
+    }
+    rows = []
+    for sampler, steps in cfg.eval_list():
+        row = {**base, "sampler": sampler, "sample_steps": steps}
+        if result.status == "ok":
+            row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress,
+                                 sample_images, save_grid, to_uint8, score))
+        rows.append(row)
+    for row in rows:
+        row["trial_s"] = time.time() - t_start
+    write_json_atomic(workdir / RESULT, rows)
+    return rows
+
+
+def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, progress,
+              sample_images, save_grid, to_uint8, score) -> dict[str, Any]:
+    """Sample ``n_samples`` images (image i from seed sample_seed + i, in every arm) and score them."""
+    t0 = time.time()
+    x = sample_images(ema, diffusion, noise, sampler, steps, cfg.n_samples, tuple(chw), cfg.sample_seed,
+                      batch_size=min(cfg.n_samples, 256), device=device, eta=cfg.ddim_eta, var_type=cfg.var_type,
+                      progress=bool(progress))
+    sample_s = time.time() - t0
+    images = to_uint8(x.cpu())
+    save_grid(x[:64].cpu(), workdir / "samples" / f"{sampler}-{steps}.png")
+    t1 = time.time()
+    scores = score(cfg.metric_list(), images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
+                   progress=bool(progress), device=device)
+    return {**scores, "sample_s": sample_s, "score_s": time.time() - t1,
+            "sample_images_per_s": cfg.n_samples / max(sample_s, 1e-9)}
+
+
+def error_rows(cfg: RunConfig, exc: BaseException) -> list[dict[str, Any]]:
+    """The rows of a trial that raised: status error and the message, one per evaluation."""
+    msg = f"{type(exc).__name__}: {exc}"
+    base = {**cfg.to_dict(), "trial_id": trial_id(cfg), "arm": cfg.arm(), "status": "error", "error": msg[:500]}
+    try:
+        evals = cfg.eval_list()
+    except Exception:
+        evals = [("", 0)]
+    return [{**base, "sampler": s, "sample_steps": n} for s, n in evals]
+
+
+def run_trial_safe(cfg: RunConfig, workdir: Path, **kw) -> list[dict[str, Any]]:
+    """run_trial, with any exception turned into error rows (and the traceback kept in the work dir):
+    one broken trial never stops a grid."""
+    try:
+        return run_trial(cfg, workdir, **kw)
+    except Exception as e:  # noqa: BLE001 - failure isolation is the point
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "error.txt").write_text(traceback.format_exc())
+        rows = error_rows(cfg, e)
+        write_json_atomic(workdir / RESULT, rows)
+        return rows
+
+
+def finished_rows(workdir: Path) -> list[dict[str, Any]] | None:
+    """The rows of a trial that already finished (ok or diverged) in ``workdir``, else None."""
+    path = workdir / RESULT
+    if not path.exists():
+        return None
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rows if rows and all(r.get("status") in ("ok", "diverged") for r in rows) else None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.item() if o.numel() == 1 else o.tolist()
+    return str(o)
+
+
+def _log_attempt(workdir: Path) -> None:
+    """Append this attempt's start (pid, time) to attempts.jsonl: resume and retry tests read it."""
+    with open(workdir / "attempts.jsonl", "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "started": time.time()}) + "\n")
+
+
+def device_name(device: str) -> str:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,158 @@
+"""Fan a grid's trials out: in-process one after another (``--local``) or through Ray Tune.
+
+Both paths call the same ``run_trial_safe`` per trial and hand its rows to the driver, which alone
+writes ``rows.csv`` (atomically, after every finished trial, so a killed driver loses nothing that
+finished). Resume: a trial whose work dir holds a finished ``result.json`` is not run again; an
+unfinished one resumes from its last training checkpoint. Under Ray the checkpoints also go
+through Ray (``tune.report(..., checkpoint=...)``), so a trial whose worker died is retried by
+``FailureConfig`` and restarts from its last checkpoint, not from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig, from_dict
+from bench.grid import Grid, trial_id
+from bench.rundir import trial_dir, write_rows
+from bench.trial import error_rows, finished_rows, run_trial_safe
+
+CKPT_DIR = "checkpoints"  # inside a trial's work dir (bench.train writes it)
+
+
+class Collector:
+    """The driver's table of rows, keyed by trial; rewrites rows.csv whenever a trial finishes."""
+
+    def __init__(self, run_dir: Path, trials: list[RunConfig]):
+        self.run_dir, self.trials = run_dir, trials
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.rows[rows[0]["trial_id"]] = rows
+        self.flush()
+
+    def flush(self) -> None:
+        ordered = [r for cfg in self.trials for r in self.rows.get(trial_id(cfg), [])]
+        if ordered:
+            write_rows(self.run_dir, ordered)
+
+    def missing(self) -> list[RunConfig]:
+        return [cfg for cfg in self.trials if trial_id(cfg) not in self.rows]
+
+
+def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, threads: int | None = None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    for i, cfg in enumerate(trials, 1):
+        wd = trial_dir(run_dir, cfg)
+        rows = finished_rows(wd)
+        state = "done already" if rows else "running"
+        print(f"[{i}/{len(trials)}] {cfg.arm()} | {cfg.dataset} | seed {cfg.seed} | {state}", file=sys.stderr, flush=True)
+        collector.add(rows or run_trial_safe(cfg, wd, progress=None))
+
+
+# --- Ray Tune --------------------------------------------------------------------------------
+def _trainable(config: dict[str, Any], run_dir: str, threads: int) -> None:
+    """The Ray Tune function trainable: one trial, reporting progress and checkpoints to Tune."""
+    import torch
+    from ray import tune
+
+    cfg = from_dict(config)
+    wd = trial_dir(Path(run_dir), cfg)
+    rows = finished_rows(wd)
+    if rows is None:
+        torch.set_num_threads(max(1, threads))
+        _restore_checkpoint(tune.get_checkpoint(), wd)
+        rows = run_trial_safe(cfg, wd, progress=False, report=_Reporter(wd))
+    tune.report({"step": rows[0].get("train_steps_done", 0), "status": rows[0]["status"], "rows_json": json.dumps(rows, default=str)})
+
+
+class _Reporter:
+    """Called by the trainer every few steps: metrics to Tune, plus the checkpoint dir when it changed."""
+
+    def __init__(self, workdir: Path):
+        self.ckpt, self.last = workdir / CKPT_DIR, 0.0
+
+    def __call__(self, metrics: dict[str, Any]) -> None:
+        from ray import tune
+
+        stamp = max((p.stat().st_mtime for p in self.ckpt.glob("*.pt")), default=0.0) if self.ckpt.exists() else 0.0
+        checkpoint = None
+        if stamp > self.last:
+            self.last = stamp
+            checkpoint = tune.Checkpoint.from_directory(str(self.ckpt))
+        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
+
+
+def _restore_checkpoint(checkpoint, workdir: Path) -> None:
+    """Put Ray's latest checkpoint of this trial into its work dir (a retried trial on another node
+    has no local copy); the trainer then resumes from it."""
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as src:
+        dst = workdir / CKPT_DIR
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in Path(src).glob("*.pt"):
+            if not (dst / f.name).exists():
+                shutil.copy2(f, dst / f.name)
+
+
+def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Collector, address: str | None,
+            cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_failures: int = 2) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    import ray
+    from ray import tune
+
+    class Collect(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "rows_json" in result:
+                collector.add(json.loads(result["rows_json"]))
+
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             configure_logging=True, ignore_reinit_error=True)
+    try:
+        param_space = {**{k: v for k, v in grid.base.items()}, **{k: tune.grid_search(v) for k, v in grid.axes.items()}}
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, run_dir=str(run_dir.resolve()), threads=int(max(1, cpus_per_trial))),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str((run_dir / "_work" / "ray").resolve()),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[Collect()],
+                verbose=1,
+            ),
+        )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    for cfg in collector.missing():  # Ray gave up on it (e.g. the worker died more than max_failures times)
+        wd = trial_dir(run_dir, cfg)
+        collector.add(finished_rows(wd) or error_rows(cfg, RuntimeError(f"Ray trial failed; see {wd} and {run_dir / '_work' / 'ray'}")))
+
+
+def preload_finished(trials: list[RunConfig], run_dir: Path, collector: Collector) -> int:
+    """Resume: rows of trials that finished in an earlier run of this run dir; returns their count."""
+    n = 0
+    for cfg in trials:
+        rows = finished_rows(trial_dir(run_dir, cfg))
+        if rows:
+            collector.rows[trial_id(cfg)] = rows
+            n += 1
+    collector.flush()
+    return n
