@@ -28,8 +28,9 @@ class Diffusion:
         # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde)   (Ho et al. eq. 7)
         self.posterior_variance = b * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
         # beta_tilde_1 = 0: log of the variance uses beta_tilde_2 there (improved-diffusion's clipping)
+        # (T = 1, e.g. a one-step respaced sampler: nothing to clip with, log(0) = -inf)
         self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]) if self.T > 1 else self.posterior_variance
         )
         self.posterior_mean_coef1 = b * self.alpha_bar_prev.sqrt() / (1.0 - self.alpha_bar)
         self.posterior_mean_coef2 = (1.0 - self.alpha_bar_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bar)

@@ -1,0 +1,274 @@
+"""Samplers: ``ddpm`` (ancestral, all T steps or a respaced subset) and ``ddim`` (any steps, eta).
+
+One signature for every sampler (``SAMPLERS.get(name)(...)``)::
+
+    fn(eps_model, diffusion, noise, shape, steps, generators, device="cpu",
+       eta=0.0, var_type="small", clip_x0=True, progress=False) -> x_0   (float32, on ``device``)
+
+``eps_model(x_t, t)`` predicts eps; ``t`` is a LongTensor [B] of 0-based indices into the ORIGINAL
+schedule (also when a respaced subsequence is sampled). Timesteps are 0-based throughout: index i
+is the papers' t = i + 1, index T-1 is t = T.
+
+Noise types (DESIGN.md section 3; Nachmani, San Roman, Wolf 2021, "Denoising Diffusion Gamma
+Models", Algorithm 2). The sampler never branches on the noise type; every draw is
+``noise.sample_per_item(shape, index, generators, device)`` (standardised: mean 0, variance 1):
+
+* x_T = sqrt(1 - alpha_bar_T) * n, n = standardised noise at index T-1. This is the gamma paper's
+  x_T = g_bar_T - k_bar_T theta_T (variance k_bar_T theta_T^2 = 1 - alpha_bar_T); for gaussian
+  noise it differs from the usual x_T ~ N(0, I) by the factor sqrt(1 - alpha_bar_T) = 1 - O(alpha_bar_T),
+  i.e. < 1e-4 relative for schedules whose x_T is pure noise. (The true marginal of x_T also has mean
+  sqrt(alpha_bar_T) E[x_0], which no sampler can know; ``schedules.terminal_report`` flags the
+  schedules where that matters.)
+* Each stochastic step from timestep t to its target s (the next, smaller timestep of the
+  subsequence; the paper's "t - 1") adds sigma * z with z the standardised noise at index s.
+* No noise is added by the last step (to x_0), and DDIM with eta = 0 draws nothing after x_T.
+
+Per-image seeds (EDM's stacked generators): ``generators[i]`` drives image i alone, so image i gets
+the same x_T and the same z's whatever the batch size, the arm of a grid, or the device.
+``image_generators`` / ``sample_images`` seed image i with ``seed0 + i``.
+
+Numerics: the state x is float32 on ``device``; every coefficient is computed in float64 from the
+diffusion's tables and cast at use (``Diffusion._at``). x_0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
+amplifies float32 rounding by 1/sqrt(ab_T) (~2e4 for cosine at T=1000) in the first steps; clipping
+x_0 to [-1, 1] (``clip_x0``, on by default as in Ho et al. and improved-diffusion) bounds that, and
+the last step reads x_0 at the smallest timestep, where the amplification is ~1.
+
+Add a sampler: write a function with the signature above and ``@SAMPLERS.register("name")``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from bench.diffusion import Diffusion
+from bench.noise import Noise
+from bench.registry import InputError, Registry
+
+SAMPLERS: Registry = Registry("sampler")
+
+VAR_TYPES = ("small", "large")
+
+
+# ---------------------------------------------------------------------------------------------
+# timesteps, respacing, validation
+
+
+def timestep_subsequence(T: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced 0-based timesteps of 0..T-1, ascending, always ending at T-1.
+
+    s_i = round(i (T-1)/(steps-1)), i = 0..steps-1 (improved-diffusion's ``space_timesteps`` with one
+    section, rounding half up), so both 0 and T-1 are included and steps = T gives 0..T-1.
+    steps = 1 gives [T-1]: one step from x_T straight to the x_0 prediction.
+    """
+    _check_steps(T, steps)
+    if steps == 1:
+        return [T - 1]
+    stride = (T - 1) / (steps - 1)
+    ts = [int(math.floor(i * stride + 0.5)) for i in range(steps)]
+    assert len(set(ts)) == steps and ts[0] == 0 and ts[-1] == T - 1, ts
+    return ts
+
+
+def respace(diffusion: Diffusion, timesteps: Sequence[int]) -> Diffusion:
+    """The diffusion restricted to an ascending subsequence s_0 < ... < s_{K-1} of its timesteps.
+
+    beta'_i = 1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} (alpha_bar_{s_{-1}} = 1), so that the new
+    process has alpha_bar'_i = alpha_bar_{s_i} exactly (Nichol & Dhariwal 2021, sec. 4;
+    improved-diffusion's ``SpacedDiffusion``). The full sequence returns ``diffusion`` itself.
+    """
+    ts = list(timesteps)
+    if ts == list(range(diffusion.T)):
+        return diffusion
+    ab = diffusion.alpha_bar[torch.tensor(ts, dtype=torch.long)]
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+    return Diffusion(1.0 - ab / prev)
+
+
+def _check_steps(T: int, steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise InputError(f"sampling steps must be an integer, got {steps!r}")
+    if not 1 <= steps <= T:
+        raise InputError(f"sampling steps must lie in 1..T = 1..{T} (the schedule's timesteps), got {steps}")
+
+
+def _validate(diffusion: Diffusion, noise: Noise, shape, steps, generators, eta: float, var_type: str) -> None:
+    _check_steps(diffusion.T, steps)
+    if var_type not in VAR_TYPES:
+        raise InputError(f"var_type must be one of {', '.join(VAR_TYPES)}, got {var_type!r}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise InputError(f"eta must be a finite number >= 0, got {eta}")
+    if len(generators) != shape[0]:
+        raise InputError(f"need one generator per image: got {len(generators)} for a batch of {shape[0]}")
+    if noise.alpha_bar.shape != diffusion.alpha_bar.shape or not torch.allclose(
+        noise.alpha_bar, diffusion.alpha_bar, rtol=1e-10, atol=0
+    ):
+        raise InputError("the noise was built for a different schedule than the diffusion (alpha_bar differs)")
+
+
+def image_generators(n: int, seed0: int, start: int = 0) -> list[torch.Generator]:
+    """CPU generators for images start .. start+n-1, image i seeded with ``seed0 + start + i``."""
+    return [torch.Generator().manual_seed(seed0 + start + i) for i in range(n)]
+
+
+def _x_T(diffusion: Diffusion, noise: Noise, shape, generators, device) -> torch.Tensor:
+    """x_T = sqrt(1 - alpha_bar_T) * (standardised noise at index T-1) (gamma paper, Algorithm 2)."""
+    n = noise.sample_per_item(shape, diffusion.T - 1, generators, device).float()
+    return n * float(diffusion.sqrt_one_minus_alpha_bar[-1])
+
+
+def _loop(indices, progress: bool, desc: str):
+    return tqdm(list(indices), desc=desc, unit="step", leave=False, disable=not progress)
+
+
+def _eps(eps_model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor:
+    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
+    return eps_model(x, tt).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# samplers
+
+
+@SAMPLERS.register("ddpm")
+@torch.no_grad()
+def ddpm(eps_model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+         device="cpu", eta: float = 0.0, var_type: str = "small", clip_x0: bool = True,
+         progress: bool = False) -> torch.Tensor:
+    """Ancestral sampling, Ho, Jain, Abbeel 2020, Algorithm 2, on ``steps`` evenly spaced timesteps.
+
+    Over the subsequence s_0 < ... < s_{K-1} (``timestep_subsequence``; K = T is the full chain) with
+    respaced betas beta'_i = 1 - alpha_bar_{s_i}/alpha_bar_{s_{i-1}} (``respace``), for i = K-1..0:
+
+        x_0^ = (x - sqrt(1 - ab_{s_i}) eps(x, s_i)) / sqrt(ab_{s_i})          (clipped to [-1, 1])
+        mu   = coef1'_i x_0^ + coef2'_i x                                      (posterior mean, eq. 7)
+        x    = mu + sigma_i z,   z = standardised noise at index s_{i-1}       (i > 0)
+        x_0  = mu                                                              (i = 0: no noise)
+
+    sigma_i^2 = beta_tilde'_i = beta'_i (1 - ab_{s_{i-1}})/(1 - ab_{s_i}) for ``var_type="small"``,
+    beta'_i for ``"large"`` (Ho et al. sec. 3.2). The model always gets the original timestep s_i.
+    Without clipping, mu equals Algorithm 2's (x - beta/sqrt(1 - ab) eps)/sqrt(alpha). ``eta`` is
+    ignored (it belongs to ``ddim``; eta = 1 there is this chain with the small variance).
+    """
+    _validate(diffusion, noise, shape, steps, generators, eta, var_type)
+    ts = timestep_subsequence(diffusion.T, steps)
+    sub = respace(diffusion, ts)
+    x = _x_T(diffusion, noise, shape, generators, device)
+    for i in _loop(reversed(range(len(ts))), progress, f"ddpm:{steps}"):
+        eps = _eps(eps_model, x, ts[i], device)
+        t_sub = torch.full((shape[0],), i, dtype=torch.long)
+        mean, var, _ = sub.p_mean_variance(eps, x, t_sub, var_type, clip_x0)
+        if i == 0:
+            return mean
+        z = noise.sample_per_item(shape, ts[i - 1], generators, device).float()
+        x = mean + var.sqrt() * z
+    raise AssertionError("unreachable")
+
+
+@SAMPLERS.register("ddim")
+@torch.no_grad()
+def ddim(eps_model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+         device="cpu", eta: float = 0.0, var_type: str = "small", clip_x0: bool = True,
+         progress: bool = False) -> torch.Tensor:
+    """DDIM, Song, Meng, Ermon 2021, eq. 12, on ``steps`` evenly spaced timesteps (T-1 down to 0).
+
+    From timestep t to its target s (ab_s = 1 after the last timestep, index 0):
+
+        x_0^  = (x - sqrt(1 - ab_t) eps) / sqrt(ab_t);  if clipped: eps <- (x - sqrt(ab_t) x_0^)/sqrt(1 - ab_t)
+        sigma = eta sqrt((1 - ab_s)/(1 - ab_t)) sqrt(1 - ab_t/ab_s)
+        x     = sqrt(ab_s) x_0^ + sqrt(1 - ab_s - sigma^2) eps + sigma z,  z = standardised noise at index s
+
+    The last step returns x_0^ (ab_s = 1 makes sigma = 0). eta = 0 is deterministic given x_T (the
+    noise type then enters only through x_T); eta = 1 with all T steps is DDPM with the small
+    variance. For eta > 1, 1 - ab_s - sigma^2 can turn negative and is clamped at 0. Recomputing eps
+    from the clipped x_0^ (improved-diffusion's ``ddim_sample``) keeps x on the line through x_0^.
+    ``var_type`` is ignored (sigma comes from eta).
+    """
+    _validate(diffusion, noise, shape, steps, generators, eta, var_type)
+    ts = timestep_subsequence(diffusion.T, steps)
+    ab = diffusion.alpha_bar
+    x = _x_T(diffusion, noise, shape, generators, device)
+    for i in _loop(reversed(range(len(ts))), progress, f"ddim:{steps}"):
+        t = ts[i]
+        eps = _eps(eps_model, x, t, device)
+        tt = torch.full((shape[0],), t, dtype=torch.long)
+        x0 = diffusion.predict_x0(x, tt, eps)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x - diffusion._at(diffusion.sqrt_alpha_bar, tt, x) * x0) / diffusion._at(
+                diffusion.sqrt_one_minus_alpha_bar, tt, x)
+        if i == 0:
+            return x0
+        a_t, a_s = float(ab[t]), float(ab[ts[i - 1]])
+        sigma = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+        x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
+        if eta > 0:
+            x = x + sigma * noise.sample_per_item(shape, ts[i - 1], generators, device).float()
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# batches, images
+
+
+def sample_images(eps_model, diffusion: Diffusion, noise: Noise, sampler: str, steps: int, n: int, shape_chw,
+                  seed0: int, batch_size: int, device, eta: float = 0.0, var_type: str = "small",
+                  progress: bool = False, clip_x0: bool = True) -> torch.Tensor:
+    """``n`` samples [n, C, H, W] (float32, CPU; in [-1, 1] when ``clip_x0``) in batches of ``batch_size``.
+
+    Image i always comes from generator seed ``seed0 + i``, whatever ``batch_size`` and the device, so
+    every arm of a grid starts image i from the same seed. ``progress`` shows a bar over images (rate,
+    ETA) and a per-batch bar over steps.
+    """
+    fn = SAMPLERS.get(sampler)
+    _check_steps(diffusion.T, steps)
+    for name, v in (("n", n), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+    out = []
+    with tqdm(total=n, desc=f"sampling {sampler}:{steps}", unit="img", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            x = fn(eps_model, diffusion, noise, (b, *shape_chw), steps, image_generators(b, seed0, start),
+                   device=device, eta=eta, var_type=var_type, clip_x0=clip_x0, progress=progress)
+            out.append(x.float().cpu())
+            bar.update(b)
+    return torch.cat(out)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8 [0, 255]: round((clamp(x, -1, 1) + 1) * 127.5)."""
+    return ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path:
+    """Write images [N, C, H, W] (float in [-1, 1], or uint8) as one PNG grid, atomically.
+
+    ``nrow`` images per row (default ceil(sqrt(N))), 2-pixel black padding (torchvision's make_grid).
+    """
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"save_grid needs a non-empty [N, C, H, W] tensor, got shape {tuple(images.shape)}")
+    imgs = images.detach().cpu()
+    imgs = imgs if imgs.dtype == torch.uint8 else to_uint8(imgs)
+    nrow = nrow or math.ceil(math.sqrt(len(imgs)))
+    grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=0)  # [3, H', W'] uint8
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

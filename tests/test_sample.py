@@ -1,0 +1,376 @@
+"""Samplers against closed-form oracles.
+
+Two data distributions have an exact eps-predictor, so a sampler can be checked without training:
+* a single image x*:        eps*(x_t, t) = (x_t - sqrt(ab_t) x*) / sqrt(1 - ab_t); every sampler must return x*;
+* Gaussian data N(mu, s^2): E[x0 | x_t] = mu + sqrt(ab) s^2 (x_t - sqrt(ab) mu) / (ab s^2 + 1 - ab)
+  (gaussian noise); samples must have mean mu and std s, and DDIM(eta=0) is an exactly known affine map.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bench.sample as S
+from bench.diffusion import Diffusion
+from bench.noise import make_noise
+from bench.registry import InputError, UnknownNameError
+from bench.sample import SAMPLERS, image_generators, respace, sample_images, save_grid, timestep_subsequence, to_uint8
+from bench.schedules import make_betas
+
+CORE = ["linear", "cosine", "sigmoid", "exponential"]
+NOISE_CASES = [("gaussian", None), ("gamma", 0.001), ("gamma", 0.1)]
+
+
+@functools.lru_cache(maxsize=None)
+def diff(schedule: str, T: int) -> Diffusion:
+    return Diffusion(make_betas(schedule, T))
+
+
+def noise_for(d: Diffusion, name: str, theta_0=None):
+    return make_noise(name, d.alpha_bar, theta_0=theta_0)
+
+
+class PointOracle:
+    """Exact eps-predictor when the data is the single image x*; records every call."""
+
+    def __init__(self, d: Diffusion, xstar: torch.Tensor):
+        self.d, self.xstar, self.calls = d, xstar.double(), []
+
+    def __call__(self, x, t):
+        assert t.dtype == torch.long and t.shape == (x.shape[0],) and bool((t == t[0]).all())
+        ab = self.d.alpha_bar[t].view(-1, 1, 1, 1)
+        self.calls.append((int(t[0]), x.clone()))
+        return ((x.double() - ab.sqrt() * self.xstar) / (1 - ab).sqrt()).float()
+
+    def implied_eps(self):
+        return [(x.double() - self.d.alpha_bar[t].sqrt() * self.xstar) / (1 - self.d.alpha_bar[t]).sqrt()
+                for t, x in self.calls]
+
+
+class GaussOracle:
+    """Exact eps-predictor for data x0 ~ N(mu, s^2 I) under gaussian noise."""
+
+    def __init__(self, d: Diffusion, mu: float, s: float):
+        self.d, self.mu, self.s = d, mu, s
+
+    def __call__(self, x, t):
+        ab = self.d.alpha_bar[t].view(-1, 1, 1, 1)
+        x = x.double()
+        ex0 = self.mu + ab.sqrt() * self.s**2 * (x - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab)
+        return ((x - ab.sqrt() * ex0) / (1 - ab).sqrt()).float()
+
+
+def run(sampler, model, d, noise, shape, steps, seed, **kw):
+    return SAMPLERS.get(sampler)(model, d, noise, shape, steps, image_generators(shape[0], seed), **kw)
+
+
+def xstar_of(seed, shape=(2, 1, 4, 4)):
+    g = torch.Generator().manual_seed(1000 + seed)
+    x = torch.rand(shape, generator=g) * 2 - 1
+    x.view(-1)[:2] = torch.tensor([1.0, -1.0])  # the clipping boundary
+    return x
+
+
+# sampler, steps (None = T), kwargs
+CONFIGS = [
+    ("ddpm", None, {}),
+    ("ddpm", 17, {}),
+    ("ddpm", None, {"var_type": "large"}),
+    ("ddim", 10, {}),
+    ("ddim", 50, {}),
+    ("ddim", 20, {"eta": 1.0}),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# single-image oracle
+
+
+@pytest.mark.parametrize("schedule", CORE)
+@pytest.mark.parametrize("noise_name,theta_0", NOISE_CASES)
+def test_point_oracle_returns_the_image(schedule, noise_name, theta_0):
+    T = 100
+    d = diff(schedule, T)
+    noise = noise_for(d, noise_name, theta_0)
+    for k, (sampler, steps, kw) in enumerate(CONFIGS):
+        steps = steps or T
+        xstar = xstar_of(k)
+        model = PointOracle(d, xstar)
+        out = run(sampler, model, d, noise, xstar.shape, steps, seed=k, **kw)
+        assert out.dtype == torch.float32 and out.shape == xstar.shape
+        err = (out - xstar).abs().max().item()
+        assert err < 1e-4, (sampler, steps, kw, err)
+        # the model saw exactly the subsequence's ORIGINAL timesteps, from T-1 down to 0
+        assert [t for t, _ in model.calls] == timestep_subsequence(T, steps)[::-1]
+        # x_T = sqrt(1 - ab_T) * standardised noise at index T-1
+        want_xT = noise.sample_per_item(xstar.shape, T - 1, image_generators(2, k)) * d.sqrt_one_minus_alpha_bar[-1]
+        assert torch.allclose(model.calls[0][1], want_xT.float(), rtol=1e-6, atol=1e-6)
+        if sampler == "ddim" and not kw.get("eta"):
+            # eta = 0 with the exact predictor keeps the implied eps fixed along the whole trajectory
+            eps = model.implied_eps()
+            assert max((e - eps[0]).abs().max().item() for e in eps) < 1e-3
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50)])
+def test_point_oracle_T1000(sampler, steps):
+    d = diff("cosine", 1000)
+    noise = noise_for(d, "gamma", 0.001)
+    xstar = xstar_of(7)
+    out = run(sampler, PointOracle(d, xstar), d, noise, xstar.shape, steps, seed=3)
+    assert (out - xstar).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_one_step(sampler):
+    d = diff("linear", 100)
+    xstar = xstar_of(2)
+    model = PointOracle(d, xstar)
+    out = run(sampler, model, d, noise_for(d, "gamma", 0.1), xstar.shape, 1, seed=0, eta=1.0)
+    assert [t for t, _ in model.calls] == [99]
+    assert (out - xstar).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("sampler,steps,kw", [("ddpm", 100, {}), ("ddpm", 13, {}), ("ddpm", 13, {"var_type": "large"}),
+                                              ("ddim", 13, {"eta": 1.0}), ("ddim", 13, {"eta": 0.4})])
+def test_each_step_adds_noise_drawn_at_the_target_index(sampler, steps, kw):
+    """Replay the generators: x_s = (mean from the formula, in float64) + sigma * z(index s), exactly.
+
+    Gamma noise with theta_0 = 0.1 depends strongly on its index at small t, so drawing z at the
+    current index t instead of the target s is detected (negative control below)."""
+    T = 100
+    d = diff("linear", T)
+    ab = d.alpha_bar
+    noise = noise_for(d, "gamma", 0.1)
+    xstar = xstar_of(5, (3, 1, 4, 4)).double()
+    model = PointOracle(d, xstar)
+    run(sampler, model, d, noise, xstar.shape, steps, seed=11, clip_x0=False, **kw)
+    ts = timestep_subsequence(T, steps)[::-1]
+    gens, gens_wrong = image_generators(3, 11), image_generators(3, 11)
+    noise.sample_per_item(xstar.shape, T - 1, gens), noise.sample_per_item(xstar.shape, T - 1, gens_wrong)
+    xs = [x.double() for _, x in model.calls]
+    worst, worst_wrong = 0.0, 0.0
+    for k in range(len(ts) - 1):
+        t, s = ts[k], ts[k + 1]
+        a_t, a_s = ab[t].item(), ab[s].item()
+        x_t = xs[k]
+        if sampler == "ddpm":  # Ho et al. eq. 7 on the respaced chain, beta' = 1 - a_t/a_s
+            b = 1 - a_t / a_s
+            mean = math.sqrt(a_s) * b / (1 - a_t) * xstar + math.sqrt(1 - b) * (1 - a_s) / (1 - a_t) * x_t
+            var = b * (1 - a_s) / (1 - a_t) if kw.get("var_type", "small") == "small" else b
+            sigma = math.sqrt(var)
+        else:  # Song et al. eq. 12
+            sigma = kw["eta"] * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+            eps = (x_t - math.sqrt(a_t) * xstar) / math.sqrt(1 - a_t)
+            mean = math.sqrt(a_s) * xstar + math.sqrt(1 - a_s - sigma**2) * eps
+        z = noise.sample_per_item(xstar.shape, s, gens).double()
+        z_wrong = noise.sample_per_item(xstar.shape, t, gens_wrong).double()
+        worst = max(worst, (xs[k + 1] - (mean + sigma * z)).abs().max().item())
+        worst_wrong = max(worst_wrong, (xs[k + 1] - (mean + sigma * z_wrong)).abs().max().item())
+    assert worst < 1e-5
+    assert worst_wrong > 1e-3  # the replay can tell the indices apart
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian-data oracle
+
+
+MU, SD = 0.3, 0.5
+
+
+@pytest.mark.parametrize("sampler,steps,kw", [("ddpm", 1000, {}), ("ddpm", 1000, {"var_type": "large"}),
+                                              ("ddpm", 250, {}), ("ddim", 1000, {}), ("ddim", 1000, {"eta": 1.0})])
+def test_gaussian_data_moments(sampler, steps, kw):
+    d = diff("linear", 1000)
+    x = run(sampler, GaussOracle(d, MU, SD), d, noise_for(d, "gaussian"), (64, 1, 16, 16), steps, seed=0,
+            clip_x0=False, **kw).double()
+    # 16384 iid values: standard errors 0.004 (mean), 0.003 (std)
+    assert x.mean().item() == pytest.approx(MU, abs=0.02)
+    assert x.std().item() == pytest.approx(SD, abs=0.02)
+
+
+def ddim_affine_map(ab: list[float], ts_desc: list[int]) -> tuple[float, float]:
+    """(A, c) with DDIM(eta=0)'s output = A n + c for x_T = sqrt(1 - ab_T) n, under Gaussian data:
+    every step is affine (Song et al. eq. 12 with the exact E[x0|x_t]), composed here in float64."""
+    A, c = math.sqrt(1 - ab[-1]), 0.0
+    for k, t in enumerate(ts_desc):
+        a_t = ab[t]
+        a_s = ab[ts_desc[k + 1]] if k + 1 < len(ts_desc) else 1.0
+        g = math.sqrt(a_t) * SD**2 / (a_t * SD**2 + 1 - a_t)  # E[x0|x] = MU + g (x - sqrt(a_t) MU)
+        x0_A, x0_c = g * A, MU + g * (c - math.sqrt(a_t) * MU)
+        eps_A, eps_c = (A - math.sqrt(a_t) * x0_A) / math.sqrt(1 - a_t), (c - math.sqrt(a_t) * x0_c) / math.sqrt(1 - a_t)
+        A = math.sqrt(a_s) * x0_A + math.sqrt(1 - a_s) * eps_A
+        c = math.sqrt(a_s) * x0_c + math.sqrt(1 - a_s) * eps_c
+    return A, c
+
+
+@pytest.mark.parametrize("schedule", CORE)
+def test_ddim_eta0_is_the_exact_affine_map(schedule):
+    """DDIM(eta=0) applies exactly the composed affine map; as steps grow the map approaches the
+    probability-flow map, which sends N(0, 1 - ab_T) to N(mu, s^2). With few steps DDIM shrinks the
+    samples (std 0.36-0.43 at 10 steps, 0.47-0.48 at 50, for s = 0.5): first-order discretisation
+    error of the ODE, not a bug -- the moments test therefore uses many steps."""
+    T, steps = 200, 40
+    d = diff(schedule, T)
+    ab = d.alpha_bar.tolist()
+    A, c = ddim_affine_map(ab, timestep_subsequence(T, steps)[::-1])
+    shape = (4, 1, 4, 4)
+    noise = noise_for(d, "gaussian")
+    out = run("ddim", GaussOracle(d, MU, SD), d, noise, shape, steps, seed=4, clip_x0=False)
+    n = noise.sample_per_item(shape, T - 1, image_generators(4, 4))
+    assert torch.allclose(out.double(), A * n.double() + c, atol=1e-4)
+    stds = [ddim_affine_map(ab, timestep_subsequence(T, k)[::-1])[0] for k in (5, 10, 20, 40, 100, T)]
+    assert all(a < b for a, b in zip(stds, stds[1:])) and stds[-1] == pytest.approx(SD, rel=0.015)
+    assert c == pytest.approx(MU, abs=0.005)
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism, seeds, equivalences
+
+
+def test_ddim_eta0_is_deterministic():
+    d = diff("cosine", 100)
+    noise = noise_for(d, "gamma", 0.01)
+    model = GaussOracle(d, MU, SD)
+    a = run("ddim", model, d, noise, (3, 1, 4, 4), 20, seed=1)
+    b = run("ddim", model, d, noise, (3, 1, 4, 4), 20, seed=1)
+    c = run("ddim", model, d, noise, (3, 1, 4, 4), 20, seed=2)
+    assert torch.equal(a, b)
+    assert (a - c).abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddpm", {"var_type": "large"}), ("ddim", {"eta": 0.5}),
+                                        ("ddim", {})])
+@pytest.mark.parametrize("noise_name,theta_0", [("gaussian", None), ("gamma", 0.1)])
+def test_per_image_seeds(sampler, kw, noise_name, theta_0):
+    d = diff("linear", 100)
+    noise = noise_for(d, noise_name, theta_0)
+    model = GaussOracle(d, MU, SD)
+    fn = SAMPLERS.get(sampler)
+    shape = (1, 4, 4)
+    eight = fn(model, d, noise, (8, *shape), 25, image_generators(8, 40), **kw)
+    alone = torch.cat([fn(model, d, noise, (1, *shape), 25, image_generators(1, 40, start=i), **kw) for i in range(8)])
+    three = fn(model, d, noise, (3, *shape), 25, image_generators(3, 40, start=2), **kw)
+    assert torch.allclose(eight, alone, rtol=0, atol=1e-6)
+    assert torch.allclose(eight[2:5], three, rtol=0, atol=1e-6)
+    assert (eight[0] - eight[1]).abs().max() > 0.05  # different seeds, different images
+    via_helper = sample_images(model, d, noise, sampler, 25, 8, shape, seed0=40, batch_size=3, device="cpu",
+                               eta=kw.get("eta", 0.0), var_type=kw.get("var_type", "small"))
+    assert torch.allclose(via_helper, eight, rtol=0, atol=1e-6)
+
+
+def test_full_ddpm_matches_ho_algorithm_2():
+    """steps = T is the full chain (respace returns the diffusion itself), and it is Ho et al.'s
+    Algorithm 2 written out independently: x <- (x - beta/sqrt(1-ab) eps)/sqrt(alpha) + sigma z."""
+    T = 100
+    d = diff("sigmoid", T)
+    assert respace(d, range(T)) is d
+    noise = noise_for(d, "gamma", 0.1)
+    model = GaussOracle(d, MU, SD)
+    shape = (3, 1, 4, 4)
+    out = run("ddpm", model, d, noise, shape, T, seed=9, clip_x0=False)
+    gens = image_generators(3, 9)
+    x = noise.sample_per_item(shape, T - 1, gens).double() * d.sqrt_one_minus_alpha_bar[-1]
+    for t in reversed(range(T)):
+        b, ab = d.betas[t].item(), d.alpha_bar[t].item()
+        eps = model(x.float(), torch.full((3,), t)).double()
+        x = (x - b / math.sqrt(1 - ab) * eps) / math.sqrt(1 - b)
+        if t > 0:
+            x = x + math.sqrt(d.posterior_variance[t].item()) * noise.sample_per_item(shape, t - 1, gens).double()
+    assert torch.allclose(out.double(), x, atol=1e-4)
+
+
+def test_respacing(monkeypatch):
+    d = diff("cosine", 100)
+    ts = timestep_subsequence(100, 17)
+    sub = respace(d, ts)
+    assert sub.T == 17
+    assert torch.allclose(sub.alpha_bar, d.alpha_bar[ts], rtol=1e-12, atol=0)
+    # rebuilding all T steps from alpha_bar gives the schedule back (to float64 rounding), and the
+    # full ddpm through that rebuilt chain matches the full ddpm
+    rebuilt = Diffusion(1 - d.alpha_bar / d.alpha_bar_prev)
+    assert torch.allclose(rebuilt.betas, d.betas, rtol=1e-10, atol=0)
+    noise = noise_for(d, "gamma", 0.1)
+    model = GaussOracle(d, MU, SD)
+    full = run("ddpm", model, d, noise, (2, 1, 4, 4), 100, seed=0)
+    monkeypatch.setattr(S, "respace", lambda diffusion, timesteps: rebuilt)
+    via_rebuilt = run("ddpm", model, d, noise, (2, 1, 4, 4), 100, seed=0)
+    assert torch.allclose(full, via_rebuilt, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [100, 13])
+def test_ddim_eta1_is_ddpm(steps):
+    """Song et al.: eta = 1 makes the DDIM step the DDPM posterior step (small variance); with the
+    same seeds both samplers draw the same noise at the same indices, so the outputs agree."""
+    d = diff("exponential", 100)
+    noise = noise_for(d, "gamma", 0.1)
+    model = GaussOracle(d, MU, SD)
+    a = run("ddpm", model, d, noise, (3, 1, 4, 4), steps, seed=5)
+    b = run("ddim", model, d, noise, (3, 1, 4, 4), steps, seed=5, eta=1.0)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_timestep_subsequence():
+    assert timestep_subsequence(10, 10) == list(range(10))
+    assert timestep_subsequence(10, 4) == [0, 3, 6, 9]
+    assert timestep_subsequence(1000, 1) == [999]
+    assert timestep_subsequence(1000, 2) == [0, 999]
+    for T, k in [(1000, 50), (1000, 999), (100, 7), (37, 36)]:
+        ts = timestep_subsequence(T, k)
+        assert len(ts) == k and ts[0] == 0 and ts[-1] == T - 1 and all(b > a for a, b in zip(ts, ts[1:]))
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input, images
+
+
+def test_bad_input():
+    d = diff("linear", 100)
+    noise = noise_for(d, "gaussian")
+    model = GaussOracle(d, MU, SD)
+    with pytest.raises(UnknownNameError, match="did you mean ddpm"):
+        SAMPLERS.get("ddmp")
+    with pytest.raises(UnknownNameError, match="did you mean ddim"):
+        sample_images(model, d, noise, "ddimm", 10, 2, (1, 4, 4), 0, 2, "cpu")
+    for sampler in SAMPLERS:
+        for steps in (0, 101, -3):
+            with pytest.raises(InputError, match=r"1\.\.T = 1\.\.100"):
+                run(sampler, model, d, noise, (2, 1, 4, 4), steps, seed=0)
+        with pytest.raises(InputError, match="integer"):
+            run(sampler, model, d, noise, (2, 1, 4, 4), 2.5, seed=0)
+        with pytest.raises(InputError, match="one generator per image"):
+            SAMPLERS.get(sampler)(model, d, noise, (3, 1, 4, 4), 10, image_generators(2, 0))
+        with pytest.raises(InputError, match="var_type"):
+            run(sampler, model, d, noise, (2, 1, 4, 4), 10, seed=0, var_type="learned")
+        with pytest.raises(InputError, match="different schedule"):
+            run(sampler, model, d, noise_for(diff("cosine", 100), "gaussian"), (2, 1, 4, 4), 10, seed=0)
+    with pytest.raises(InputError, match="1..T"):
+        sample_images(model, d, noise, "ddim", 101, 2, (1, 4, 4), 0, 2, "cpu")
+
+
+def test_to_uint8_and_save_grid(tmp_path):
+    x = torch.tensor([-1.0, 0.0, 1.0, -2.0, 2.0, 0.5, -0.999])
+    assert to_uint8(x).tolist() == [0, 128, 255, 0, 255, 191, 0]
+    assert to_uint8(x).dtype == torch.uint8
+    imgs = torch.linspace(-1, 1, 5 * 64).view(5, 1, 8, 8)
+    path = save_grid(imgs, tmp_path / "sub" / "grid.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (3 * 10 + 2, 2 * 10 + 2)  # nrow = ceil(sqrt(5)) = 3
+        px = torch.from_numpy(np.asarray(im).copy())
+    assert px.min().item() == 0 and px.max().item() == 255
+    save_grid(to_uint8(imgs), tmp_path / "sub" / "grid.png", nrow=5)  # overwrite, uint8 input
+    with Image.open(path) as im:
+        assert im.size == (5 * 10 + 2, 10 + 2)
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["grid.png"]  # no temp file left
+
+
+def test_sample_images_with_progress(capsys):
+    d = diff("linear", 100)
+    out = sample_images(PointOracle(d, torch.zeros(1, 1, 2, 2)), d, noise_for(d, "gaussian"), "ddim", 5, 3, (1, 2, 2),
+                        seed0=0, batch_size=2, device="cpu", progress=True)
+    assert out.shape == (3, 1, 2, 2) and out.abs().max().item() < 1e-4
