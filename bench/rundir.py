@@ -56,8 +56,11 @@ def check(run_dir: Path, grid: Grid, resume: bool) -> None:
 
 
 def prepare(run_dir: Path, grid: Grid) -> None:
-    """Create the run dir and write the resolved grid (after ``check``)."""
+    """Create the run dir and write the resolved grid (after ``check``). Temp files that a killed
+    earlier run left mid-write (``.NAME.PID.tmp``; the real file is intact) are removed."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     write_text_atomic(run_dir / GRID, grid.to_toml())
 
 

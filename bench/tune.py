@@ -34,7 +34,9 @@ class Collector:
         self.rows: dict[str, list[dict[str, Any]]] = {}
 
     def add(self, rows: list[dict[str, Any]]) -> None:
-        self.rows[rows[0]["trial_id"]] = rows
+        tid = rows[0]["trial_id"]
+        self.rows[tid] = rows
+        publish_artifacts(self.run_dir, self.run_dir / "_work" / "trials" / tid, tid)
         self.flush()
 
     def flush(self) -> None:
@@ -44,6 +46,18 @@ class Collector:
 
     def missing(self) -> list[RunConfig]:
         return [cfg for cfg in self.trials if trial_id(cfg) not in self.rows]
+
+
+def publish_artifacts(run_dir: Path, workdir: Path, tid: str) -> None:
+    """Copy a trial's light artifacts out of _work (never committed) into the run dir, so the report
+    can be rebuilt from the run's own files: sample grids and denoising strips -> samples/, loss logs -> logs/."""
+    for src, dst in [(workdir / "samples", run_dir / "samples"), (workdir, run_dir / "logs")]:
+        pattern = "*.png" if src.name == "samples" else "loss*.csv"
+        for f in sorted(src.glob(pattern)) if src.is_dir() else []:
+            dst.mkdir(parents=True, exist_ok=True)
+            tmp = dst / f".{tid}_{f.name}.tmp"
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, dst / f"{tid}_{f.name}")
 
 
 def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, threads: int | None = None) -> None:

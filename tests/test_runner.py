@@ -1,0 +1,159 @@
+"""The grid runner end to end on the smoke preset (synthetic data, CPU): --local vs Ray Tune,
+driver kill + resume, worker death + retry from checkpoint, an external Ray cluster on loopback."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
+pytestmark = pytest.mark.slow
+
+
+def bench(*args, timeout=300, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
+
+
+def trial_dirs(run: Path) -> list[Path]:
+    return sorted((run / "_work" / "trials").iterdir())
+
+
+def attempts(workdir: Path) -> list[dict]:
+    return [json.loads(l) for l in (workdir / "attempts.jsonl").read_text().splitlines()]
+
+
+def metric_cols(df):
+    return [c for c in ("fd_pixels", "final_loss") if c in df.columns]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "run"
+    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--local", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_local_smoke_writes_the_run_directory(local_run):
+    df = pd.read_csv(local_run / "rows.csv")
+    assert len(df) == 2 * 2  # 2 trials (gaussian, gamma) x 2 evaluations
+    assert set(df["status"]) == {"ok"} and set(df["noise"]) == {"gaussian", "gamma"}
+    assert set(zip(df["sampler"], df["sample_steps"])) == {("ddim", 5), ("ddpm", 10)}
+    assert df["fd_pixels"].notna().all() and (df["fd_pixels"] > 0).all()
+    assert (local_run / "grid.toml").exists() and (local_run / "floors.csv").exists()
+    env = json.loads((local_run / "env.json").read_text())
+    assert env["git"]["commit"] and "torch" in env["versions"] and "wall_s" in env
+    assert len(list((local_run / "samples").glob("*.png"))) >= 4
+    assert not list(local_run.glob(".*.tmp"))
+
+
+def test_ray_and_local_give_the_same_rows(local_run, tmp_path):
+    out = tmp_path / "ray"
+    t0 = time.time()
+    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--cpus-per-trial", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ray_wall = time.time() - t0
+    a = pd.read_csv(local_run / "rows.csv").sort_values(["trial_id", "sampler"]).reset_index(drop=True)
+    b = pd.read_csv(out / "rows.csv").sort_values(["trial_id", "sampler"]).reset_index(drop=True)
+    assert list(a["trial_id"]) == list(b["trial_id"])
+    for col in metric_cols(a):
+        assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-3, abs=1e-5), col
+    print(f"ray smoke wall {ray_wall:.1f}s")
+
+
+def test_killed_driver_resumes_without_retraining(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", "schedules", "--preset", "smoke",
+                             "--local", "--out", str(out), "--set", "train_steps=60"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = list((out / "_work" / "trials").glob("*/result.json")) if out.exists() else []
+        if done:
+            break
+        assert proc.poll() is None, "driver ended before it could be killed"
+        time.sleep(0.05)
+    assert done, "no trial finished in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    first = done[0].parent
+    first_result = (first / "result.json").read_text()
+    assert pd.read_csv(out / "rows.csv")["trial_id"].nunique() >= 1  # collected before the kill
+
+    again = bench("run", "--grid", "schedules", "--preset", "smoke", "--local", "--out", str(out),
+                  "--set", "train_steps=60", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(attempts(first)) == 1, "the finished trial was run again"
+    assert (first / "result.json").read_text() == first_result
+    df = pd.read_csv(out / "rows.csv")
+    assert df["trial_id"].nunique() == 2 and len(df) == 4 and set(df["status"]) == {"ok"}
+    assert not [p for p in out.rglob("*.tmp")], "a half-written file was left behind"
+
+    # resuming the same dir with another grid is refused (exit 2), not mixed
+    other = bench("run", "--grid", "noise", "--preset", "smoke", "--local", "--out", str(out), "--resume")
+    assert other.returncode == 2 and "holds a run of grid 'schedules'" in other.stderr
+
+
+def test_worker_death_is_retried_from_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    args = ["--set", "noise=gaussian", "--set", "train_steps=400", "--set", "checkpoint_every=40"]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", "noise", "--preset", "smoke",
+                             "--out", str(out), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, killed = time.time() + 240, None
+    while time.time() < deadline and killed is None:
+        trials = list((out / "_work" / "trials").glob("*")) if (out / "_work" / "trials").exists() else []
+        ckpts = list(trials[0].glob("checkpoints/*.pt")) if trials else []
+        if ckpts and (trials[0] / "attempts.jsonl").exists():
+            pid = attempts(trials[0])[0]["pid"]
+            os.kill(pid, signal.SIGKILL)  # the Ray worker process running the trial
+            killed = pid
+        assert proc.poll() is None or killed, "run ended before the worker could be killed"
+        time.sleep(0.05)
+    assert killed, "no checkpoint appeared in time"
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    runs = attempts(trials[0])
+    assert len(runs) == 2 and runs[1]["pid"] != killed
+    assert runs[1]["resumed_from_step"] > 0, runs  # resumed from its checkpoint, not from step 0
+    df = pd.read_csv(out / "rows.csv")
+    assert set(df["status"]) == {"ok"} and (df["train_steps_done"] == 400).all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_external_cluster_on_loopback(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                           "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    try:
+        assert head.returncode == 0, head.stderr[-2000:]
+        worker = subprocess.run([str(RAY), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1"], capture_output=True, text=True, timeout=120, env=env)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        out = tmp_path / "run"
+        proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--address", f"127.0.0.1:{port}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        df = pd.read_csv(out / "rows.csv")
+        assert df["trial_id"].nunique() == 2 and set(df["status"]) == {"ok"}
+        assert json.loads((out / "env.json").read_text())["address"] == f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)
