@@ -1,0 +1,340 @@
+"""Figures of a run (``plots/``, PNG + PDF), the schedules figure, and the denoising strip.
+
+Every figure is built on a bare ``matplotlib.figure.Figure`` (no pyplot: no global state, works in
+Ray workers and threads, Agg rendering) inside a seaborn theme. Arms keep one style across every
+figure, and a style is a marker + line style + colour, so the figures read in greyscale.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from bench.tables import Run, aggregate, floor_value, labels_of
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
+LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (6, 2, 1, 2))]
+
+
+@dataclass
+class Plot:
+    png: Path  # the PDF lies beside it
+    caption: str
+
+
+def arm_styles(labels: Sequence[str]) -> dict[str, dict]:
+    """label -> {marker, linestyle, color}: marker and line style differ between any two of 8 arms."""
+    colors = sns.color_palette("colorblind", max(len(labels), 1))
+    return {lb: {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                 "color": colors[i]} for i, lb in enumerate(labels)}
+
+
+def _theme():
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper"), "pdf.fonttype": 42,
+          "svg.hashsalt": "bench", "axes.titlesize": 9, "legend.fontsize": 8}
+    return matplotlib.rc_context(rc)
+
+
+def _figure(nrows: int, ncols: int, w: float, h: float):
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def save(fig: Figure, png: Path) -> Path:
+    """PNG (150 dpi) and PDF beside it, both byte-stable for the same input (no dates)."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=150, metadata={"Software": None})
+    fig.savefig(png.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    return png
+
+
+def _fig_legend(fig: Figure, axes, **kw) -> None:
+    """One legend for the figure, each label once (panels repeat the same arms)."""
+    entries: dict[str, object] = {}
+    for ax in axes.ravel():
+        for h, lb in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(lb, h)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", **kw)
+
+
+def _wrap(text: str, width: int = 30) -> str:
+    return "\n".join(textwrap.wrap(str(text), width)) or str(text)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+def _seed_values(run: Run, metric: str) -> pd.DataFrame:
+    r = run.rows[(run.rows["status"] == "ok") & run.rows["sampler"].notna()]
+    return r.assign(_v=pd.to_numeric(r[metric], errors="coerce")).dropna(subset=["_v"])
+
+
+def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot:
+    """One panel per (dataset, evaluation): arms down, metric across; mean ± std, seeds as open dots."""
+    agg, seeds, styles = aggregate(run, metric), _seed_values(run, metric), arm_styles(run.labels)
+    n_arms = max(len(labels_of(run, ds)) for ds in run.datasets)
+    with _theme():
+        fig, axes = _figure(len(run.datasets), len(run.evals), 3.0, 0.45 * n_arms + 1.2)
+        for (i, ds), (j, (s, k)) in ((a, b) for a in enumerate(run.datasets) for b in enumerate(run.evals)):
+            ax, labels = axes[i, j], labels_of(run, ds)
+            for y, lb in enumerate(labels):
+                sel = lambda d: d[(d.dataset == ds) & (d.label == lb) & (d.sampler == s) & (d.sample_steps == k)]  # noqa: E731
+                a, v, st = sel(agg), sel(seeds)["_v"], styles[lb]
+                ax.scatter(v, y + np.linspace(-0.15, 0.15, len(v)), s=14, facecolors="none", edgecolors=st["color"],
+                           marker=st["marker"], linewidths=0.8, zorder=2)
+                if len(a) and a["n"].iloc[0] > 0:
+                    ax.errorbar(a["mean"], [y], xerr=a["std"].fillna(0), fmt=st["marker"], color=st["color"],
+                                ms=7, capsize=3, zorder=3)
+                else:
+                    ax.text(0.02, y, "no result" if not len(a) else _lost_text(a.iloc[0]),
+                            transform=ax.get_yaxis_transform(), va="center", fontsize=7, style="italic")
+            fv = floor_value(run, metric, ds)
+            if fv is not None:
+                ax.axvline(fv, color="0.3", ls=":", lw=1.2, label="real-vs-real floor")
+            ax.set_yticks(range(len(labels)), [_wrap(lb) for lb in labels] if j == 0 else [])
+            ax.set_ylim(len(labels) - 0.5, -0.5)
+            ax.margins(x=0.12)
+            ax.set_title(f"{ds}: {s}, {k} steps")
+            ax.set_xlabel(f"{metric} (lower is better)")
+        _fig_legend(fig, axes)
+        fig.suptitle(f"{metric} by arm: mean ± std over seeds (filled), individual seeds (open)", fontsize=9)
+        png = save(fig, out_dir / f"{_safe(metric)}_by_arm.png")
+    return Plot(png, f"{metric} (dimensionless) of every arm at every evaluation: mean ± std over seeds, each seed "
+                     f"an open marker; dotted line: the real-vs-real floor.")
+
+
+def _lost_text(a) -> str:
+    parts = [f"{int(a[k])} {k}" for k in ("diverged", "error") if a[k]]
+    return "no result: " + (", ".join(parts) if parts else "missing")
+
+
+def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot:
+    """metric vs sampling steps (log x), one line per arm; a panel per (dataset, sampler)."""
+    agg, styles = aggregate(run, metric), arm_styles(run.labels)
+    samplers = list(dict.fromkeys(s for s, _ in run.evals))
+    with _theme():
+        fig, axes = _figure(len(run.datasets), len(samplers), max(3.6, 7.0 / len(samplers)), 2.8)
+        for (i, ds), (j, s) in ((a, b) for a in enumerate(run.datasets) for b in enumerate(samplers)):
+            ax = axes[i, j]
+            for lb in run.labels:
+                a = agg[(agg.dataset == ds) & (agg.label == lb) & (agg.sampler == s) & (agg.n > 0)].sort_values("sample_steps")
+                if len(a):
+                    ax.errorbar(a["sample_steps"], a["mean"], yerr=a["std"].fillna(0), capsize=3, ms=6,
+                                label=lb, **styles[lb])
+            fv = floor_value(run, metric, ds)
+            if fv is not None:
+                ax.axhline(fv, color="0.3", ls=":", lw=1.2, label="real-vs-real floor")
+            ax.set_xscale("log")
+            steps = sorted({k for s2, k in run.evals if s2 == s})
+            ax.set_xticks(steps, [str(k) for k in steps])
+            ax.minorticks_off()
+            ax.margins(x=0.1)
+            ax.set_title(f"{ds}: {s}")
+            ax.set_xlabel("sampling steps = network evaluations (log scale)")
+            ax.set_ylabel(f"{metric} (lower is better)")
+        _fig_legend(fig, axes, ncols=2)
+        png = save(fig, out_dir / f"{_safe(metric)}_vs_steps.png")
+    return Plot(png, f"{metric} against the number of sampling steps, one line per arm (mean ± std over seeds).")
+
+
+# --- schedules -------------------------------------------------------------------------------------
+def plot_schedules(names: Sequence[str], T: int, out_path: Path) -> Path:
+    """alpha_bar(t), log-SNR(t) and beta(t) of the named registered schedules at ``T`` steps, written to
+    ``out_path`` (format from its suffix); schedules whose x_T is not pure noise are marked."""
+    from bench.schedules import make_betas
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _theme():
+        fig = _schedule_figure({n: make_betas(n, T) for n in names})
+        fig.savefig(out_path, dpi=150, metadata=_metadata(out_path))
+    return out_path
+
+
+def _metadata(path: Path) -> dict:
+    return {"CreationDate": None, "Producer": None} if path.suffix == ".pdf" else {"Software": None}
+
+
+def _schedule_figure(curves: dict) -> Figure:
+    from bench.schedules import PURE_NOISE_ALPHA_BAR, terminal_report
+
+    """Call inside ``_theme()``."""
+    styles = arm_styles(list(curves))
+    fig, axes = _figure(1, 3, 3.6, 3.0)
+    ax_ab, ax_snr, ax_beta = axes[0]
+    for name, betas in curves.items():
+        b = betas.double().numpy()
+        ab = np.cumprod(1 - b)
+        u = np.arange(1, len(b) + 1) / len(b)
+        rep = terminal_report(betas)
+        label = name if rep.pure_noise else f"{name}: x_T NOT pure noise (ᾱ_T = {rep.alpha_bar_T:.2g})"
+        kw = {**styles[name], "markevery": max(1, len(b) // 8), "ms": 5, "lw": 1.4}
+        ax_ab.plot(u, ab, label=label, **kw)
+        ax_snr.plot(u, np.log(ab) - np.log1p(-ab), **kw)
+        ax_beta.plot(u, b, **kw)
+        if not rep.pure_noise:
+            ax_snr.plot([1.0], [rep.log_snr_T], marker="o", ms=12, mfc="none", mec="black", mew=1.5)
+    thr = math.log(PURE_NOISE_ALPHA_BAR / (1 - PURE_NOISE_ALPHA_BAR))
+    ax_snr.axhline(thr, color="0.3", ls=":", lw=1, label=f"pure-noise threshold (ᾱ_T = {PURE_NOISE_ALPHA_BAR:g})")
+    ax_beta.set_yscale("log")
+    for ax, title, unit in ((ax_ab, "signal variance kept, ᾱ(t)", "ᾱ(t)"),
+                            (ax_snr, "log-SNR(t) = log(ᾱ / (1 - ᾱ))", "log-SNR(t) [nats]"),
+                            (ax_beta, "noise variance added per step, β(t)", "β(t) (log scale)")):
+        ax.set_title(title)
+        ax.set_xlabel("t / T (fraction of the forward process)")
+        ax.set_ylabel(unit)
+    _fig_legend(fig, axes, ncols=2)
+    return fig
+
+
+def run_schedule_curves(run: Run) -> dict:
+    """{schedule label: betas} of the distinct schedules of the run's arms (noise does not matter)."""
+    from bench.schedules import make_betas, schedule_params
+
+    curves = {}
+    several_T = run.rows["timesteps"].nunique() > 1
+    for _, r in run.trials().iterrows():
+        label = str(r["arm"]).split(" / ")[0] + (f" (T={int(r['timesteps'])})" if several_T else "")
+        if label in curves:
+            continue
+        try:
+            params = {p: float(r[p]) for p in schedule_params(r["schedule"]) if p in r and pd.notna(r[p])}
+            curves[label] = make_betas(str(r["schedule"]), int(r["timesteps"]), bool(r["zero_terminal_snr"]), **params)
+        except Exception:  # noqa: BLE001 - an unknown schedule (older run) is left out, not fatal
+            continue
+    return curves
+
+
+def plot_run_schedules(run: Run, out_dir: Path) -> Plot | None:
+    curves = run_schedule_curves(run)
+    if not curves:
+        return None
+    with _theme():
+        png = save(_schedule_figure(curves), out_dir / "schedules.png")
+    return Plot(png, "The schedules compared: ᾱ(t), log-SNR(t) and β(t) against t/T; a circled end point is "
+                     "a schedule whose x_T is not pure noise.")
+
+
+# --- training ----------------------------------------------------------------------------------------
+def _read_log(run: Run, tid: str, kind: str) -> pd.DataFrame | None:
+    path = run.dir / "logs" / f"{tid}_{kind}.csv"
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    return df if len(df) else None
+
+
+def plot_loss_curves(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
+    """Training loss against step per dataset: each seed a thin line, the seeds' mean smoothed thick."""
+    styles, found = arm_styles(run.labels), False
+    with _theme():
+        fig, axes = _figure(1, len(run.datasets), 4.5, 3.2)
+        for j, ds in enumerate(run.datasets):
+            ax = axes[0, j]
+            for lb, trials in _trials_by_label(run, ds):
+                logs = _logs(run, trials, "loss", notes)
+                if not logs:
+                    continue
+                found = True
+                st = styles[lb]
+                for df in logs:
+                    ax.plot(df["step"], df["loss"], color=st["color"], lw=0.5, alpha=0.35)
+                mean = pd.concat(logs).groupby("step")["loss"].mean()
+                smooth = mean.rolling(max(1, len(mean) // 20), center=True, min_periods=1).mean()
+                ax.plot(smooth.index, smooth.values, lw=1.8, label=lb, markevery=max(1, len(smooth) // 8), **st)
+            ax.set_yscale("log")
+            ax.set_title(f"{ds}: training loss")
+            ax.set_xlabel("training step")
+            ax.set_ylabel(f"{_loss_kind(run)} of eps prediction per element (log)")
+        _fig_legend(fig, axes, ncols=2)
+        png = save(fig, out_dir / "loss_curves.png") if found else None
+    return Plot(png, "Training loss (thin: each seed; thick: mean over seeds, smoothed).") if png else None
+
+
+def _trials_by_label(run: Run, ds: str):
+    trials = run.trials()
+    return trials[trials["dataset"] == ds].groupby("label", sort=False)
+
+
+def _loss_kind(run: Run) -> str:
+    kinds = run.rows["loss"].dropna().unique() if "loss" in run.rows.columns else []
+    return "/".join(map(str, kinds)).upper() or "loss"
+
+
+def _logs(run: Run, trials: pd.DataFrame, kind: str, notes: list[str]) -> list[pd.DataFrame]:
+    out = []
+    for _, t in trials.iterrows():
+        df = _read_log(run, t["trial_id"], kind)
+        if df is None:
+            notes.append(f"logs/{t['trial_id']}_{kind}.csv missing ({t['label']}, {t['dataset']}, seed {t['seed']}, "
+                         f"status {t['status']})")
+        else:
+            out.append(df)
+    return out
+
+
+#: of a loss_by_t.csv with a ``window`` column (bench.train: all | second_half), the window plotted
+LOSS_BY_T_WINDOW = "second_half"
+
+
+def loss_by_t_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """A per-timestep-bin loss log as columns x (bin centre in t, or the bin index), log_snr (bin centre,
+    NaN if not logged), loss. Accepts t_lo/t_hi, t/t_mid or bin columns; keeps one ``window`` (the
+    second half of training if logged) and, for a log with a ``step`` column, the last step."""
+    if "window" in df.columns:
+        df = df[df["window"] == (LOSS_BY_T_WINDOW if (df["window"] == LOSS_BY_T_WINDOW).any() else df["window"].iloc[-1])]
+    if "step" in df.columns:
+        df = df[df["step"] == df["step"].max()]
+    loss = next((c for c in ("loss", "mean_loss", "loss_mean") if c in df.columns), df.columns[-1])
+    if {"t_lo", "t_hi"} <= set(df.columns):
+        x = (df["t_lo"] + df["t_hi"]) / 2
+    else:
+        x = next((df[c] for c in ("t_mid", "t_center", "t", "bin") if c in df.columns), pd.Series(range(len(df)), index=df.index))
+    snr = (df["log_snr_lo"] + df["log_snr_hi"]) / 2 if {"log_snr_lo", "log_snr_hi"} <= set(df.columns) else np.nan
+    out = pd.DataFrame({"x": x.astype(float).to_numpy(), "log_snr": snr if np.isscalar(snr) else snr.to_numpy(),
+                        "loss": df[loss].astype(float).to_numpy()})
+    return out.dropna(subset=["loss"])
+
+
+def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
+    """Loss per timestep bin, one line per arm (mean ± std over seeds), against t and, when logged,
+    against the bin's log-SNR (which puts different schedules on one axis)."""
+    styles = arm_styles(run.labels)
+    frames = {ds: [(lb, [loss_by_t_frame(df) for df in _logs(run, trials, "loss_by_t", notes)])
+                   for lb, trials in _trials_by_label(run, ds)] for ds in run.datasets}
+    if not any(logs for per in frames.values() for _, logs in per):
+        return None
+    by_snr = all(f["log_snr"].notna().all() for per in frames.values() for _, logs in per for f in logs)
+    with _theme():
+        fig, axes = _figure(2 if by_snr else 1, len(run.datasets), 4.5, 3.2)
+        for j, ds in enumerate(run.datasets):
+            for i, (xcol, xlabel) in enumerate([("x", "timestep t (bin centre; small t = little noise)"),
+                                                 ("log_snr", "log-SNR at the bin centre [nats] (high = little noise)")]
+                                                [: 2 if by_snr else 1]):
+                ax = axes[i, j]
+                for lb, logs in frames[ds]:
+                    if logs:
+                        g = pd.concat(logs).groupby(xcol)["loss"]
+                        ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, capsize=2, ms=5,
+                                    label=lb, **styles[lb])
+                ax.set_yscale("log")
+                ax.set_title(f"{ds}: training loss by timestep bin")
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(f"{_loss_kind(run)} of eps prediction (log)")
+        _fig_legend(fig, axes, ncols=2)
+        png = save(fig, out_dir / "loss_by_t.png")
+    return Plot(png, "Training loss per timestep bin (late training where logged), per arm, mean ± std over seeds; "
+                     "against t and against the bin's log-SNR.")

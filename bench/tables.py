@@ -1,0 +1,303 @@
+"""The data side of a report: a run directory loaded as a ``Run``, metrics aggregated over seeds, and
+the results tables (``tables/<metric>.csv|md|tex``).
+
+A table has one row per arm and one column per evaluation (``sampler:steps``), one block per
+dataset, plus the real-vs-real floor. A cell is mean ± std over the seeds that finished (n); the
+lowest mean of a column is marked (bold in Markdown / LaTeX, a ``best`` flag in CSV). Lower is
+better for every metric of the suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+KEYS = ["dataset", "label", "sampler", "sample_steps"]
+#: config fields never shown in an arm's label: replicates, panels and paths.
+NOT_IN_LABEL = {"seed", "dataset", "data_root", "sample_seed"}
+FLOOR_LABEL = "real vs real (floor)"
+
+
+@dataclass
+class Run:
+    """Everything a report is built from: the run dir's rows.csv, floors.csv, grid.toml, env.json."""
+
+    dir: Path
+    rows: pd.DataFrame  # rows.csv plus ``label`` (the arm, with any other varying axis appended)
+    floors: pd.DataFrame | None
+    grid: dict[str, Any]
+    env: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.dir.resolve().name
+
+    @property
+    def name(self) -> str:
+        return str(self.grid.get("name") or self.dir.resolve().parent.name)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(dict.fromkeys(self.rows["label"]))
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(self.rows["dataset"]))
+
+    @property
+    def evals(self) -> list[tuple[str, int]]:
+        """(sampler, steps) in order: samplers as they first appear, steps ascending."""
+        ev = self.rows.loc[self.rows["sampler"].notna() & (self.rows["sampler"] != ""), ["sampler", "sample_steps"]]
+        order = {s: i for i, s in enumerate(dict.fromkeys(ev["sampler"]))}
+        pairs = {(str(s), int(n)) for s, n in ev.itertuples(index=False)}
+        return sorted(pairs, key=lambda p: (order[p[0]], p[1]))
+
+    @property
+    def metrics(self) -> list[str]:
+        """Metric names listed in the rows' ``metrics`` field that have a column (first listed = primary)."""
+        listed = [m.strip() for ms in self.rows["metrics"].dropna() for m in str(ms).split(",") if m.strip()]
+        return [m for m in dict.fromkeys(listed) if m in self.rows.columns]
+
+    def trials(self) -> pd.DataFrame:
+        """One row per trial (its first evaluation row)."""
+        return self.rows.drop_duplicates("trial_id")
+
+
+def load_run(run_dir: Path) -> Run:
+    run_dir = Path(run_dir)
+    from bench.rundir import read_rows
+
+    rows = read_rows(run_dir)
+    rows["label"] = arm_labels(rows)
+    floors_path = run_dir / "floors.csv"
+    floors = pd.read_csv(floors_path) if floors_path.exists() and floors_path.stat().st_size else None
+    grid_path, env_path = run_dir / "grid.toml", run_dir / "env.json"
+    grid = tomllib.loads(grid_path.read_text()) if grid_path.exists() else {}
+    env = json.loads(env_path.read_text()) if env_path.exists() else {}
+    return Run(run_dir, rows, floors, grid, env)
+
+
+def arm_labels(rows: pd.DataFrame) -> pd.Series:
+    """The ``arm`` column, with ``[k=v, ...]`` appended for any other config field that varies within
+    an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps)."""
+    from bench.config import RunConfig
+
+    names = [f.name for f in dataclasses.fields(RunConfig) if f.name in rows.columns and f.name not in NOT_IN_LABEL]
+    by = rows.groupby(["arm", "dataset"], sort=False, dropna=False)
+    extra = [f for f in names if by[f].nunique(dropna=False).max() > 1]
+    if not extra:
+        return rows["arm"].astype(str)
+    tail = rows[extra].apply(lambda r: ", ".join(f"{k}={_plain(v)}" for k, v in r.items()), axis=1)
+    return rows["arm"].astype(str) + " [" + tail + "]"
+
+
+def _plain(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# --- aggregation ---------------------------------------------------------------------------------
+def aggregate(run: Run, metric: str) -> pd.DataFrame:
+    """Per (dataset, label, sampler, sample_steps): mean, std (ddof 1), n (seeds with a value),
+    trials, diverged, error, and ``best`` (lowest mean of its dataset and evaluation)."""
+    df = run.rows[run.rows["sampler"].notna() & (run.rows["sampler"] != "")].copy()
+    df["sample_steps"] = df["sample_steps"].astype(int)
+    vals = pd.to_numeric(df[metric], errors="coerce") if metric in df.columns else pd.Series(np.nan, index=df.index)
+    df["_v"] = vals.where(df["status"] == "ok")
+    df["_div"], df["_err"] = df["status"] == "diverged", df["status"] == "error"
+    out = df.groupby(KEYS, sort=False).agg(mean=("_v", "mean"), std=("_v", "std"), n=("_v", "count"),
+                                           trials=("_v", "size"), diverged=("_div", "sum"), error=("_err", "sum"))
+    out = out.reset_index()
+    lowest = out.groupby(["dataset", "sampler", "sample_steps"])["mean"].transform("min")
+    out["best"] = (out["n"] > 0) & np.isclose(out["mean"], lowest, rtol=1e-12, atol=0)
+    return out
+
+
+def floor_value(run: Run, metric: str, dataset: str) -> float | None:
+    """The real-vs-real value of ``metric`` for ``dataset`` at the run's sample size, if recorded."""
+    f = run.floors
+    if f is None or metric not in f.columns or "dataset" not in f.columns:
+        return None
+    f = f[f["dataset"] == dataset]
+    rows = run.rows[run.rows["dataset"] == dataset]
+    for col in ("image_size", "n_samples"):
+        if col in f.columns and col in rows.columns and len(f[f[col] == rows[col].mode().iloc[0]]):
+            f = f[f[col] == rows[col].mode().iloc[0]]
+    vals = pd.to_numeric(f[metric], errors="coerce").dropna()
+    return float(vals.iloc[0]) if len(vals) else None
+
+
+def metric_meta(run: Run, metric: str) -> dict[str, str]:
+    """Feature extractor, n_generated and n_reference of ``metric`` as they appear in rows/floors."""
+    frames = [run.rows] + ([run.floors] if run.floors is not None else [])
+
+    def values(col: str) -> str:
+        vals = [v for fr in frames if col in fr.columns for v in fr[col].dropna().tolist()]
+        vals = [_plain(int(v)) if isinstance(v, float) and v.is_integer() else _plain(v) for v in vals]
+        return ", ".join(dict.fromkeys(vals)) or "not recorded"
+
+    gen = values("n_generated") if "n_generated" in run.rows.columns else values("n_samples")
+    return {"features": values(f"{metric}_features"), "n_generated": gen, "n_reference": values(f"{metric}_n_ref")}
+
+
+def decimals(values) -> int:
+    """Decimals giving the typical |value| three significant digits, at least 2."""
+    v = np.abs(np.asarray([x for x in values if x is not None and np.isfinite(x) and x != 0], dtype=float))
+    return 2 if not len(v) else max(2, 2 - math.floor(math.log10(float(np.median(v)))))
+
+
+def cell_text(r, d: int) -> str:
+    """'11.00 ± 1.41' (n >= 2), '7.00' (n = 1), '—' (no value)."""
+    if r["n"] == 0:
+        return "—"
+    return f"{r['mean']:.{d}f}" + (f" ± {r['std']:.{d}f}" if r["n"] > 1 else "")
+
+
+def cell_note(r) -> str:
+    """'(n=2)', or '(n=1 of 2; 1 diverged)', or '(diverged)' when no seed finished."""
+    lost = ", ".join(f"{int(r[k])} {k}" for k in ("diverged", "error") if r[k])
+    if r["n"] == 0:
+        return f"({lost})" if lost else ""
+    return f"(n={r['n']})" if r["n"] == r["trials"] else f"(n={r['n']} of {r['trials']}" + (f"; {lost})" if lost else ")")
+
+
+# --- the three formats ----------------------------------------------------------------------------
+def caption(run: Run, metric: str) -> str:
+    m = metric_meta(run, metric)
+    floor = (" the floor row is real vs real at the same sample size (what a perfect model scores)."
+             if any(floor_value(run, metric, ds) is not None for ds in run.datasets) else
+             " no real-vs-real floor was recorded (floors.csv).")
+    return (f"{metric} (lower is better). Feature extractor: {m['features']}. n_generated = {m['n_generated']} "
+            f"images per evaluation; n_reference = {m['n_reference']} real images. Cells: mean ± std over seeds "
+            f"(n = seeds that finished); best (lowest mean) per column in bold;{floor}")
+
+
+def table_frame(run: Run, metric: str) -> pd.DataFrame:
+    """The CSV form: metric, features, n_generated, n_reference, dataset, arm, row (arm|floor), then per
+    evaluation E = sampler:steps: E_mean, E_std, E_n, E_best (the floor has E_mean only)."""
+    agg = aggregate(run, metric).set_index(KEYS)
+    meta = {"metric": metric, **metric_meta(run, metric)}
+    out = []
+    for ds in run.datasets:
+        for label in labels_of(run, ds):
+            rec = {**meta, "dataset": ds, "arm": label, "row": "arm"}
+            for s, k in run.evals:
+                r = agg.loc[(ds, label, s, k)] if (ds, label, s, k) in agg.index else None
+                rec.update({f"{s}:{k}_{c}": (r[c] if r is not None else np.nan) for c in ("mean", "std", "n", "best")})
+            out.append(rec)
+        fv = floor_value(run, metric, ds)
+        if fv is not None:
+            out.append({**meta, "dataset": ds, "arm": FLOOR_LABEL, "row": "floor",
+                        **{f"{s}:{k}_mean": fv for s, k in run.evals}})
+    df = pd.DataFrame(out)
+    for s, k in run.evals:  # counts as integers, flags as booleans (pandas would make both float)
+        df[f"{s}:{k}_n"] = df[f"{s}:{k}_n"].astype("Int64")
+        df[f"{s}:{k}_best"] = df[f"{s}:{k}_best"].astype("boolean")
+    return df
+
+
+def labels_of(run: Run, dataset: str) -> list[str]:
+    """The arms that ran on ``dataset``, in grid order."""
+    return list(dict.fromkeys(run.rows.loc[run.rows["dataset"] == dataset, "label"]))
+
+
+Cell = tuple[str, str, bool]  # (value text, note, best)
+
+
+def table_cells(run: Run, metric: str) -> dict[str, list[tuple[str, list[Cell]]]]:
+    """Per dataset: [(row label, [(text, note, best) per evaluation])], arms first, then the floor."""
+    agg = aggregate(run, metric).set_index(KEYS)
+    d = decimals(agg["mean"].tolist() + [floor_value(run, metric, ds) for ds in run.datasets])
+    out: dict[str, list[tuple[str, list[Cell]]]] = {}
+    for ds in run.datasets:
+        body = out.setdefault(ds, [])
+        for label in labels_of(run, ds):
+            keys = [(ds, label, s, k) for s, k in run.evals]
+            body.append((label, [(cell_text(agg.loc[key], d), cell_note(agg.loc[key]), bool(agg.loc[key, "best"]))
+                                 if key in agg.index else ("", "", False) for key in keys]))
+        fv = floor_value(run, metric, ds)
+        if fv is not None:
+            body.append((FLOOR_LABEL, [(f"{fv:.{d}f}", "", False)] * len(run.evals)))
+    return out
+
+
+def to_markdown(run: Run, metric: str) -> str:
+    cols = [f"{s}:{k}" for s, k in run.evals]
+    lines = [f"*{md_escape(caption(run, metric))}*", ""]
+    for ds, body in table_cells(run, metric).items():
+        lines += [f"**Dataset: {md_escape(ds)}**", "", "| arm | " + " | ".join(cols) + " |",
+                  "|---|" + "---:|" * len(cols)]
+        for label, cells in body:
+            texts = [f"**{t}** {n}".strip() if best else f"{t} {n}".strip() for t, n, best in cells]
+            lines.append("| " + " | ".join(md_escape(x) for x in [label, *texts]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+               "—": "---", "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(TEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(run: Run, metric: str) -> str:
+    """A booktabs ``table``: samplers as column groups, one block per dataset, the floor last in each."""
+    groups = [(s, [k for s2, k in run.evals if s2 == s]) for s in dict.fromkeys(s for s, _ in run.evals)]
+    ncol = 1 + len(run.evals)
+    head = " & ".join([""] + [rf"\multicolumn{{{len(ks)}}}{{c}}{{{tex_escape(s)}}}" for s, ks in groups])
+    rules, start = "", 2
+    for _, ks in groups:
+        rules += rf"\cmidrule(lr){{{start}-{start + len(ks) - 1}}}"
+        start += len(ks)
+    lines = [rf"% {tex_escape(metric)} --- generated by bench.report from rows.csv; do not edit",
+             r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{tex_escape(caption(run, metric))}}}",
+             rf"\label{{tab:{_tex_key(run.name)}-{_tex_key(metric)}}}",
+             rf"\begin{{tabular}}{{l{'r' * len(run.evals)}}}", r"\toprule", head + r" \\", rules,
+             " & ".join(["Arm"] + [f"{k} steps" for _, ks in groups for k in ks]) + r" \\"]
+    for ds, body in table_cells(run, metric).items():
+        lines += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{{tex_escape(ds)}}}}} \\"]
+        for label, cells in body:
+            texts = [(rf"\textbf{{{tex_escape(t)}}} " if best else tex_escape(t) + " ") + tex_escape(n)
+                     for t, n, best in cells]
+            lines.append(" & ".join([tex_escape(label)] + [x.strip() for x in texts]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def _tex_key(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in str(text))
+
+
+def write_tables(run: Run, out_dir: Path) -> dict[str, dict[str, Path]]:
+    """tables/<metric>.csv|md|tex for every metric; returns {metric: {format: path}}."""
+    from bench.rundir import write_text_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for m in run.metrics:
+        paths = {ext: out_dir / f"{m}.{ext}" for ext in ("csv", "md", "tex")}
+        write_text_atomic(paths["csv"], table_frame(run, m).to_csv(index=False))
+        write_text_atomic(paths["md"], to_markdown(run, m))
+        write_text_atomic(paths["tex"], to_latex(run, m))
+        written[m] = paths
+    return written

@@ -1,0 +1,383 @@
+"""Report: tables (csv/md/tex), figures, REPORT.md, idempotence, plot_schedules, the denoising strip.
+
+A fake but realistic run directory is built in tmp_path with known metric values, so the aggregated
+numbers can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bench.config import RunConfig
+from bench.grid import Grid, trial_id
+from bench.rundir import write_rows
+from bench.schedules import make_betas, terminal_report
+from bench.trial import error_rows
+
+ARMS = {  # label -> (schedule, noise, extra config)
+    "linear / gaussian": ("linear", "gaussian", {}),
+    "cosine / gamma(theta_0=0.01)": ("cosine", "gamma", {"theta_0": 0.01}),
+    "geometric / gaussian": ("geometric", "gaussian", {}),
+    "sigmoid / gaussian": ("sigmoid", "gaussian", {}),
+}
+# fid per (dataset, arm, seed): [ddim:10, ddim:50]; None = the trial diverged, "error" = it raised
+FID = {
+    ("mnist", "linear / gaussian", 0): [10.0, 9.0], ("mnist", "linear / gaussian", 1): [12.0, 9.0],
+    ("mnist", "cosine / gamma(theta_0=0.01)", 0): [8.0, 10.0], ("mnist", "cosine / gamma(theta_0=0.01)", 1): [9.0, 12.0],
+    ("mnist", "geometric / gaussian", 0): [20.0, 15.0], ("mnist", "geometric / gaussian", 1): None,
+    ("mnist", "sigmoid / gaussian", 0): "error", ("mnist", "sigmoid / gaussian", 1): [30.0, 7.0],
+    ("craters", "linear / gaussian", 0): [50.0, 40.0], ("craters", "linear / gaussian", 1): [52.0, 44.0],
+    ("craters", "cosine / gamma(theta_0=0.01)", 0): [60.0, 30.0], ("craters", "cosine / gamma(theta_0=0.01)", 1): [62.0, 34.0],
+}
+ERROR = "RuntimeError: CUDA out of memory (fake, for the test)"
+FLOORS = {"mnist": 2.5, "craters": 30.5}
+BASE = dict(timesteps=1000, model="tiny", train_steps=200, batch_size=16, evals="ddim:10,ddim:50",
+            n_samples=256, metrics="fid,kid")
+
+
+def _cfg(ds: str, arm: str, seed: int) -> RunConfig:
+    schedule, noise, extra = ARMS[arm]
+    return RunConfig(dataset=ds, schedule=schedule, noise=noise, seed=seed, **BASE, **extra)
+
+
+def _rows(cfg: RunConfig, fid) -> list[dict]:
+    if fid == "error":
+        return error_rows(cfg, RuntimeError(ERROR.split(": ", 1)[1]))
+    status = "ok" if fid else "diverged"
+    base = {**cfg.to_dict(), "trial_id": trial_id(cfg), "arm": cfg.arm(), "status": status, "error": "",
+            "params": 1036417, "train_steps_done": 200 if fid else 150, "final_loss": 0.05 if fid else float("nan"),
+            "train_s": 100.0, "train_images_per_s": 32.0, "n_train_images": 1000, "device": "cpu (x86_64, 2 threads)",
+            "alpha_bar_T": terminal_report(make_betas(cfg.schedule, cfg.timesteps, **cfg.schedule_kwargs())).alpha_bar_T}
+    rows = []
+    for (sampler, steps), f in zip(cfg.eval_list(), fid or [None, None]):
+        row = {**base, "sampler": sampler, "sample_steps": steps, "trial_s": 130.0}
+        if fid:
+            row.update(fid=f, fid_features="inception-v3 pool3 (2048-d)", fid_n_ref=1000, kid=f / 1000,
+                       kid_std=0.0005, kid_features="inception-v3 pool3 (2048-d)", kid_n_ref=1000, n_generated=256,
+                       sample_s=10.0, score_s=5.0, sample_images_per_s=25.6)
+        rows.append(row)
+    return rows
+
+
+def _png(path: Path, seed: int, size=(146, 146)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def _logs(run: Path, tid: str, diverged: bool) -> None:
+    """loss.csv and loss_by_t.csv as bench.train writes them (a diverged trial has no loss_by_t)."""
+    (run / "logs").mkdir(parents=True, exist_ok=True)
+    steps = np.arange(0, 151 if diverged else 201, 10)
+    loss = 0.5 * np.exp(-steps / 60) + 0.05 + (np.where(steps > 120, 10.0, 0.0) if diverged else 0)
+    pd.DataFrame({"step": steps, "loss": loss, "lr": 2e-4, "images_per_s": 30.0}).to_csv(
+        run / "logs" / f"{tid}_loss.csv", index=False)
+    if not diverged:
+        lo = np.arange(0, 1000, 100)
+        snr = np.linspace(9, -10, 11)
+        by_t = [{"window": w, "bin": b, "t_lo": lo[b], "t_hi": lo[b] + 99, "log_snr_lo": snr[b], "log_snr_hi": snr[b + 1],
+                 "n": 320, "loss": 0.3 * np.exp(-lo[b] / 300) + (0.02 if w == "all" else 0.01)}
+                for w in ("all", "second_half") for b in range(10)]
+        pd.DataFrame(by_t).to_csv(run / "logs" / f"{tid}_loss_by_t.csv", index=False)
+
+
+def make_run(run: Path) -> Path:
+    rows = []
+    for i, ((ds, arm, seed), fid) in enumerate(FID.items()):
+        cfg = _cfg(ds, arm, seed)
+        rows += _rows(cfg, fid)
+        tid = trial_id(cfg)
+        if fid == "error":
+            continue
+        _logs(run, tid, diverged=fid is None)
+        if fid:
+            for ev in ("ddim-10", "ddim-50"):
+                _png(run / "samples" / f"{tid}_{ev}.png", i)
+            _png(run / "samples" / f"{tid}_denoise.png", i, size=(90, 330))
+    run.mkdir(parents=True, exist_ok=True)
+    write_rows(run, rows)
+    floor = {"fid_features": "inception-v3 pool3 (2048-d)", "fid_n_ref": 1000, "kid_std": 0.0001,
+             "kid_features": "inception-v3 pool3 (2048-d)", "kid_n_ref": 1000, "n_generated": 256}
+    pd.DataFrame([{"dataset": ds, "image_size": 0, "n_samples": 256, "fid": v, "kid": v / 1000, **floor}
+                  for ds, v in FLOORS.items()]).to_csv(run / "floors.csv", index=False)
+    grid = Grid("schedules", "Which beta schedule? A test grid.", "quick", dict(BASE),
+                {"schedule": ["linear", "cosine", "geometric", "sigmoid"], "dataset": ["mnist", "craters"], "seed": [0, 1]},
+                ["quick: tiny budget"])
+    (run / "grid.toml").write_text(grid.to_toml())
+    env = {"git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True}, "python": "3.11.2",
+           "platform": "Linux x86_64", "versions": {"bench": "0.1.0", "torch": "2.5.0"}, "cpu_count": 2,
+           "cuda_devices": [], "command": "python -m bench run --grid schedules --preset quick",
+           "started": "2026-11-21T12:00:00+0000", "finished": "2026-11-21T12:30:00+0000", "wall_s": 1800.0,
+           "runner": "local", "cpus_per_trial": 1.0, "gpus_per_trial": 0.0}
+    (run / "env.json").write_text(json.dumps(env))
+    return run
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from bench.report import build_report
+
+    run = make_run(tmp_path_factory.mktemp("report") / "quick-20261121-120000")
+    report = build_report(run)
+    return run, report
+
+
+def _frame(run: Path, metric: str) -> pd.DataFrame:
+    return pd.read_csv(run / "tables" / f"{metric}.csv")
+
+
+def _row(df: pd.DataFrame, ds: str, arm: str) -> pd.Series:
+    sel = df[(df["dataset"] == ds) & (df["arm"] == arm)]
+    assert len(sel) == 1, (ds, arm, df[["dataset", "arm"]])
+    return sel.iloc[0]
+
+
+# --- tables --------------------------------------------------------------------------------------
+def test_csv_table_aggregates_over_seeds_exactly(built):
+    run, _ = built
+    fid = _frame(run, "fid")
+    assert list(fid.columns[:7]) == ["metric", "features", "n_generated", "n_reference", "dataset", "arm", "row"]
+    assert {f"ddim:{k}_{c}" for k in (10, 50) for c in ("mean", "std", "n", "best")} <= set(fid.columns)
+    # mnist: 4 arms + floor, craters: 2 arms + floor
+    assert list(fid["dataset"]) == ["mnist"] * 5 + ["craters"] * 3
+    lin = _row(fid, "mnist", "linear / gaussian")
+    assert lin["ddim:10_mean"] == 11.0 and lin["ddim:10_std"] == pytest.approx(np.sqrt(2)) and lin["ddim:10_n"] == 2
+    assert lin["ddim:50_mean"] == 9.0 and lin["ddim:50_std"] == 0.0
+    cos = _row(fid, "mnist", "cosine / gamma(theta_0=0.01)")
+    assert cos["ddim:10_mean"] == 8.5 and bool(cos["ddim:10_best"]) and not bool(lin["ddim:10_best"])
+    geo = _row(fid, "mnist", "geometric / gaussian")  # one seed diverged: n = 1, no std
+    assert geo["ddim:10_n"] == 1 and geo["ddim:10_mean"] == 20.0 and np.isnan(geo["ddim:10_std"])
+    sig = _row(fid, "mnist", "sigmoid / gaussian")  # one seed raised; the other is best at ddim:50
+    assert sig["ddim:50_n"] == 1 and bool(sig["ddim:50_best"])
+    assert fid.groupby(["dataset"])[["ddim:10_best", "ddim:50_best"]].sum().eq(1).all().all()
+    floor = _row(fid, "mnist", "real vs real (floor)")
+    assert floor["row"] == "floor" and floor["ddim:10_mean"] == 2.5 and floor["ddim:50_mean"] == 2.5
+    assert _row(fid, "craters", "cosine / gamma(theta_0=0.01)")["ddim:50_mean"] == 32.0
+    assert set(fid["features"]) == {"inception-v3 pool3 (2048-d)"} and set(fid["n_reference"]) == {1000}
+    kid = _row(_frame(run, "kid"), "mnist", "linear / gaussian")
+    assert kid["ddim:10_mean"] == pytest.approx(0.011) and kid["ddim:10_std"] == pytest.approx(np.sqrt(2) / 1000)
+
+
+def test_markdown_table(built):
+    run, _ = built
+    md = (run / "tables" / "fid.md").read_text()
+    assert md.startswith("*fid (lower is better). Feature extractor: inception-v3 pool3 (2048-d). n_generated = 256")
+    assert "n_reference = 1000" in md
+    assert "| linear / gaussian | 11.00 ± 1.41 (n=2) | 9.00 ± 0.00 (n=2) |" in md
+    assert "| cosine / gamma(theta_0=0.01) | **8.50 ± 0.71** (n=2) | 11.00 ± 1.41 (n=2) |" in md
+    assert "| geometric / gaussian | 20.00 (n=1 of 2; 1 diverged) | 15.00 (n=1 of 2; 1 diverged) |" in md
+    assert "| sigmoid / gaussian | 30.00 (n=1 of 2; 1 error) | **7.00** (n=1 of 2; 1 error) |" in md
+    assert "| real vs real (floor) | 2.50 | 2.50 |" in md and "| real vs real (floor) | 30.50 | 30.50 |" in md
+    assert md.count("**Dataset: ") == 2 and md.count("|---|---:|---:|") == 2
+    assert md.count("**") == 2 * (2 + 2) + 2 * 2  # 2 best cells per dataset, plus the dataset headings
+    kid = (run / "tables" / "kid.md").read_text()
+    assert "**0.0085 ± 0.0007** (n=2)" in kid  # small values get enough decimals
+
+
+def test_latex_table_is_balanced_booktabs(built):
+    run, _ = built
+    for metric in ("fid", "kid"):
+        tex = (run / "tables" / f"{metric}.tex").read_text()
+        assert tex.count("{") == tex.count("}")
+        assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+        assert tex.count(r"\begin{table}") == tex.count(r"\end{table}") == 1
+        assert tex.count(r"\toprule") == 1 and tex.count(r"\bottomrule") == 1 and tex.count(r"\midrule") == 2
+        assert r"\caption{" in tex and r"n\_generated = 256" in tex and r"n\_reference = 1000" in tex
+        body = tex.split("\n", 1)[1]  # after the % comment line
+        assert not re.search(r"(?<!\\)[_%#$]", body.replace("$\\pm$", "")), "unescaped LaTeX special character"
+        rows = [ln for ln in body.splitlines() if ln.endswith(r"\\") and "multicolumn" not in ln]
+        assert len(rows) == 1 + 5 + 3 and all(len(re.findall(r"(?<!\\)&", ln)) == 2 for ln in rows)
+        assert "±" not in tex
+    tex = (run / "tables" / "fid.tex").read_text()
+    assert r"cosine / gamma(theta\_0=0.01) & \textbf{8.50 $\pm$ 0.71} (n=2) & 11.00 $\pm$ 1.41 (n=2) \\" in tex
+    assert r"\multicolumn{2}{c}{ddim}" in tex and r"\begin{tabular}{lrr}" in tex
+    assert tex.count(r"\textbf{") == 4
+
+
+# --- plots ---------------------------------------------------------------------------------------
+PLOTS = ["fid_by_arm", "fid_vs_steps", "kid_by_arm", "kid_vs_steps", "schedules", "loss_curves", "loss_by_t",
+         "samples_montage", "denoise_montage"]
+
+
+def test_every_plot_exists_as_png_and_pdf(built):
+    run, _ = built
+    for name in PLOTS:
+        for ext in ("png", "pdf"):
+            path = run / "plots" / f"{name}.{ext}"
+            assert path.is_file() and path.stat().st_size > 2000, path
+        with Image.open(run / "plots" / f"{name}.png") as im:
+            assert min(im.size) > 200
+        assert (run / "plots" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+
+
+# --- REPORT.md -----------------------------------------------------------------------------------
+def test_report_lists_arms_result_and_budget(built):
+    run, report = built
+    text = report.read_text()
+    assert report == run / "REPORT.md"
+    for arm in ARMS:
+        assert f"`{arm}`" in text
+    assert "Which beta schedule? A test grid." in text
+    result = text.split("## Result", 1)[1].split("## Tables", 1)[0]
+    assert "Of 12 trials, 10 finished, 1 diverged and 1 failed with an error" in result
+    assert ("**cosine / gamma(theta_0=0.01)** scored lowest, 8.50 ± 0.71 (n=2), ahead of linear / gaussian at "
+            "11.00 ± 1.41 (n=2): 2.50 lower (23%). The mean ± std ranges do not overlap") in result
+    assert "**sigmoid / gaussian** scored lowest, 7.00 (n=1)" in result and "single seed" in result
+    assert "200 training steps at batch size 16" in result and "1,036,417 parameters" in result
+    assert "T = 1000" in result and "256 generated images" in result and "30.0 min" in result
+    for section in ("## What was compared", "## Tables", "## Figures", "## Method", "## Warnings", "## Provenance",
+                    "## How to cite"):
+        assert section in text
+    assert "| cosine / gamma(theta_0=0.01) | **8.50 ± 0.71** (n=2)" in text  # the tables are embedded
+
+
+def test_report_warnings(built):
+    _, report = built
+    warnings = report.read_text().split("## Warnings", 1)[1].split("## Provenance", 1)[0]
+    assert "`geometric / gaussian`: x_T is **not pure noise** (alpha_bar_T = 0.0228" in warnings
+    assert "`linear / gaussian`: x_T" not in warnings
+    assert "**Diverged**: `geometric / gaussian` on `mnist`, seed 1" in warnings
+    assert ERROR in warnings and "**Error**: `sigmoid / gaussian` on `mnist`, seed 0" in warnings
+    assert "`fid` on a small sample" in warnings and "< 2048" in warnings
+    assert "`kid` on a small sample" not in warnings  # KID is unbiased: no rank-deficiency warning
+    assert "Preset `quick`" in warnings and "dirty" in warnings
+
+
+def test_report_figures_provenance_and_citation(built):
+    run, report = built
+    text = report.read_text()
+    links = re.findall(r"\]\(((?:plots|tables)/[^)]+)\)", text)
+    assert {f"plots/{p}.png" for p in PLOTS} <= set(links)
+    assert all((run / link).is_file() for link in links)
+    prov = text.split("## Provenance", 1)[1]
+    assert "0123456789abcdef0123456789abcdef01234567" in prov and "**dirty**" in prov
+    assert prov.count("| ok |") == 10 and "| diverged |" in prov and "| error |" in prov
+    assert "| 0.036 h |" in prov  # 100 s train + 2 x (10 s sample + 5 s score)
+    assert "@misc{bench-schedules-quick-20261121-120000," in text and "commit 0123456789ab-dirty" in text
+    assert "year         = {2026}" in text
+
+
+def test_build_report_is_idempotent_and_the_cli_rebuilds_it(built, capsys):
+    from bench.__main__ import main
+
+    run, _ = built
+
+    def digest():
+        files = sorted(p for d in ("tables", "plots") for p in (run / d).iterdir()) + [run / "REPORT.md"]
+        return {p.relative_to(run).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+    before = digest()
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "REPORT.md")
+    assert digest() == before
+    assert not list(run.rglob(".*.tmp"))
+
+
+# --- robustness ------------------------------------------------------------------------------------
+def test_report_without_optional_files(tmp_path):
+    """rows.csv alone (no floors, grid, env, samples, logs): the report says what is missing."""
+    from bench.report import build_report
+
+    run = make_run(tmp_path / "run")
+    for name in ("floors.csv", "grid.toml", "env.json"):
+        (run / name).unlink()
+    for d in ("samples", "logs"):
+        for f in (run / d).iterdir():
+            f.unlink()
+    text = build_report(run).read_text()
+    md = (run / "tables" / "fid.md").read_text()
+    assert "real vs real (floor)" not in md and "no real-vs-real floor was recorded" in md
+    assert "samples/" in text and "missing" in text and "no denoising strips" in text
+    assert "No git commit recorded" in text
+    assert (run / "plots" / "fid_by_arm.png").is_file() and not (run / "plots" / "loss_curves.png").exists()
+
+
+def test_report_when_every_trial_failed(tmp_path):
+    from bench.report import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_rows(run, error_rows(_cfg("mnist", "linear / gaussian", 0), RuntimeError("boom")))
+    text = build_report(run).read_text()
+    assert "RuntimeError: boom" in text and "0 finished" in text
+
+
+def test_loss_by_t_frame_accepts_several_layouts():
+    from bench.plots import loss_by_t_frame
+
+    a = loss_by_t_frame(pd.DataFrame({"t_lo": [0, 50], "t_hi": [49, 99], "loss": [0.2, 0.1]}))
+    assert list(a["x"]) == [24.5, 74.5] and list(a["loss"]) == [0.2, 0.1] and a["log_snr"].isna().all()
+    b = loss_by_t_frame(pd.DataFrame({"bin": [0, 1, 2], "mean_loss": [0.3, 0.2, 0.1]}))
+    assert list(b["x"]) == [0, 1, 2] and list(b["loss"]) == [0.3, 0.2, 0.1]
+    c = loss_by_t_frame(pd.DataFrame({"window": ["all", "second_half"], "bin": [0, 0], "t_lo": [0, 0], "t_hi": [9, 9],
+                                      "log_snr_lo": [5.0, 5.0], "log_snr_hi": [3.0, 3.0], "loss": [0.5, 0.25]}))
+    assert list(c["loss"]) == [0.25] and list(c["log_snr"]) == [4.0]
+    d = loss_by_t_frame(pd.DataFrame({"step": [10, 10, 20, 20], "t": [1, 2, 1, 2], "loss": [9, 9, 0.5, 0.4]}))
+    assert list(d["loss"]) == [0.5, 0.4]
+
+
+# --- schedules figure and CLI -------------------------------------------------------------------------
+def test_plot_schedules_every_registered_schedule(tmp_path):
+    from bench.__main__ import main
+    from bench.schedules import SCHEDULES
+
+    out = tmp_path / "s.png"
+    assert main(["plot-schedules", "--out", str(out)]) == 0
+    assert out.stat().st_size > 10000
+    from bench.report import plot_schedules
+
+    pdf = plot_schedules(["linear", "geometric"], 100, tmp_path / "sub" / "two.pdf")
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert len(SCHEDULES.names()) >= 4
+
+
+# --- denoising strip -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("noise_name, kw", [("gaussian", {}), ("gamma", {"theta_0": 0.1})])
+def test_denoise_strip_with_an_exact_oracle(tmp_path, noise_name, kw):
+    """With eps*(x_t, t) = (x_t - sqrt(ab_t) x*)/sqrt(1 - ab_t) for one known x*, pred x_0 is x*."""
+    from bench.diffusion import Diffusion
+    from bench.images import denoise_strip, strip_timesteps
+    from bench.noise import make_noise
+
+    diffusion = Diffusion(make_betas("linear", 200))
+    noise = make_noise(noise_name, diffusion.alpha_bar, **kw)
+    x_star = torch.linspace(-0.9, 0.9, 3 * 8 * 8).reshape(1, 3, 8, 8)
+    ab = diffusion.alpha_bar
+
+    def oracle(x_t, t):
+        a = ab[t.cpu()].view(-1, 1, 1, 1)
+        return ((x_t.double() - a.sqrt() * x_star.double()) / (1 - a).sqrt()).float()
+
+    ts = strip_timesteps(200)
+    assert ts == [9, 49, 99, 149, 199]
+    x0 = x_star.expand(2, -1, -1, -1).clone()
+    cells = denoise_strip(oracle, diffusion, noise, x0, ts, torch.Generator().manual_seed(3), tmp_path / "strip.png")
+    assert cells.shape == (2, 1 + 2 * len(ts), 3, 8, 8)
+    assert torch.equal(cells[:, 0], x0)
+    gen = torch.Generator().manual_seed(3)
+    for j, t in enumerate(ts):
+        tt = torch.full((2,), t, dtype=torch.long)
+        assert torch.allclose(cells[:, 1 + 2 * j], diffusion.q_sample(x0, tt, noise.sample((2, 3, 8, 8), tt, gen)))
+        err = (cells[:, 2 + 2 * j] - x_star).abs().max().item()
+        assert err < 1e-4 * (ab[t] ** -0.5).item(), (t, err)  # float32 rounding, amplified by 1/sqrt(ab_t)
+    with Image.open(tmp_path / "strip.png") as im:
+        assert im.size[0] > im.size[1] > 50
+    with pytest.raises(ValueError):
+        denoise_strip(oracle, diffusion, noise, x0, [200], torch.Generator(), tmp_path / "bad.png")
+
+
+def test_citation_cff():
+    text = (Path(__file__).resolve().parent.parent / "CITATION.cff").read_text()
+    fields = dict(ln.split(": ", 1) for ln in text.splitlines() if ": " in ln and not ln.startswith(" "))
+    assert fields["cff-version"] == "1.2.0" and fields["version"] == "0.1.0" and fields["license"] == "MIT"
+    assert fields["title"] == '"bench: a benchmark suite for diffusion beta schedules and noise types"'
+    assert fields["date-released"] == "2026-11-21" and '- name: "The bench developers"' in text
