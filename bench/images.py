@@ -4,7 +4,6 @@ while the model is in memory) and the report's montages of sample grids and stri
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.plots import Plot, _figure, _metadata, _theme, _wrap, save
+from bench.plots import Plot, _figure, _metadata, _safe, _theme, _wrap, save
 from bench.tables import Run, labels_of
 
 #: where the strip looks, as fractions of T (the last is t = T: x_T, what the sampler starts from)
@@ -97,50 +96,55 @@ def _first_seed(run: Run, ds: str, label: str) -> pd.Series:
     return (ok if len(ok) else t).sort_values("seed").iloc[0]
 
 
-def _image_montage(run: Run, png: Path, name: Callable[[pd.Series], str], ncols: int, w: float, h: float,
+def _image_montage(run: Run, ds: str, png: Path, name: Callable[[pd.Series], str], ncols: int, w: float, h: float,
                    notes: list[str]) -> None:
-    """One panel per arm, a block of rows per dataset: the arm's first-seed image ``samples/<name(trial)>``."""
+    """One panel per arm of dataset ``ds``: the arm's first-seed image ``samples/<name(trial)>``."""
     from PIL import Image
 
-    blocks = [[(ds, lb) for lb in labels_of(run, ds)] for ds in run.datasets]
-    ncols = min(ncols, max(len(b) for b in blocks))
-    rows = [blk[i:i + ncols] for blk in blocks for i in range(0, len(blk), ncols)]
+    labels = labels_of(run, ds)
+    ncols = min(ncols, len(labels))
     with _theme():
-        fig, axes = _figure(len(rows), ncols, w, h)
+        fig, axes = _figure(-(-len(labels) // ncols), ncols, w, h)
         for ax in axes.ravel():
             ax.axis("off")
-        for r, row in enumerate(rows):
-            for ax, (ds, lb) in zip(axes[r], row):
-                t = _first_seed(run, ds, lb)
-                path = run.dir / "samples" / name(t)
-                if path.exists():
-                    ax.imshow(np.asarray(Image.open(path).convert("RGB")), interpolation="nearest")
-                else:
-                    notes.append(f"samples/{path.name} missing ({lb}, {ds}, seed {t['seed']}, status {t['status']})")
-                    ax.text(0.5, 0.5, f"no image\n(status {t['status']})", ha="center", va="center",
-                            transform=ax.transAxes)
-                ax.set_title(f"{_wrap(lb, 36)}\n{ds}, seed {t['seed']}", fontsize=8)
+        for ax, lb in zip(axes.ravel(), labels):
+            t = _first_seed(run, ds, lb)
+            path = run.dir / "samples" / name(t)
+            if path.exists():
+                ax.imshow(np.asarray(Image.open(path).convert("RGB")), interpolation="nearest")
+            else:
+                notes.append(f"samples/{path.name} missing ({lb}, {ds}, seed {t['seed']}, status {t['status']})")
+                ax.text(0.5, 0.5, f"no image\n(status {t['status']})", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"{_wrap(lb, 36)} (seed {t['seed']})", fontsize=8)
+        fig.suptitle(ds, fontsize=10)
         save(fig, png)
 
 
-def montage_samples(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
+def montage_samples(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
+    """Per dataset: the main evaluation's sample grid of every arm, side by side."""
     ev = main_eval(run)
-    if ev is None:
-        return None
-    png = out_dir / "samples_montage.png"
-    _image_montage(run, png, lambda t: f"{t['trial_id']}_{ev[0]}-{ev[1]}.png", 4, 2.6, 3.0, notes)
-    return Plot(png, f"Samples of every arm ({ev[0]}, {ev[1]} steps; the first seed's model; image i starts from "
-                     f"the same seed in every arm).")
+    out = []
+    for ds in run.datasets if ev else []:
+        png = out_dir / f"samples_{_safe(ds)}.png"
+        _image_montage(run, ds, png, lambda t: f"{t['trial_id']}_{ev[0]}-{ev[1]}.png", 4, 2.6, 2.9, notes)
+        out.append(Plot(png, f"{ds}: samples of every arm ({ev[0]}, {ev[1]} steps; the first seed's model; image i "
+                             f"starts from the same seed in every arm)."))
+    return out
 
 
-def montage_denoise(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
+def montage_denoise(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
+    """Per dataset: the denoising strip of every arm, one above the other."""
     from PIL import Image
 
-    png = out_dir / "denoise_montage.png"
     strips = [p for t in dict.fromkeys(run.rows["trial_id"]) for p in [run.dir / "samples" / f"{t}_denoise.png"] if p.exists()]
     if not strips:
         notes.append("no denoising strips (samples/<trial_id>_denoise.png) in this run")
-        return None
+        return []
     w, h = Image.open(strips[0]).size
-    _image_montage(run, png, lambda t: f"{t['trial_id']}_denoise.png", 1, 8.0, 8.0 * h / w + 0.5, notes)
-    return Plot(png, "Denoising strips per arm: held-out x_0, then x_t and the model's predicted x_0 at several t.")
+    out = []
+    for ds in run.datasets:
+        png = out_dir / f"denoise_{_safe(ds)}.png"
+        _image_montage(run, ds, png, lambda t: f"{t['trial_id']}_denoise.png", 1, 8.0, 8.0 * h / w + 0.4, notes)
+        out.append(Plot(png, f"{ds}: denoising strip of every arm: held-out x_0, then x_t and the model's predicted "
+                             f"x_0 at several t (same images and noise seeds in every arm)."))
+    return out

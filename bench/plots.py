@@ -11,7 +11,7 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import matplotlib
 import numpy as np
@@ -128,10 +128,11 @@ def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot:
         fig, axes = _figure(len(run.datasets), len(samplers), max(3.6, 7.0 / len(samplers)), 2.8)
         for (i, ds), (j, s) in ((a, b) for a in enumerate(run.datasets) for b in enumerate(samplers)):
             ax = axes[i, j]
-            for lb in run.labels:
+            for n, lb in enumerate(run.labels):
                 a = agg[(agg.dataset == ds) & (agg.label == lb) & (agg.sampler == s) & (agg.n > 0)].sort_values("sample_steps")
+                dodge = math.exp(0.03 * (n - (len(run.labels) - 1) / 2))  # arms side by side, not on top of each other
                 if len(a):
-                    ax.errorbar(a["sample_steps"], a["mean"], yerr=a["std"].fillna(0), capsize=3, ms=6,
+                    ax.errorbar(a["sample_steps"] * dodge, a["mean"], yerr=a["std"].fillna(0), capsize=3, ms=6,
                                 label=lb, **styles[lb])
             fv = floor_value(run, metric, ds)
             if fv is not None:
@@ -142,7 +143,7 @@ def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot:
             ax.minorticks_off()
             ax.margins(x=0.1)
             ax.set_title(f"{ds}: {s}")
-            ax.set_xlabel("sampling steps = network evaluations (log scale)")
+            ax.set_xlabel("sampling steps (log scale)")
             ax.set_ylabel(f"{metric} (lower is better)")
         _fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / f"{_safe(metric)}_vs_steps.png")

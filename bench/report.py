@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.images import denoise_strip, main_eval, montage_denoise, montage_samples, strip_timesteps  # noqa: F401
+from bench.images import denoise_strip, montage_denoise, montage_samples, strip_timesteps
 from bench.plots import (Plot, plot_loss_by_t, plot_loss_curves, plot_metric_by_arm, plot_metric_vs_steps,
-                         plot_run_schedules, plot_schedules)  # noqa: F401
+                         plot_run_schedules, plot_schedules)
 from bench.tables import Run, aggregate, floor_value, load_run, metric_meta, write_tables
+
+__all__ = ["build_report", "make_plots", "plot_schedules", "denoise_strip", "strip_timesteps", "load_run"]
 
 REPORT = "REPORT.md"
 VERSION = "0.1.0"
@@ -49,9 +51,8 @@ def make_plots(run: Run, out_dir: Path) -> tuple[list[Plot], list[str]]:
     plots: list[Plot | None] = []
     for m in run.metrics:
         plots += [plot_metric_by_arm(run, m, out_dir), plot_metric_vs_steps(run, m, out_dir)]
-    plots += [plot_run_schedules(run, out_dir), plot_loss_curves(run, out_dir, notes),
-              plot_loss_by_t(run, out_dir, notes), montage_samples(run, out_dir, notes),
-              montage_denoise(run, out_dir, notes)]
+    plots += [plot_run_schedules(run, out_dir), plot_loss_curves(run, out_dir, notes), plot_loss_by_t(run, out_dir, notes)]
+    plots += montage_samples(run, out_dir, notes) + montage_denoise(run, out_dir, notes)
     return [p for p in plots if p is not None], list(dict.fromkeys(notes))
 
 
@@ -93,7 +94,8 @@ def compared(run: Run) -> str:
     axes = run.grid.get("axes") or {}
     seeds = sorted(int(s) for s in run.rows["seed"].dropna().unique())
     axis_text = "; ".join(f"`{k}` = {', '.join(map(str, v))}" for k, v in axes.items())
-    return (f"## What was compared\n\n{run.grid.get('description', '').strip()} This run (preset "
+    intro = (run.grid.get("description", "").strip() + " ").lstrip()
+    return (f"## What was compared\n\n{intro}This run (preset "
             f"`{run.grid.get('preset', '?')}`) trains one model per arm, dataset and seed: {len(run.labels)} arms "
             f"({join([f'`{lb}`' for lb in run.labels])}) on {join([f'`{d}`' for d in run.datasets])}, with seeds "
             f"{', '.join(map(str, seeds))} as replicates, {run.rows['trial_id'].nunique()} trials in all. "

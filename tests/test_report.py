@@ -205,7 +205,7 @@ def test_latex_table_is_balanced_booktabs(built):
 
 # --- plots ---------------------------------------------------------------------------------------
 PLOTS = ["fid_by_arm", "fid_vs_steps", "kid_by_arm", "kid_vs_steps", "schedules", "loss_curves", "loss_by_t",
-         "samples_montage", "denoise_montage"]
+         "samples_mnist", "samples_craters", "denoise_mnist", "denoise_craters"]
 
 
 def test_every_plot_exists_as_png_and_pdf(built):
