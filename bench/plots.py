@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from bench.tables import Run, aggregate, floor_value, labels_of
+from bench.tables import Run, aggregate, datasets_with, floor_value, labels_of
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
 LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (6, 2, 1, 2))]
@@ -81,13 +81,15 @@ def _seed_values(run: Run, metric: str) -> pd.DataFrame:
     return r.assign(_v=pd.to_numeric(r[metric], errors="coerce")).dropna(subset=["_v"])
 
 
-def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot:
+def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot | None:
     """One panel per (dataset, evaluation): arms down, metric across; mean ± std, seeds as open dots."""
-    agg, seeds, styles = aggregate(run, metric), _seed_values(run, metric), arm_styles(run.labels)
-    n_arms = max(len(labels_of(run, ds)) for ds in run.datasets)
+    agg, seeds, styles, datasets = aggregate(run, metric), _seed_values(run, metric), arm_styles(run.labels), datasets_with(run, metric)
+    if not datasets:
+        return None
+    n_arms = max(len(labels_of(run, ds)) for ds in datasets)
     with _theme():
-        fig, axes = _figure(len(run.datasets), len(run.evals), 3.0, 0.45 * n_arms + 1.2)
-        for (i, ds), (j, (s, k)) in ((a, b) for a in enumerate(run.datasets) for b in enumerate(run.evals)):
+        fig, axes = _figure(len(datasets), len(run.evals), 3.0, 0.45 * n_arms + 1.2)
+        for (i, ds), (j, (s, k)) in ((a, b) for a in enumerate(datasets) for b in enumerate(run.evals)):
             ax, labels = axes[i, j], labels_of(run, ds)
             for y, lb in enumerate(labels):
                 sel = lambda d: d[(d.dataset == ds) & (d.label == lb) & (d.sampler == s) & (d.sample_steps == k)]  # noqa: E731
@@ -120,13 +122,15 @@ def _lost_text(a) -> str:
     return "no result: " + (", ".join(parts) if parts else "missing")
 
 
-def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot:
+def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot | None:
     """metric vs sampling steps (log x), one line per arm; a panel per (dataset, sampler)."""
-    agg, styles = aggregate(run, metric), arm_styles(run.labels)
+    agg, styles, datasets = aggregate(run, metric), arm_styles(run.labels), datasets_with(run, metric)
     samplers = list(dict.fromkeys(s for s, _ in run.evals))
+    if not datasets:
+        return None
     with _theme():
-        fig, axes = _figure(len(run.datasets), len(samplers), max(3.6, 7.0 / len(samplers)), 2.8)
-        for (i, ds), (j, s) in ((a, b) for a in enumerate(run.datasets) for b in enumerate(samplers)):
+        fig, axes = _figure(len(datasets), len(samplers), max(3.6, 7.0 / len(samplers)), 2.8)
+        for (i, ds), (j, s) in ((a, b) for a in enumerate(datasets) for b in enumerate(samplers)):
             ax = axes[i, j]
             for n, lb in enumerate(run.labels):
                 a = agg[(agg.dataset == ds) & (agg.label == lb) & (agg.sampler == s) & (agg.n > 0)].sort_values("sample_steps")

@@ -114,16 +114,22 @@ def result(run: Run) -> str:
                f"{st.get('error', 0)} failed with an error (see Warnings).")
     if not run.metrics:
         return "\n\n".join(out + ["No metric has a value in rows.csv, so there is nothing to rank."])
-    primary = run.metrics[0]
     for ds in run.datasets:
+        primary = primary_metric(run, ds)
         agg = aggregate(run, primary)
-        lines = [f"**{ds}**, by `{primary}` (the first metric of the grid; mean ± std over seeds, n = seeds "
-                 f"that finished):"]
+        lines = [f"**{ds}**, by `{primary}` (the grid's first metric with a value here; mean ± std over seeds, "
+                 f"n = seeds that finished):"]
         lines += [f"- `{ev_name(ev)}`: {verdict(run, agg, primary, ds, ev)}" for ev in run.evals]
         lines += other_metrics(run, ds, primary)
         out.append("\n".join(lines))
     out.append(budget(run))
     return "\n\n".join(out)
+
+
+def primary_metric(run: Run, ds: str) -> str:
+    """The first metric of the grid that has a value on dataset ``ds`` (e.g. fd_mnist_clf is skipped on RGB)."""
+    rows = run.rows[run.rows["dataset"] == ds]
+    return next((m for m in run.metrics if pd.to_numeric(rows[m], errors="coerce").notna().any()), run.metrics[0])
 
 
 def _ranked(agg: pd.DataFrame, ds: str, ev: tuple[str, int]) -> pd.DataFrame:
@@ -162,9 +168,11 @@ def other_metrics(run: Run, ds: str, primary: str) -> list[str]:
     agg0 = aggregate(run, primary)
     win0 = {ev: _winner(agg0, ds, ev) for ev in run.evals}
     out = []
-    for m in run.metrics[1:]:
+    for m in [m for m in run.metrics if m != primary]:
         agg = aggregate(run, m)
         wins = {ev: _winner(agg, ds, ev) for ev in run.evals}
+        if not any(wins.values()):
+            continue
         same = "agrees" if wins == win0 else "disagrees"
         out.append(f"- By `{m}` the best arm is " + join([f"{w or 'none'} at `{ev_name(ev)}`" for ev, w in wins.items()])
                    + f" ({same} with `{primary}`).")
@@ -252,8 +260,8 @@ def metric_description(metric: str) -> str:
 
 # --- warnings --------------------------------------------------------------------------------------
 def warnings_section(run: Run, notes: list[str]) -> str:
-    items = (not_pure_noise(run) + failed_trials(run) + small_reference(run) + budget_notes(run) + few_seeds(run)
-             + git_warnings(run))
+    items = (not_pure_noise(run) + failed_trials(run) + skipped_metrics(run) + small_reference(run) + budget_notes(run)
+             + few_seeds(run) + git_warnings(run))
     if notes:
         items.append("Missing files (the figures show a placeholder or leave the trial out):\n"
                      + "\n".join(f"  - {n}" for n in notes))
@@ -284,6 +292,18 @@ def failed_trials(run: Run) -> list[str]:
     return out
 
 
+def skipped_metrics(run: Run) -> list[str]:
+    """Metrics that bench.metrics declined for a dataset (``<metric>_skipped``: why)."""
+    out = []
+    for m in run.metrics:
+        col = f"{m}_skipped"
+        if col in run.rows.columns:
+            for (ds, why) in run.rows[["dataset", col]].dropna().drop_duplicates().itertuples(index=False):
+                why = str(why).removeprefix(f"{ds}: ").rstrip(".")
+                out.append(f"`{m}` was not computed on `{ds}` (the table shows —): {why}.")
+    return out
+
+
 def small_reference(run: Run) -> list[str]:
     """Fréchet distances estimated from fewer images than feature dimensions: rank-deficient covariances."""
     out = []
@@ -300,11 +320,16 @@ def small_reference(run: Run) -> list[str]:
 
 
 def _feature_dim(metric: str, features: str) -> int | None:
-    """Feature dimension of a Fréchet metric (from e.g. '(2048-d)' in its extractor's name), else None."""
+    """Feature dimension of a Fréchet metric, read from its extractor's label ('...-2048', '2048-d',
+    'pixels-8x8' -> 64, a lower bound), else None (not a Fréchet metric)."""
     if not metric.startswith(FRECHET_PREFIXES):
         return None
-    found = re.search(r"(\d+)[- ]?(?:d\b|dim)", features)
-    return int(found.group(1)) if found else DEFAULT_FEATURE_DIM
+    for pattern, dim in ((r"(\d+)-d\b", lambda g: int(g[0])), (r"(\d+)x(\d+)$", lambda g: int(g[0]) * int(g[1])),
+                         (r"-(\d+)$", lambda g: int(g[0]))):
+        found = re.search(pattern, features.split(",")[0].strip())
+        if found:
+            return dim(found.groups())
+    return DEFAULT_FEATURE_DIM
 
 
 def budget_notes(run: Run) -> list[str]:

@@ -140,16 +140,19 @@ def floor_value(run: Run, metric: str, dataset: str) -> float | None:
 
 
 def metric_meta(run: Run, metric: str) -> dict[str, str]:
-    """Feature extractor, n_generated and n_reference of ``metric`` as they appear in rows/floors."""
-    frames = [run.rows] + ([run.floors] if run.floors is not None else [])
+    """Feature extractor, n_generated and n_reference of ``metric`` (from the rows that have a value),
+    and floor_n, the number of real images per side of its real-vs-real floor."""
 
-    def values(col: str) -> str:
-        vals = [v for fr in frames if col in fr.columns for v in fr[col].dropna().tolist()]
+    def values(frame: pd.DataFrame | None, col: str) -> str:
+        if frame is None or col not in frame.columns or metric not in frame.columns:
+            return "not recorded"
+        vals = frame.loc[pd.to_numeric(frame[metric], errors="coerce").notna(), col].dropna().tolist()
         vals = [_plain(int(v)) if isinstance(v, float) and v.is_integer() else _plain(v) for v in vals]
         return ", ".join(dict.fromkeys(vals)) or "not recorded"
 
-    gen = values("n_generated") if "n_generated" in run.rows.columns else values("n_samples")
-    return {"features": values(f"{metric}_features"), "n_generated": gen, "n_reference": values(f"{metric}_n_ref")}
+    gen = "n_generated" if "n_generated" in run.rows.columns else "n_samples"
+    return {"features": values(run.rows, f"{metric}_features"), "n_generated": values(run.rows, gen),
+            "n_reference": values(run.rows, f"{metric}_n_ref"), "floor_n": values(run.floors, "n_generated")}
 
 
 def decimals(values) -> int:
@@ -176,7 +179,8 @@ def cell_note(r) -> str:
 # --- the three formats ----------------------------------------------------------------------------
 def caption(run: Run, metric: str) -> str:
     m = metric_meta(run, metric)
-    floor = (" the floor row is real vs real at the same sample size (what a perfect model scores)."
+    floor = (f" the floor row is real vs real: held-out vs training images, {m['floor_n']} held-out images (what a "
+             f"perfect model scores at this sample size)."
              if any(floor_value(run, metric, ds) is not None for ds in run.datasets) else
              " no real-vs-real floor was recorded (floors.csv).")
     return (f"{metric} (lower is better). Feature extractor: {m['features']}. n_generated = {m['n_generated']} "
@@ -206,6 +210,12 @@ def table_frame(run: Run, metric: str) -> pd.DataFrame:
         df[f"{s}:{k}_n"] = df[f"{s}:{k}_n"].astype("Int64")
         df[f"{s}:{k}_best"] = df[f"{s}:{k}_best"].astype("boolean")
     return df
+
+
+def datasets_with(run: Run, metric: str) -> list[str]:
+    """The datasets on which ``metric`` has at least one value."""
+    vals = pd.to_numeric(run.rows[metric], errors="coerce") if metric in run.rows.columns else None
+    return [] if vals is None else list(dict.fromkeys(run.rows.loc[vals.notna(), "dataset"]))
 
 
 def labels_of(run: Run, dataset: str) -> list[str]:

@@ -41,7 +41,8 @@ FID = {
 ERROR = "RuntimeError: CUDA out of memory (fake, for the test)"
 FLOORS = {"mnist": 2.5, "craters": 30.5}
 BASE = dict(timesteps=1000, model="tiny", train_steps=200, batch_size=16, evals="ddim:10,ddim:50",
-            n_samples=256, metrics="fid,kid")
+            n_samples=256, metrics="fd_mnist_clf,fid,kid")
+INCEPTION, CLF = "inception-v3-pool3-2048", "mnist-cnn-penultimate-128"  # bench.metrics' extractor labels
 
 
 def _cfg(ds: str, arm: str, seed: int) -> RunConfig:
@@ -61,11 +62,19 @@ def _rows(cfg: RunConfig, fid) -> list[dict]:
     for (sampler, steps), f in zip(cfg.eval_list(), fid or [None, None]):
         row = {**base, "sampler": sampler, "sample_steps": steps, "trial_s": 130.0}
         if fid:
-            row.update(fid=f, fid_features="inception-v3 pool3 (2048-d)", fid_n_ref=1000, kid=f / 1000,
-                       kid_std=0.0005, kid_features="inception-v3 pool3 (2048-d)", kid_n_ref=1000, n_generated=256,
-                       sample_s=10.0, score_s=5.0, sample_images_per_s=25.6)
+            row.update(fid=f, fid_features=INCEPTION, fid_n_ref=1000, kid=f / 1000, kid_std=0.0005, kid_subset_size=256,
+                       kid_features=INCEPTION, kid_n_ref=1000, n_generated=256, sample_s=10.0, score_s=5.0,
+                       sample_images_per_s=25.6, fd_mnist_clf_features=CLF, **_clf(cfg.dataset, f / 2))
         rows.append(row)
     return rows
+
+
+def _clf(dataset: str, value: float) -> dict:
+    """fd_mnist_clf as bench.metrics reports it: skipped (NaN, n_ref 0, a reason) on RGB craters."""
+    if dataset == "craters":
+        return {"fd_mnist_clf": float("nan"), "fd_mnist_clf_n_ref": 0,
+                "fd_mnist_clf_skipped": "craters: the MNIST classifier needs 1-channel digit-sized images"}
+    return {"fd_mnist_clf": value, "fd_mnist_clf_n_ref": 1000}
 
 
 def _png(path: Path, seed: int, size=(146, 146)) -> None:
@@ -105,10 +114,10 @@ def make_run(run: Path) -> Path:
             _png(run / "samples" / f"{tid}_denoise.png", i, size=(90, 330))
     run.mkdir(parents=True, exist_ok=True)
     write_rows(run, rows)
-    floor = {"fid_features": "inception-v3 pool3 (2048-d)", "fid_n_ref": 1000, "kid_std": 0.0001,
-             "kid_features": "inception-v3 pool3 (2048-d)", "kid_n_ref": 1000, "n_generated": 256}
-    pd.DataFrame([{"dataset": ds, "image_size": 0, "n_samples": 256, "fid": v, "kid": v / 1000, **floor}
-                  for ds, v in FLOORS.items()]).to_csv(run / "floors.csv", index=False)
+    floors = [{"dataset": ds, "image_size": 0, "n_samples": 256, "fid": v, "fid_features": INCEPTION, "fid_n_ref": 1000,
+               "kid": v / 1000, "kid_std": 0.0001, "kid_features": INCEPTION, "kid_n_ref": 1000,
+               "fd_mnist_clf_features": CLF, **_clf(ds, v / 2), "n_generated": 200} for ds, v in FLOORS.items()]
+    pd.DataFrame(floors).to_csv(run / "floors.csv", index=False)
     grid = Grid("schedules", "Which beta schedule? A test grid.", "quick", dict(BASE),
                 {"schedule": ["linear", "cosine", "geometric", "sigmoid"], "dataset": ["mnist", "craters"], "seed": [0, 1]},
                 ["quick: tiny budget"])
@@ -145,7 +154,7 @@ def _row(df: pd.DataFrame, ds: str, arm: str) -> pd.Series:
 def test_csv_table_aggregates_over_seeds_exactly(built):
     run, _ = built
     fid = _frame(run, "fid")
-    assert list(fid.columns[:7]) == ["metric", "features", "n_generated", "n_reference", "dataset", "arm", "row"]
+    assert list(fid.columns[:8]) == ["metric", "features", "n_generated", "n_reference", "floor_n", "dataset", "arm", "row"]
     assert {f"ddim:{k}_{c}" for k in (10, 50) for c in ("mean", "std", "n", "best")} <= set(fid.columns)
     # mnist: 4 arms + floor, craters: 2 arms + floor
     assert list(fid["dataset"]) == ["mnist"] * 5 + ["craters"] * 3
@@ -162,7 +171,7 @@ def test_csv_table_aggregates_over_seeds_exactly(built):
     floor = _row(fid, "mnist", "real vs real (floor)")
     assert floor["row"] == "floor" and floor["ddim:10_mean"] == 2.5 and floor["ddim:50_mean"] == 2.5
     assert _row(fid, "craters", "cosine / gamma(theta_0=0.01)")["ddim:50_mean"] == 32.0
-    assert set(fid["features"]) == {"inception-v3 pool3 (2048-d)"} and set(fid["n_reference"]) == {1000}
+    assert set(fid["features"]) == {INCEPTION} and set(fid["n_reference"]) == {1000} and set(fid["floor_n"]) == {200}
     kid = _row(_frame(run, "kid"), "mnist", "linear / gaussian")
     assert kid["ddim:10_mean"] == pytest.approx(0.011) and kid["ddim:10_std"] == pytest.approx(np.sqrt(2) / 1000)
 
@@ -170,8 +179,8 @@ def test_csv_table_aggregates_over_seeds_exactly(built):
 def test_markdown_table(built):
     run, _ = built
     md = (run / "tables" / "fid.md").read_text()
-    assert md.startswith("*fid (lower is better). Feature extractor: inception-v3 pool3 (2048-d). n_generated = 256")
-    assert "n_reference = 1000" in md
+    assert md.startswith(f"*fid (lower is better). Feature extractor: {INCEPTION}. n_generated = 256")
+    assert "n_reference = 1000" in md and "200 held-out images" in md
     assert "| linear / gaussian | 11.00 ± 1.41 (n=2) | 9.00 ± 0.00 (n=2) |" in md
     assert "| cosine / gamma(theta_0=0.01) | **8.50 ± 0.71** (n=2) | 11.00 ± 1.41 (n=2) |" in md
     assert "| geometric / gaussian | 20.00 (n=1 of 2; 1 diverged) | 15.00 (n=1 of 2; 1 diverged) |" in md
@@ -179,6 +188,8 @@ def test_markdown_table(built):
     assert "| real vs real (floor) | 2.50 | 2.50 |" in md and "| real vs real (floor) | 30.50 | 30.50 |" in md
     assert md.count("**Dataset: ") == 2 and md.count("|---|---:|---:|") == 2
     assert md.count("**") == 2 * (2 + 2) + 2 * 2  # 2 best cells per dataset, plus the dataset headings
+    clf = (run / "tables" / "fd_mnist_clf.md").read_text().split("**Dataset: craters**")[1]
+    assert "| linear / gaussian | — | — |" in clf  # skipped on RGB images: no value, no crash
     kid = (run / "tables" / "kid.md").read_text()
     assert "**0.0085 ± 0.0007** (n=2)" in kid  # small values get enough decimals
 
@@ -204,7 +215,7 @@ def test_latex_table_is_balanced_booktabs(built):
 
 
 # --- plots ---------------------------------------------------------------------------------------
-PLOTS = ["fid_by_arm", "fid_vs_steps", "kid_by_arm", "kid_vs_steps", "schedules", "loss_curves", "loss_by_t",
+PLOTS = ["fd_mnist_clf_by_arm", "fd_mnist_clf_vs_steps", "fid_by_arm", "fid_vs_steps", "kid_by_arm", "kid_vs_steps", "schedules", "loss_curves", "loss_by_t",
          "samples_mnist", "samples_craters", "denoise_mnist", "denoise_craters"]
 
 
@@ -229,9 +240,16 @@ def test_report_lists_arms_result_and_budget(built):
     assert "Which beta schedule? A test grid." in text
     result = text.split("## Result", 1)[1].split("## Tables", 1)[0]
     assert "Of 12 trials, 10 finished, 1 diverged and 1 failed with an error" in result
-    assert ("**cosine / gamma(theta_0=0.01)** scored lowest, 8.50 ± 0.71 (n=2), ahead of linear / gaussian at "
-            "11.00 ± 1.41 (n=2): 2.50 lower (23%). The mean ± std ranges do not overlap") in result
-    assert "**sigmoid / gaussian** scored lowest, 7.00 (n=1)" in result and "single seed" in result
+    mnist, craters = result.split("**craters**")
+    assert "**mnist**, by `fd_mnist_clf`" in mnist and "**craters**" not in mnist  # the first metric of the grid
+    assert ("**cosine / gamma(theta_0=0.01)** scored lowest, 4.25 ± 0.35 (n=2), ahead of linear / gaussian at "
+            "5.50 ± 0.71 (n=2): 1.25 lower (23%). The mean ± std ranges do not overlap") in mnist
+    assert "**sigmoid / gaussian** scored lowest, 3.50 (n=1)" in mnist and "single seed" in mnist
+    assert "By `fid` the best arm is cosine / gamma(theta_0=0.01) at `ddim:10` and sigmoid / gaussian" in mnist
+    # fd_mnist_clf is skipped on RGB craters: its paragraph ranks by fid instead
+    assert craters.startswith(", by `fid`") and "fd_mnist_clf" not in craters
+    assert ("**linear / gaussian** scored lowest, 51.00 ± 1.41 (n=2), ahead of cosine / gamma(theta_0=0.01) at "
+            "61.00 ± 1.41 (n=2): 10.00 lower (16%)") in craters
     assert "200 training steps at batch size 16" in result and "1,036,417 parameters" in result
     assert "T = 1000" in result and "256 generated images" in result and "30.0 min" in result
     for section in ("## What was compared", "## Tables", "## Figures", "## Method", "## Warnings", "## Provenance",
@@ -248,6 +266,8 @@ def test_report_warnings(built):
     assert "**Diverged**: `geometric / gaussian` on `mnist`, seed 1" in warnings
     assert ERROR in warnings and "**Error**: `sigmoid / gaussian` on `mnist`, seed 0" in warnings
     assert "`fid` on a small sample" in warnings and "< 2048" in warnings
+    assert "`fd_mnist_clf` on a small sample" not in warnings  # 256 images >= 128 classifier features
+    assert "`fd_mnist_clf` was not computed on `craters` (the table shows —): the MNIST classifier needs" in warnings
     assert "`kid` on a small sample" not in warnings  # KID is unbiased: no rank-deficiency warning
     assert "Preset `quick`" in warnings and "dirty" in warnings
 
@@ -309,6 +329,15 @@ def test_report_when_every_trial_failed(tmp_path):
     write_rows(run, error_rows(_cfg("mnist", "linear / gaussian", 0), RuntimeError("boom")))
     text = build_report(run).read_text()
     assert "RuntimeError: boom" in text and "0 finished" in text
+
+
+def test_feature_dimension_from_extractor_labels():
+    from bench.report import _feature_dim
+
+    assert _feature_dim("fid", "inception-v3-pool3-2048") == 2048
+    assert _feature_dim("fd_mnist_clf", "mnist-cnn-penultimate-128") == 128
+    assert _feature_dim("fd_pixels", "pixels-8x8") == 64 and _feature_dim("fid", "inception (2048-d)") == 2048
+    assert _feature_dim("fid", "not recorded") == 2048 and _feature_dim("kid", "inception-v3-pool3-2048") is None
 
 
 def test_loss_by_t_frame_accepts_several_layouts():
