@@ -260,13 +260,21 @@ def plot_loss_curves(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                 mean = pd.concat(logs).groupby("step")["loss"].mean()
                 smooth = mean.rolling(max(1, len(mean) // 20), center=True, min_periods=1).mean()
                 ax.plot(smooth.index, smooth.values, lw=1.8, label=lb, markevery=max(1, len(smooth) // 8), **st)
-            ax.set_yscale("log")
             ax.set_title(f"{ds}: training loss")
             ax.set_xlabel("training step")
-            ax.set_ylabel(f"{_loss_kind(run)} of eps prediction per element (log)")
+            ax.set_ylabel(f"{_loss_kind(run)} of eps prediction per element" + _log_if_wide(ax))
         _fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_curves.png") if found else None
     return Plot(png, "Training loss (thin: each seed; thick: mean over seeds, smoothed).") if png else None
+
+
+def _log_if_wide(ax) -> str:
+    """Log y axis when the plotted (positive) data span more than a decade; returns the label suffix."""
+    lo, hi = ax.dataLim.y0, ax.dataLim.y1
+    if lo > 0 and np.isfinite(hi) and hi / lo > 10:
+        ax.set_yscale("log")
+        return " (log scale)"
+    return ""
 
 
 def _trials_by_label(run: Run, ds: str):
@@ -335,10 +343,9 @@ def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                         g = pd.concat(logs).groupby(xcol)["loss"]
                         ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, capsize=2, ms=5,
                                     label=lb, **styles[lb])
-                ax.set_yscale("log")
                 ax.set_title(f"{ds}: training loss by timestep bin")
                 ax.set_xlabel(xlabel)
-                ax.set_ylabel(f"{_loss_kind(run)} of eps prediction (log)")
+                ax.set_ylabel(f"{_loss_kind(run)} of eps prediction" + _log_if_wide(ax))
         _fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_by_t.png")
     return Plot(png, "Training loss per timestep bin (late training where logged), per arm, mean ± std over seeds; "

@@ -81,6 +81,10 @@ def ev_name(ev: tuple[str, int]) -> str:
     return f"{ev[0]}:{ev[1]}"
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
 
@@ -96,9 +100,10 @@ def compared(run: Run) -> str:
     axis_text = "; ".join(f"`{k}` = {', '.join(map(str, v))}" for k, v in axes.items())
     intro = (run.grid.get("description", "").strip() + " ").lstrip()
     return (f"## What was compared\n\n{intro}This run (preset "
-            f"`{run.grid.get('preset', '?')}`) trains one model per arm, dataset and seed: {len(run.labels)} arms "
-            f"({join([f'`{lb}`' for lb in run.labels])}) on {join([f'`{d}`' for d in run.datasets])}, with seeds "
-            f"{', '.join(map(str, seeds))} as replicates, {run.rows['trial_id'].nunique()} trials in all. "
+            f"`{run.grid.get('preset', '?')}`) trains one model per arm, dataset and seed: {plural(len(run.labels), 'arm')} "
+            f"({join([f'`{lb}`' for lb in run.labels])}) on {join([f'`{d}`' for d in run.datasets])}, with "
+            f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) as replicates, "
+            f"{plural(run.rows['trial_id'].nunique(), 'trial')} in all. "
             f"Grid axes: {axis_text or 'none recorded'}. Everything else (model, training budget, data, sampling "
             f"seeds, number of samples) is identical across arms, so differences between arms come from the "
             f"axes, and the seeds measure how much of a difference is luck. Every model is sampled with "
@@ -110,7 +115,7 @@ def compared(run: Run) -> str:
 def result(run: Run) -> str:
     out = ["## Result"]
     st = run.trials()["status"].value_counts()
-    out.append(f"Of {len(run.trials())} trials, {st.get('ok', 0)} finished, {st.get('diverged', 0)} diverged and "
+    out.append(f"Of {plural(len(run.trials()), 'trial')}, {st.get('ok', 0)} finished, {st.get('diverged', 0)} diverged and "
                f"{st.get('error', 0)} failed with an error (see Warnings).")
     if not run.metrics:
         return "\n\n".join(out + ["No metric has a value in rows.csv, so there is nothing to rank."])
@@ -193,7 +198,8 @@ def budget(run: Run) -> str:
     return (f"**Budget** (the same for every arm): {values(run, 'train_steps')} training steps at batch size "
             f"{values(run, 'batch_size')}, UNet preset `{values(run, 'model')}` ({n_params(run) or '?'} "
             f"parameters), T = {values(run, 'timesteps')} diffusion steps, {values(run, 'n_samples')} generated "
-            f"images per evaluation, on {values(run, 'device')}. The run took {duration(wall)} of wall-clock time "
+            f"images per evaluation, on {values(run, 'device')}. The run took "
+            f"{duration(wall) + ' of wall-clock time' if wall else 'an unrecorded wall-clock time (env.json has no wall_s)'} "
             f"and {sum(trial_seconds(run).values()) / 3600:.2f} device-hours summed over trials.")
 
 
@@ -260,12 +266,27 @@ def metric_description(metric: str) -> str:
 
 # --- warnings --------------------------------------------------------------------------------------
 def warnings_section(run: Run, notes: list[str]) -> str:
-    items = (not_pure_noise(run) + failed_trials(run) + skipped_metrics(run) + small_reference(run) + budget_notes(run)
+    items = (incomplete(run) + not_pure_noise(run) + failed_trials(run) + skipped_metrics(run) + small_reference(run) + budget_notes(run)
              + few_seeds(run) + git_warnings(run))
     if notes:
         items.append("Missing files (the figures show a placeholder or leave the trial out):\n"
                      + "\n".join(f"  - {n}" for n in notes))
     return "## Warnings\n\n" + ("\n".join(f"- {w}" for w in items) if items else "None.")
+
+
+def incomplete(run: Run) -> list[str]:
+    """rows.csv has fewer trials than grid.toml defines (a run that was interrupted or is still going)."""
+    try:
+        from bench.grid import Grid
+
+        g = run.grid
+        expected = len(Grid(g["name"], g.get("description", ""), g.get("preset", "full"), g.get("base", {}),
+                            g.get("axes", {})).trials())
+    except Exception:  # noqa: BLE001 - no or an old grid.toml: nothing to compare with
+        return []
+    have = run.rows["trial_id"].nunique()
+    return [f"**Incomplete run**: rows.csv holds {have} of the grid's {expected} trials (interrupted, or still "
+            f"running); arms and seeds that are missing are simply absent from the tables."] if have < expected else []
 
 
 def not_pure_noise(run: Run) -> list[str]:
@@ -312,10 +333,10 @@ def small_reference(run: Run) -> list[str]:
         dim = _feature_dim(m, md["features"])
         counts = [int(x) for x in re.findall(r"\d+", f"{md['n_generated']} {md['n_reference']}")]
         if dim and counts and min(counts) < dim:
-            out.append(f"`{m}` on a small sample (n_generated = {md['n_generated']}, n_reference = "
-                       f"{md['n_reference']} < {dim} feature dimensions): the covariance estimates are rank-deficient "
-                       f"and the value is strongly biased upwards; compare arms only with each other at the same n, "
-                       f"never with published numbers.")
+            out.append(f"`{m}` on a small sample: {min(counts)} < {dim} images (n_generated = {md['n_generated']}, "
+                       f"n_reference = {md['n_reference']}; {dim}-d features, {md['features']}), so the covariance "
+                       f"estimates are rank-deficient and the value is strongly biased upwards; compare arms only "
+                       f"with each other at the same n, never with published numbers.")
     return out
 
 

@@ -23,20 +23,22 @@ from bench.rundir import write_rows
 from bench.schedules import make_betas, terminal_report
 from bench.trial import error_rows
 
-ARMS = {  # label -> (schedule, noise, extra config)
-    "linear / gaussian": ("linear", "gaussian", {}),
-    "cosine / gamma(theta_0=0.01)": ("cosine", "gamma", {"theta_0": 0.01}),
-    "geometric / gaussian": ("geometric", "gaussian", {}),
-    "sigmoid / gaussian": ("sigmoid", "gaussian", {}),
+ARMS = {  # label -> schedule (geometric and scaled_linear: x_T is not pure noise)
+    "linear / gaussian": "linear",
+    "cosine / gaussian": "cosine",
+    "geometric / gaussian": "geometric",
+    "scaled_linear / gaussian": "scaled_linear",
 }
 # fid per (dataset, arm, seed): [ddim:10, ddim:50]; None = the trial diverged, "error" = it raised
 FID = {
     ("mnist", "linear / gaussian", 0): [10.0, 9.0], ("mnist", "linear / gaussian", 1): [12.0, 9.0],
-    ("mnist", "cosine / gamma(theta_0=0.01)", 0): [8.0, 10.0], ("mnist", "cosine / gamma(theta_0=0.01)", 1): [9.0, 12.0],
+    ("mnist", "cosine / gaussian", 0): [8.0, 10.0], ("mnist", "cosine / gaussian", 1): [9.0, 12.0],
     ("mnist", "geometric / gaussian", 0): [20.0, 15.0], ("mnist", "geometric / gaussian", 1): None,
-    ("mnist", "sigmoid / gaussian", 0): "error", ("mnist", "sigmoid / gaussian", 1): [30.0, 7.0],
+    ("mnist", "scaled_linear / gaussian", 0): "error", ("mnist", "scaled_linear / gaussian", 1): [30.0, 7.0],
     ("craters", "linear / gaussian", 0): [50.0, 40.0], ("craters", "linear / gaussian", 1): [52.0, 44.0],
-    ("craters", "cosine / gamma(theta_0=0.01)", 0): [60.0, 30.0], ("craters", "cosine / gamma(theta_0=0.01)", 1): [62.0, 34.0],
+    ("craters", "cosine / gaussian", 0): [60.0, 30.0], ("craters", "cosine / gaussian", 1): [62.0, 34.0],
+    ("craters", "geometric / gaussian", 0): [70.0, 50.0], ("craters", "geometric / gaussian", 1): [72.0, 52.0],
+    ("craters", "scaled_linear / gaussian", 0): [80.0, 60.0], ("craters", "scaled_linear / gaussian", 1): [82.0, 62.0],
 }
 ERROR = "RuntimeError: CUDA out of memory (fake, for the test)"
 FLOORS = {"mnist": 2.5, "craters": 30.5}
@@ -46,8 +48,15 @@ INCEPTION, CLF = "inception-v3-pool3-2048", "mnist-cnn-penultimate-128"  # bench
 
 
 def _cfg(ds: str, arm: str, seed: int) -> RunConfig:
-    schedule, noise, extra = ARMS[arm]
-    return RunConfig(dataset=ds, schedule=schedule, noise=noise, seed=seed, **BASE, **extra)
+    return RunConfig(dataset=ds, schedule=ARMS[arm], seed=seed, **BASE)
+
+
+def _write_grid(run: Path) -> None:
+    """grid.toml of the fake run: its 16 trials are exactly the grid's."""
+    grid = Grid("schedules", "Which beta schedule? A test grid.", "quick", dict(BASE),
+                {"schedule": list(ARMS.values()), "dataset": ["mnist", "craters"], "seed": [0, 1]})
+    assert len(grid.trials()) == len(FID)
+    (run / "grid.toml").write_text(grid.to_toml())
 
 
 def _rows(cfg: RunConfig, fid) -> list[dict]:
@@ -118,10 +127,7 @@ def make_run(run: Path) -> Path:
                "kid": v / 1000, "kid_std": 0.0001, "kid_features": INCEPTION, "kid_n_ref": 1000,
                "fd_mnist_clf_features": CLF, **_clf(ds, v / 2), "n_generated": 200} for ds, v in FLOORS.items()]
     pd.DataFrame(floors).to_csv(run / "floors.csv", index=False)
-    grid = Grid("schedules", "Which beta schedule? A test grid.", "quick", dict(BASE),
-                {"schedule": ["linear", "cosine", "geometric", "sigmoid"], "dataset": ["mnist", "craters"], "seed": [0, 1]},
-                ["quick: tiny budget"])
-    (run / "grid.toml").write_text(grid.to_toml())
+    _write_grid(run)
     env = {"git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True}, "python": "3.11.2",
            "platform": "Linux x86_64", "versions": {"bench": "0.1.0", "torch": "2.5.0"}, "cpu_count": 2,
            "cuda_devices": [], "command": "python -m bench run --grid schedules --preset quick",
@@ -157,20 +163,20 @@ def test_csv_table_aggregates_over_seeds_exactly(built):
     assert list(fid.columns[:8]) == ["metric", "features", "n_generated", "n_reference", "floor_n", "dataset", "arm", "row"]
     assert {f"ddim:{k}_{c}" for k in (10, 50) for c in ("mean", "std", "n", "best")} <= set(fid.columns)
     # mnist: 4 arms + floor, craters: 2 arms + floor
-    assert list(fid["dataset"]) == ["mnist"] * 5 + ["craters"] * 3
+    assert list(fid["dataset"]) == ["mnist"] * 5 + ["craters"] * 5
     lin = _row(fid, "mnist", "linear / gaussian")
     assert lin["ddim:10_mean"] == 11.0 and lin["ddim:10_std"] == pytest.approx(np.sqrt(2)) and lin["ddim:10_n"] == 2
     assert lin["ddim:50_mean"] == 9.0 and lin["ddim:50_std"] == 0.0
-    cos = _row(fid, "mnist", "cosine / gamma(theta_0=0.01)")
+    cos = _row(fid, "mnist", "cosine / gaussian")
     assert cos["ddim:10_mean"] == 8.5 and bool(cos["ddim:10_best"]) and not bool(lin["ddim:10_best"])
     geo = _row(fid, "mnist", "geometric / gaussian")  # one seed diverged: n = 1, no std
     assert geo["ddim:10_n"] == 1 and geo["ddim:10_mean"] == 20.0 and np.isnan(geo["ddim:10_std"])
-    sig = _row(fid, "mnist", "sigmoid / gaussian")  # one seed raised; the other is best at ddim:50
+    sig = _row(fid, "mnist", "scaled_linear / gaussian")  # one seed raised; the other is best at ddim:50
     assert sig["ddim:50_n"] == 1 and bool(sig["ddim:50_best"])
     assert fid.groupby(["dataset"])[["ddim:10_best", "ddim:50_best"]].sum().eq(1).all().all()
     floor = _row(fid, "mnist", "real vs real (floor)")
     assert floor["row"] == "floor" and floor["ddim:10_mean"] == 2.5 and floor["ddim:50_mean"] == 2.5
-    assert _row(fid, "craters", "cosine / gamma(theta_0=0.01)")["ddim:50_mean"] == 32.0
+    assert _row(fid, "craters", "cosine / gaussian")["ddim:50_mean"] == 32.0
     assert set(fid["features"]) == {INCEPTION} and set(fid["n_reference"]) == {1000} and set(fid["floor_n"]) == {200}
     kid = _row(_frame(run, "kid"), "mnist", "linear / gaussian")
     assert kid["ddim:10_mean"] == pytest.approx(0.011) and kid["ddim:10_std"] == pytest.approx(np.sqrt(2) / 1000)
@@ -182,9 +188,9 @@ def test_markdown_table(built):
     assert md.startswith(f"*fid (lower is better). Feature extractor: {INCEPTION}. n_generated = 256")
     assert "n_reference = 1000" in md and "200 held-out images" in md
     assert "| linear / gaussian | 11.00 ± 1.41 (n=2) | 9.00 ± 0.00 (n=2) |" in md
-    assert "| cosine / gamma(theta_0=0.01) | **8.50 ± 0.71** (n=2) | 11.00 ± 1.41 (n=2) |" in md
+    assert "| cosine / gaussian | **8.50 ± 0.71** (n=2) | 11.00 ± 1.41 (n=2) |" in md
     assert "| geometric / gaussian | 20.00 (n=1 of 2; 1 diverged) | 15.00 (n=1 of 2; 1 diverged) |" in md
-    assert "| sigmoid / gaussian | 30.00 (n=1 of 2; 1 error) | **7.00** (n=1 of 2; 1 error) |" in md
+    assert "| scaled_linear / gaussian | 30.00 (n=1 of 2; 1 error) | **7.00** (n=1 of 2; 1 error) |" in md
     assert "| real vs real (floor) | 2.50 | 2.50 |" in md and "| real vs real (floor) | 30.50 | 30.50 |" in md
     assert md.count("**Dataset: ") == 2 and md.count("|---|---:|---:|") == 2
     assert md.count("**") == 2 * (2 + 2) + 2 * 2  # 2 best cells per dataset, plus the dataset headings
@@ -206,10 +212,11 @@ def test_latex_table_is_balanced_booktabs(built):
         body = tex.split("\n", 1)[1]  # after the % comment line
         assert not re.search(r"(?<!\\)[_%#$]", body.replace("$\\pm$", "")), "unescaped LaTeX special character"
         rows = [ln for ln in body.splitlines() if ln.endswith(r"\\") and "multicolumn" not in ln]
-        assert len(rows) == 1 + 5 + 3 and all(len(re.findall(r"(?<!\\)&", ln)) == 2 for ln in rows)
+        assert len(rows) == 1 + 5 + 5 and all(len(re.findall(r"(?<!\\)&", ln)) == 2 for ln in rows)
         assert "±" not in tex
     tex = (run / "tables" / "fid.tex").read_text()
-    assert r"cosine / gamma(theta\_0=0.01) & \textbf{8.50 $\pm$ 0.71} (n=2) & 11.00 $\pm$ 1.41 (n=2) \\" in tex
+    assert r"cosine / gaussian & \textbf{8.50 $\pm$ 0.71} (n=2) & 11.00 $\pm$ 1.41 (n=2) \\" in tex
+    assert r"scaled\_linear / gaussian & 30.00 (n=1 of 2; 1 error) & \textbf{7.00} (n=1 of 2; 1 error) \\" in tex
     assert r"\multicolumn{2}{c}{ddim}" in tex and r"\begin{tabular}{lrr}" in tex
     assert tex.count(r"\textbf{") == 4
 
@@ -239,37 +246,39 @@ def test_report_lists_arms_result_and_budget(built):
         assert f"`{arm}`" in text
     assert "Which beta schedule? A test grid." in text
     result = text.split("## Result", 1)[1].split("## Tables", 1)[0]
-    assert "Of 12 trials, 10 finished, 1 diverged and 1 failed with an error" in result
+    assert "Of 16 trials, 14 finished, 1 diverged and 1 failed with an error" in result
     mnist, craters = result.split("**craters**")
     assert "**mnist**, by `fd_mnist_clf`" in mnist and "**craters**" not in mnist  # the first metric of the grid
-    assert ("**cosine / gamma(theta_0=0.01)** scored lowest, 4.25 ± 0.35 (n=2), ahead of linear / gaussian at "
+    assert ("**cosine / gaussian** scored lowest, 4.25 ± 0.35 (n=2), ahead of linear / gaussian at "
             "5.50 ± 0.71 (n=2): 1.25 lower (23%). The mean ± std ranges do not overlap") in mnist
-    assert "**sigmoid / gaussian** scored lowest, 3.50 (n=1)" in mnist and "single seed" in mnist
-    assert "By `fid` the best arm is cosine / gamma(theta_0=0.01) at `ddim:10` and sigmoid / gaussian" in mnist
+    assert "**scaled_linear / gaussian** scored lowest, 3.50 (n=1)" in mnist and "single seed" in mnist
+    assert "By `fid` the best arm is cosine / gaussian at `ddim:10` and scaled_linear / gaussian" in mnist
     # fd_mnist_clf is skipped on RGB craters: its paragraph ranks by fid instead
     assert craters.startswith(", by `fid`") and "fd_mnist_clf" not in craters
-    assert ("**linear / gaussian** scored lowest, 51.00 ± 1.41 (n=2), ahead of cosine / gamma(theta_0=0.01) at "
+    assert ("**linear / gaussian** scored lowest, 51.00 ± 1.41 (n=2), ahead of cosine / gaussian at "
             "61.00 ± 1.41 (n=2): 10.00 lower (16%)") in craters
     assert "200 training steps at batch size 16" in result and "1,036,417 parameters" in result
     assert "T = 1000" in result and "256 generated images" in result and "30.0 min" in result
     for section in ("## What was compared", "## Tables", "## Figures", "## Method", "## Warnings", "## Provenance",
                     "## How to cite"):
         assert section in text
-    assert "| cosine / gamma(theta_0=0.01) | **8.50 ± 0.71** (n=2)" in text  # the tables are embedded
+    assert "| cosine / gaussian | **8.50 ± 0.71** (n=2)" in text  # the tables are embedded
 
 
 def test_report_warnings(built):
     _, report = built
     warnings = report.read_text().split("## Warnings", 1)[1].split("## Provenance", 1)[0]
     assert "`geometric / gaussian`: x_T is **not pure noise** (alpha_bar_T = 0.0228" in warnings
-    assert "`linear / gaussian`: x_T" not in warnings
+    assert "`scaled_linear / gaussian`: x_T is **not pure noise** (alpha_bar_T = 0.00466 > 0.001" in warnings
+    assert "`linear / gaussian`: x_T" not in warnings and "`cosine / gaussian`: x_T" not in warnings
     assert "**Diverged**: `geometric / gaussian` on `mnist`, seed 1" in warnings
-    assert ERROR in warnings and "**Error**: `sigmoid / gaussian` on `mnist`, seed 0" in warnings
-    assert "`fid` on a small sample" in warnings and "< 2048" in warnings
+    assert ERROR in warnings and "**Error**: `scaled_linear / gaussian` on `mnist`, seed 0" in warnings
+    assert "`fid` on a small sample: 256 < 2048 images" in warnings
     assert "`fd_mnist_clf` on a small sample" not in warnings  # 256 images >= 128 classifier features
     assert "`fd_mnist_clf` was not computed on `craters` (the table shows —): the MNIST classifier needs" in warnings
     assert "`kid` on a small sample" not in warnings  # KID is unbiased: no rank-deficiency warning
     assert "Preset `quick`" in warnings and "dirty" in warnings
+    assert "Incomplete run" not in warnings
 
 
 def test_report_figures_provenance_and_citation(built):
@@ -280,7 +289,7 @@ def test_report_figures_provenance_and_citation(built):
     assert all((run / link).is_file() for link in links)
     prov = text.split("## Provenance", 1)[1]
     assert "0123456789abcdef0123456789abcdef01234567" in prov and "**dirty**" in prov
-    assert prov.count("| ok |") == 10 and "| diverged |" in prov and "| error |" in prov
+    assert prov.count("| ok |") == 14 and "| diverged |" in prov and "| error |" in prov
     assert "| 0.036 h |" in prov  # 100 s train + 2 x (10 s sample + 5 s score)
     assert "@misc{bench-schedules-quick-20261121-120000," in text and "commit 0123456789ab-dirty" in text
     assert "year         = {2026}" in text
@@ -327,8 +336,10 @@ def test_report_when_every_trial_failed(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     write_rows(run, error_rows(_cfg("mnist", "linear / gaussian", 0), RuntimeError("boom")))
+    _write_grid(run)
     text = build_report(run).read_text()
-    assert "RuntimeError: boom" in text and "0 finished" in text
+    assert "RuntimeError: boom" in text and "Of 1 trial, 0 finished" in text
+    assert "**Incomplete run**: rows.csv holds 1 of the grid's 16 trials" in text
 
 
 def test_feature_dimension_from_extractor_labels():
