@@ -136,7 +136,8 @@ def montage_denoise(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     """Per dataset: the denoising strip of every arm, one above the other."""
     from PIL import Image
 
-    strips = [p for t in dict.fromkeys(run.rows["trial_id"]) for p in [run.dir / "samples" / f"{t}_denoise.png"] if p.exists()]
+    strips = [run.dir / "samples" / f"{t}_denoise.png" for t in dict.fromkeys(run.rows["trial_id"])]
+    strips = [p for p in strips if p.exists()]
     if not strips:
         notes.append("no denoising strips (samples/<trial_id>_denoise.png) in this run")
         return []

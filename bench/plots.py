@@ -83,7 +83,8 @@ def _seed_values(run: Run, metric: str) -> pd.DataFrame:
 
 def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot | None:
     """One panel per (dataset, evaluation): arms down, metric across; mean ± std, seeds as open dots."""
-    agg, seeds, styles, datasets = aggregate(run, metric), _seed_values(run, metric), arm_styles(run.labels), datasets_with(run, metric)
+    agg, seeds, styles = aggregate(run, metric), _seed_values(run, metric), arm_styles(run.labels)
+    datasets = datasets_with(run, metric)
     if not datasets:
         return None
     n_arms = max(len(labels_of(run, ds)) for ds in datasets)
@@ -92,8 +93,7 @@ def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot | None:
         for (i, ds), (j, (s, k)) in ((a, b) for a in enumerate(datasets) for b in enumerate(run.evals)):
             ax, labels = axes[i, j], labels_of(run, ds)
             for y, lb in enumerate(labels):
-                sel = lambda d: d[(d.dataset == ds) & (d.label == lb) & (d.sampler == s) & (d.sample_steps == k)]  # noqa: E731
-                a, v, st = sel(agg), sel(seeds)["_v"], styles[lb]
+                a, v, st = _at(agg, ds, lb, s, k), _at(seeds, ds, lb, s, k)["_v"], styles[lb]
                 ax.scatter(v, y + np.linspace(-0.15, 0.15, len(v)), s=14, facecolors="none", edgecolors=st["color"],
                            marker=st["marker"], linewidths=0.8, zorder=2)
                 if len(a) and a["n"].iloc[0] > 0:
@@ -117,6 +117,10 @@ def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot | None:
                      f"an open marker; dotted line: the real-vs-real floor.")
 
 
+def _at(df: pd.DataFrame, ds: str, label: str, sampler: str, steps: int) -> pd.DataFrame:
+    return df[(df.dataset == ds) & (df.label == label) & (df.sampler == sampler) & (df.sample_steps == steps)]
+
+
 def _lost_text(a) -> str:
     parts = [f"{int(a[k])} {k}" for k in ("diverged", "error") if a[k]]
     return "no result: " + (", ".join(parts) if parts else "missing")
@@ -133,7 +137,8 @@ def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot | None:
         for (i, ds), (j, s) in ((a, b) for a in enumerate(datasets) for b in enumerate(samplers)):
             ax = axes[i, j]
             for n, lb in enumerate(run.labels):
-                a = agg[(agg.dataset == ds) & (agg.label == lb) & (agg.sampler == s) & (agg.n > 0)].sort_values("sample_steps")
+                a = agg[(agg.dataset == ds) & (agg.label == lb) & (agg.sampler == s) & (agg.n > 0)]
+                a = a.sort_values("sample_steps")
                 dodge = math.exp(0.03 * (n - (len(run.labels) - 1) / 2))  # arms side by side, not on top of each other
                 if len(a):
                     ax.errorbar(a["sample_steps"] * dodge, a["mean"], yerr=a["std"].fillna(0), capsize=3, ms=6,
@@ -315,7 +320,8 @@ def loss_by_t_frame(df: pd.DataFrame) -> pd.DataFrame:
     if {"t_lo", "t_hi"} <= set(df.columns):
         x = (df["t_lo"] + df["t_hi"]) / 2
     else:
-        x = next((df[c] for c in ("t_mid", "t_center", "t", "bin") if c in df.columns), pd.Series(range(len(df)), index=df.index))
+        x = next((df[c] for c in ("t_mid", "t_center", "t", "bin") if c in df.columns),
+                 pd.Series(range(len(df)), index=df.index))
     snr = (df["log_snr_lo"] + df["log_snr_hi"]) / 2 if {"log_snr_lo", "log_snr_hi"} <= set(df.columns) else np.nan
     out = pd.DataFrame({"x": x.astype(float).to_numpy(), "log_snr": snr if np.isscalar(snr) else snr.to_numpy(),
                         "loss": df[loss].astype(float).to_numpy()})

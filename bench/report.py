@@ -15,20 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.caveats import warnings_section
 from bench.images import denoise_strip, montage_denoise, montage_samples, strip_timesteps
 from bench.plots import (Plot, plot_loss_by_t, plot_loss_curves, plot_metric_by_arm, plot_metric_vs_steps,
                          plot_run_schedules, plot_schedules)
-from bench.tables import Run, aggregate, floor_value, load_run, metric_meta, write_tables
+from bench.tables import Run, aggregate, floor_value, join, load_run, metric_meta, plural, values, write_tables
 
 __all__ = ["build_report", "make_plots", "plot_schedules", "denoise_strip", "strip_timesteps", "load_run"]
 
 REPORT = "REPORT.md"
 VERSION = "0.1.0"
 TITLE = "bench: a benchmark suite for diffusion beta schedules and noise types"
-#: Fréchet distances (FID, fd_*): their covariance estimates need more images than feature dimensions
-FRECHET_PREFIXES = ("fid", "fd")
-#: feature dimension assumed for a Fréchet metric whose extractor does not state one (Inception pool3)
-DEFAULT_FEATURE_DIM = 2048
 
 
 def build_report(run_dir: Path) -> Path:
@@ -57,15 +54,6 @@ def make_plots(run: Run, out_dir: Path) -> tuple[list[Plot], list[str]]:
 
 
 # --- small helpers ---------------------------------------------------------------------------------
-def values(run: Run, col: str, rows: pd.DataFrame | None = None) -> str:
-    """The distinct values of a column as text ('64' or '64, 128'); '?' if absent."""
-    df = run.rows if rows is None else rows
-    if col not in df.columns:
-        return "?"
-    vals = [int(v) if isinstance(v, float) and v.is_integer() else v for v in df[col].dropna()]
-    return ", ".join(str(v) for v in dict.fromkeys(vals)) or "?"
-
-
 def fmt(x: float, d: int = 2) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.{d}f}"
 
@@ -79,14 +67,6 @@ def duration(seconds) -> str:
 
 def ev_name(ev: tuple[str, int]) -> str:
     return f"{ev[0]}:{ev[1]}"
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
 
 
 # --- sections --------------------------------------------------------------------------------------
@@ -158,7 +138,8 @@ def verdict(run: Run, agg: pd.DataFrame, metric: str, ds: str, ev: tuple[str, in
     if b["n"] < 2 or s["n"] < 2:
         text += " With a single seed there is no spread estimate: treat this ranking as indicative only."
     elif b["mean"] + b["std"] >= s["mean"] - s["std"]:
-        text += " The mean ± std ranges overlap: the difference is within the seed-to-seed spread, so these two are not separated at this budget."
+        text += (" The mean ± std ranges overlap: the difference is within the seed-to-seed spread, so these two are "
+                 "not separated at this budget.")
     else:
         text += " The mean ± std ranges do not overlap: the gap is larger than the seed-to-seed spread."
     fv = floor_value(run, metric, ds)
@@ -195,11 +176,12 @@ def n_params(run: Run) -> str:
 
 def budget(run: Run) -> str:
     wall = run.env.get("wall_s")
+    took = f"{duration(wall)} of wall-clock time" if wall else "an unrecorded wall-clock time (env.json has no wall_s)"
     return (f"**Budget** (the same for every arm): {values(run, 'train_steps')} training steps at batch size "
             f"{values(run, 'batch_size')}, UNet preset `{values(run, 'model')}` ({n_params(run) or '?'} "
             f"parameters), T = {values(run, 'timesteps')} diffusion steps, {values(run, 'n_samples')} generated "
             f"images per evaluation, on {values(run, 'device')}. The run took "
-            f"{duration(wall) + ' of wall-clock time' if wall else 'an unrecorded wall-clock time (env.json has no wall_s)'} "
+            f"{took} "
             f"and {sum(trial_seconds(run).values()) / 3600:.2f} device-hours summed over trials.")
 
 
@@ -264,129 +246,6 @@ def metric_description(metric: str) -> str:
         return "Distance between generated and real images (lower is better)."
 
 
-# --- warnings --------------------------------------------------------------------------------------
-def warnings_section(run: Run, notes: list[str]) -> str:
-    items = (incomplete(run) + not_pure_noise(run) + failed_trials(run) + skipped_metrics(run) + small_reference(run) + budget_notes(run)
-             + few_seeds(run) + git_warnings(run))
-    if notes:
-        items.append("Missing files (the figures show a placeholder or leave the trial out):\n"
-                     + "\n".join(f"  - {n}" for n in notes))
-    return "## Warnings\n\n" + ("\n".join(f"- {w}" for w in items) if items else "None.")
-
-
-def incomplete(run: Run) -> list[str]:
-    """rows.csv has fewer trials than grid.toml defines (a run that was interrupted or is still going)."""
-    try:
-        from bench.grid import Grid
-
-        g = run.grid
-        expected = len(Grid(g["name"], g.get("description", ""), g.get("preset", "full"), g.get("base", {}),
-                            g.get("axes", {})).trials())
-    except Exception:  # noqa: BLE001 - no or an old grid.toml: nothing to compare with
-        return []
-    have = run.rows["trial_id"].nunique()
-    return [f"**Incomplete run**: rows.csv holds {have} of the grid's {expected} trials (interrupted, or still "
-            f"running); arms and seeds that are missing are simply absent from the tables."] if have < expected else []
-
-
-def not_pure_noise(run: Run) -> list[str]:
-    from bench.schedules import PURE_NOISE_ALPHA_BAR
-
-    if "alpha_bar_T" not in run.rows.columns:
-        return []
-    ab = run.rows.dropna(subset=["alpha_bar_T"]).groupby("label", sort=False)["alpha_bar_T"].max()
-    return [f"Arm `{lb}`: x_T is **not pure noise** (alpha_bar_T = {v:.3g} > {PURE_NOISE_ALPHA_BAR:g}; the signal "
-            f"keeps {100 * np.sqrt(v):.0f}% of its amplitude at t = T), while every sampler starts from pure noise: "
-            f"part of its result reflects this train/sample mismatch, not the schedule's shape."
-            for lb, v in ab.items() if v > PURE_NOISE_ALPHA_BAR]
-
-
-def failed_trials(run: Run) -> list[str]:
-    out = []
-    for _, t in run.trials().iterrows():
-        where = f"`{t['label']}` on `{t['dataset']}`, seed {t['seed']} (trial {t['trial_id']})"
-        if t["status"] == "diverged":
-            out.append(f"**Diverged**: {where} after {values(run, 'train_steps_done', t.to_frame().T)} steps "
-                       f"(final loss {t.get('final_loss', '?')}); it has no samples and is left out of the means.")
-        elif t["status"] == "error":
-            out.append(f"**Error**: {where}: `{str(t.get('error', '')).strip() or 'no message'}`.")
-    return out
-
-
-def skipped_metrics(run: Run) -> list[str]:
-    """Metrics that bench.metrics declined for a dataset (``<metric>_skipped``: why)."""
-    out = []
-    for m in run.metrics:
-        col = f"{m}_skipped"
-        if col in run.rows.columns:
-            for (ds, why) in run.rows[["dataset", col]].dropna().drop_duplicates().itertuples(index=False):
-                why = str(why).removeprefix(f"{ds}: ").rstrip(".")
-                out.append(f"`{m}` was not computed on `{ds}` (the table shows —): {why}.")
-    return out
-
-
-def small_reference(run: Run) -> list[str]:
-    """Fréchet distances estimated from fewer images than feature dimensions: rank-deficient covariances."""
-    out = []
-    for m in run.metrics:
-        md = metric_meta(run, m)
-        dim = _feature_dim(m, md["features"])
-        counts = [int(x) for x in re.findall(r"\d+", f"{md['n_generated']} {md['n_reference']}")]
-        if dim and counts and min(counts) < dim:
-            out.append(f"`{m}` on a small sample: {min(counts)} < {dim} images (n_generated = {md['n_generated']}, "
-                       f"n_reference = {md['n_reference']}; {dim}-d features, {md['features']}), so the covariance "
-                       f"estimates are rank-deficient and the value is strongly biased upwards; compare arms only "
-                       f"with each other at the same n, never with published numbers.")
-    return out
-
-
-def _feature_dim(metric: str, features: str) -> int | None:
-    """Feature dimension of a Fréchet metric, read from its extractor's label ('...-2048', '2048-d',
-    'pixels-8x8' -> 64, a lower bound), else None (not a Fréchet metric)."""
-    if not metric.startswith(FRECHET_PREFIXES):
-        return None
-    for pattern, dim in ((r"(\d+)-d\b", lambda g: int(g[0])), (r"(\d+)x(\d+)$", lambda g: int(g[0]) * int(g[1])),
-                         (r"-(\d+)$", lambda g: int(g[0]))):
-        found = re.search(pattern, features.split(",")[0].strip())
-        if found:
-            return dim(found.groups())
-    return DEFAULT_FEATURE_DIM
-
-
-def budget_notes(run: Run) -> list[str]:
-    preset = run.grid.get("preset", "full")
-    notes = list(run.grid.get("notes", [])) + list(run.env.get("notes", []))
-    if preset == "full" and not notes:
-        return []
-    text = (f"Preset `{preset}`: the budget is shrunk from the grid as written (paper scale); rankings at this "
-            f"budget need not hold at full scale." if preset != "full" else "The grid was modified:")
-    return [text + "".join(f"\n  - {n}" for n in notes + _preset_notes(run, preset))]
-
-
-def _preset_notes(run: Run, preset: str) -> list[str]:
-    """The preset's note from experiments/<grid>.toml, if that file is still there (best effort)."""
-    try:
-        from bench.grid import find_grid, read_toml
-
-        return [f"{read_toml(find_grid(run.name))['presets'][preset]['note']} (from experiments/{run.name}.toml)"]
-    except Exception:  # noqa: BLE001
-        return []
-
-
-def few_seeds(run: Run) -> list[str]:
-    ok = run.trials()[run.trials()["status"] == "ok"].groupby(["dataset", "label"], sort=False).size()
-    thin = [f"`{lb}` on `{ds}` ({n})" for (ds, lb), n in ok.items() if n < 2]
-    return [f"Fewer than 2 finished seeds, so no spread estimate: {join(thin)}."] if thin else []
-
-
-def git_warnings(run: Run) -> list[str]:
-    git = run.env.get("git") or {}
-    if git.get("dirty"):
-        return [f"The git tree was **dirty** (uncommitted changes) at commit `{git.get('commit')}`: the commit alone "
-                f"does not reproduce this run."]
-    return [] if git.get("commit") else ["No git commit recorded: the code version of this run is unknown."]
-
-
 # --- provenance and citation -----------------------------------------------------------------------
 def trial_seconds(run: Run) -> dict[str, float]:
     """Device seconds per trial: train_s + the evaluations' sample_s + score_s, else trial_s."""
@@ -401,12 +260,13 @@ def trial_seconds(run: Run) -> dict[str, float]:
 
 def provenance(run: Run) -> str:
     env, git = run.env, run.env.get("git") or {}
+    e = {k: env.get(k, "?") for k in ("command", "started", "finished", "runner", "cpus_per_trial", "gpus_per_trial")}
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
     lines = ["## Provenance",
-             f"- Run `{run.id}` of grid `{run.name}`, preset `{run.grid.get('preset', '?')}`; command `{env.get('command', '?')}`",
+             f"- Run `{run.id}` of grid `{run.name}`, preset `{run.grid.get('preset', '?')}`; command `{e['command']}`",
              f"- Code: commit `{git.get('commit') or 'unknown'}`" + (" (**dirty** tree)" if git.get("dirty") else ""),
-             f"- Started {env.get('started', '?')}, finished {env.get('finished', '?')}, wall time {duration(env.get('wall_s'))}; "
-             f"runner {env.get('runner', '?')}, {env.get('cpus_per_trial', '?')} CPUs and {env.get('gpus_per_trial', '?')} GPUs per trial",
+             f"- Started {e['started']}, finished {e['finished']}, wall time {duration(env.get('wall_s'))}; runner "
+             f"{e['runner']}, {e['cpus_per_trial']} CPUs and {e['gpus_per_trial']} GPUs per trial",
              f"- Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, CUDA devices: "
              f"{', '.join(env.get('cuda_devices') or []) or 'none'}; Python {env.get('python', '?')}",
              f"- Versions: {versions or 'not recorded'}", "",
@@ -428,5 +288,6 @@ def cite(run: Run) -> str:
             f"```bibtex\n@misc{{{key},\n  title        = {{{{{TITLE}}}: grid {run.name}, run {run.id}}},\n"
             f"  author       = {{{{The bench developers}}}},\n  year         = {{{year if year.isdigit() else 'n.d.'}}},\n"
             f"  version      = {{{(run.env.get('versions') or {}).get('bench') or VERSION}}},\n"
-            f"  note         = {{Run {run.id} of grid {run.name} (preset {run.grid.get('preset', '?')}), commit {commit}}},\n"
+            f"  note         = {{Run {run.id} of grid {run.name} (preset {run.grid.get('preset', '?')}), "
+            f"commit {commit}}},\n"
             f"}}\n```")

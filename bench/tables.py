@@ -108,6 +108,24 @@ def _plain(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+# --- small text helpers ---------------------------------------------------------------------------------
+def values(run: Run, col: str, rows: pd.DataFrame | None = None) -> str:
+    """The distinct values of a column as text ('64' or '64, 128'); '?' if absent."""
+    df = run.rows if rows is None else rows
+    if col not in df.columns:
+        return "?"
+    vals = [int(v) if isinstance(v, float) and v.is_integer() else v for v in df[col].dropna()]
+    return ", ".join(str(v) for v in dict.fromkeys(vals)) or "?"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
+
+
 # --- aggregation ---------------------------------------------------------------------------------
 def aggregate(run: Run, metric: str) -> pd.DataFrame:
     """Per (dataset, label, sampler, sample_steps): mean, std (ddof 1), n (seeds with a value),

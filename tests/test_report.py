@@ -7,6 +7,7 @@ numbers can be asserted exactly.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import json
 from pathlib import Path
@@ -222,7 +223,8 @@ def test_latex_table_is_balanced_booktabs(built):
 
 
 # --- plots ---------------------------------------------------------------------------------------
-PLOTS = ["fd_mnist_clf_by_arm", "fd_mnist_clf_vs_steps", "fid_by_arm", "fid_vs_steps", "kid_by_arm", "kid_vs_steps", "schedules", "loss_curves", "loss_by_t",
+PLOTS = ["fd_mnist_clf_by_arm", "fd_mnist_clf_vs_steps", "fid_by_arm", "fid_vs_steps", "kid_by_arm", "kid_vs_steps",
+         "schedules", "loss_curves", "loss_by_t",
          "samples_mnist", "samples_craters", "denoise_mnist", "denoise_craters"]
 
 
@@ -343,7 +345,7 @@ def test_report_when_every_trial_failed(tmp_path):
 
 
 def test_feature_dimension_from_extractor_labels():
-    from bench.report import _feature_dim
+    from bench.caveats import _feature_dim
 
     assert _feature_dim("fid", "inception-v3-pool3-2048") == 2048
     assert _feature_dim("fd_mnist_clf", "mnist-cnn-penultimate-128") == 128
@@ -421,3 +423,41 @@ def test_citation_cff():
     assert fields["cff-version"] == "1.2.0" and fields["version"] == "0.1.0" and fields["license"] == "MIT"
     assert fields["title"] == '"bench: a benchmark suite for diffusion beta schedules and noise types"'
     assert fields["date-released"] == "2026-11-21" and '- name: "The bench developers"' in text
+
+
+# --- a real run --------------------------------------------------------------------------------------------
+@pytest.fixture
+def real_run(tmp_path):
+    """A run made by the real pipeline: a copy of $BENCH_REPORT_RUN_DIR, or, with BENCH_REPORT_SMOKE=1, a fresh
+    `bench run --grid schedules --preset smoke --local` (slow on a 2-core CPU); skipped otherwise."""
+    import shutil
+
+    from bench.__main__ import main
+
+    if os.environ.get("BENCH_REPORT_RUN_DIR"):
+        src = Path(os.environ["BENCH_REPORT_RUN_DIR"])
+        return Path(shutil.copytree(src, tmp_path / src.name, ignore=shutil.ignore_patterns("_work", "tables", "plots")))
+    if os.environ.get("BENCH_REPORT_SMOKE") == "1":
+        out = tmp_path / "smoke"
+        assert main(["run", "--grid", "schedules", "--preset", "smoke", "--local", "--out", str(out)]) in (0, 1)
+        return out
+    pytest.skip("set BENCH_REPORT_RUN_DIR=<run dir> or BENCH_REPORT_SMOKE=1 to build a report from a real run")
+
+
+@pytest.mark.slow
+def test_report_on_a_real_run(real_run):
+    from bench.report import build_report
+    from bench.rundir import read_rows
+
+    rows = read_rows(real_run)
+    text = build_report(real_run).read_text()
+    for arm in rows["arm"].unique():
+        assert f"`{arm}`" in text
+    for metric in {m for ms in rows["metrics"] for m in ms.split(",")} & set(rows.columns):
+        tex = (real_run / "tables" / f"{metric}.tex").read_text()
+        assert tex.count("{") == tex.count("}") and (real_run / "tables" / f"{metric}.csv").is_file()
+        assert f"plots/{metric}_by_arm.png" in text and (real_run / "plots" / f"{metric}_by_arm.pdf").is_file()
+    assert (real_run / "plots" / "schedules.png").is_file() and "## How to cite" in text
+    before = (real_run / "REPORT.md").read_bytes()
+    build_report(real_run)
+    assert (real_run / "REPORT.md").read_bytes() == before

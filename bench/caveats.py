@@ -1,0 +1,142 @@
+"""Caveats of a run: everything a reader must know before trusting its numbers (the report's Warnings).
+
+Each check is a function ``(run) -> list of Markdown sentences``: an incomplete run, schedules whose x_T
+is not pure noise, diverged and failed trials, metrics skipped for a dataset, Fréchet distances from
+fewer images than feature dimensions, a shrunken preset, arms with fewer than two seeds, a dirty tree.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from bench.tables import Run, join, metric_meta, values
+
+#: Fréchet distances (FID, fd_*): their covariance estimates need more images than feature dimensions
+FRECHET_PREFIXES = ("fid", "fd")
+#: feature dimension assumed for a Fréchet metric whose extractor does not state one (Inception pool3)
+DEFAULT_FEATURE_DIM = 2048
+
+
+def warnings_section(run: Run, notes: list[str]) -> str:
+    checks = (incomplete, not_pure_noise, failed_trials, skipped_metrics, small_reference, budget_notes, few_seeds,
+              git_warnings)
+    items = [w for check in checks for w in check(run)]
+    if notes:
+        items.append("Missing files (the figures show a placeholder or leave the trial out):\n"
+                     + "\n".join(f"  - {n}" for n in notes))
+    return "## Warnings\n\n" + ("\n".join(f"- {w}" for w in items) if items else "None.")
+
+
+def incomplete(run: Run) -> list[str]:
+    """rows.csv has fewer trials than grid.toml defines (a run that was interrupted or is still going)."""
+    try:
+        from bench.grid import Grid
+
+        g = run.grid
+        expected = len(Grid(g["name"], g.get("description", ""), g.get("preset", "full"), g.get("base", {}),
+                            g.get("axes", {})).trials())
+    except Exception:  # noqa: BLE001 - no or an old grid.toml: nothing to compare with
+        return []
+    have = run.rows["trial_id"].nunique()
+    return [f"**Incomplete run**: rows.csv holds {have} of the grid's {expected} trials (interrupted, or still "
+            f"running); arms and seeds that are missing are simply absent from the tables."] if have < expected else []
+
+
+def not_pure_noise(run: Run) -> list[str]:
+    from bench.schedules import PURE_NOISE_ALPHA_BAR
+
+    if "alpha_bar_T" not in run.rows.columns:
+        return []
+    ab = run.rows.dropna(subset=["alpha_bar_T"]).groupby("label", sort=False)["alpha_bar_T"].max()
+    return [f"Arm `{lb}`: x_T is **not pure noise** (alpha_bar_T = {v:.3g} > {PURE_NOISE_ALPHA_BAR:g}; the signal "
+            f"keeps {100 * np.sqrt(v):.0f}% of its amplitude at t = T), while every sampler starts from pure noise: "
+            f"part of its result reflects this train/sample mismatch, not the schedule's shape."
+            for lb, v in ab.items() if v > PURE_NOISE_ALPHA_BAR]
+
+
+def failed_trials(run: Run) -> list[str]:
+    out = []
+    for _, t in run.trials().iterrows():
+        where = f"`{t['label']}` on `{t['dataset']}`, seed {t['seed']} (trial {t['trial_id']})"
+        if t["status"] == "diverged":
+            out.append(f"**Diverged**: {where} after {values(run, 'train_steps_done', t.to_frame().T)} steps "
+                       f"(final loss {t.get('final_loss', '?')}); it has no samples and is left out of the means.")
+        elif t["status"] == "error":
+            out.append(f"**Error**: {where}: `{str(t.get('error', '')).strip() or 'no message'}`.")
+    return out
+
+
+def skipped_metrics(run: Run) -> list[str]:
+    """Metrics that bench.metrics declined for a dataset (``<metric>_skipped``: why)."""
+    out = []
+    for m in run.metrics:
+        col = f"{m}_skipped"
+        if col in run.rows.columns:
+            for (ds, why) in run.rows[["dataset", col]].dropna().drop_duplicates().itertuples(index=False):
+                why = str(why).removeprefix(f"{ds}: ").rstrip(".")
+                out.append(f"`{m}` was not computed on `{ds}` (the table shows —): {why}.")
+    return out
+
+
+def small_reference(run: Run) -> list[str]:
+    """Fréchet distances estimated from fewer images than feature dimensions: rank-deficient covariances."""
+    out = []
+    for m in run.metrics:
+        md = metric_meta(run, m)
+        dim = _feature_dim(m, md["features"])
+        counts = [int(x) for x in re.findall(r"\d+", f"{md['n_generated']} {md['n_reference']}")]
+        if dim and counts and min(counts) < dim:
+            out.append(f"`{m}` on a small sample: {min(counts)} < {dim} images (n_generated = {md['n_generated']}, "
+                       f"n_reference = {md['n_reference']}; {dim}-d features, {md['features']}), so the covariance "
+                       f"estimates are rank-deficient and the value is strongly biased upwards; compare arms only "
+                       f"with each other at the same n, never with published numbers.")
+    return out
+
+
+def _feature_dim(metric: str, features: str) -> int | None:
+    """Feature dimension of a Fréchet metric, read from its extractor's label ('...-2048', '2048-d',
+    'pixels-8x8' -> 64, a lower bound), else None (not a Fréchet metric)."""
+    if not metric.startswith(FRECHET_PREFIXES):
+        return None
+    for pattern, dim in ((r"(\d+)-d\b", lambda g: int(g[0])), (r"(\d+)x(\d+)$", lambda g: int(g[0]) * int(g[1])),
+                         (r"-(\d+)$", lambda g: int(g[0]))):
+        found = re.search(pattern, features.split(",")[0].strip())
+        if found:
+            return dim(found.groups())
+    return DEFAULT_FEATURE_DIM
+
+
+def budget_notes(run: Run) -> list[str]:
+    preset = run.grid.get("preset", "full")
+    notes = list(run.grid.get("notes", [])) + list(run.env.get("notes", []))
+    if preset == "full" and not notes:
+        return []
+    text = (f"Preset `{preset}`: the budget is shrunk from the grid as written (paper scale); rankings at this "
+            f"budget need not hold at full scale." if preset != "full" else "The grid was modified:")
+    return [text + "".join(f"\n  - {n}" for n in notes + _preset_notes(run, preset))]
+
+
+def _preset_notes(run: Run, preset: str) -> list[str]:
+    """The preset's note from experiments/<grid>.toml, if that file is still there (best effort)."""
+    try:
+        from bench.grid import find_grid, read_toml
+
+        return [f"{read_toml(find_grid(run.name))['presets'][preset]['note']} (from experiments/{run.name}.toml)"]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def few_seeds(run: Run) -> list[str]:
+    ok = run.trials()[run.trials()["status"] == "ok"].groupby(["dataset", "label"], sort=False).size()
+    thin = [f"`{lb}` on `{ds}` ({n})" for (ds, lb), n in ok.items() if n < 2]
+    return [f"Fewer than 2 finished seeds, so no spread estimate: {join(thin)}."] if thin else []
+
+
+def git_warnings(run: Run) -> list[str]:
+    git = run.env.get("git") or {}
+    if git.get("dirty"):
+        return [f"The git tree was **dirty** (uncommitted changes) at commit `{git.get('commit')}`: the commit alone "
+                f"does not reproduce this run."]
+    return [] if git.get("commit") else ["No git commit recorded: the code version of this run is unknown."]
