@@ -267,10 +267,11 @@ def plot_loss_curves(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                 ax.plot(smooth.index, smooth.values, lw=1.8, label=lb, markevery=max(1, len(smooth) // 8), **st)
             ax.set_title(f"{ds}: training loss")
             ax.set_xlabel("training step")
-            ax.set_ylabel(f"{_loss_kind(run)} of eps prediction per element" + _log_if_wide(ax))
+            ax.set_ylabel(f"{_loss_kind(run)} loss on eps" + _log_if_wide(ax))
         _fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_curves.png") if found else None
-    return Plot(png, "Training loss (thin: each seed; thick: mean over seeds, smoothed).") if png else None
+    return Plot(png, "Training loss, the per-element error of the predicted noise eps (thin: each seed; thick: mean "
+                     "over seeds, smoothed).") if png else None
 
 
 def _log_if_wide(ax) -> str:
@@ -278,7 +279,7 @@ def _log_if_wide(ax) -> str:
     lo, hi = ax.dataLim.y0, ax.dataLim.y1
     if lo > 0 and np.isfinite(hi) and hi / lo > 10:
         ax.set_yscale("log")
-        return " (log scale)"
+        return " (log)"
     return ""
 
 
@@ -351,7 +352,7 @@ def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                                     label=lb, **styles[lb])
                 ax.set_title(f"{ds}: training loss by timestep bin")
                 ax.set_xlabel(xlabel)
-                ax.set_ylabel(f"{_loss_kind(run)} of eps prediction" + _log_if_wide(ax))
+                ax.set_ylabel(f"{_loss_kind(run)} loss on eps" + _log_if_wide(ax))
         _fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_by_t.png")
     return Plot(png, "Training loss per timestep bin (late training where logged), per arm, mean ± std over seeds; "
