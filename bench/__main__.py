@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate every trial, print the plan and an estimate, stop")
     run.add_argument("--local", action="store_true", help="run trials in this process, one after another (no Ray)")
     run.add_argument("--address", help="connect to an existing Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
-    run.add_argument("--cpus-per-trial", type=float, default=1.0)
+    run.add_argument("--cpus-per-trial", type=float, default=None,
+                     help="CPU cores (and torch threads) per trial (default: 1 under Ray; all with --local)")
     run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions pack trials on one GPU (default 1 if CUDA, else 0)")
     run.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
     run.set_defaults(func=cmd_run)
@@ -132,7 +133,7 @@ def cmd_run(args) -> int:
     from bench.grid import load_grid, validate_trials
     from bench.plan import check_data, print_plan
 
-    if args.cpus_per_trial <= 0 or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
+    if (args.cpus_per_trial is not None and args.cpus_per_trial <= 0) or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
         raise InputError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise InputError("--max-concurrent must be >= 1")
@@ -158,16 +159,17 @@ def execute(args, grid, trials, run_dir: Path) -> int:
     rundir.prepare(run_dir, grid)
     t0 = time.time()
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
+    cpus = args.cpus_per_trial or (None if args.local else 1.0)
     env = rundir.write_env(run_dir, {"runner": "local" if args.local else "ray", "address": args.address,
-                                     "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": gpus})
+                                     "cpus_per_trial": cpus, "gpus_per_trial": gpus})
     collector = tune.Collector(run_dir, trials)
     done = tune.preload_finished(trials, run_dir, collector) if args.resume else 0
     print(f"bench: {len(trials)} trials of grid {grid.name!r} ({grid.preset}) -> {run_dir}"
           + (f" ({done} finished earlier)" if done else ""), file=sys.stderr, flush=True)
     if args.local:
-        tune.run_local(trials, run_dir, collector, threads=None)
+        tune.run_local(trials, run_dir, collector, threads=int(cpus) if cpus else None)
     else:
-        tune.run_ray(grid, trials, run_dir, collector, args.address, args.cpus_per_trial, gpus, args.max_concurrent)
+        tune.run_ray(grid, trials, run_dir, collector, args.address, cpus, gpus, args.max_concurrent)
     rundir.finish(run_dir, env, time.time() - t0)
     rows = [r for rs in collector.rows.values() for r in rs]
     _write_floors_and_report(run_dir, trials)

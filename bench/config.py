@@ -57,6 +57,7 @@ class RunConfig:
     ddim_eta: float = 0.0
     var_type: str = "small"  # ddpm reverse variance: small (posterior) | large (beta_t)
     metrics: str = "fid,kid"  # comma-separated metric names (bench ls metrics)
+    n_reference: int = 0  # reference (training) images for the metrics; 0 -> min(train size, 10000)
     sample_seed: int = 0  # image i of every evaluation starts from seed sample_seed + i
 
     # ---------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class RunConfig:
 
 
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
-NONNEGATIVE_INT = ("image_size", "max_train_images", "warmup_steps", "seed", "sample_seed")
+NONNEGATIVE_INT = ("image_size", "max_train_images", "warmup_steps", "seed", "sample_seed", "n_reference")
 POSITIVE_INT = ("timesteps", "train_steps", "batch_size", "checkpoint_every", "n_samples")
 
 

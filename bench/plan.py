@@ -109,9 +109,11 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
     from bench.rundir import FLOORS, write_text_atomic
 
     rows = []
-    for dataset, root, size, n, metrics in sorted({(c.dataset, c.data_root, c.image_size, c.n_samples, c.metrics) for c in trials}):
+    keys = sorted({(c.dataset, c.data_root, c.image_size, c.n_samples, c.metrics, c.n_reference) for c in trials})
+    for dataset, root, size, n, metrics, n_ref in keys:
         t0 = time.time()
-        res = floor([m.strip() for m in metrics.split(",") if m.strip()], dataset, n, data_root=root, image_size=size)
+        res = floor([m.strip() for m in metrics.split(",") if m.strip()], dataset, n, data_root=root, image_size=size,
+                    n_reference=n_ref or None)
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t0})
     write_text_atomic(run_dir / FLOORS, pd.DataFrame(rows).to_csv(index=False))
 
@@ -126,7 +128,7 @@ def sample_checkpoint(path: Path, sampler: str, steps: int, n: int, seed: int, o
     from bench.train import load_ema
     from bench.data import DATASETS
 
-    workdir = path if path.is_dir() else path.parent.parent
+    workdir = path if path.is_dir() else path.parent
     cfg_file = workdir / "config.json"
     if not cfg_file.exists():
         raise InputError(f"{path} is not a trial work dir (no config.json): pass e.g. RUN/_work/trials/<id>")

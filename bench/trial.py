@@ -72,6 +72,8 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         "n_train_images": len(data),
         "device": device_name(device),
     }
+    if result.status == "ok":
+        _denoise_strip(cfg, ema, diffusion, noise, workdir, device)
     rows = []
     for sampler, steps in cfg.eval_list():
         row = {**base, "sampler": sampler, "sample_steps": steps}
@@ -97,9 +99,20 @@ def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, 
     save_grid(x[:64].cpu(), workdir / "samples" / f"{sampler}-{steps}.png")
     t1 = time.time()
     scores = score(cfg.metric_list(), images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
-                   progress=bool(progress), device=device)
+                   n_reference=cfg.n_reference or None, progress=bool(progress), device=device)
     return {**scores, "sample_s": sample_s, "score_s": time.time() - t1,
             "sample_images_per_s": cfg.n_samples / max(sample_s, 1e-9)}
+
+
+def _denoise_strip(cfg, ema, diffusion, noise, workdir, device, k: int = 6):
+    """x_0 | x_t | predicted x_0 for k held-out images at several t: where the model stops recovering."""
+    from bench.data import load_dataset
+    from bench.images import denoise_strip, strip_timesteps
+
+    x0 = load_dataset(cfg.dataset, "heldout", cfg.data_root, cfg.image_size)[:k].to(device)
+    with torch.no_grad():
+        denoise_strip(ema, diffusion, noise, x0, strip_timesteps(cfg.timesteps),
+                      torch.Generator().manual_seed(cfg.sample_seed), workdir / "samples" / "denoise.png")
 
 
 def error_rows(cfg: RunConfig, exc: BaseException) -> list[dict[str, Any]]:
@@ -152,9 +165,21 @@ def _json_default(o):
 
 
 def _log_attempt(workdir: Path) -> None:
-    """Append this attempt's start (pid, time) to attempts.jsonl: resume and retry tests read it."""
+    """Append this attempt (pid, start time, the step its checkpoint resumes from) to attempts.jsonl,
+    so resumes and retries can be audited (and are, by the tests)."""
+    from bench.train import CHECKPOINT
+
+    entry = {"pid": os.getpid(), "started": time.time(), "resumed_from_step": checkpoint_step(workdir / CHECKPOINT)}
     with open(workdir / "attempts.jsonl", "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "started": time.time()}) + "\n")
+        f.write(json.dumps(entry) + "\n")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a training checkpoint file is at (0 if there is none or it is unreadable)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except (OSError, RuntimeError, KeyError, EOFError):
+        return 0
 
 
 def device_name(device: str) -> str:

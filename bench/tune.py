@@ -21,9 +21,9 @@ from typing import Any
 from bench.config import RunConfig, from_dict
 from bench.grid import Grid, trial_id
 from bench.rundir import trial_dir, write_rows
-from bench.trial import error_rows, finished_rows, run_trial_safe
+from bench.train import CHECKPOINT
+from bench.trial import checkpoint_step, error_rows, finished_rows, run_trial_safe
 
-CKPT_DIR = "checkpoints"  # inside a trial's work dir (bench.train writes it)
 
 
 class Collector:
@@ -90,33 +90,40 @@ def _trainable(config: dict[str, Any], run_dir: str, threads: int) -> None:
 
 
 class _Reporter:
-    """Called by the trainer every few steps: metrics to Tune, plus the checkpoint dir when it changed."""
+    """Called by the trainer every few steps: metrics to Tune, plus the trainer's checkpoint file
+    whenever it has been rewritten since the last report (Ray persists it in its storage)."""
 
     def __init__(self, workdir: Path):
-        self.ckpt, self.last = workdir / CKPT_DIR, 0.0
+        self.ckpt, self.last = workdir / CHECKPOINT, 0.0
 
     def __call__(self, metrics: dict[str, Any]) -> None:
+        import tempfile
+
         from ray import tune
 
-        stamp = max((p.stat().st_mtime for p in self.ckpt.glob("*.pt")), default=0.0) if self.ckpt.exists() else 0.0
-        checkpoint = None
-        if stamp > self.last:
-            self.last = stamp
-            checkpoint = tune.Checkpoint.from_directory(str(self.ckpt))
-        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, checkpoint=checkpoint)
+        stamp = self.ckpt.stat().st_mtime if self.ckpt.exists() else 0.0
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if stamp <= self.last:
+            tune.report(clean)
+            return
+        self.last = stamp
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copyfile(self.ckpt, Path(d) / CHECKPOINT)
+            tune.report(clean, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def _restore_checkpoint(checkpoint, workdir: Path) -> None:
-    """Put Ray's latest checkpoint of this trial into its work dir (a retried trial on another node
-    has no local copy); the trainer then resumes from it."""
+    """Put Ray's latest checkpoint of this trial into its work dir unless the work dir already has
+    one at least as recent (a retried trial on another node has no local copy)."""
     if checkpoint is None:
         return
     with checkpoint.as_directory() as src:
-        dst = workdir / CKPT_DIR
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in Path(src).glob("*.pt"):
-            if not (dst / f.name).exists():
-                shutil.copy2(f, dst / f.name)
+        theirs = Path(src) / CHECKPOINT
+        if theirs.exists() and checkpoint_step(theirs) > checkpoint_step(workdir / CHECKPOINT):
+            workdir.mkdir(parents=True, exist_ok=True)
+            tmp = workdir / f".{CHECKPOINT}.restore.tmp"
+            shutil.copyfile(theirs, tmp)
+            os.replace(tmp, workdir / CHECKPOINT)
 
 
 def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Collector, address: str | None,

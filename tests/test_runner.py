@@ -115,11 +115,13 @@ def test_worker_death_is_retried_from_checkpoint(tmp_path):
     deadline, killed = time.time() + 240, None
     while time.time() < deadline and killed is None:
         trials = list((out / "_work" / "trials").glob("*")) if (out / "_work" / "trials").exists() else []
-        ckpts = list(trials[0].glob("checkpoints/*.pt")) if trials else []
+        ckpts = list(trials[0].glob("checkpoint.pt")) if trials else []
         if ckpts and (trials[0] / "attempts.jsonl").exists():
             pid = attempts(trials[0])[0]["pid"]
             os.kill(pid, signal.SIGKILL)  # the Ray worker process running the trial
             killed = pid
+            # as if the retry ran on another node: only Ray's persisted checkpoint can resume it
+            (trials[0] / "checkpoint.pt").unlink()
         assert proc.poll() is None or killed, "run ended before the worker could be killed"
         time.sleep(0.05)
     assert killed, "no checkpoint appeared in time"
