@@ -1,0 +1,299 @@
+"""Scoring: FID, KID and a Fréchet distance in MNIST-classifier features (registry ``METRICS``;
+the feature extractors are in ``bench.features``), with on-disk reference statistics.
+
+What the numbers are
+- ``fid``: Fréchet Inception Distance (Heusel et al. 2017), Inception-v3 pool3 features (2048-d,
+  the TF 2015-12-05 weights via torchmetrics / torch-fidelity), generated images vs the dataset's
+  training images.
+- ``kid``: Kernel Inception Distance (Binkowski et al. 2018), same features, unbiased MMD^2 with the
+  cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, mean and std over ``KID_SUBSETS`` random subsets
+  of size min(``KID_SUBSET_SIZE``, n_generated, n_reference) (torch-fidelity's / torchmetrics' estimator).
+- ``fd_mnist_clf``: Fréchet distance in the penultimate layer (128-d) of the project's own MNIST CNN
+  (``bench.classifier``); valid only for 1-channel digit-sized images, skipped (with the reason in
+  ``fd_mnist_clf_skipped``) elsewhere. Reported beside FID, never instead of it.
+
+Preprocessing (identical for generated and real images; see ``bench.features``): uint8 [0, 255]
+images, grey repeated to 3 channels, resized to 299x299 with TF1-compatible bilinear interpolation
+(the resize of the original TF FID code, bit-compatible with torch-fidelity).
+
+API: ``score(metric_names, fake_uint8, dataset, ...)`` and ``floor(metric_names, dataset, n_generated,
+...)`` return flat results-table columns (see ``score``); ``reference_stats`` is the cache.
+
+Reference statistics: the first ``n_reference`` training images in a fixed seeded random order
+(default min(len(train), ``DEFAULT_N_REFERENCE`` = 10000): all 98 for craters), features' mean and
+covariance (float64) and the covariance's square root (so that an evaluation needs no 2048 x 2048
+eigendecomposition) plus the features themselves (float32, for KID), cached on disk as
+``cache_dir()/refstats/<dataset>-<split>-<size>px-<extractor>-n<n>-of<available>-s<seed>-v<version>.pt``
+with the same keys inside the file; a file whose keys do not match, that cannot be loaded, or holds
+NaNs is rebuilt; files are written atomically and computed under a file lock (one process of a grid
+computes, the others wait and load).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bench.classifier import file_lock
+from bench.features import FEATURES, FeatureExtractor, extract_features, to_uint8  # noqa: F401 (re-exported)
+from bench.registry import InputError, Registry
+
+REFSTATS_VERSION = "1"  # bump when feature extraction or the statistics change: old caches are ignored
+DEFAULT_N_REFERENCE = 10_000
+ORDER_SEED = 0  # the fixed random order from which the first n images of a split are taken
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+KID_SEED = 0
+
+
+# --- the distances -----------------------------------------------------------------------------
+def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) in float64, covariance normalised by n - 1 (as TTUR / torch-fidelity)."""
+    f = features.double().cpu().numpy()
+    if len(f) < 2:
+        raise InputError(f"a Fréchet distance needs at least 2 images per side, got {len(f)}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def psd_sqrt(sigma, features: torch.Tensor | None = None) -> np.ndarray:
+    """The symmetric PSD square root of a covariance matrix (float64). From the features it was
+    computed from when they are fewer than the dimensions (SVD of the centred n x d features, cost
+    n^2 d), else from the eigendecomposition of sigma; round-off negative eigenvalues count as 0."""
+    if features is not None and len(features) <= np.shape(sigma)[0]:
+        x = features.double().cpu().numpy()
+        _, sv, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)  # sigma = Vt^T diag(sv^2) Vt / (n-1)
+        return (vt.T * (sv / math.sqrt(len(x) - 1))) @ vt
+    s = np.asarray(sigma, np.float64)
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _trace_sqrt_product(root1: np.ndarray, sigma2: np.ndarray | None = None, centred2: np.ndarray | None = None) -> float:
+    """Tr((S1 S2)^(1/2)) given R = S1^(1/2) and either S2 or the centred samples X2 of S2.
+
+    S1 S2 is similar to the symmetric PSD matrix R S2 R, so the trace is the sum of the square roots
+    of its eigenvalues; with samples, R S2 R = Z^T Z / (n-1) for Z = X2 R, whose nonzero eigenvalues
+    are those of the n x n matrix Z Z^T / (n-1) (cheap when n < d). Round-off makes eigenvalues of
+    singular products slightly negative; they count as 0, exactly as the reference implementations
+    drop the imaginary parts of sqrtm(S1 S2) (pytorch-fid) or of the complex square roots of
+    eigvals(S1 S2) (torch-fidelity, torchmetrics)."""
+    if centred2 is not None:
+        z, n = centred2 @ root1, len(centred2)
+        g = (z @ z.T if n < z.shape[1] else z.T @ z) / (n - 1)
+    else:
+        g = root1 @ np.asarray(sigma2, np.float64) @ root1
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((g + g.T) / 2), 0, None)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64 (eigen-based, see _trace_sqrt_product)."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * _trace_sqrt_product(psd_sqrt(s1), sigma2=s2))
+
+
+def frechet_distance_to_reference(features: torch.Tensor, ref: dict) -> float:
+    """The Fréchet distance between features [n, d] and cached reference statistics, using the
+    reference's cached square root: no d x d eigendecomposition per evaluation (for 2048-d features
+    and a few hundred images: an n x n eigenproblem instead of two 2048 x 2048 ones)."""
+    x = features.double().cpu().numpy()
+    if len(x) < 2:
+        raise InputError(f"a Fréchet distance needs at least 2 images per side, got {len(x)}")
+    mu2 = x.mean(0)
+    xc = x - mu2
+    diff = ref["mu"].numpy() - mu2
+    tr2 = float((xc * xc).sum()) / (len(x) - 1)
+    return float(diff @ diff + np.trace(ref["sigma"].numpy()) + tr2 - 2 * _trace_sqrt_product(ref["sigma_sqrt"].numpy(), centred2=xc))
+
+
+def kernel_distance(fake: torch.Tensor, real: torch.Tensor, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+                    seed: int = KID_SEED) -> tuple[float, float, int]:
+    """KID: (mean, std over subsets, subset size used) of the unbiased MMD^2 (torchmetrics'
+    estimator) with the cubic polynomial kernel, subsets drawn without replacement from a seeded
+    generator. Kernel products in float32, the MMD sums in float64."""
+    from torchmetrics.image.kid import maximum_mean_discrepancy
+
+    m = min(subset_size, len(fake), len(real))
+    if m < 2:
+        raise InputError(f"KID needs at least 2 images per side, got {len(fake)} generated and {len(real)} reference")
+    fake, real = fake.float(), real.float()
+    d = fake.shape[1]
+
+    def kernel(a, b):
+        return (a @ b.T / d + 1).double() ** 3
+
+    g = torch.Generator().manual_seed(seed)
+    k_ff = kernel(fake, fake) if m == len(fake) else None  # the whole set every time: compute once
+    scores = []
+    for _ in range(subsets):
+        r = real[torch.randperm(len(real), generator=g)[:m]]
+        f = fake[torch.randperm(len(fake), generator=g)[:m]]
+        scores.append(maximum_mean_discrepancy(kernel(r, r), kernel(r, f), k_ff if k_ff is not None else kernel(f, f)))
+    s = torch.stack(scores)
+    return float(s.mean()), float(s.std(unbiased=False)), m
+
+
+# --- metrics -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    feature: str  # a FEATURES name
+    compute: Callable[[torch.Tensor, dict], dict]  # (generated features, reference stats) -> {"": value, "std": ...}
+    description: str
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register_metric(name: str, feature: str, description: str):
+    def deco(fn):
+        METRICS.register(name)(Metric(feature, fn, description))
+        return fn
+
+    return deco
+
+
+def _frechet(fake: torch.Tensor, ref: dict) -> dict:
+    return {"": frechet_distance_to_reference(fake, ref)}
+
+
+register_metric("fid", "inception", "Fréchet Inception Distance (Inception-v3 pool3, 2048-d)")(_frechet)
+register_metric("fd_mnist_clf", "mnist-classifier", "Fréchet distance in MNIST-classifier features (128-d penultimate layer)")(_frechet)
+
+
+@register_metric("kid", "inception", "Kernel Inception Distance (Inception-v3 pool3, cubic kernel, mean ± std over subsets)")
+def _kid(fake: torch.Tensor, ref: dict) -> dict:
+    mean, std, m = kernel_distance(fake, ref["features"])
+    return {"": mean, "std": std, "subset_size": m}
+
+
+# --- reference statistics ----------------------------------------------------------------------
+compute_count: dict[str, int] = {}  # cache file name -> times computed in this process (tests read it)
+
+
+def reference_stats(dataset: str, split: str = "train", feature: str = "inception", n_images: int | None = None,
+                    data_root: str = "", image_size: int = 0, progress: bool = False, device="cpu") -> dict:
+    """Statistics of the first ``n_images`` (default min(len, DEFAULT_N_REFERENCE)) images of ``split``
+    in the fixed seeded order: {"keys", "mu" (float64 [D]), "sigma" (float64 [D, D]), "sigma_sqrt"
+    (its PSD square root, float64 [D, D]), "features" (float32 [n, D]), "seconds"}. Cached on disk (see the module docstring)."""
+    from bench.data import DATASETS, atomic_save, cache_dir, load_dataset
+
+    spec, fspec = DATASETS.get(dataset), FEATURES.get(feature)
+    size = image_size or spec.size
+    images = load_dataset(dataset, split, data_root, size)
+    n = min(DEFAULT_N_REFERENCE if n_images is None else n_images, len(images))
+    if n < 2:
+        raise InputError(f"reference statistics need at least 2 images, asked for {n_images} of {dataset}/{split}")
+    keys = {"dataset": dataset, "split": split, "image_size": size, "feature": feature, "feature_label": fspec.label,
+            "n_images": n, "n_available": len(images), "order_seed": ORDER_SEED, "version": f"{REFSTATS_VERSION}.{fspec.version()}"}
+    path = cache_dir() / "refstats" / (
+        f"{dataset}-{split}-{size}px-{feature}-n{n}-of{len(images)}-s{ORDER_SEED}-v{keys['version']}.pt")
+    stats = _load_stats(path, keys)
+    if stats is None:
+        with file_lock(path.with_name(f".{path.name}.lock")):
+            stats = _load_stats(path, keys)  # another process may have written it while we waited
+            if stats is None:
+                t0 = time.time()
+                idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(ORDER_SEED))[:n]
+                feats = extract_features(feature, to_uint8(images[idx]), device, progress)
+                mu, sigma = gaussian_stats(feats)
+                stats = {"keys": keys, "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma),
+                         "sigma_sqrt": torch.from_numpy(psd_sqrt(sigma, feats)), "features": feats, "seconds": time.time() - t0}
+                atomic_save(stats, path)
+                compute_count[path.name] = compute_count.get(path.name, 0) + 1
+    return stats
+
+
+def _load_stats(path: Path, keys: dict) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        s = torch.load(path, map_location="cpu", weights_only=True)
+        n, d = s["features"].shape
+        ok = (s["keys"] == keys and n == keys["n_images"] and s["mu"].shape == (d,)
+              and s["sigma"].shape == s["sigma_sqrt"].shape == (d, d)
+              and all(bool(torch.isfinite(s[k]).all()) for k in ("mu", "sigma", "sigma_sqrt", "features")))
+        if ok:
+            return s
+        reason = "keys, shapes or values do not match"
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+    warnings.warn(f"rebuilding reference statistics {path.name}: {reason}")
+    return None
+
+
+# --- the entry points --------------------------------------------------------------------------
+def score(metric_names: list[str], fake_uint8: torch.Tensor, dataset: str, data_root: str = "", image_size: int = 0,
+          n_reference: int | None = None, progress: bool = False, device="cpu") -> dict[str, float | int | str]:
+    """Score generated images (uint8 [N, C, S, S]) against the dataset's training split.
+
+    Returns flat results-table columns; per metric M: ``M`` (value; NaN when skipped), ``M_features``
+    (extractor label), ``M_n_ref`` (reference images), ``M_skipped`` (only when skipped: why), and
+    for kid also ``kid_std`` and ``kid_subset_size``; plus ``n_generated`` and ``score_seconds``."""
+    from bench.data import DATASETS
+
+    metrics = {name: METRICS.get(name) for name in metric_names}  # unknown names fail before any work
+    spec = DATASETS.get(dataset)
+    size = image_size or spec.size
+    if fake_uint8.dtype != torch.uint8 or tuple(fake_uint8.shape[1:]) != (spec.channels, size, size):
+        raise InputError(f"generated images must be uint8 [N, {spec.channels}, {size}, {size}] for {dataset} at "
+                         f"{size} px, got {fake_uint8.dtype} {tuple(fake_uint8.shape)}")
+    cache: dict[str, torch.Tensor] = {}
+
+    def fake_features(feature: str) -> torch.Tensor:
+        if feature not in cache:
+            cache[feature] = extract_features(feature, fake_uint8, device, progress)
+        return cache[feature]
+
+    return _evaluate(metrics, fake_features, len(fake_uint8), dataset, data_root, size, n_reference, progress, device)
+
+
+def floor(metric_names: list[str], dataset: str, n_generated: int, data_root: str = "", image_size: int = 0,
+          n_reference: int | None = None, progress: bool = False, device="cpu") -> dict[str, float | int | str]:
+    """The real-vs-real floor: the same metrics and reference as :func:`score`, with ``n_generated``
+    held-out images (MNIST test; craters valid+test) in place of generated ones (all of them when
+    fewer exist; ``n_generated`` in the result is the number actually used). Same columns as score."""
+    from bench.data import DATASETS
+
+    from bench.data import load_dataset
+
+    metrics = {name: METRICS.get(name) for name in metric_names}
+    size = image_size or DATASETS.get(dataset).size
+    n_used = min(n_generated, len(load_dataset(dataset, "heldout", data_root, size)))
+
+    def heldout_features(feature: str) -> torch.Tensor:
+        return reference_stats(dataset, "heldout", feature, n_used, data_root, size, progress, device)["features"]
+
+    return _evaluate(metrics, heldout_features, n_used, dataset, data_root, size, n_reference, progress, device)
+
+
+def _evaluate(metrics: dict[str, Metric], fake_features, n_generated: int, dataset: str, data_root: str, size: int,
+              n_reference: int | None, progress: bool, device) -> dict:
+    from bench.data import DATASETS
+
+    t0 = time.time()
+    channels = DATASETS.get(dataset).channels
+    out: dict[str, float | int | str] = {}
+    for name, metric in metrics.items():
+        fspec = FEATURES.get(metric.feature)
+        out[f"{name}_features"] = fspec.label
+        reason = fspec.supports(channels, size)
+        if reason:
+            out.update({name: math.nan, f"{name}_n_ref": 0, f"{name}_skipped": f"{dataset}: {reason}"})
+            continue
+        ref = reference_stats(dataset, "train", metric.feature, n_reference, data_root, size, progress, device)
+        result = metric.compute(fake_features(metric.feature), ref)
+        out.update({(f"{name}_{k}" if k else name): v for k, v in result.items()})
+        out[f"{name}_n_ref"] = ref["keys"]["n_images"]
+    out["n_generated"] = n_generated
+    out["score_seconds"] = round(time.time() - t0, 2)
+    return out
