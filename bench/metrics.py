@@ -168,6 +168,7 @@ def _frechet(fake: torch.Tensor, ref: dict) -> dict:
 
 register_metric("fid", "inception", "Fréchet Inception Distance (Inception-v3 pool3, 2048-d)")(_frechet)
 register_metric("fd_mnist_clf", "mnist-classifier", "Fréchet distance in MNIST-classifier features (128-d penultimate layer)")(_frechet)
+register_metric("fd_pixels", "pixels", "Fréchet distance of 8x8 average-pooled pixels (fast: smoke tests, not a quality metric)")(_frechet)
 
 
 @register_metric("kid", "inception", "Kernel Inception Distance (Inception-v3 pool3, cubic kernel, mean ± std over subsets)")
