@@ -18,8 +18,8 @@ RAY = Path(sys.executable).parent / "ray"
 pytestmark = pytest.mark.slow
 
 
-def bench(*args, timeout=300, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+def bench(*args, timeout=300, env_extra=None, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
 
@@ -39,7 +39,7 @@ def metric_cols(df):
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "run"
-    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--local", "--out", str(out))
+    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--local", "--cpus-per-trial", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -75,23 +75,25 @@ def test_killed_driver_resumes_without_retraining(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", "schedules", "--preset", "smoke",
-                             "--local", "--out", str(out), "--set", "train_steps=60"],
+                             "--local", "--cpus-per-trial", "1", "--out", str(out), "--set", "train_steps=60"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        done = list((out / "_work" / "trials").glob("*/result.json")) if out.exists() else []
-        if done:
-            break
-        assert proc.poll() is None, "driver ended before it could be killed"
-        time.sleep(0.05)
-    assert done, "no trial finished in time"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            done = list((out / "_work" / "trials").glob("*/result.json")) if out.exists() else []
+            if done:
+                break
+            assert proc.poll() is None, "driver ended before it could be killed"
+            time.sleep(0.05)
+        assert done, "no trial finished in time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     first = done[0].parent
     first_result = (first / "result.json").read_text()
     assert pd.read_csv(out / "rows.csv")["trial_id"].nunique() >= 1  # collected before the kill
 
-    again = bench("run", "--grid", "schedules", "--preset", "smoke", "--local", "--out", str(out),
+    again = bench("run", "--grid", "schedules", "--preset", "smoke", "--local", "--cpus-per-trial", "1", "--out", str(out),
                   "--set", "train_steps=60", "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(attempts(first)) == 1, "the finished trial was run again"
@@ -112,20 +114,25 @@ def test_worker_death_is_retried_from_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", "noise", "--preset", "smoke",
                              "--out", str(out), *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, killed = time.time() + 240, None
-    while time.time() < deadline and killed is None:
-        trials = list((out / "_work" / "trials").glob("*")) if (out / "_work" / "trials").exists() else []
-        ckpts = list(trials[0].glob("checkpoint.pt")) if trials else []
-        if ckpts and (trials[0] / "attempts.jsonl").exists():
-            pid = attempts(trials[0])[0]["pid"]
-            os.kill(pid, signal.SIGKILL)  # the Ray worker process running the trial
-            killed = pid
-            # as if the retry ran on another node: only Ray's persisted checkpoint can resume it
-            (trials[0] / "checkpoint.pt").unlink()
-        assert proc.poll() is None or killed, "run ended before the worker could be killed"
-        time.sleep(0.05)
-    assert killed, "no checkpoint appeared in time"
-    _, err = proc.communicate(timeout=300)
+    try:
+        deadline, killed = time.time() + 240, None
+        while time.time() < deadline and killed is None:
+            trials = list((out / "_work" / "trials").glob("*")) if (out / "_work" / "trials").exists() else []
+            # wait until Ray itself holds a checkpoint of the trial (persisted in its storage)
+            ckpts = list((out / "_work" / "ray").rglob("checkpoint_*/checkpoint.pt")) if trials else []
+            if ckpts and (trials[0] / "attempts.jsonl").exists():
+                pid = attempts(trials[0])[0]["pid"]
+                os.kill(pid, signal.SIGKILL)  # the Ray worker process running the trial
+                killed = pid
+                # as if the retry ran on another node: only Ray's persisted checkpoint can resume it
+                (trials[0] / "checkpoint.pt").unlink()
+            assert proc.poll() is None or killed, "run ended before the worker could be killed"
+            time.sleep(0.05)
+        assert killed, "no checkpoint appeared in time"
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 0, err[-3000:]
     runs = attempts(trials[0])
     assert len(runs) == 2 and runs[1]["pid"] != killed
@@ -142,7 +149,8 @@ def _free_port() -> int:
 
 def test_external_cluster_on_loopback(tmp_path):
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # loopback only, no token: the nodes and the driver share this machine
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
                           capture_output=True, text=True, timeout=120, env=env)
@@ -152,7 +160,8 @@ def test_external_cluster_on_loopback(tmp_path):
                                  "--num-cpus=1"], capture_output=True, text=True, timeout=120, env=env)
         assert worker.returncode == 0, worker.stderr[-2000:]
         out = tmp_path / "run"
-        proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--address", f"127.0.0.1:{port}")
+        proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--address", f"127.0.0.1:{port}",
+                     env_extra={"RAY_AUTH_MODE": "disabled"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         df = pd.read_csv(out / "rows.csv")
         assert df["trial_id"].nunique() == 2 and set(df["status"]) == {"ok"}
