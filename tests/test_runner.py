@@ -55,6 +55,15 @@ def test_local_smoke_writes_the_run_directory(local_run):
     assert env["git"]["commit"] and "torch" in env["versions"] and "wall_s" in env
     assert len(list((local_run / "samples").glob("*.png"))) >= 4
     assert not list(local_run.glob(".*.tmp"))
+    # the report was built by the run, lists both arms, and `bench report` rebuilds it identically
+    text = (local_run / "REPORT.md").read_text()
+    assert "`linear / gaussian`" in text and "`linear / gamma(theta_0=0.1)`" in text and "## How to cite" in text
+    for f in ("tables/fd_pixels.csv", "tables/fd_pixels.md", "tables/fd_pixels.tex", "plots/fd_pixels_by_arm.png",
+              "plots/schedules.pdf", "plots/samples_synthetic.png", "plots/denoise_synthetic.png"):
+        assert (local_run / f).stat().st_size > 0, f
+    again = bench("report", str(local_run))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (local_run / "REPORT.md").read_text() == text
 
 
 def test_ray_and_local_give_the_same_rows(local_run, tmp_path):
