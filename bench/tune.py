@@ -129,7 +129,6 @@ def _restore_checkpoint(checkpoint, workdir: Path) -> None:
 def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Collector, address: str | None,
             cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_failures: int = 2) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     import ray
     from ray import tune
