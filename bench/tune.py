@@ -79,7 +79,7 @@ def _trainable(config: dict[str, Any], run_dir: str, threads: int) -> None:
     import torch
     from ray import tune
 
-    cfg = from_dict(config)
+    cfg = from_dict(config).canonical()  # the driver's trial (see run_ray: unset parameters are dropped)
     wd = trial_dir(Path(run_dir), cfg)
     rows = finished_rows(wd)
     if rows is None:
@@ -132,6 +132,7 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     import ray
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     class Collect(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -141,7 +142,12 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              configure_logging=True, ignore_reinit_error=True)
     try:
-        param_space = {**{k: v for k, v in grid.base.items()}, **{k: tune.grid_search(v) for k, v in grid.axes.items()}}
+        # Each axis is a param_space key; the trials are the grid's own deduplicated list, given as
+        # points to evaluate (a plain grid_search would also run gaussian x every theta_0). A point
+        # leaves out parameters that do not apply to it; whatever Tune puts there is dropped again
+        # by RunConfig.canonical() in the trainable.
+        param_space = {**grid.base, **{k: tune.choice(v) for k, v in grid.axes.items()}}
+        points = [{k: getattr(cfg, k) for k in grid.axes if getattr(cfg, k) is not None} for cfg in trials]
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, run_dir=str(run_dir.resolve()), threads=int(max(1, cpus_per_trial))),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
@@ -149,7 +155,8 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, reuse_actors=False),
+            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points), num_samples=len(points),
+                                        max_concurrent_trials=max_concurrent or None, reuse_actors=False),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str((run_dir / "_work" / "ray").resolve()),
