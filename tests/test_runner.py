@@ -156,24 +156,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ray_node(env, *args) -> subprocess.Popen:
+    """A Ray node in the foreground (``--block``): terminating this process stops exactly this node,
+    unlike ``ray stop``, which would stop every Ray cluster on the machine."""
+    return subprocess.Popen([str(RAY), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_for_nodes(env, address: str, n: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = subprocess.run([str(RAY), "status", f"--address={address}"], capture_output=True, text=True, env=env, timeout=60)
+        if st.returncode == 0 and st.stdout.count(" node_") >= n:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout} s")
+
+
+def _stop(node: subprocess.Popen) -> None:
+    if node.poll() is None:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+
+
 def test_external_cluster_on_loopback(tmp_path):
     port = _free_port()
+    address = f"127.0.0.1:{port}"
     # loopback only, no token: the nodes and the driver share this machine
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                           "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    nodes = [_ray_node(env, "--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats")]
     try:
-        assert head.returncode == 0, head.stderr[-2000:]
-        worker = subprocess.run([str(RAY), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                                 "--num-cpus=1"], capture_output=True, text=True, timeout=120, env=env)
-        assert worker.returncode == 0, worker.stderr[-2000:]
+        _wait_for_nodes(env, address, 1)
+        nodes.append(_ray_node(env, f"--address={address}"))  # a second node on the same machine
+        _wait_for_nodes(env, address, 2)
         out = tmp_path / "run"
-        proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--address", f"127.0.0.1:{port}",
+        proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--address", address,
                      env_extra={"RAY_AUTH_MODE": "disabled"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         df = pd.read_csv(out / "rows.csv")
         assert df["trial_id"].nunique() == 2 and set(df["status"]) == {"ok"}
-        assert json.loads((out / "env.json").read_text())["address"] == f"127.0.0.1:{port}"
+        assert json.loads((out / "env.json").read_text())["address"] == address
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120, env=env)
+        for node in reversed(nodes):
+            _stop(node)
