@@ -66,6 +66,8 @@ def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, thre
     if threads:
         torch.set_num_threads(threads)
     for i, cfg in enumerate(trials, 1):
+        if trial_id(cfg) in collector.rows:  # finished in an earlier run (--resume)
+            continue
         wd = trial_dir(run_dir, cfg)
         rows = finished_rows(wd)
         state = "done already" if rows else "running"
@@ -147,7 +149,10 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
         # leaves out parameters that do not apply to it; whatever Tune puts there is dropped again
         # by RunConfig.canonical() in the trainable.
         param_space = {**grid.base, **{k: tune.choice(v) for k, v in grid.axes.items()}}
-        points = [{k: getattr(cfg, k) for k in grid.axes if getattr(cfg, k) is not None} for cfg in trials]
+        pending = [cfg for cfg in trials if trial_id(cfg) not in collector.rows]  # --resume skips the finished
+        points = [{k: getattr(cfg, k) for k in grid.axes if getattr(cfg, k) is not None} for cfg in pending]
+        if not points:
+            return
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, run_dir=str(run_dir.resolve()), threads=int(max(1, cpus_per_trial))),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
@@ -174,12 +179,24 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
 
 
 def preload_finished(trials: list[RunConfig], run_dir: Path, collector: Collector) -> int:
-    """Resume: rows of trials that finished in an earlier run of this run dir; returns their count."""
+    """Resume: rows of trials that finished in an earlier run of this run dir, from their work dirs'
+    result.json or, where _work is gone (a fresh checkout of committed results), from rows.csv."""
+    import pandas as pd
+
+    from bench.rundir import ROWS
+
+    earlier = (pd.read_csv(run_dir / ROWS, dtype={"trial_id": str}) if (run_dir / ROWS).exists()
+               else pd.DataFrame(columns=["trial_id", "status"]))
     n = 0
     for cfg in trials:
+        tid = trial_id(cfg)
         rows = finished_rows(trial_dir(run_dir, cfg))
+        if rows is None:
+            mine = earlier[earlier["trial_id"] == tid]
+            done = len(mine) and mine["status"].isin(["ok", "diverged"]).all()
+            rows = [{k: v for k, v in r.items() if pd.notna(v)} for r in mine.to_dict("records")] if done else None
         if rows:
-            collector.rows[trial_id(cfg)] = rows
+            collector.rows[tid] = rows
             n += 1
     collector.flush()
     return n

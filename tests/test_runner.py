@@ -66,6 +66,21 @@ def test_local_smoke_writes_the_run_directory(local_run):
     assert (local_run / "REPORT.md").read_text() == text
 
 
+def test_resume_from_committed_results_without_work_dir(local_run, tmp_path):
+    """A fresh checkout has rows.csv but no _work: --resume keeps the finished trials, runs nothing."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(local_run, out, ignore=shutil.ignore_patterns("_work"))
+    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--local", "--out", str(out), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 finished earlier" in proc.stderr and not (out / "_work" / "trials").exists()
+    before = pd.read_csv(local_run / "rows.csv")
+    after = pd.read_csv(out / "rows.csv")
+    assert list(after["trial_id"]) == list(before["trial_id"])
+    assert after["fd_pixels"].to_numpy() == pytest.approx(before["fd_pixels"].to_numpy())
+
+
 def test_ray_and_local_give_the_same_rows(local_run, tmp_path):
     out = tmp_path / "ray"
     t0 = time.time()
