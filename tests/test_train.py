@@ -16,14 +16,7 @@ CFG = RunConfig(dataset="synthetic", timesteps=100, model="tiny", train_steps=10
                 warmup_steps=10, checkpoint_every=50, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One CPU thread: on a small shared machine two OpenMP threads stall whenever another process
-    takes a core (each parallel region waits for the descheduled thread), and these models are small."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
