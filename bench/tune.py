@@ -141,7 +141,8 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
             if "rows_json" in result:
                 collector.add(json.loads(result["rows_json"]))
 
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+    # "local": always a fresh cluster of this machine, never one that another run happens to have started
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              configure_logging=True, ignore_reinit_error=True)
     try:
         # Each axis is a param_space key; the trials are the grid's own deduplicated list, given as
