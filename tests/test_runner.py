@@ -103,8 +103,8 @@ def test_killed_driver_resumes_without_retraining(tmp_path):
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline:
-            done = list((out / "_work" / "trials").glob("*/result.json")) if out.exists() else []
+        while time.time() < deadline:  # the driver has collected the first finished trial into rows.csv
+            done = list((out / "_work" / "trials").glob("*/result.json")) if (out / "rows.csv").exists() else []
             if done:
                 break
             assert proc.poll() is None, "driver ended before it could be killed"
