@@ -142,9 +142,10 @@ def test_worker_death_is_retried_from_checkpoint(tmp_path):
         deadline, killed = time.time() + 240, None
         while time.time() < deadline and killed is None:
             trials = list((out / "_work" / "trials").glob("*")) if (out / "_work" / "trials").exists() else []
-            # wait until Ray itself holds a checkpoint of the trial (persisted in its storage)
+            # wait until Ray itself holds checkpoints of the trial: two of them, since the newest one
+            # is on disk a moment before Tune's controller has registered it
             ckpts = list((out / "_work" / "ray").rglob("checkpoint_*/checkpoint.pt")) if trials else []
-            if ckpts and (trials[0] / "attempts.jsonl").exists():
+            if len(ckpts) >= 2 and (trials[0] / "attempts.jsonl").exists():
                 pid = attempts(trials[0])[0]["pid"]
                 os.kill(pid, signal.SIGKILL)  # the Ray worker process running the trial
                 killed = pid
