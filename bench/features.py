@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from bench.sample import to_uint8  # noqa: F401 (re-exported: the form every metric takes)
 from bench.registry import InputError, Registry
 
 
@@ -150,6 +151,3 @@ def extract_features(name: str, images: torch.Tensor, device="cpu", progress: bo
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] (float) -> uint8 [0, 255], the form every metric takes."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

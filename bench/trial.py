@@ -33,9 +33,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     """Train, sample and score one config; returns one row per evaluation and writes result.json."""
     from bench.data import load_dataset
     from bench.diffusion import Diffusion
-    from bench.metrics import score
     from bench.noise import make_noise
-    from bench.sample import sample_images, save_grid, to_uint8
     from bench.schedules import make_betas, terminal_report
     from bench.train import train
 
@@ -78,8 +76,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     for sampler, steps in cfg.eval_list():
         row = {**base, "sampler": sampler, "sample_steps": steps}
         if result.status == "ok":
-            row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress,
-                                 sample_images, save_grid, to_uint8, score))
+            row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress))
         rows.append(row)
     for row in rows:
         row["trial_s"] = time.time() - t_start
@@ -87,9 +84,11 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     return rows
 
 
-def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, progress,
-              sample_images, save_grid, to_uint8, score) -> dict[str, Any]:
+def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, progress) -> dict[str, Any]:
     """Sample ``n_samples`` images (image i from seed sample_seed + i, in every arm) and score them."""
+    from bench.metrics import score
+    from bench.sample import sample_images, save_grid, to_uint8
+
     t0 = time.time()
     x = sample_images(ema, diffusion, noise, sampler, steps, cfg.n_samples, tuple(chw), cfg.sample_seed,
                       batch_size=min(cfg.n_samples, 256), device=device, eta=cfg.ddim_eta, var_type=cfg.var_type,
