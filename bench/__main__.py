@@ -66,9 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--out", type=Path, default=Path("samples.png"))
     sa.set_defaults(func=cmd_sample)
 
-    pf = sub.add_parser("perf", help="measure throughput (train, sample, features) and write results/perf/DEVICE/")
+    pf = sub.add_parser("perf", help="measure throughput (train vs diffusers, sample, features, packing, fan-out) "
+                                     "and write results/perf/DEVICE/")
     pf.add_argument("--out", type=Path, default=Path("results/perf"))
-    pf.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke check)")
+    pf.add_argument("--quick", action="store_true", help="smallest cases, 2 repetitions (a smoke check, seconds)")
+    pf.add_argument("--only", help="comma-separated sections: ceiling, train, sample, features, packing, fanout")
+    pf.add_argument("--device", help="cpu | cuda (default: cuda if available)")
+    pf.add_argument("--reps", type=int, help="repetitions per case (default 5; 2 with --quick)")
     pf.set_defaults(func=cmd_perf)
     return p
 
@@ -166,11 +170,12 @@ def execute(args, grid, trials, run_dir: Path) -> int:
     done = tune.preload_finished(trials, run_dir, collector) if args.resume else 0
     print(f"bench: {len(trials)} trials of grid {grid.name!r} ({grid.preset}) -> {run_dir}"
           + (f" ({done} finished earlier)" if done else ""), file=sys.stderr, flush=True)
+    t_fan = time.time()
     if args.local:
         tune.run_local(trials, run_dir, collector, threads=int(cpus) if cpus else None)
     else:
         tune.run_ray(grid, trials, run_dir, collector, args.address, cpus, gpus, args.max_concurrent)
-    rundir.finish(run_dir, env, time.time() - t0)
+    rundir.finish(run_dir, env, time.time() - t0, fanout_s=time.time() - t_fan)
     rows = [r for rs in collector.rows.values() for r in rs]
     _write_floors_and_report(run_dir, trials)
     n_err = len({r["trial_id"] for r in rows if r["status"] == "error"})
@@ -232,7 +237,8 @@ def cmd_sample(args) -> int:
 def cmd_perf(args) -> int:
     from bench.perf import run_perf
 
-    run_perf(args.out, quick=args.quick)
+    target = run_perf(args.out, quick=args.quick, only=args.only, device=args.device, reps=args.reps)
+    print(target / "perf.md")
     return 0
 
 

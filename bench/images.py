@@ -66,7 +66,7 @@ def save_strip(cells: torch.Tensor, ts: Sequence[int], T: int, path: Path) -> Pa
     k, n, _, h, w = cells.shape
     img = _tile(cells)
     scale = max(1.0, 72 / w)  # small images are drawn larger so the labels fit
-    with _theme():
+    with _theme(seaborn=False):
         fig, axes = _figure(1, 1, img.shape[1] * scale / 100 + 0.3, img.shape[0] * scale / 100 + 0.9)
         ax = axes[0, 0]
         ax.imshow(img, interpolation="nearest")

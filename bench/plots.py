@@ -16,7 +16,6 @@ from typing import Sequence
 import matplotlib
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from bench.tables import Run, aggregate, datasets_with, floor_value, labels_of
@@ -33,14 +32,22 @@ class Plot:
 
 def arm_styles(labels: Sequence[str]) -> dict[str, dict]:
     """label -> {marker, linestyle, color}: marker and line style differ between any two of 8 arms."""
+    import seaborn as sns  # here, not at import: seaborn (and the scipy.stats it loads) costs ~2 s a process
+
     colors = sns.color_palette("colorblind", max(len(labels), 1))
     return {lb: {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)],
                  "color": colors[i]} for i, lb in enumerate(labels)}
 
 
-def _theme():
-    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper"), "pdf.fonttype": 42,
-          "svg.hashsalt": "bench", "axes.titlesize": 9, "legend.fontsize": 8}
+def _theme(seaborn: bool = True):
+    """The report's matplotlib style: seaborn's whitegrid / paper; ``seaborn=False`` keeps only the
+    fixed settings (the per-trial denoising strip, drawn inside a trial process that should not pay
+    for importing seaborn)."""
+    rc = {"pdf.fonttype": 42, "svg.hashsalt": "bench", "axes.titlesize": 9, "legend.fontsize": 8}
+    if seaborn:
+        import seaborn as sns
+
+        rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper"), **rc}
     return matplotlib.rc_context(rc)
 
 

@@ -28,6 +28,14 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def enable_tf32() -> None:
+    """TF32 tensor cores for the float32 work on CUDA (what runs outside bf16 autocast: EMA, the
+    samplers' float32 state, Inception): ~8x the float32 matmul rate on Ampere and later, at a 10-bit
+    mantissa in the products (accumulation stays float32). No effect on CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress: bool | None = None,
               report: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
     """Train, sample and score one config; returns one row per evaluation and writes result.json."""
@@ -39,6 +47,8 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
 
     validate(cfg)
     device = device or pick_device()
+    if str(device).startswith("cuda"):
+        enable_tf32()
     workdir.mkdir(parents=True, exist_ok=True)
     _log_attempt(workdir)
     write_json_atomic(workdir / "config.json", cfg.to_dict())  # what `bench sample` rebuilds the model from
