@@ -170,6 +170,8 @@ def execute(args, grid, trials, run_dir: Path) -> int:
     done = tune.preload_finished(trials, run_dir, collector) if args.resume else 0
     print(f"bench: {len(trials)} trials of grid {grid.name!r} ({grid.preset}) -> {run_dir}"
           + (f" ({done} finished earlier)" if done else ""), file=sys.stderr, flush=True)
+    if done < len(trials):
+        _prepare_references(trials)
     t_fan = time.time()
     if args.local:
         tune.run_local(trials, run_dir, collector, threads=int(cpus) if cpus else None)
@@ -183,6 +185,18 @@ def execute(args, grid, trials, run_dir: Path) -> int:
     print(f"bench: done in {time.time() - t0:.0f} s: {len(trials) - n_err - n_div} ok, {n_div} diverged, {n_err} error; "
           f"rows in {run_dir / rundir.ROWS}", file=sys.stderr)
     return 1 if n_err else 0
+
+
+def _prepare_references(trials) -> None:
+    """Reference statistics before the fan-out (bench.plan.prepare_references); a failure here is
+    only a warning: each trial then computes what it needs itself (and reports its own error)."""
+    from bench.plan import prepare_references
+
+    try:
+        took = prepare_references(trials, progress=sys.stderr.isatty())
+        print(f"bench: reference statistics ready ({took:.0f} s)", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"bench: warning: reference statistics not prepared ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _write_floors_and_report(run_dir: Path, trials) -> None:

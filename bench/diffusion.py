@@ -17,6 +17,7 @@ class Diffusion:
     def __init__(self, betas: torch.Tensor):
         check_betas(betas)
         self.T = len(betas)
+        self._tables: dict[tuple[int, torch.device], torch.Tensor] = {}  # float32 copies per device (_at)
         b = betas.to(torch.float64).cpu()
         self.betas = b
         self.alphas = 1.0 - b
@@ -35,11 +36,17 @@ class Diffusion:
         self.posterior_mean_coef1 = b * self.alpha_bar_prev.sqrt() / (1.0 - self.alpha_bar)
         self.posterior_mean_coef2 = (1.0 - self.alpha_bar_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bar)
 
-    @staticmethod
-    def _at(coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """coef[t] as float32 on like's device, shaped to broadcast over like's trailing dims."""
-        out = coef[t.cpu()].to(device=like.device, dtype=torch.float32)
-        return out.reshape(-1, *([1] * (like.ndim - 1)))
+    def _at(self, coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """coef[t] as float32 on like's device, shaped to broadcast over like's trailing dims.
+
+        Indexes a float32 copy of the table kept on t's device (the same values as casting coef[t]),
+        so a CUDA t is never copied back to the host: that copy waited for the GPU once per call,
+        several times per training step."""
+        key = (id(coef), t.device)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = coef.to(device=t.device, dtype=torch.float32)
+        return table[t].to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""

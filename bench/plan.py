@@ -69,25 +69,26 @@ def estimate_seconds(trials: list[RunConfig]) -> dict[int, float]:
 
 
 def _time_model(model: str, channels: int, size: int, batch: int, sample_batch: int) -> tuple[float, float]:
-    from bench.unet import build_model
+    """Seconds of one real training step (bench.train's, via bench.perf.BenchStep) and of one
+    forward pass at the sampling batch."""
+    from bench.perf import BenchStep, sync
 
-    net = build_model(model, channels, size, dropout=0.0)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x, t = torch.randn(batch, channels, size, size), torch.randint(0, 100, (batch,))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    step = BenchStep(model, channels, size, batch, device, dropout=0.0)
     times = []
     for _ in range(4):
         t0 = time.perf_counter()
-        loss = (net(x, t) - x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        step()
+        sync(device)
         times.append(time.perf_counter() - t0)
-    xs, ts = torch.randn(sample_batch, channels, size, size), torch.randint(0, 100, (sample_batch,))
+    net = step.trainer.model.eval()
+    xs = torch.randn(sample_batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    ts = torch.randint(0, 100, (sample_batch,), device=device)
     with torch.inference_mode():
-        net.eval()
         net(xs, ts)
         t0 = time.perf_counter()
         net(xs, ts)
+        sync(device)
         fwd = time.perf_counter() - t0
     return sorted(times[1:])[1], fwd
 
@@ -98,6 +99,31 @@ def _scoring_rate(cfg: RunConfig) -> float:
     if not inception:
         return 2000.0
     return 400.0 if torch.cuda.is_available() else 4.0  # Inception-v3 at 299x299: 2-10 img/s measured on 2 CPU cores
+
+
+def prepare_references(trials: list[RunConfig], progress: bool = False) -> float:
+    """Compute (or load from the cache) every reference statistic the trials and the floors need —
+    training-split references and the held-out images of the floors — here in the driver with all
+    cores, before the fan-out. Otherwise the first trials compute them inside a trial with its one
+    thread while the other trials wait on the cache lock (1000 MNIST images through Inception: ~3 min
+    on one core of the 2-core CPU). Returns the seconds spent."""
+    from bench.data import DATASETS, load_dataset
+    from bench.metrics import FEATURES, METRICS, reference_stats
+
+    t0 = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    needed = set()
+    for c in trials:
+        size = c.image_size or DATASETS.get(c.dataset).size
+        for m in c.metric_list():
+            feature = METRICS.get(m).feature
+            if not FEATURES.get(feature).supports(DATASETS.get(c.dataset).channels, size):
+                needed.add((c.dataset, c.data_root, size, feature, c.n_reference or 0, c.n_samples))
+    for dataset, root, size, feature, n_ref, n_gen in sorted(needed):
+        reference_stats(dataset, "train", feature, n_ref or None, root, size, progress, device)
+        n_heldout = min(n_gen, len(load_dataset(dataset, "heldout", root, size)))  # as metrics.floor takes them
+        reference_stats(dataset, "heldout", feature, n_heldout, root, size, progress, device)
+    return time.time() - t0
 
 
 def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:

@@ -66,6 +66,19 @@ def test_local_smoke_writes_the_run_directory(local_run):
     assert (local_run / "REPORT.md").read_text() == text
 
 
+def test_env_records_the_fan_out_time_that_perf_compares(local_run):
+    """env.json fanout_s spans the trials (so it is at least their summed wall time, run one after
+    another) and lies inside the run's wall time; bench perf reads both back."""
+    from bench.perf import fanout_times
+
+    env = json.loads((local_run / "env.json").read_text())
+    got = fanout_times(local_run, "local")
+    trial_s = pd.read_csv(local_run / "rows.csv").groupby("trial_id")["trial_s"].max()
+    assert got["local sum of trials"] == pytest.approx(trial_s.sum())
+    assert trial_s.sum() <= got["local fan-out"] <= env["wall_s"] + 0.1
+    assert got["local fan-out"] == env["fanout_s"]
+
+
 def test_resume_from_committed_results_without_work_dir(local_run, tmp_path):
     """A fresh checkout has rows.csv but no _work: --resume keeps the finished trials, runs nothing."""
     import shutil
