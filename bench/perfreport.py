@@ -24,7 +24,9 @@ HEADINGS = {
               "diffusers images/s, taken per repetition (the two alternate, back to back)."),
     "sample": ("Sampling", "image-steps/s (images x sampler steps per second) of bench.sample with per-image seeds; "
                "'vs forward' = that rate / the bare model forward at the same batch (1.0 = no sampler overhead)."),
-    "features": ("Feature extraction (scoring)", "images/s, uint8 images in, features out, at the batch scoring uses."),
+    "features": ("Feature extraction (scoring)", "images/s, uint8 images in, features out, at the batch scoring uses. "
+                 "Inception runs in channels_last; the NCHW rows are torchmetrics' default layout, and their ratio is "
+                 "channels_last / NCHW per repetition."),
     "packing": ("Concurrent trials on one device", "aggregate training images/s of k processes training at once; "
                 "'vs 1' = / the first layout."),
     "fanout": ("Grid fan-out: smoke grid (2 trials), Ray Tune vs --local", "seconds; ratio = / the --local run's sum of "
@@ -86,7 +88,7 @@ def train_table(df: pd.DataFrame) -> list[str]:
 def generic_table(df: pd.DataFrame, section: str) -> list[str]:
     unit = df["metric"].iloc[0]
     has_ratio = df["ratio"].notna().any() if "ratio" in df else False
-    label = {"sample": "vs forward", "packing": "vs 1", "fanout": "ratio"}.get(section, "ratio")
+    label = {"sample": "vs forward", "packing": "vs 1", "fanout": "ratio", "features": "channels_last / NCHW"}.get(section, "ratio")
     header = ["case", unit] + ([label] if has_ratio else []) + (["note"] if "note" in df and df["note"].notna().any() else [])
     lines = []
     for _, r in df.iterrows():

@@ -123,7 +123,19 @@ def prepare_references(trials: list[RunConfig], progress: bool = False) -> float
         reference_stats(dataset, "train", feature, n_ref or None, root, size, progress, device)
         n_heldout = min(n_gen, len(load_dataset(dataset, "heldout", root, size)))  # as metrics.floor takes them
         reference_stats(dataset, "heldout", feature, n_heldout, root, size, progress, device)
+    _release_extractors()
     return time.time() - t0
+
+
+def _release_extractors() -> None:
+    """Drop the driver's feature networks (Inception: ~100 MB of weights) so that a GPU's memory
+    goes to the trials during the fan-out; the floors reload them afterwards if they need to."""
+    from bench import features
+
+    features._extractor.cache_clear()
+    features._inception_net.cache_clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
