@@ -157,7 +157,7 @@ def plot_train(df: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = df.assign(shape=[f"{c}x{s}²" for c, s in zip(df["channels"], df["image_size"])])
+    df = df.assign(shape=[f"{int(c)}x{int(s)}²" for c, s in zip(df["channels"], df["image_size"])])
     shapes, models = list(dict.fromkeys(df["shape"])), list(dict.fromkeys(df["model"]))
     impls = list(dict.fromkeys(df["impl"]))
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models) + 1, 3.2), squeeze=False)
