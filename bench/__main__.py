@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pf = sub.add_parser("perf", help="measure throughput (train vs diffusers, sample, features, packing, fan-out) "
                                      "and write results/perf/DEVICE/")
-    pf.add_argument("--out", type=Path, default=Path("results/perf"))
+    pf.add_argument("--out", type=Path, default=Path("results/perf"), help="writes OUT/DEVICE/ (default results/perf)")
     pf.add_argument("--quick", action="store_true", help="smallest cases, 2 repetitions (a smoke check, seconds)")
     pf.add_argument("--only", help="comma-separated sections: ceiling, train, sample, features, packing, fanout")
     pf.add_argument("--device", help="cpu | cuda (default: cuda if available)")
