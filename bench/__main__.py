@@ -170,8 +170,7 @@ def execute(args, grid, trials, run_dir: Path) -> int:
     done = tune.preload_finished(trials, run_dir, collector) if args.resume else 0
     print(f"bench: {len(trials)} trials of grid {grid.name!r} ({grid.preset}) -> {run_dir}"
           + (f" ({done} finished earlier)" if done else ""), file=sys.stderr, flush=True)
-    if done < len(trials):
-        _prepare_references(trials)
+    _guarded("floors", run_dir, lambda: _floors(run_dir, trials))  # first: they compute the references
     t_fan = time.time()
     if args.local:
         tune.run_local(trials, run_dir, collector, threads=int(cpus) if cpus else None)
@@ -179,7 +178,7 @@ def execute(args, grid, trials, run_dir: Path) -> int:
         tune.run_ray(grid, trials, run_dir, collector, args.address, cpus, gpus, args.max_concurrent)
     rundir.finish(run_dir, env, time.time() - t0, fanout_s=time.time() - t_fan)
     rows = [r for rs in collector.rows.values() for r in rs]
-    _write_floors_and_report(run_dir, trials)
+    _guarded("report", run_dir, lambda: _report(run_dir))
     n_err = len({r["trial_id"] for r in rows if r["status"] == "error"})
     n_div = len({r["trial_id"] for r in rows if r["status"] == "diverged"})
     print(f"bench: done in {time.time() - t0:.0f} s: {len(trials) - n_err - n_div} ok, {n_div} diverged, {n_err} error; "
@@ -187,36 +186,31 @@ def execute(args, grid, trials, run_dir: Path) -> int:
     return 1 if n_err else 0
 
 
-def _prepare_references(trials) -> None:
-    """Reference statistics before the fan-out (bench.plan.prepare_references); a failure here is
-    only a warning: each trial then computes what it needs itself (and reports its own error)."""
-    from bench.plan import prepare_references
+def _floors(run_dir: Path, trials) -> None:
+    from bench.plan import write_floors
 
-    try:
-        took = prepare_references(trials, progress=sys.stderr.isatty())
-        print(f"bench: reference statistics ready ({took:.0f} s)", file=sys.stderr, flush=True)
-    except Exception as e:  # noqa: BLE001
-        print(f"bench: warning: reference statistics not prepared ({type(e).__name__}: {e})", file=sys.stderr)
+    t0 = time.time()
+    write_floors(run_dir, trials)
+    print(f"bench: real-vs-real floors and reference statistics ready ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
 
 
-def _write_floors_and_report(run_dir: Path, trials) -> None:
-    """Real-vs-real floors and the report; a failure here is reported, never loses rows.csv."""
+def _report(run_dir: Path) -> None:
+    from bench.report import build_report
+
+    build_report(run_dir)
+
+
+def _guarded(step: str, run_dir: Path, fn) -> None:
+    """Floors and report: a failure is reported and never loses rows.csv (a trial that needs a
+    missing reference computes it itself, or reports its own error)."""
     import traceback
 
-    for step in ("floors", "report"):
-        try:
-            if step == "floors":
-                from bench.plan import write_floors
-
-                write_floors(run_dir, trials)
-            else:
-                from bench.report import build_report
-
-                build_report(run_dir)
-        except Exception as e:  # noqa: BLE001
-            print(f"bench: warning: {step} failed ({type(e).__name__}: {e}); rows.csv is intact, "
-                  f"rerun `python -m bench report {run_dir}`", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        print(f"bench: warning: {step} failed ({type(e).__name__}: {e}); rows.csv is intact, "
+              f"rerun `python -m bench report {run_dir}`", file=sys.stderr)
+        traceback.print_exc(file=sys.stderr)
 
 
 # --- the rest ----------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ GPU_BATCH = 128  # the full grids' batch
 TRAIN_DROPOUT = {"cpu": 0.0, "cuda": 0.1}
 # Nominal dense bf16 peaks (TFLOP/s, vendor data sheets, no sparsity), by a substring of the device name.
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0,
-                    "L4": 121.0, "RTX 4090": 165.2, "V100": 0.0}
+                    "L4": 121.0, "RTX 4090": 165.2}
 
 
 @dataclass
@@ -188,17 +188,15 @@ def ceiling(ctx: Ctx) -> list[dict[str, Any]]:
         calls = 100 if cuda else 1  # ~1 ms a product on a large GPU: time many per repetition
         r = measure({label: (lambda: torch.mm(a, b), 2 * n**3 / 1e9)}, ctx.device, ctx.reps, calls=calls)[label]
         rows.append(_row("ceiling", f"matmul {n}x{n} {label}", "GFLOP/s", r, dtype=label, threads=ctx.threads))
-    best = max(rows, key=lambda row: row["hi"])
-    ctx.ceiling_gflops = rows[0]["hi"]  # the best repetition of the first dtype: bf16 on CUDA, fp32 on CPU
-    if cuda:
-        name = torch.cuda.get_device_name(ctx.device)
-        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), 0.0)
-        if peak:
-            rows.append({"section": "ceiling", "case": f"nominal bf16 dense peak ({name})", "metric": "GFLOP/s",
-                         "median": peak * 1e3, "lo": peak * 1e3, "hi": peak * 1e3, "reps": 0, "dtype": "bf16"})
-            ctx.ceiling_gflops = peak * 1e3
-    ctx.notes.append(f"ceiling for the fraction-of-peak columns: {ctx.ceiling_gflops:,.0f} GFLOP/s "
-                     f"({'nominal bf16 peak' if cuda and ctx.ceiling_gflops != best['hi'] else 'best measured matmul'})")
+    # the roofline: the vendor's bf16 peak where known, else the best repetition of the first dtype
+    ctx.ceiling_gflops, source = rows[0]["hi"], f"best measured {rows[0]['case']}"
+    name = torch.cuda.get_device_name(ctx.device) if cuda else ""
+    peak = next((v * 1e3 for k, v in BF16_PEAK_TFLOPS.items() if cuda and k in name), None)
+    if peak:
+        rows.append({"section": "ceiling", "case": f"nominal bf16 dense peak ({name})", "metric": "GFLOP/s",
+                     "median": peak, "lo": peak, "hi": peak, "reps": 0, "dtype": "bf16"})
+        ctx.ceiling_gflops, source = peak, "nominal bf16 peak"
+    ctx.notes.append(f"ceiling for the fraction-of-peak columns: {ctx.ceiling_gflops:,.0f} GFLOP/s ({source})")
     return rows
 
 
@@ -318,15 +316,14 @@ def _nchw_inception(images: torch.Tensor, bs: int, device: torch.device) -> Call
     """The FID Inception as torchmetrics ships it (NCHW), for the channels_last comparison."""
     import copy
 
-    from bench.features import _inception_net
+    from bench.features import _inception_net, inception_runner
 
-    net = copy.deepcopy(_inception_net(str(device))).to(memory_format=torch.contiguous_format)
+    net = inception_runner(copy.deepcopy(_inception_net(str(device))).to(memory_format=torch.contiguous_format))
 
     def run():
         with torch.inference_mode():
             for i in range(0, len(images), bs):
-                x = images[i : i + bs].to(device)
-                net(x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x)
+                net(images[i : i + bs].to(device))
 
     return run
 
@@ -458,14 +455,14 @@ def run_perf(out: Path, quick: bool = False, only: str | None = None, device: st
     sections = parse_sections(only)
     if device not in (None, "cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from bench.trial import enable_tf32, pick_device
+
+    dev = torch.device(device or pick_device())
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is visible")
     if reps is not None and reps < 1:
         raise InputError("--reps must be >= 1")
     if dev.type == "cuda":
-        from bench.trial import enable_tf32
-
         enable_tf32()
     ctx = Ctx(device=dev, quick=quick, reps=reps or (2 if quick else 5), threads=torch.get_num_threads())
     target = Path(out) / device_slug(dev)

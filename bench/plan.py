@@ -4,6 +4,7 @@ real-vs-real floors, and sampling from a finished trial (``bench sample``)."""
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,27 +71,24 @@ def estimate_seconds(trials: list[RunConfig]) -> dict[int, float]:
 
 def _time_model(model: str, channels: int, size: int, batch: int, sample_batch: int) -> tuple[float, float]:
     """Seconds of one real training step (bench.train's, via bench.perf.BenchStep) and of one
-    forward pass at the sampling batch."""
-    from bench.perf import BenchStep, sync
+    forward pass at the sampling batch: medians of 3 after a warm-up call."""
+    from bench.perf import BenchStep, measure
+    from bench.trial import pick_device
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(pick_device())
     step = BenchStep(model, channels, size, batch, device, dropout=0.0)
-    times = []
-    for _ in range(4):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    net = step.trainer.model.eval()
+    net = step.trainer.model
     xs = torch.randn(sample_batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
     ts = torch.randint(0, 100, (sample_batch,), device=device)
-    with torch.inference_mode():
-        net(xs, ts)
-        t0 = time.perf_counter()
-        net(xs, ts)
-        sync(device)
-        fwd = time.perf_counter() - t0
-    return sorted(times[1:])[1], fwd
+
+    def forward():
+        with torch.inference_mode():
+            net.eval()
+            net(xs, ts)
+            net.train()
+
+    rates = measure({"step": (step, 1), "forward": (forward, 1)}, device, reps=3)
+    return 1 / statistics.median(rates["step"]), 1 / statistics.median(rates["forward"])
 
 
 def _scoring_rate(cfg: RunConfig) -> float:
@@ -98,38 +96,14 @@ def _scoring_rate(cfg: RunConfig) -> float:
     inception = any(m in ("fid", "kid") or m.startswith("fid") or m.startswith("kid") for m in cfg.metric_list())
     if not inception:
         return 2000.0
-    return 400.0 if torch.cuda.is_available() else 4.0  # Inception-v3 at 299x299: 2-10 img/s measured on 2 CPU cores
-
-
-def prepare_references(trials: list[RunConfig], progress: bool = False) -> float:
-    """Compute (or load from the cache) every reference statistic the trials and the floors need —
-    training-split references and the held-out images of the floors — here in the driver with all
-    cores, before the fan-out. Otherwise the first trials compute them inside a trial with its one
-    thread while the other trials wait on the cache lock (1000 MNIST images through Inception: ~3 min
-    on one core of the 2-core CPU). Returns the seconds spent."""
-    from bench.data import DATASETS, load_dataset
-    from bench.metrics import FEATURES, METRICS, reference_stats
-
-    t0 = time.time()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    needed = set()
-    for c in trials:
-        size = c.image_size or DATASETS.get(c.dataset).size
-        for m in c.metric_list():
-            feature = METRICS.get(m).feature
-            if not FEATURES.get(feature).supports(DATASETS.get(c.dataset).channels, size):
-                needed.add((c.dataset, c.data_root, size, feature, c.n_reference or 0, c.n_samples))
-    for dataset, root, size, feature, n_ref, n_gen in sorted(needed):
-        reference_stats(dataset, "train", feature, n_ref or None, root, size, progress, device)
-        n_heldout = min(n_gen, len(load_dataset(dataset, "heldout", root, size)))  # as metrics.floor takes them
-        reference_stats(dataset, "heldout", feature, n_heldout, root, size, progress, device)
-    _release_extractors()
-    return time.time() - t0
+    # Inception-v3 at 299x299, one thread per trial: 400 images in 76 s per trial of the quick
+    # schedules grid on the 2-core CPU (results/schedules/quick-20261122-040615)
+    return 400.0 if torch.cuda.is_available() else 5.0
 
 
 def _release_extractors() -> None:
     """Drop the driver's feature networks (Inception: ~100 MB of weights) so that a GPU's memory
-    goes to the trials during the fan-out; the floors reload them afterwards if they need to."""
+    goes to the trials during the fan-out."""
     from bench import features
 
     features._extractor.cache_clear()
@@ -140,7 +114,11 @@ def _release_extractors() -> None:
 
 def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
     """floors.csv: real-vs-real (train vs held-out) metrics at each trial sample size, so a table
-    shows what a perfect model would score with the same number of images."""
+    shows what a perfect model would score with the same number of images.
+
+    ``bench run`` writes it before the fan-out: computing the floors computes (and caches) every
+    reference statistic the trials will score against, here with all cores, instead of in the first
+    trial with its one thread while the others wait on the cache lock."""
     import pandas as pd
 
     from bench.metrics import floor
@@ -154,6 +132,7 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
                     n_reference=n_ref or None)
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t0})
     write_text_atomic(run_dir / FLOORS, pd.DataFrame(rows).to_csv(index=False))
+    _release_extractors()
 
 
 def sample_checkpoint(path: Path, sampler: str, steps: int, n: int, seed: int, out: Path) -> None:

@@ -64,13 +64,12 @@ def prepare(run_dir: Path, grid: Grid) -> None:
     write_text_atomic(run_dir / GRID, grid.to_toml())
 
 
-def finish(run_dir: Path, env: dict[str, Any], wall_s: float, fanout_s: float | None = None) -> None:
+def finish(run_dir: Path, env: dict[str, Any], wall_s: float, fanout_s: float) -> None:
     """Record the run's wall time in env.json, and the part of it spent fanning the trials out
     (``--local`` loop or Ray Tune, start-up included; without floors and report), which
     ``bench perf`` compares between the two runners."""
-    extra = {"fanout_s": round(fanout_s, 2)} if fanout_s is not None else {}
     write_text_atomic(run_dir / ENV, json.dumps({**env, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                  "wall_s": round(wall_s, 1), **extra}, indent=1))
+                                                  "wall_s": round(wall_s, 1), "fanout_s": round(fanout_s, 2)}, indent=1))
 
 
 def trial_dir(run_dir: Path, cfg) -> Path:

@@ -251,21 +251,22 @@ def test_fid_matches_torch_fidelity_on_image_folders(tmp_path):
     assert ours > 1 and ours == pytest.approx(theirs, rel=1e-3)
 
 
-def test_prepare_references_leaves_nothing_for_trials_and_floors(tmp_path, monkeypatch):
-    """bench run computes every reference statistic in the driver before the fan-out: afterwards the
-    trials' scoring and the floors load them (compute count unchanged), for train and held-out."""
+def test_floors_first_leave_nothing_for_the_trials_to_compute(tmp_path, monkeypatch):
+    """bench run writes the floors before the fan-out: that computes every reference statistic
+    (train and held-out, once each) in the driver, so the trials' scoring loads them (compute count
+    unchanged)."""
     from bench.grid import load_grid
-    from bench.plan import prepare_references
+    from bench.plan import write_floors
 
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     M.compute_count.clear()
     trials = load_grid("schedules", "smoke").trials()  # synthetic 16 px, fd_pixels, 16 samples
-    prepare_references(trials)
+    write_floors(tmp_path, trials)
     computed = dict(M.compute_count)
     assert len(computed) == 2 and all(v == 1 for v in computed.values())  # train + held-out, once each
     assert any("-train-" in n for n in computed) and any("-heldout-" in n for n in computed)
+    assert (tmp_path / "floors.csv").exists()
     cfg = trials[0]
     fake = torch.randint(0, 256, (cfg.n_samples, 1, 16, 16), dtype=torch.uint8)
     M.score(cfg.metric_list(), fake, cfg.dataset, image_size=16, n_reference=cfg.n_reference or None)
-    M.floor(cfg.metric_list(), cfg.dataset, cfg.n_samples, image_size=16, n_reference=cfg.n_reference or None)
     assert M.compute_count == computed
