@@ -73,21 +73,37 @@ class Gamma(Noise):
 
     Numerics: drawn and centred in float64 (numpy's generator seeded from the torch generator);
     k_bar_t reaches ~1e14 (cosine, t = T), where float32 "G - k" would leave a handful of values.
+
+    Gaussian limit: as k_bar -> inf, eps -> N(0, 1) (central limit; skewness 2/sqrt(k_bar) -> 0). At
+    zero terminal SNR (alpha_bar_T = 0, Lin et al. 2023) k_bar_T = inf and the formula gives NaN, so
+    where k_bar >= ``GAUSSIAN_LIMIT_K`` (inf included) eps is drawn as N(0, 1) from the same
+    generator. The limit is exact in distribution at inf; at 1e20 the skewness is 2e-10, and beyond it
+    float64 "G - k" would start to lose resolution. Rows with finite k_bar below the limit draw exactly
+    the values they drew before this rule existed.
     """
+
+    #: k_bar at or above which eps is the Gaussian limit (always at k_bar = inf, i.e. alpha_bar = 0).
+    GAUSSIAN_LIMIT_K = 1e20
 
     def __init__(self, alpha_bar: torch.Tensor, theta_0: float = 0.001):
         super().__init__(alpha_bar)
         if not (theta_0 > 0 and math.isfinite(theta_0)):
             raise InputError(f"gamma noise: theta_0 must be a finite number > 0, got {theta_0}")
         self.theta_0 = theta_0
-        self.k_bar = (1.0 / self.alpha_bar - 1.0) / theta_0**2
+        self.k_bar = (1.0 / self.alpha_bar - 1.0) / theta_0**2  # inf where alpha_bar = 0
 
     def draw(self, shape, t, generator):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         rng = np.random.default_rng(seed)
         k = self.k_bar[t].numpy().reshape((-1,) + (1,) * (len(shape) - 1))
-        g = rng.standard_gamma(np.broadcast_to(k, shape))
-        return torch.from_numpy((g - k) / np.sqrt(k)).to(torch.float32)
+        limit = k >= self.GAUSSIAN_LIMIT_K
+        if not limit.any():
+            g = rng.standard_gamma(np.broadcast_to(k, shape))
+            return torch.from_numpy((g - k) / np.sqrt(k)).to(torch.float32)
+        k_safe = np.where(limit, 1.0, k)  # placeholder shape where the Gaussian limit is used
+        g = rng.standard_gamma(np.broadcast_to(k_safe, shape))
+        z = rng.standard_normal(shape)
+        return torch.from_numpy(np.where(limit, z, (g - k_safe) / np.sqrt(k_safe))).to(torch.float32)
 
 
 @NOISES.register("laplace")

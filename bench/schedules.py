@@ -156,18 +156,41 @@ def laplace(T: int, laplace_mu: float = 0.0, laplace_b: float = 0.5) -> torch.Te
     return betas_from_alpha_bar(torch.sigmoid(lam))
 
 
-def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Shift and scale sqrt(alpha_bar) so that sqrt(alpha_bar_T) = 0 and sqrt(alpha_bar_1) is kept.
+#: simple_linear clips alpha_bar(u) = 1 - u from below here (Chen 2023, Algorithm 1, ``clip_min``).
+SIMPLE_LINEAR_CLIP = 1e-9
 
-    Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1.
-    Exactly zero terminal SNR makes beta_T = 1 and eps-prediction undefined at t = T (x_0 cannot be
-    read from pure noise), so beta_T is capped at 0.999 like every other schedule here: alpha_bar_T
-    becomes 1e-3 * alpha_bar_{T-1}, orders of magnitude below the un-rescaled value.
+
+@SCHEDULES.register("simple_linear")
+def simple_linear(T: int) -> torch.Tensor:
+    """alpha_bar(u) = clip(1 - u, 1e-9, 1) at u = i/T; beta_i = min(1 - alpha_bar(i/T)/alpha_bar((i-1)/T), 0.999).
+
+    Chen 2023, "On the Importance of Noise Scheduling for Diffusion Models", Algorithm 1
+    (``simple_linear_schedule``), discretised like ``cosine``; the "simple linear" schedule of the MNIST
+    study this suite grew from. The product telescopes: alpha_bar_t = 1 - t/T for t < T (to float64
+    rounding; beta_i = 1/(T - i + 1)). At t = T the clip makes beta_T = 1 - 1e-9 T, capped at 0.999,
+    so alpha_bar_T = 1e-3/T: 1e-6 at T=1000 (without the cap it would be the clip value, 1e-9).
+    """
+    u = torch.arange(T + 1, dtype=_F64) / T
+    a = torch.clamp(1.0 - u, min=SIMPLE_LINEAR_CLIP, max=1.0)
+    return torch.clamp(1.0 - a[1:] / a[:-1], max=MAX_BETA)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha_bar) so that sqrt(alpha_bar_T) = 0 exactly and sqrt(alpha_bar_1) is kept.
+
+    Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1:
+    s_t = sqrt(alpha_bar_t), s'_t = (s_t - s_T) s_1 / (s_1 - s_T), alpha_bar'_t = s'_t^2,
+    beta'_t = 1 - alpha_bar'_t / alpha_bar'_{t-1}. Then alpha_bar'_T = 0 and beta'_T = 1 exactly: no
+    0.999 cap (a capped last beta leaves alpha_bar_T = 1e-3 alpha_bar_{T-1}, e.g. 4.2e-12 for linear,
+    which eps-prediction turns into a ~5e5-fold amplified x_0 estimate at t = T). Every other beta
+    stays in (0, 1). x_0 cannot be read from pure noise with eps-prediction: ``Diffusion`` rejects
+    that combination and accepts ``v`` or ``x0`` (DESIGN.md section 3).
     """
     s = torch.sqrt(torch.cumprod(1.0 - betas, 0))
     s0, sT = s[0].clone(), s[-1].clone()
     s = (s - sT) * s0 / (s0 - sT)
-    return betas_from_alpha_bar(s**2)
+    s[-1] = 0.0  # (s_T - s_T) is 0 already; stated so that nothing depends on rounding
+    return betas_from_alpha_bar(s**2, max_beta=1.0)
 
 
 def schedule_params(name: str) -> dict[str, object]:
@@ -190,19 +213,26 @@ def make_betas(name: str, T: int, zero_terminal_snr: bool = False, **params) -> 
     betas = fn(T, **kwargs)
     if zero_terminal_snr:
         betas = rescale_zero_terminal_snr(betas)
-    check_betas(betas, f"schedule {name} (T={T}, {kwargs})")
+    check_betas(betas, f"schedule {name} (T={T}, {kwargs})", zero_terminal_snr=zero_terminal_snr)
     return betas
 
 
-def check_betas(betas: torch.Tensor, what: str = "betas") -> None:
-    """Raise InputError unless every beta is finite and in the open interval (0, 1)."""
+def check_betas(betas: torch.Tensor, what: str = "betas", zero_terminal_snr: bool = False) -> None:
+    """Raise InputError unless every beta is finite and in the open interval (0, 1).
+
+    With ``zero_terminal_snr`` the last beta must be exactly 1 (alpha_bar_T = 0, Lin et al. 2023) and
+    every other beta in (0, 1): beta = 1 anywhere else would zero alpha_bar before t = T."""
     if betas.dtype != _F64 or betas.ndim != 1:
         raise InputError(f"{what}: betas must be a 1-d float64 tensor, got {betas.dtype} {tuple(betas.shape)}")
     if not torch.isfinite(betas).all():
         raise InputError(f"{what}: betas contain NaN or inf")
-    if not ((betas > 0) & (betas < 1)).all():
+    body = betas[:-1] if zero_terminal_snr else betas
+    if zero_terminal_snr and betas[-1].item() != 1.0:
+        raise InputError(f"{what}: zero terminal SNR needs beta_T = 1 exactly, got {betas[-1].item():.17g}")
+    if not ((body > 0) & (body < 1)).all():
+        where = " before t = T" if zero_terminal_snr else ""
         raise InputError(
-            f"{what}: every beta must lie in (0, 1); got min {betas.min().item():.3g}, max {betas.max().item():.3g}"
+            f"{what}: every beta{where} must lie in (0, 1); got min {body.min().item():.3g}, max {body.max().item():.3g}"
         )
 
 
@@ -221,7 +251,9 @@ class TerminalReport:
 
 
 def terminal_report(betas: torch.Tensor, threshold: float = PURE_NOISE_ALPHA_BAR) -> TerminalReport:
-    """Terminal alpha_bar / SNR / log-SNR of ``betas`` and whether x_T is pure noise (alpha_bar_T < threshold)."""
+    """Terminal alpha_bar / SNR / log-SNR of ``betas`` and whether x_T is pure noise (alpha_bar_T < threshold).
+
+    Zero terminal SNR (beta_T = 1) gives alpha_bar_T = SNR_T = 0 and log-SNR_T = -inf."""
     ab = float(torch.prod(1.0 - betas))
     snr = ab / (1.0 - ab)
-    return TerminalReport(ab, snr, math.log(snr), ab < threshold)
+    return TerminalReport(ab, snr, math.log(snr) if snr > 0 else -math.inf, ab < threshold)

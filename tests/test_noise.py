@@ -11,14 +11,14 @@ from bench.schedules import make_betas
 T = 1000
 
 
-def alpha_bar(schedule):
-    return torch.cumprod(1 - make_betas(schedule, T), 0)
+def alpha_bar(schedule, zero_terminal_snr=False):
+    return torch.cumprod(1 - make_betas(schedule, T, zero_terminal_snr), 0)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("schedule,zt", [("linear", False), ("cosine", False), ("cosine", True)])
 @pytest.mark.parametrize("name", NOISES.names())
-def test_every_noise_is_standardised(name, schedule):
-    noise = make_noise(name, alpha_bar(schedule))
+def test_every_noise_is_standardised(name, schedule, zt):
+    noise = make_noise(name, alpha_bar(schedule, zt))
     n = 200_000
     for t in (0, T // 2 - 1, T - 1):  # paper t = 1, T/2, T
         eps = noise.sample((n,), t, torch.Generator().manual_seed(t)).double()
@@ -70,6 +70,49 @@ def test_gamma_float64_numerics_at_cosine_T():
     eps = noise.sample((10_000,), T - 1, torch.Generator().manual_seed(0))
     assert torch.unique(eps).numel() >= 1000
     assert abs(eps.double().std().item() - 1) < 0.05
+
+
+def test_gamma_at_zero_terminal_snr_is_the_gaussian_limit():
+    """alpha_bar_T = 0 gives k_bar_T = inf: eps there is N(0, 1) (skewness 2/sqrt(k) -> 0, kurtosis 3),
+    finite, drawn from the item's own generator; the other indices are untouched."""
+    ab = alpha_bar("cosine", True)
+    assert ab[-1].item() == 0.0
+    noise = make_noise("gamma", ab, theta_0=0.1)
+    assert noise.k_bar[-1].item() == float("inf") and torch.isfinite(noise.k_bar[:-1]).all()
+    eps = noise.sample((400_000,), T - 1, torch.Generator().manual_seed(3)).double()
+    assert torch.isfinite(eps).all()
+    z = (eps - eps.mean()) / eps.std()
+    assert abs(eps.mean().item()) < 5 / 400_000**0.5 and abs(eps.var().item() - 1) < 5 * (2 / 400_000) ** 0.5
+    assert abs((z**3).mean().item()) < 5 * (6 / 400_000) ** 0.5  # Gaussian: skewness 0 (sd sqrt(6/n))
+    assert (z**4).mean().item() == pytest.approx(3.0, abs=5 * (24 / 400_000) ** 0.5)
+    # the Gaussian limit is exactly a standard normal draw from the generator's numpy stream
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(3)))
+    rng = np.random.default_rng(seed)
+    rng.standard_gamma(np.ones(400_000))  # placeholder gamma draws come first
+    assert np.array_equal(eps.float().numpy(), rng.standard_normal(400_000).astype(np.float32))
+    # a batch mixing t = T with a finite-k index: the finite rows are skewed gamma, the t = T rows normal
+    mixed = noise.sample((2, 50_000), torch.tensor([0, T - 1]), torch.Generator().manual_seed(4)).double()
+    assert torch.isfinite(mixed).all()
+    skew0 = (((mixed[0] - mixed[0].mean()) / mixed[0].std()) ** 3).mean().item()
+    assert skew0 == pytest.approx(2 / noise.k_bar[0].sqrt().item(), rel=0.15)
+    # per-item draws do not depend on the batch
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]
+    both = noise.sample_per_item((2, 8), torch.tensor([T - 1, 3]), gens())
+    alone = noise.sample_per_item((1, 8), torch.tensor([T - 1]), gens()[:1])
+    assert torch.equal(both[:1], alone)
+
+
+def test_gamma_draws_unchanged_below_the_gaussian_limit():
+    """Finite k_bar below GAUSSIAN_LIMIT_K: exactly the paper's formula on numpy's gamma stream."""
+    ab = alpha_bar("cosine")
+    noise = make_noise("gamma", ab, theta_0=0.001)
+    assert noise.k_bar.max().item() < noise.GAUSSIAN_LIMIT_K
+    t = torch.tensor([0, 500, 999])
+    eps = noise.sample((3, 4), t, torch.Generator().manual_seed(9))
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(9)))
+    k = noise.k_bar[t].numpy().reshape(3, 1)
+    g = np.random.default_rng(seed).standard_gamma(np.broadcast_to(k, (3, 4)))
+    assert torch.equal(eps, torch.from_numpy((g - k) / np.sqrt(k)).float())
 
 
 def test_gamma_bad_theta():
