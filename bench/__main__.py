@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.registry import InputError
+from bench.registry import InputError, did_you_mean
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,10 +121,7 @@ def cmd_ls(args) -> int:
     kinds = [args.kind] if args.kind else list(LISTERS)
     for kind in kinds:
         if kind not in LISTERS:
-            import difflib
-
-            close = difflib.get_close_matches(kind, LISTERS, n=1)
-            raise InputError(f"unknown kind {kind!r}: {'did you mean ' + close[0] + '? ' if close else ''}known: {', '.join(LISTERS)}")
+            raise InputError(f"unknown kind {kind!r}: {did_you_mean(kind, LISTERS)}known: {', '.join(LISTERS)}")
         print(f"{kind}:")
         LISTERS[kind]()
     return 0
@@ -132,85 +129,19 @@ def cmd_ls(args) -> int:
 
 # --- run ---------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from bench import rundir
     from bench.config import parse_set
-    from bench.grid import load_grid, validate_trials
-    from bench.plan import check_data, print_plan
+    from bench.dryrun import check_data, print_plan
+    from bench.runner import Fanout, plan_grid, run_grid
 
-    if (args.cpus_per_trial is not None and args.cpus_per_trial <= 0) or (args.gpus_per_trial is not None and args.gpus_per_trial < 0):
-        raise InputError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise InputError("--max-concurrent must be >= 1")
-    if args.local and args.address:
-        raise InputError("--local runs in this process; it cannot be combined with --address")
-    grid = load_grid(args.grid, args.preset, parse_set(args.set))
-    trials = grid.trials()
-    validate_trials(trials)
-    run_dir = args.out or (rundir.latest_run_dir(grid) if args.resume else None) or rundir.default_run_dir(grid)
-    rundir.check(run_dir, grid, args.resume)
-    check_data(trials)
+    fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
+    fanout.check()
+    plan = plan_grid(args.grid, args.preset, parse_set(args.set), args.out, args.resume)
+    check_data(plan.trials)
     if args.dry_run:
-        print_plan(grid, trials, run_dir)
+        print_plan(plan.grid, plan.trials, plan.run_dir)
         return 0
-    return execute(args, grid, trials, run_dir)
-
-
-def execute(args, grid, trials, run_dir: Path) -> int:
-    import torch
-
-    from bench import rundir, tune
-
-    rundir.prepare(run_dir, grid)
-    t0 = time.time()
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
-    cpus = args.cpus_per_trial or (None if args.local else 1.0)
-    env = rundir.write_env(run_dir, {"runner": "local" if args.local else "ray", "address": args.address,
-                                     "cpus_per_trial": cpus, "gpus_per_trial": gpus})
-    collector = tune.Collector(run_dir, trials)
-    done = tune.preload_finished(trials, run_dir, collector) if args.resume else 0
-    print(f"bench: {len(trials)} trials of grid {grid.name!r} ({grid.preset}) -> {run_dir}"
-          + (f" ({done} finished earlier)" if done else ""), file=sys.stderr, flush=True)
-    _guarded("floors", run_dir, lambda: _floors(run_dir, trials))  # first: they compute the references
-    t_fan = time.time()
-    if args.local:
-        tune.run_local(trials, run_dir, collector, threads=int(cpus) if cpus else None)
-    else:
-        tune.run_ray(grid, trials, run_dir, collector, args.address, cpus, gpus, args.max_concurrent)
-    rundir.finish(run_dir, env, time.time() - t0, fanout_s=time.time() - t_fan)
-    rows = [r for rs in collector.rows.values() for r in rs]
-    _guarded("report", run_dir, lambda: _report(run_dir))
-    n_err = len({r["trial_id"] for r in rows if r["status"] == "error"})
-    n_div = len({r["trial_id"] for r in rows if r["status"] == "diverged"})
-    print(f"bench: done in {time.time() - t0:.0f} s: {len(trials) - n_err - n_div} ok, {n_div} diverged, {n_err} error; "
-          f"rows in {run_dir / rundir.ROWS}", file=sys.stderr)
-    return 1 if n_err else 0
-
-
-def _floors(run_dir: Path, trials) -> None:
-    from bench.plan import write_floors
-
-    t0 = time.time()
-    write_floors(run_dir, trials)
-    print(f"bench: real-vs-real floors and reference statistics ready ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-
-
-def _report(run_dir: Path) -> None:
-    from bench.report import build_report
-
-    build_report(run_dir)
-
-
-def _guarded(step: str, run_dir: Path, fn) -> None:
-    """Floors and report: a failure is reported and never loses rows.csv (a trial that needs a
-    missing reference computes it itself, or reports its own error)."""
-    import traceback
-
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001
-        print(f"bench: warning: {step} failed ({type(e).__name__}: {e}); rows.csv is intact, "
-              f"rerun `python -m bench report {run_dir}`", file=sys.stderr)
-        traceback.print_exc(file=sys.stderr)
+    rows = run_grid(plan, fanout)
+    return 1 if any(r["status"] == "error" for r in rows) else 0
 
 
 # --- the rest ----------------------------------------------------------------------------------
@@ -235,9 +166,9 @@ def cmd_plot_schedules(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from bench.plan import sample_checkpoint
+    from bench.trial import sample_from_workdir
 
-    sample_checkpoint(args.checkpoint, args.sampler, args.steps, args.n, args.seed, args.out)
+    sample_from_workdir(args.checkpoint, args.sampler, args.steps, args.n, args.seed, args.out)
     print(args.out)
     return 0
 

@@ -10,7 +10,6 @@ file lock instead of training it again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench.files import cache_dir, save_torch_atomic, write_text_atomic
 
 CLASSIFIER_VERSION = "mnist-cnn-v1"  # bump when the architecture or the recipe changes
 FEATURE_DIM = 128
@@ -57,27 +58,7 @@ class MnistCNN(nn.Module):
 
 
 def classifier_path() -> Path:
-    from bench.data import cache_dir
-
     return cache_dir() / "classifier" / f"{CLASSIFIER_VERSION}.pt"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock on ``path`` (POSIX flock; a no-op where fcntl is missing), so that
-    concurrent processes compute a cached artefact once and the others wait for it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def mnist_tensors(data_root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,13 +128,9 @@ def load_classifier(data_root: str = "", progress: bool = False, device="cpu") -
         with file_lock(path.with_suffix(".lock")):
             model = _load(path)  # another process may have trained it while we waited
             if model is None:
-                from bench.data import atomic_save
-
                 model, info = train_classifier(data_root, progress)
-                atomic_save({"version": CLASSIFIER_VERSION, "state_dict": model.state_dict(), "info": info}, path)
-                tmp = path.with_name(f".{path.stem}.{os.getpid()}.json.tmp")
-                tmp.write_text(json.dumps(info, indent=2) + "\n")
-                os.replace(tmp, path.with_suffix(".json"))
+                save_torch_atomic({"version": CLASSIFIER_VERSION, "state_dict": model.state_dict(), "info": info}, path)
+                write_text_atomic(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return model.to(device).eval()
 
 

@@ -1,17 +1,36 @@
-"""RunConfig: the one flat, frozen config of a trial.
+"""RunConfig: the one flat, frozen config of a trial, its identity, and the one builder from a
+config to the forward process.
 
 A field name is a grid axis is a Ray ``param_space`` key is a results column: there is no renaming
-layer anywhere. Schedule and noise parameters are fields too (``None`` = that component's default),
-named as the keyword parameters of the schedule / noise functions that take them.
+layer anywhere. Component parameters are fields too (``None`` = that component's default), named as
+the keyword parameters of the schedule / noise / weighting functions that take them.
+
+Identity (``trial_id``): a hash of what the trial computes. The fields of the first release
+(``ID_FIELDS_V1``) are always hashed; a field added since enters the hash only when it differs from
+its default, so adding a defaulted field never re-keys an existing trial and committed runs keep
+resuming and re-reporting (tests/test_config.py checks every committed rows.csv).
 """
 
 import dataclasses
+import hashlib
+import json
 import math
 import typing
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from functools import cached_property
+from typing import Any, NamedTuple, Optional
 
-from bench.registry import InputError
+import torch
+
+from bench import diffusion as _diffusion
+from bench.data import DATASETS
+from bench.diffusion import Diffusion
+from bench.metrics import METRICS
+from bench.noise import NOISES, Noise, make_noise, noise_params
+from bench.registry import InputError, did_you_mean
+from bench.sample import SAMPLERS
+from bench.schedules import SCHEDULES, make_betas, schedule_params
+from bench.unet import MODELS
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,12 @@ class RunConfig:
     # --- forward process: noise ----------------------------------------------------------------
     noise: str = "gaussian"
     theta_0: Optional[float] = None
+    # --- objective (DESIGN.md section 3: prediction target, loss weighting) ---------------------
+    prediction: str = "eps"  # eps | x0 | v: what the network predicts and the loss is on
+    weighting: str = "none"  # none | min_snr | p2: per-example weight w(SNR_t) of the loss
+    min_snr_gamma: Optional[float] = None
+    p2_k: Optional[float] = None
+    p2_gamma: Optional[float] = None
     # --- model ----------------------------------------------------------------------------------
     model: str = "tiny"  # a UNet size preset (bench ls models)
     dropout: float = 0.1
@@ -67,8 +92,9 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def eval_list(self) -> list[tuple[str, int]]:
-        """``evals`` parsed into (sampler, steps) pairs."""
+    @cached_property
+    def evaluations(self) -> tuple[tuple[str, int], ...]:
+        """``evals`` parsed into (sampler, steps) pairs (parsed once per config)."""
         out = []
         for item in filter(None, (s.strip() for s in self.evals.split(","))):
             name, sep, steps = item.partition(":")
@@ -77,29 +103,32 @@ class RunConfig:
             out.append((name.strip(), int(steps)))
         if not out:
             raise InputError("evals: at least one SAMPLER:STEPS is needed")
-        return out
+        return tuple(out)
 
-    def metric_list(self) -> list[str]:
-        return [m.strip() for m in self.metrics.split(",") if m.strip()]
+    @cached_property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.metrics.split(",") if m.strip())
 
     def schedule_kwargs(self) -> dict[str, Any]:
-        from bench.schedules import schedule_params
-
-        return {k: getattr(self, k) for k in schedule_params(self.schedule) if getattr(self, k) is not None}
+        return self._set_params(schedule_params(self.schedule))
 
     def noise_kwargs(self) -> dict[str, Any]:
-        from bench.noise import noise_params
+        return self._set_params(noise_params(self.noise))
 
-        return {k: getattr(self, k) for k in noise_params(self.noise) if getattr(self, k) is not None}
+    def weighting_kwargs(self) -> dict[str, Any]:
+        return self._set_params(_weighting_params(self.weighting))
+
+    def _set_params(self, names) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
     def canonical(self) -> "RunConfig":
         """The same trial with the parameters that do not apply to its schedule / noise set to None,
-        so that e.g. gaussian x theta_0 in {0.001, 0.01} is one trial, not two identical ones."""
-        from bench.noise import NOISES, noise_params
-        from bench.schedules import SCHEDULES, schedule_params
-
-        every = {p for n in SCHEDULES for p in schedule_params(n)} | {p for n in NOISES for p in noise_params(n)}
-        keep = set(schedule_params(self.schedule)) | set(noise_params(self.noise))
+        so that e.g. gaussian x theta_0 in {0.001, 0.01} is one trial, not two identical ones.
+        Names that are not registered are left alone (validation reports them)."""
+        if self.schedule not in SCHEDULES or self.noise not in NOISES:
+            return self
+        every = set(COMPONENT_PARAMS)
+        keep = set(schedule_params(self.schedule)) | set(noise_params(self.noise)) | set(_weighting_params(self.weighting))
         drop = {k: None for k in sorted(every - keep) if getattr(self, k) is not None}
         return dataclasses.replace(self, **drop) if drop else self
 
@@ -109,12 +138,69 @@ class RunConfig:
             return name + (f"({', '.join(f'{k}={v:g}' for k, v in kw.items())})" if kw else "")
 
         zt = "+zt" if self.zero_terminal_snr else ""
-        return f"{fmt(self.schedule, self.schedule_kwargs())}{zt} / {fmt(self.noise, self.noise_kwargs())}"
+        objective = ""
+        if (self.prediction, self.weighting) != ("eps", "none"):  # the first release's labels stay as they were
+            objective = f" / {self.prediction}, {fmt(self.weighting, self.weighting_kwargs())}"
+        return f"{fmt(self.schedule, self.schedule_kwargs())}{zt} / {fmt(self.noise, self.noise_kwargs())}{objective}"
+
+
+def _weighting_params(name: str) -> tuple[str, ...]:
+    # TEMPORARY until diffusion.weighting_params lands (the objectives work): no weighting parameters
+    return tuple(getattr(_diffusion, "weighting_params", lambda n: ())(name))
+
+
+# Every component parameter field (schedules, noises, weightings): None unless the trial's component takes it.
+COMPONENT_PARAMS = ("beta_start", "beta_end", "cosine_s", "tau", "sigmoid_start", "sigmoid_end", "sigma_min",
+                    "sigma_max", "laplace_mu", "laplace_b", "theta_0", "min_snr_gamma", "p2_k", "p2_gamma")
+
+# The fields of the first release (commit 2508968), hashed as they were then (None included): the
+# trial ids of every run made since stay valid. Never edit this tuple.
+ID_FIELDS_V1 = (
+    "dataset", "data_root", "image_size", "max_train_images", "schedule", "timesteps", "zero_terminal_snr",
+    "beta_start", "beta_end", "cosine_s", "tau", "sigmoid_start", "sigmoid_end", "sigma_min", "sigma_max",
+    "laplace_mu", "laplace_b", "noise", "theta_0", "model", "dropout", "train_steps", "batch_size", "lr",
+    "warmup_steps", "grad_clip", "ema_decay", "loss", "checkpoint_every", "seed", "evals", "n_samples",
+    "ddim_eta", "var_type", "metrics", "n_reference", "sample_seed",
+)
+
+
+def trial_id(cfg) -> str:
+    """Stable id of a trial: sha1 of the JSON of its identity fields, first 10 hex digits.
+
+    The identity fields are ``ID_FIELDS_V1`` plus every later field whose value is not its default
+    (``cfg`` may be any dataclass with RunConfig's fields and more: the tests add one)."""
+    values = dataclasses.asdict(cfg)
+    identity = {f.name: values[f.name] for f in fields(cfg)
+                if f.name in ID_FIELDS_V1 or values[f.name] != f.default}
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+class ForwardProcess(NamedTuple):
+    """What a config's forward process is made of: the beta schedule's float64 betas, the diffusion
+    (coefficients, objective, posterior) and the noise type bound to its alpha_bar."""
+
+    betas: torch.Tensor
+    diffusion: Diffusion
+    noise: Noise
+
+
+def build_process(cfg: RunConfig) -> ForwardProcess:
+    """The one builder from a config to the forward process (validation, trials, ``bench sample``
+    and perf all call it). Raises InputError for anything that cannot be built."""
+    betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
+    objective = {"prediction": cfg.prediction, "weighting": cfg.weighting, **cfg.weighting_kwargs()}
+    # TEMPORARY until Diffusion takes the objective (the objectives work): the default objective only
+    objective = {k: v for k, v in objective.items() if (k, v) not in (("prediction", "eps"), ("weighting", "none"))}
+    diffusion = Diffusion(betas, **objective)
+    return ForwardProcess(betas, diffusion, make_noise(cfg.noise, diffusion.alpha_bar, **cfg.noise_kwargs()))
 
 
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
 NONNEGATIVE_INT = ("image_size", "max_train_images", "warmup_steps", "seed", "sample_seed", "n_reference")
 POSITIVE_INT = ("timesteps", "train_steps", "batch_size", "checkpoint_every", "n_samples")
+LOSSES = ("mse", "l1")
+VAR_TYPES = ("small", "large")
 
 
 def _base_type(tp):
@@ -126,11 +212,8 @@ def _base_type(tp):
 def coerce(key: str, value: Any) -> Any:
     """``value`` (from TOML or a ``--set`` string) as field ``key``'s type, or InputError."""
     if key not in FIELD_TYPES:
-        import difflib
-
-        close = difflib.get_close_matches(key, FIELD_TYPES, n=3, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise InputError(f"unknown config key {key!r}{hint}; run `python -m bench ls config` for the fields")
+        raise InputError(f"unknown config key {key!r}: {did_you_mean(key, FIELD_TYPES, 0.6)}"
+                         "run `python -m bench ls config` for the fields")
     tp = FIELD_TYPES[key]
     base = _base_type(tp)
     optional = base is not tp
@@ -165,6 +248,29 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
     return RunConfig(**{k: coerce(k, v) for k, v in d.items()})
 
 
+def config_from_row(row: dict[str, Any], cls=None) -> RunConfig:
+    """The config of a results row (a rows.csv record read by pandas): its RunConfig columns with
+    pandas' types undone (NaN -> None, or "" for a text field; numpy scalars -> Python). Columns of
+    fields a run predates are absent and take their defaults. ``cls`` defaults to RunConfig."""
+    cls = cls or RunConfig
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name not in row:
+            continue
+        v = row[f.name]
+        v = v.item() if hasattr(v, "item") else v
+        base = _base_type(hints[f.name])
+        if isinstance(v, float) and math.isnan(v):
+            v = "" if base is str else None
+        elif base is int and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        elif base is str and not isinstance(v, str):
+            v = str(v)
+        values[f.name] = v
+    return cls(**{k: coerce(k, v) if k in FIELD_TYPES else v for k, v in values.items()})
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``["schedule=cosine", "train_steps=500"]`` -> typed dict (for ``--set``)."""
     out = {}
@@ -178,7 +284,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 def validate(cfg: RunConfig) -> None:
     """Check everything that can be checked before a trial starts: ranges, names in every registry,
-    and that the schedule and noise can actually be built with the given parameters."""
+    and that the forward process can actually be built with the given parameters. The driver calls
+    it once per trial, before any starts."""
     for k in POSITIVE_INT:
         if getattr(cfg, k) < 1:
             raise InputError(f"{k} must be >= 1, got {getattr(cfg, k)}")
@@ -190,35 +297,17 @@ def validate(cfg: RunConfig) -> None:
             raise InputError(f"{k} must be > 0, got {getattr(cfg, k)}")
     if not 0 <= cfg.dropout < 1 or not 0 <= cfg.ema_decay < 1 or cfg.ddim_eta < 0:
         raise InputError("dropout and ema_decay must lie in [0, 1) and ddim_eta must be >= 0")
-    _validate_names(cfg)
-    from bench.noise import make_noise
-    from bench.schedules import make_betas
-    import torch
-
-    betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
-    make_noise(cfg.noise, torch.cumprod(1 - betas, 0), **cfg.noise_kwargs())
-    for sampler, steps in cfg.eval_list():
-        if steps > cfg.timesteps:
-            raise InputError(f"evals: {sampler}:{steps} asks for more steps than timesteps={cfg.timesteps}")
-
-
-def _validate_names(cfg: RunConfig) -> None:
-    """Every name in cfg must be registered (imports the registries lazily)."""
-    import importlib
-
-    checks = [("bench.schedules", "SCHEDULES", [cfg.schedule]), ("bench.noise", "NOISES", [cfg.noise])]
-    optional = [
-        ("bench.data", "DATASETS", [cfg.dataset]),
-        ("bench.unet", "MODELS", [cfg.model]),
-        ("bench.sample", "SAMPLERS", [s for s, _ in cfg.eval_list()]),
-        ("bench.metrics", "METRICS", cfg.metric_list()),
-    ]
-    for module, reg, names in checks + optional:
-        registry = getattr(importlib.import_module(module), reg)
+    if cfg.loss not in LOSSES or cfg.var_type not in VAR_TYPES:
+        raise InputError(f"loss must be {'|'.join(LOSSES)} and var_type {'|'.join(VAR_TYPES)}, "
+                         f"got {cfg.loss!r}, {cfg.var_type!r}")
+    for registry, names in ((DATASETS, [cfg.dataset]), (MODELS, [cfg.model]), (METRICS, cfg.metric_names),
+                            (SAMPLERS, [s for s, _ in cfg.evaluations])):
         for name in names:
             registry.get(name)
-    if cfg.loss not in ("mse", "l1") or cfg.var_type not in ("small", "large"):
-        raise InputError(f"loss must be mse|l1 and var_type small|large, got {cfg.loss!r}, {cfg.var_type!r}")
+    build_process(cfg)
+    for sampler, steps in cfg.evaluations:
+        if steps > cfg.timesteps:
+            raise InputError(f"evals: {sampler}:{steps} asks for more steps than timesteps={cfg.timesteps}")
 
 
 def describe_fields() -> list[tuple[str, str, Any]]:

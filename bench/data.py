@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from bench.files import cache_dir, save_torch_atomic
 from bench.registry import InputError, Registry
 
 SPLITS = ("train", "heldout")
@@ -60,12 +61,6 @@ def data_root(configured: str = "") -> Path:
     return Path(configured or os.environ.get("BENCH_DATA_ROOT") or Path.home() / ".cache" / "bench" / "data").expanduser()
 
 
-def cache_dir() -> Path:
-    path = Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "bench").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def load_dataset(name: str, split: str = "train", root: str = "", image_size: int = 0) -> torch.Tensor:
     """Split ``split`` of dataset ``name`` as float32 [N, C, S, S] in [-1, 1] (S = image_size or native)."""
     spec = DATASETS.get(name)
@@ -81,14 +76,6 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save through a temp file + rename, so a killed process never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 # --- MNIST -------------------------------------------------------------------------------------
@@ -171,7 +158,7 @@ def craters(root: Path, split: str, image_size: int) -> torch.Tensor:
     if cached.exists():
         return torch.load(cached)
     x = torch.stack([_read_image(f, image_size) for f in files])
-    atomic_save(x, cached)
+    save_torch_atomic(x, cached)
     return x
 
 

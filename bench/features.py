@@ -33,6 +33,8 @@ class FeatureExtractor:
     build: Callable[[str], Callable[[torch.Tensor], torch.Tensor]]  # device -> (uint8 [N,C,H,W] -> [N, D])
     supports: Callable[[int, int], str]  # (channels, size) -> "" when usable, else why not
     cpu_batch: int  # batch size on CPU (small batches run fastest on a 2-core CPU); 64 on GPUs
+    dim: int  # feature dimension (per channel where it depends on the channels)
+    cpu_images_per_s: float  # rough rate on one CPU thread, for the dry run's estimate
     version: Callable[[], str]  # part of the reference-statistics cache key
     description: str
 
@@ -83,6 +85,9 @@ for _tap in ("64", "192", "768", "2048"):
             build=_inception_builder(_tap),
             supports=_any_image,
             cpu_batch=8,
+            dim=int(_tap),
+            # 400 images in 76 s per trial of the quick schedules grid on the 2-core CPU
+            cpu_images_per_s=5.0,
             version=lambda: "tf1resize",
             description=f"Inception-v3 (FID weights) {'pool3 ' if _tap == '2048' else ''}features, {_tap}-d",
         )
@@ -115,6 +120,8 @@ FEATURES.register("mnist-classifier")(
         build=_classifier_builder,
         supports=_classifier_supports,
         cpu_batch=1000,
+        dim=128,
+        cpu_images_per_s=2000.0,
         version=_classifier_version,
         description="penultimate layer (128-d) of the project's MNIST CNN (bench.classifier)",
     )
@@ -127,6 +134,8 @@ FEATURES.register("pixels")(
         build=lambda device: (lambda x: F.adaptive_avg_pool2d(x.float() / 255.0, 8).flatten(1)),
         supports=_any_image,
         cpu_batch=4096,
+        dim=64,
+        cpu_images_per_s=50000.0,
         version=lambda: "1",
         description="8x8 average-pooled pixels (fast; for tests and debugging, not a quality metric)",
     )

@@ -19,7 +19,6 @@ Cartesian product (each axis is a RunConfig field), and ``[presets.<name>.base]`
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import sys
@@ -27,10 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, coerce, from_dict, validate
-from bench.noise import NOISES
-from bench.schedules import SCHEDULES
-from bench.registry import InputError
+from bench.config import RunConfig, coerce, from_dict, trial_id, validate
+from bench.registry import InputError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,7 +56,7 @@ class Grid:
         unique: dict[str, RunConfig] = {}
         for combo in combos:
             cfg = from_dict({**self.base, **dict(zip(keys, combo))})
-            cfg = cfg.canonical() if cfg.schedule in SCHEDULES and cfg.noise in NOISES else cfg
+            cfg = cfg.canonical()
             unique.setdefault(trial_id(cfg), cfg)
         return list(unique.values())
 
@@ -96,11 +93,7 @@ def find_grid(name_or_path: str) -> Path:
         return path
     candidate = EXPERIMENTS / f"{name_or_path}.toml"
     if not candidate.is_file():
-        import difflib
-
-        close = difflib.get_close_matches(name_or_path, grid_names(), n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        raise InputError(f"unknown grid {name_or_path!r}: {hint}known: {', '.join(grid_names())}")
+        raise InputError(f"unknown grid {name_or_path!r}: {did_you_mean(name_or_path, grid_names())}known: {', '.join(grid_names())}")
     return candidate
 
 
@@ -165,9 +158,3 @@ def validate_trials(trials: list[RunConfig]) -> None:
         except InputError as e:
             raise InputError(f"trial {i} (schedule={cfg.schedule}, noise={cfg.noise}, dataset={cfg.dataset}, "
                              f"seed={cfg.seed}): {e}") from None
-
-
-def trial_id(cfg: RunConfig) -> str:
-    """Stable id of a trial: a hash of its full config (same config -> same id, across runs)."""
-    blob = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]

@@ -41,8 +41,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.classifier import file_lock
 from bench.features import FEATURES, FeatureExtractor, extract_features, to_uint8  # noqa: F401 (re-exported)
+from bench.files import cache_dir, file_lock, save_torch_atomic
 from bench.registry import InputError, Registry
 
 REFSTATS_VERSION = "1"  # bump when feature extraction or the statistics change: old caches are ignored
@@ -146,17 +146,34 @@ def kernel_distance(fake: torch.Tensor, real: torch.Tensor, subsets: int = KID_S
 # --- metrics -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Metric:
+    """A registered score: what it computes from which features, and how to read it."""
+
     feature: str  # a FEATURES name
     compute: Callable[[torch.Tensor, dict], dict]  # (generated features, reference stats) -> {"": value, "std": ...}
     description: str
+    higher_is_better: bool = False  # tables, bold, plots, floors and words read this, never assume
+    frechet: bool = False  # a Fréchet distance: biased at n < feature dimension (the report warns)
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the features it is computed in."""
+        return FEATURES.get(self.feature).dim
+
+    def best(self, values):
+        """The best of ``values`` (a pandas Series or array) by this metric's direction."""
+        return values.max() if self.higher_is_better else values.min()
 
 
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def register_metric(name: str, feature: str, description: str):
+def register_metric(name: str, feature: str, description: str, higher_is_better: bool = False, frechet: bool = False):
     def deco(fn):
-        METRICS.register(name)(Metric(feature, fn, description))
+        METRICS.register(name)(Metric(feature, fn, description, higher_is_better, frechet))
         return fn
 
     return deco
@@ -166,9 +183,11 @@ def _frechet(fake: torch.Tensor, ref: dict) -> dict:
     return {"": frechet_distance_to_reference(fake, ref)}
 
 
-register_metric("fid", "inception", "Fréchet Inception Distance (Inception-v3 pool3, 2048-d)")(_frechet)
-register_metric("fd_mnist_clf", "mnist-classifier", "Fréchet distance in MNIST-classifier features (128-d penultimate layer)")(_frechet)
-register_metric("fd_pixels", "pixels", "Fréchet distance of 8x8 average-pooled pixels (fast: smoke tests, not a quality metric)")(_frechet)
+register_metric("fid", "inception", "Fréchet Inception Distance (Inception-v3 pool3, 2048-d)", frechet=True)(_frechet)
+register_metric("fd_mnist_clf", "mnist-classifier", "Fréchet distance in MNIST-classifier features (128-d penultimate layer)",
+                frechet=True)(_frechet)
+register_metric("fd_pixels", "pixels", "Fréchet distance of 8x8 average-pooled pixels (fast: smoke tests, not a quality metric)",
+                frechet=True)(_frechet)
 
 
 @register_metric("kid", "inception", "Kernel Inception Distance (Inception-v3 pool3, cubic kernel, mean ± std over subsets)")
@@ -186,7 +205,7 @@ def reference_stats(dataset: str, split: str = "train", feature: str = "inceptio
     """Statistics of the first ``n_images`` (default min(len, DEFAULT_N_REFERENCE)) images of ``split``
     in the fixed seeded order: {"keys", "mu" (float64 [D]), "sigma" (float64 [D, D]), "sigma_sqrt"
     (its PSD square root, float64 [D, D]), "features" (float32 [n, D]), "seconds"}. Cached on disk (see the module docstring)."""
-    from bench.data import DATASETS, atomic_save, cache_dir, load_dataset
+    from bench.data import DATASETS, load_dataset
 
     spec, fspec = DATASETS.get(dataset), FEATURES.get(feature)
     size = image_size or spec.size
@@ -209,7 +228,7 @@ def reference_stats(dataset: str, split: str = "train", feature: str = "inceptio
                 mu, sigma = gaussian_stats(feats)
                 stats = {"keys": keys, "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma),
                          "sigma_sqrt": torch.from_numpy(psd_sqrt(sigma, feats)), "features": feats, "seconds": time.time() - t0}
-                atomic_save(stats, path)
+                save_torch_atomic(stats, path)
                 compute_count[path.name] = compute_count.get(path.name, 0) + 1
     return stats
 
@@ -298,3 +317,14 @@ def _evaluate(metrics: dict[str, Metric], fake_features, n_generated: int, datas
     out["n_generated"] = n_generated
     out["score_seconds"] = round(time.time() - t0, 2)
     return out
+
+
+def release_extractors() -> None:
+    """Drop the process's feature networks (Inception: ~100 MB of weights), e.g. so that a GPU's memory
+    goes to the trials after the driver computed the floors."""
+    from bench import features
+
+    features._extractor.cache_clear()
+    features._inception_net.cache_clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -24,6 +24,13 @@ class UnknownNameError(InputError, KeyError):
         return str(self.args[0])
 
 
+def did_you_mean(name: object, known, cutoff: float = 0.5) -> str:
+    """"did you mean a or b? " for the close matches of ``name`` among ``known`` ("" when none):
+    the one hint every unknown-name message shares."""
+    close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=cutoff)
+    return f"did you mean {' or '.join(close)}? " if close else ""
+
+
 class Registry(Generic[T]):
     """A named collection of components of one kind (e.g. ``kind="schedule"``)."""
 
@@ -49,9 +56,7 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: object) -> str:
-        close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.5)
-        hint = f"did you mean {' or '.join(close)}? " if close else ""
-        return f"unknown {self.kind} {name!r}: {hint}known: {', '.join(self.names())}"
+        return f"unknown {self.kind} {name!r}: {did_you_mean(name, self.names())}known: {', '.join(self.names())}"
 
     def names(self) -> list[str]:
         return sorted(self._items)

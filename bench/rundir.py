@@ -7,18 +7,17 @@ any moment leaves either the previous complete file or the new complete file.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
-from importlib import metadata
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.grid import Grid, read_toml, trial_id
+from bench.config import RunConfig, trial_id
+from bench.env import environment
+from bench.files import atomic_write, remove_stale_temps, write_text_atomic
+from bench.grid import Grid, read_toml
 from bench.registry import InputError
 
 ROWS = "rows.csv"
@@ -59,8 +58,7 @@ def prepare(run_dir: Path, grid: Grid) -> None:
     """Create the run dir and write the resolved grid (after ``check``). Temp files that a killed
     earlier run left mid-write (``.NAME.PID.tmp``; the real file is intact) are removed."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.rglob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(run_dir)
     write_text_atomic(run_dir / GRID, grid.to_toml())
 
 
@@ -76,25 +74,13 @@ def trial_dir(run_dir: Path, cfg) -> Path:
     return run_dir / "_work" / "trials" / trial_id(cfg)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """rows.csv, atomically. Columns: RunConfig fields first (in order), then the rest."""
-    from dataclasses import fields
-
-    from bench.config import RunConfig
-
     df = pd.DataFrame(rows)
     first = [f.name for f in fields(RunConfig)] + ["trial_id", "arm", "sampler", "sample_steps", "status", "error"]
     cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first]
     df = df[cols]
-    tmp = run_dir / f".{ROWS}.{os.getpid()}.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, run_dir / ROWS)
+    atomic_write(run_dir / ROWS, lambda tmp: df.to_csv(tmp, index=False))
     return df
 
 
@@ -105,37 +91,8 @@ def read_rows(run_dir: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=True)
 
 
-def git_info() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", None
-    return {"commit": commit or None, "dirty": dirty}
-
-
 def write_env(run_dir: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """env.json: git commit (+dirty), versions, Python, devices — no hostname."""
-    import torch
-
-    versions = {}
-    for pkg in ("bench", "torch", "torchvision", "torchmetrics", "torch-fidelity", "ray", "numpy", "pandas", "seaborn"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    env = {
-        "git": git_info(),
-        "python": sys.version.split()[0],
-        "platform": f"{platform.system()} {platform.machine()}",
-        "versions": versions,
-        "cpu_count": os.cpu_count(),
-        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "command": " ".join(["python -m bench"] + sys.argv[1:]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **(extra or {}),
-    }
+    env = {**environment(), **(extra or {})}
     write_text_atomic(run_dir / ENV, json.dumps(env, indent=1))
     return env

@@ -28,6 +28,7 @@ import csv
 import math
 import os
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.data import atomic_save
+from bench.config import FIELD_TYPES, RunConfig, build_process, from_dict
+from bench.files import atomic_write, save_torch_atomic
 from bench.unet import build_model, count_params
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,7 +85,7 @@ def train(cfg, data: torch.Tensor, diffusion, noise, workdir: Path, device="cpu"
     data = data.to(device)  # a no-op when the caller put it there already (the contract)
     cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):  # model init and dropout draw from the global RNG
-        return _Trainer(cfg, data, diffusion, noise, workdir, device).run(progress, report, report_every)
+        return Trainer(cfg, data, diffusion, noise, workdir, device).run(progress, report, report_every)
 
 
 def load_ema(workdir, cfg=None, channels: Optional[int] = None, image_size: Optional[int] = None,
@@ -105,8 +107,6 @@ def load_ema(workdir, cfg=None, channels: Optional[int] = None, image_size: Opti
 
 def read_config(path):
     """The RunConfig a checkpoint was trained with (fields unknown to this version are dropped)."""
-    from bench.config import FIELD_TYPES, from_dict
-
     return from_dict({k: v for k, v in _read(checkpoint_path(path))["cfg"].items() if k in FIELD_TYPES})
 
 
@@ -127,7 +127,9 @@ def _seeds(seed: int) -> list[int]:
     return [int(s) for s in np.random.SeedSequence(seed).generate_state(3, dtype=np.uint64) >> np.uint64(1)]
 
 
-class _Trainer:
+class Trainer:
+    """The training state of one trial (model, EMA, optimizer, generators, logs) and its loop (``run``)."""
+
     def __init__(self, cfg, data, diffusion, noise, workdir: Path, device: torch.device):
         self.cfg, self.data, self.diffusion, self.noise, self.workdir, self.device = cfg, data, diffusion, noise, workdir, device
         self.T = diffusion.T
@@ -172,7 +174,7 @@ class _Trainer:
         }
 
     def save(self) -> None:
-        atomic_save(self.state(), self.workdir / CHECKPOINT)
+        save_torch_atomic(self.state(), self.workdir / CHECKPOINT)
         self.write_logs()
 
     def try_resume(self) -> bool:
@@ -267,59 +269,49 @@ class _Trainer:
         return True
 
     def run(self, progress, report, report_every) -> tuple[TrainResult, nn.Module]:
+        """The loop: step, book the losses (read back in batches), checkpoint, report."""
         self.try_resume()
         params = count_params(self.model)
         if self.status != "ok" or self.step >= self.total:  # finished (or diverged) before: nothing to do
             return self.result(0.0, 0, params), self.ema
         report_every = report_every or max(1, math.ceil(self.total / 100))
-        # On CUDA, read losses back every few steps only (a readback waits for the GPU).
-        flush_every = 1 if self.device.type == "cpu" else 10
-        self.model.train()
-        if progress is None:
-            progress = sys.stderr.isatty()
-        from tqdm import tqdm
-
-        bar = tqdm(total=self.total, initial=self.step, disable=not progress, desc=f"train {self.cfg.model}",
-                   unit="step", dynamic_ncols=True, leave=False)
+        readback = Readback(every=1 if self.device.type == "cpu" else 10)  # a readback waits for the GPU
+        bar = _progress_bar(self.total, self.step, progress, f"train {self.cfg.model}")
         start_step, t_start = self.step, time.perf_counter()
-        pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
-        window_t, window_step, rate = t_start, self.step, 0.0
+        self.model.train()
         try:
-            while self.step < self.total:
+            while self.step < self.total and self.status == "ok":
                 lr = self.opt.param_groups[0]["lr"]
                 losses, t = self.train_step()
                 self.step += 1
-                pending.append((self.step, losses, t, lr))
-                s = self.step
-                due_report = s % report_every == 0 or s == self.total
-                due_ckpt = s % self.cfg.checkpoint_every == 0 or s == self.total
-                if s % flush_every and not due_report and not due_ckpt and s % self.log_every:
+                due_report = self.step % report_every == 0 or self.step == self.total
+                due_ckpt = self.step % self.cfg.checkpoint_every == 0 or self.step == self.total
+                readback.add(self.step, losses, t, lr)
+                if not (due_report or due_ckpt or self.step % self.log_every == 0 or readback.full()):
                     continue
-                values = torch.stack([p[1].float() for p in pending]).cpu().tolist()  # the loop's one readback
-                now = time.perf_counter()
-                rate = (s - window_step) * self.cfg.batch_size / max(now - window_t, 1e-9)
-                window_t, window_step = now, s
-                for (st, _, tt, lr_), vals in zip(pending, values):
-                    if not self.record(st, vals, tt, lr_, rate):
-                        self.status, self.step = "diverged", st
-                        self.log.append((st, float("nan"), lr_, round(rate, 1)))  # the loss curve shows where
-                        break
-                pending = []
+                self.book(readback.flush(), readback.rate(self.step, self.cfg.batch_size))
                 bar.update(self.step - bar.n)
-                if self.status != "ok":
-                    break
-                bar.set_postfix(loss=f"{self.recent[-1]:.4f}", img_s=f"{rate:.0f}", refresh=False)
-                if due_ckpt:
+                if self.recent:
+                    bar.set_postfix(loss=f"{self.recent[-1]:.4f}", img_s=f"{readback.last_rate:.0f}", refresh=False)
+                if self.status == "ok" and due_ckpt:
                     self.save()
-                if due_report and report is not None:
+                if self.status == "ok" and due_report and report is not None:
                     recent = list(self.recent)[-report_every:]
-                    report({"step": s, "loss": sum(recent) / len(recent), "images_per_s": rate})
+                    report({"step": self.step, "loss": sum(recent) / len(recent), "images_per_s": readback.last_rate})
         finally:
             bar.close()
-        wall = time.perf_counter() - t_start
         if self.status != "ok":
             self.save()  # a diverged run is a result: resuming it returns at once
-        return self.result(wall, self.step - start_step, params), self.ema
+        return self.result(time.perf_counter() - t_start, self.step - start_step, params), self.ema
+
+    def book(self, steps: list[tuple[int, list[float], torch.Tensor, float]], rate: float) -> None:
+        """Record read-back steps in order; the first non-finite loss marks the run diverged (the
+        checkpoint keeps ``self.step``, the step its weights are at; loss.csv shows where it diverged)."""
+        for step, values, t, lr in steps:
+            if not self.record(step, values, t, lr, rate):
+                self.status = "diverged"
+                self.log.append((step, float("nan"), lr, round(rate, 1)))
+                return
 
     def result(self, wall: float, steps_here: int, params: int) -> TrainResult:
         ok = self.status == "ok" and len(self.recent) > 0
@@ -328,6 +320,46 @@ class _Trainer:
             final_loss=float(np.mean(self.recent)) if ok else float("nan"),
             wall_s=wall, images_per_s=steps_here * self.cfg.batch_size / wall if wall > 0 else 0.0, params=params,
         )
+
+
+class Readback:
+    """Per-step losses kept on the device and read back to the host in one batch every ``every``
+    steps (or when the loop needs them): on CUDA each readback waits for the GPU."""
+
+    def __init__(self, every: int):
+        self.every, self.pending = every, []
+        self.window_t, self.window_step, self.last_rate = time.perf_counter(), None, 0.0
+
+    def add(self, step: int, losses: torch.Tensor, t: torch.Tensor, lr: float) -> None:
+        if self.window_step is None:
+            self.window_step = step - 1
+        self.pending.append((step, losses, t, lr))
+
+    def full(self) -> bool:
+        return len(self.pending) >= self.every
+
+    def flush(self) -> list[tuple[int, list[float], torch.Tensor, float]]:
+        """(step, per-example losses, t, lr) of every pending step: the loop's one readback."""
+        if not self.pending:
+            return []
+        values = torch.stack([p[1].float() for p in self.pending]).cpu().tolist()
+        out = [(step, vals, t, lr) for (step, _, t, lr), vals in zip(self.pending, values)]
+        self.pending = []
+        return out
+
+    def rate(self, step: int, batch_size: int) -> float:
+        """Training images/s since the last call."""
+        now = time.perf_counter()
+        self.last_rate = (step - self.window_step) * batch_size / max(now - self.window_t, 1e-9)
+        self.window_t, self.window_step = now, step
+        return self.last_rate
+
+
+def _progress_bar(total: int, initial: int, progress: Optional[bool], desc: str):
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    return tqdm(total=total, initial=initial, disable=not show, desc=desc, unit="step", dynamic_ncols=True, leave=False)
 
 
 def _adamw(params, lr: float) -> torch.optim.AdamW:
@@ -350,9 +382,51 @@ def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def _write_csv(path: Path, header, rows) -> None:
     """Whole-file CSV write through a temp file + rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+# Dropout of benchmarked training steps: what the grids train with on that device (the quick
+# presets, the CPU's grids, use 0.0; the full grids 0.1, DDPM's CIFAR-10 value).
+TRAIN_DROPOUT = {"cpu": 0.0, "cuda": 0.1}
+
+
+class BenchStep:
+    """The real ``bench.train`` step (``Trainer.train_step``) on random data of shape [B, C, S, S]:
+    linear schedule, T = 1000, Gaussian noise, AdamW at lr 2e-4, EMA, the device's grid dropout."""
+
+    def __init__(self, preset: str, channels: int, size: int, batch: int, device: torch.device, seed: int = 0,
+                 dropout: float | None = None):
+        dropout = TRAIN_DROPOUT.get(torch.device(device).type, 0.1) if dropout is None else dropout
+        cfg = RunConfig(model=preset, batch_size=batch, train_steps=10**9, dropout=dropout, seed=seed, warmup_steps=0)
+        _, diffusion, noise = build_process(cfg)
+        data = torch.randn(1024, channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+        self.trainer = Trainer(cfg, data, diffusion, noise, Path(tempfile.gettempdir()), torch.device(device))
+        self.trainer.model.train()
+        self.params, self.dropout = count_params(self.trainer.model), dropout
+
+    def __call__(self) -> torch.Tensor:
+        losses, _ = self.trainer.train_step()
+        if self.trainer.device.type == "cpu":
+            losses.sum().item()  # the trainer's per-step readback (batched every 10 steps on CUDA)
+        return losses
+
+    def flops(self) -> float:
+        """Model FLOPs of one step (forward + backward), counted once by torch's FlopCounterMode.
+
+        Counted with SDPA's math backend: the counter has no formula for the fused CPU attention
+        kernel (it would count attention as 0), but counts the bmm's the math backend runs."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        state = {k: v.clone() for k, v in self.trainer.model.state_dict().items()}
+        counter = FlopCounterMode(display=False)
+        with counter, sdpa_kernel(SDPBackend.MATH):
+            self.trainer.train_step()
+        self.trainer.model.load_state_dict(state)
+        return float(counter.get_total_flops())

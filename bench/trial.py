@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 import traceback
 from pathlib import Path
@@ -17,35 +16,25 @@ from typing import Any, Callable
 
 import torch
 
-from bench.config import RunConfig, validate
-from bench.grid import trial_id
+from bench.config import RunConfig, build_process, from_dict, trial_id
+from bench.data import DATASETS, load_dataset
+from bench.env import device_name, enable_tf32, pick_device
+from bench.files import write_json_atomic
+from bench.metrics import score
+from bench.registry import InputError
+from bench.sample import SAMPLERS, sample_images, save_grid, to_uint8
+from bench.schedules import terminal_report
+from bench.snapshots import denoise_strip, strip_timesteps
+from bench.train import CHECKPOINT, load_ema, train
 
 RESULT = "result.json"
 STATUSES = ("ok", "diverged", "error")
 
 
-def pick_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def enable_tf32() -> None:
-    """TF32 tensor cores for the float32 work on CUDA (what runs outside bf16 autocast: EMA, the
-    samplers' float32 state, Inception): ~8x the float32 matmul rate on Ampere and later, at a 10-bit
-    mantissa in the products (accumulation stays float32). No effect on CPU."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-
-
 def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress: bool | None = None,
               report: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
-    """Train, sample and score one config; returns one row per evaluation and writes result.json."""
-    from bench.data import load_dataset
-    from bench.diffusion import Diffusion
-    from bench.noise import make_noise
-    from bench.schedules import make_betas, terminal_report
-    from bench.train import train
-
-    validate(cfg)
+    """Train, sample and score one config (validated by the driver); returns one row per evaluation
+    and writes result.json."""
     device = device or pick_device()
     if str(device).startswith("cuda"):
         enable_tf32()
@@ -60,9 +49,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_train_images]]
 
     # The only two things that differ between arms: the schedule and the noise.
-    betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
-    diffusion = Diffusion(betas)
-    noise = make_noise(cfg.noise, diffusion.alpha_bar, **cfg.noise_kwargs())
+    betas, diffusion, noise = build_process(cfg)
 
     result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress, report=report)
     base = {
@@ -83,7 +70,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     if result.status == "ok":
         _denoise_strip(cfg, ema, diffusion, noise, workdir, device)
     rows = []
-    for sampler, steps in cfg.eval_list():
+    for sampler, steps in cfg.evaluations:
         row = {**base, "sampler": sampler, "sample_steps": steps}
         if result.status == "ok":
             row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress))
@@ -96,9 +83,6 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
 
 def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, progress) -> dict[str, Any]:
     """Sample ``n_samples`` images (image i from seed sample_seed + i, in every arm) and score them."""
-    from bench.metrics import score
-    from bench.sample import sample_images, save_grid, to_uint8
-
     t0 = time.time()
     x = sample_images(ema, diffusion, noise, sampler, steps, cfg.n_samples, tuple(chw), cfg.sample_seed,
                       batch_size=min(cfg.n_samples, 256), device=device, eta=cfg.ddim_eta, var_type=cfg.var_type,
@@ -107,7 +91,7 @@ def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, 
     images = to_uint8(x.cpu())
     save_grid(x[:64].cpu(), workdir / "samples" / f"{sampler}-{steps}.png")
     t1 = time.time()
-    scores = score(cfg.metric_list(), images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
+    scores = score(cfg.metric_names, images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
                    n_reference=cfg.n_reference or None, progress=bool(progress), device=device)
     return {**scores, "sample_s": sample_s, "score_s": time.time() - t1,
             "sample_images_per_s": cfg.n_samples / max(sample_s, 1e-9)}
@@ -115,9 +99,6 @@ def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, 
 
 def _denoise_strip(cfg, ema, diffusion, noise, workdir, device, k: int = 6):
     """x_0 | x_t | predicted x_0 for k held-out images at several t: where the model stops recovering."""
-    from bench.data import load_dataset
-    from bench.images import denoise_strip, strip_timesteps
-
     x0 = load_dataset(cfg.dataset, "heldout", cfg.data_root, cfg.image_size)[:k].to(device)
     with torch.no_grad():
         denoise_strip(ema, diffusion, noise, x0, strip_timesteps(cfg.timesteps),
@@ -129,7 +110,7 @@ def error_rows(cfg: RunConfig, exc: BaseException) -> list[dict[str, Any]]:
     msg = f"{type(exc).__name__}: {exc}"
     base = {**cfg.to_dict(), "trial_id": trial_id(cfg), "arm": cfg.arm(), "status": "error", "error": msg[:500]}
     try:
-        evals = cfg.eval_list()
+        evals = cfg.evaluations
     except Exception:
         evals = [("", 0)]
     return [{**base, "sampler": s, "sample_steps": n} for s, n in evals]
@@ -160,24 +141,9 @@ def finished_rows(workdir: Path) -> list[dict[str, Any]] | None:
     return rows if rows and all(r.get("status") in ("ok", "diverged") for r in rows) else None
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, torch.Tensor):
-        return o.item() if o.numel() == 1 else o.tolist()
-    return str(o)
-
-
 def _log_attempt(workdir: Path) -> None:
     """Append this attempt (pid, start time, the step its checkpoint resumes from) to attempts.jsonl,
     so resumes and retries can be audited (and are, by the tests)."""
-    from bench.train import CHECKPOINT
-
     entry = {"pid": os.getpid(), "started": time.time(), "resumed_from_step": checkpoint_step(workdir / CHECKPOINT)}
     with open(workdir / "attempts.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -191,7 +157,22 @@ def checkpoint_step(path: Path) -> int:
         return 0
 
 
-def device_name(device: str) -> str:
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+def sample_from_workdir(path: Path, sampler: str, steps: int, n: int, seed: int, out: Path) -> None:
+    """``bench sample``: ``n`` images from a finished trial's EMA model (its config.json says what was
+    trained: schedule, noise, objective), saved as a PNG grid."""
+    workdir = path if path.is_dir() else path.parent
+    cfg_file = workdir / "config.json"
+    if not cfg_file.exists():
+        raise InputError(f"{path} is not a trial work dir (no config.json): pass e.g. RUN/_work/trials/<id>")
+    SAMPLERS.get(sampler)
+    cfg = from_dict(json.loads(cfg_file.read_text()))
+    if not 1 <= steps <= cfg.timesteps or n < 1:
+        raise InputError(f"--steps must be in 1..{cfg.timesteps} and -n >= 1")
+    spec = DATASETS.get(cfg.dataset)
+    size = cfg.image_size or spec.size
+    device = pick_device()
+    model = load_ema(workdir, cfg, spec.channels, size, device)
+    _, diffusion, noise = build_process(cfg)
+    x = sample_images(model, diffusion, noise, sampler, steps, n, (spec.channels, size, size), seed,
+                      batch_size=min(n, 256), device=device, eta=cfg.ddim_eta, var_type=cfg.var_type, progress=True)
+    save_grid(x.cpu(), out)

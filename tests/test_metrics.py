@@ -256,7 +256,7 @@ def test_floors_first_leave_nothing_for_the_trials_to_compute(tmp_path, monkeypa
     (train and held-out, once each) in the driver, so the trials' scoring loads them (compute count
     unchanged)."""
     from bench.grid import load_grid
-    from bench.plan import write_floors
+    from bench.runner import write_floors
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     M.compute_count.clear()
@@ -268,5 +268,5 @@ def test_floors_first_leave_nothing_for_the_trials_to_compute(tmp_path, monkeypa
     assert (tmp_path / "floors.csv").exists()
     cfg = trials[0]
     fake = torch.randint(0, 256, (cfg.n_samples, 1, 16, 16), dtype=torch.uint8)
-    M.score(cfg.metric_list(), fake, cfg.dataset, image_size=16, n_reference=cfg.n_reference or None)
+    M.score(cfg.metric_names, fake, cfg.dataset, image_size=16, n_reference=cfg.n_reference or None)
     assert M.compute_count == computed

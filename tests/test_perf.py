@@ -106,7 +106,7 @@ def test_flop_counting_leaves_the_model_unchanged(one_thread):
 @needs_diffusers
 @pytest.mark.parametrize("preset", MODELS.names())
 def test_diffusers_twin_has_our_layers(preset):
-    from bench.peers import diffusers_unet
+    from bench.perf.peers import diffusers_unet
 
     ours = build_model(preset, 3, 32, 0.1)
     theirs = diffusers_unet(preset, 3, 32, 0.1)
@@ -124,7 +124,7 @@ def test_diffusers_twin_has_our_layers(preset):
 
 @needs_diffusers
 def test_diffusers_cannot_run_28px_and_says_so(one_thread):
-    from bench.peers import diffusers_supports, diffusers_unet
+    from bench.perf.peers import diffusers_supports, diffusers_unet
 
     assert "divisible by 8" in diffusers_supports("tiny", 28)
     assert diffusers_supports("tiny", 32) == ""
@@ -134,7 +134,7 @@ def test_diffusers_cannot_run_28px_and_says_so(one_thread):
 
 @needs_diffusers
 def test_diffusers_step_trains(one_thread):
-    from bench.peers import peer_step
+    from bench.perf.peers import peer_step
 
     torch.manual_seed(0)
     step = peer_step("diffusers", "tiny", 1, 16, 8, "cpu", 0.0)

@@ -69,7 +69,7 @@ def _rows(cfg: RunConfig, fid) -> list[dict]:
             "train_s": 100.0, "train_images_per_s": 32.0, "n_train_images": 1000, "device": "cpu (x86_64, 2 threads)",
             "alpha_bar_T": terminal_report(make_betas(cfg.schedule, cfg.timesteps, **cfg.schedule_kwargs())).alpha_bar_T}
     rows = []
-    for (sampler, steps), f in zip(cfg.eval_list(), fid or [None, None]):
+    for (sampler, steps), f in zip(cfg.evaluations, fid or [None, None]):
         row = {**base, "sampler": sampler, "sample_steps": steps, "trial_s": 130.0}
         if fid:
             row.update(fid=f, fid_features=INCEPTION, fid_n_ref=1000, kid=f / 1000, kid_std=0.0005, kid_subset_size=256,
@@ -344,17 +344,15 @@ def test_report_when_every_trial_failed(tmp_path):
     assert "**Incomplete run**: rows.csv holds 1 of the grid's 16 trials" in text
 
 
-def test_feature_dimension_from_extractor_labels():
-    from bench.caveats import _feature_dim
+def test_feature_dimension_from_the_metric_contract():
+    from bench.report.caveats import _feature_dim
 
-    assert _feature_dim("fid", "inception-v3-pool3-2048") == 2048
-    assert _feature_dim("fd_mnist_clf", "mnist-cnn-penultimate-128") == 128
-    assert _feature_dim("fd_pixels", "pixels-8x8") == 64 and _feature_dim("fid", "inception (2048-d)") == 2048
-    assert _feature_dim("fid", "not recorded") == 2048 and _feature_dim("kid", "inception-v3-pool3-2048") is None
+    assert _feature_dim("fid") == 2048 and _feature_dim("fd_mnist_clf") == 128 and _feature_dim("fd_pixels") == 64
+    assert _feature_dim("kid") is None and _feature_dim("not_a_metric") is None
 
 
 def test_loss_by_t_frame_accepts_several_layouts():
-    from bench.plots import loss_by_t_frame
+    from bench.report.plots import loss_by_t_frame
 
     a = loss_by_t_frame(pd.DataFrame({"t_lo": [0, 50], "t_hi": [49, 99], "loss": [0.2, 0.1]}))
     assert list(a["x"]) == [24.5, 74.5] and list(a["loss"]) == [0.2, 0.1] and a["log_snr"].isna().all()
@@ -387,7 +385,7 @@ def test_plot_schedules_every_registered_schedule(tmp_path):
 def test_denoise_strip_with_an_exact_oracle(tmp_path, noise_name, kw):
     """With eps*(x_t, t) = (x_t - sqrt(ab_t) x*)/sqrt(1 - ab_t) for one known x*, pred x_0 is x*."""
     from bench.diffusion import Diffusion
-    from bench.images import denoise_strip, strip_timesteps
+    from bench.snapshots import denoise_strip, strip_timesteps
     from bench.noise import make_noise
 
     diffusion = Diffusion(make_betas("linear", 200))

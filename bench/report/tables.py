@@ -318,7 +318,7 @@ def _tex_key(text: str) -> str:
 
 def write_tables(run: Run, out_dir: Path) -> dict[str, dict[str, Path]]:
     """tables/<metric>.csv|md|tex for every metric; returns {metric: {format: path}}."""
-    from bench.rundir import write_text_atomic
+    from bench.files import write_text_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}

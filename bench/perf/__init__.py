@@ -10,7 +10,7 @@ Sections (registry ``SECTIONS``, run in this order; ``bench perf --only train,sa
   64x64x3 (craters); model FLOPs per image counted by ``torch.utils.flop_counter`` (convolutions,
   matmuls and attention; norms and pointwise ops are not counted, the usual convention), so the
   achieved FLOP/s and its fraction of the ceiling follow; and beside it the same step in
-  diffusers (``bench.peers``) at matched parameters, as the ratio bench / diffusers per repetition;
+  diffusers (``bench.perf.peers``) at matched parameters, as the ratio bench / diffusers per repetition;
 - ``sample``: image-steps/s of the real samplers (``bench.sample``: DDIM and respaced DDPM, Gaussian
   and gamma noise, per-image seeds) with the quick presets' model and sample count, next to the
   bare model forward at the same batch (the sampler's own overhead is the gap);
@@ -49,6 +49,8 @@ from typing import Any, Callable
 import torch
 
 from bench.registry import InputError, Registry
+from bench.timing import measure, ratios, spread, sync  # noqa: F401 (sections use them)
+from bench.train import TRAIN_DROPOUT, BenchStep  # noqa: F401 (the train section)
 from bench.unet import MODELS, build_model, count_params
 
 SECTIONS: Registry = Registry("perf section")
@@ -56,9 +58,6 @@ ORDER = ("ceiling", "train", "sample", "features", "packing", "fanout")
 TRAIN_SHAPES = ((1, 28), (1, 32), (3, 64))  # (channels, size): MNIST, MNIST padded to 32, craters
 CPU_TRAIN_BATCH = {"tiny": 32, "small": 16, "base": 8}  # ~0.2-3 s a step on 2 cores; GPUs use GPU_BATCH
 GPU_BATCH = 128  # the full grids' batch
-# Dropout of the compared training steps: what the grids train with on that device (the quick
-# presets, the CPU's grids, use 0.0; the full grids 0.1, DDPM's CIFAR-10 value). Both sides get it.
-TRAIN_DROPOUT = {"cpu": 0.0, "cuda": 0.1}
 # Nominal dense bf16 peaks (TFLOP/s, vendor data sheets, no sparsity), by a substring of the device name.
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0,
                     "L4": 121.0, "RTX 4090": 165.2}
@@ -74,92 +73,6 @@ class Ctx:
     threads: int = 1
     ceiling_gflops: float = math.nan  # set by the ceiling section
     notes: list[str] = field(default_factory=list)  # what was skipped and why (goes into perf.md)
-
-
-# --- timing ------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(cases: dict[str, tuple[Callable[[], Any], float]], device: torch.device, reps: int,
-            calls: int = 1, warmup: int = 1) -> dict[str, list[float]]:
-    """Rates (units per second) of each case in each of ``reps`` repetitions.
-
-    ``cases`` maps a name to (fn, units per call). Every case is warmed up ``warmup`` calls, then the
-    cases are timed in alternating order within each repetition (A B, B A, ...), ``calls`` calls each.
-    """
-    for fn, _ in cases.values():
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    rates: dict[str, list[float]] = {name: [] for name in cases}
-    names = list(cases)
-    for r in range(reps):
-        for name in names if r % 2 == 0 else names[::-1]:
-            fn, units = cases[name]
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync(device)
-            rates[name].append(units * calls / (time.perf_counter() - t0))
-    return rates
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    """median, min, max and count of repeated measurements."""
-    return {"median": statistics.median(values), "lo": min(values), "hi": max(values), "reps": len(values)}
-
-
-def ratios(a: list[float], b: list[float]) -> dict[str, float]:
-    """a/b per repetition (paired: timed back to back), summarised like ``spread``."""
-    s = spread([x / y for x, y in zip(a, b)])
-    return {"ratio": s["median"], "ratio_lo": s["lo"], "ratio_hi": s["hi"]}
-
-
-# --- the bench training step -------------------------------------------------------------------
-class BenchStep:
-    """The real ``bench.train`` step (``_Trainer.train_step``) on random data of shape [B, C, S, S]:
-    linear schedule, T = 1000, Gaussian noise, AdamW at lr 2e-4, EMA, the device's grid dropout."""
-
-    def __init__(self, preset: str, channels: int, size: int, batch: int, device: torch.device, seed: int = 0,
-                 dropout: float | None = None):
-        dropout = TRAIN_DROPOUT.get(torch.device(device).type, 0.1) if dropout is None else dropout
-        from bench.config import RunConfig
-        from bench.diffusion import Diffusion
-        from bench.noise import make_noise
-        from bench.schedules import make_betas
-        from bench.train import _Trainer
-
-        cfg = RunConfig(model=preset, batch_size=batch, train_steps=10**9, dropout=dropout, seed=seed, warmup_steps=0)
-        diffusion = Diffusion(make_betas("linear", 1000, False))
-        noise = make_noise("gaussian", diffusion.alpha_bar)
-        data = torch.randn(1024, channels, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
-        self.trainer = _Trainer(cfg, data, diffusion, noise, Path(tempfile.gettempdir()), torch.device(device))
-        self.trainer.model.train()
-        self.params, self.dropout = count_params(self.trainer.model), dropout
-
-    def __call__(self) -> torch.Tensor:
-        losses, _ = self.trainer.train_step()
-        if self.trainer.device.type == "cpu":
-            losses.sum().item()  # the trainer's per-step readback (batched every 10 steps on CUDA)
-        return losses
-
-    def flops(self) -> float:
-        """Model FLOPs of one step (forward + backward), counted once by torch's FlopCounterMode.
-
-        Counted with SDPA's math backend: the counter has no formula for the fused CPU attention
-        kernel (it would count attention as 0), but counts the bmm's the math backend runs."""
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        from torch.utils.flop_counter import FlopCounterMode
-
-        state = {k: v.clone() for k, v in self.trainer.model.state_dict().items()}
-        counter = FlopCounterMode(display=False)
-        with counter, sdpa_kernel(SDPBackend.MATH):
-            self.trainer.train_step()
-        self.trainer.model.load_state_dict(state)
-        return float(counter.get_total_flops())
 
 
 def train_batch(preset: str, device: torch.device) -> int:
@@ -203,7 +116,7 @@ def ceiling(ctx: Ctx) -> list[dict[str, Any]]:
 @SECTIONS.register("train")
 def train(ctx: Ctx) -> list[dict[str, Any]]:
     """bench's training step per preset and shape, with diffusers beside it where it can run."""
-    from bench.peers import diffusers_missing, diffusers_supports, peer_step
+    from bench.perf.peers import diffusers_missing, diffusers_supports, peer_step
 
     missing = diffusers_missing()
     if missing:
@@ -455,7 +368,7 @@ def run_perf(out: Path, quick: bool = False, only: str | None = None, device: st
     sections = parse_sections(only)
     if device not in (None, "cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
-    from bench.trial import enable_tf32, pick_device
+    from bench.env import enable_tf32, pick_device
 
     dev = torch.device(device or pick_device())
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -476,7 +389,7 @@ def run_perf(out: Path, quick: bool = False, only: str | None = None, device: st
         new = SECTIONS.get(name)(ctx)
         rows += new
         print(f"bench perf: {name}: {len(new)} rows in {time.time() - ts:.0f} s", file=sys.stderr, flush=True)
-    from bench.perfreport import write_outputs
+    from bench.perf.report import write_outputs
 
     write_outputs(target, rows, ctx, sections, time.time() - t0)
     return target

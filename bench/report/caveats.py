@@ -11,7 +11,8 @@ import re
 
 import numpy as np
 
-from bench.tables import Run, join, metric_meta, values
+from bench.metrics import METRICS
+from bench.report.tables import Run, join, metric_meta, values
 
 #: Fréchet distances (FID, fd_*): their covariance estimates need more images than feature dimensions
 FRECHET_PREFIXES = ("fid", "fd")
@@ -85,7 +86,7 @@ def small_reference(run: Run) -> list[str]:
     out = []
     for m in run.metrics:
         md = metric_meta(run, m)
-        dim = _feature_dim(m, md["features"])
+        dim = _feature_dim(m)
         counts = [int(x) for x in re.findall(r"\d+", f"{md['n_generated']} {md['n_reference']}")]
         if dim and counts and min(counts) < dim:
             out.append(f"`{m}` on a small sample: {min(counts)} < {dim} images (n_generated = {md['n_generated']}, "
@@ -95,17 +96,10 @@ def small_reference(run: Run) -> list[str]:
     return out
 
 
-def _feature_dim(metric: str, features: str) -> int | None:
-    """Feature dimension of a Fréchet metric, read from its extractor's label ('...-2048', '2048-d',
-    'pixels-8x8' -> 64, a lower bound), else None (not a Fréchet metric)."""
-    if not metric.startswith(FRECHET_PREFIXES):
-        return None
-    for pattern, dim in ((r"(\d+)-d\b", lambda g: int(g[0])), (r"(\d+)x(\d+)$", lambda g: int(g[0]) * int(g[1])),
-                         (r"-(\d+)$", lambda g: int(g[0]))):
-        found = re.search(pattern, features.split(",")[0].strip())
-        if found:
-            return dim(found.groups())
-    return DEFAULT_FEATURE_DIM
+def _feature_dim(metric: str) -> int | None:
+    """Feature dimension of a registered Fréchet metric (its contract), else None."""
+    m = METRICS._items.get(metric)
+    return m.dim if m is not None and m.frechet else None
 
 
 def budget_notes(run: Run) -> list[str]:

@@ -2,7 +2,7 @@
 
 ``build_report(run_dir)`` rebuilds everything from the run's own files (rows.csv, floors.csv,
 grid.toml, env.json, samples/, logs/) and writes the same bytes every time it is run on the same
-files. The data side lives in ``bench.tables``, the figures in ``bench.plots`` / ``bench.images``;
+files. The data side lives in ``bench.report.tables``, the figures in ``bench.report.plots`` / ``bench.report.montage``;
 this module writes the words: what was compared, the result in plain language, method, warnings,
 provenance and how to cite.
 """
@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.caveats import warnings_section
-from bench.images import denoise_strip, montage_denoise, montage_samples, strip_timesteps
-from bench.plots import (Plot, plot_loss_by_t, plot_loss_curves, plot_metric_by_arm, plot_metric_vs_steps,
-                         plot_run_schedules, plot_schedules)
-from bench.tables import Run, aggregate, floor_value, join, load_run, metric_meta, plural, values, write_tables
+from bench.files import write_text_atomic
 
-__all__ = ["build_report", "make_plots", "plot_schedules", "denoise_strip", "strip_timesteps", "load_run"]
+from bench.report.caveats import warnings_section
+from bench.report.montage import montage_denoise, montage_samples
+from bench.report.plots import (Plot, plot_loss_by_t, plot_loss_curves, plot_metric_by_arm, plot_metric_vs_steps,
+                                plot_run_schedules, plot_schedules)
+from bench.report.tables import Run, aggregate, floor_value, join, load_run, metric_meta, plural, values, write_tables
+
+__all__ = ["build_report", "make_plots", "plot_schedules", "load_run"]
 
 REPORT = "REPORT.md"
 VERSION = "0.1.0"
@@ -30,8 +32,6 @@ TITLE = "bench: a benchmark suite for diffusion beta schedules and noise types"
 
 def build_report(run_dir: Path) -> Path:
     """Tables, plots and REPORT.md of ``run_dir`` (idempotent); returns the REPORT.md path."""
-    from bench.rundir import write_text_atomic
-
     run = load_run(Path(run_dir))
     write_tables(run, run.dir / "tables")
     plots, notes = make_plots(run, run.dir / "plots")

@@ -18,69 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.tables import Run, aggregate, datasets_with, floor_value, labels_of
-
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
-LINESTYLES = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (6, 2, 1, 2))]
-
-
-@dataclass
-class Plot:
-    png: Path  # the PDF lies beside it
-    caption: str
-
-
-def arm_styles(labels: Sequence[str]) -> dict[str, dict]:
-    """label -> {marker, linestyle, color}: marker and line style differ between any two of 8 arms."""
-    import seaborn as sns  # here, not at import: seaborn (and the scipy.stats it loads) costs ~2 s a process
-
-    colors = sns.color_palette("colorblind", max(len(labels), 1))
-    return {lb: {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)],
-                 "color": colors[i]} for i, lb in enumerate(labels)}
-
-
-def _theme(seaborn: bool = True):
-    """The report's matplotlib style: seaborn's whitegrid / paper; ``seaborn=False`` keeps only the
-    fixed settings (the per-trial denoising strip, drawn inside a trial process that should not pay
-    for importing seaborn)."""
-    rc = {"pdf.fonttype": 42, "svg.hashsalt": "bench", "axes.titlesize": 9, "legend.fontsize": 8}
-    if seaborn:
-        import seaborn as sns
-
-        rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper"), **rc}
-    return matplotlib.rc_context(rc)
-
-
-def _figure(nrows: int, ncols: int, w: float, h: float):
-    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def save(fig: Figure, png: Path) -> Path:
-    """PNG (150 dpi) and PDF beside it, both byte-stable for the same input (no dates)."""
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=150, metadata={"Software": None})
-    fig.savefig(png.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
-    return png
-
-
-def _fig_legend(fig: Figure, axes, **kw) -> None:
-    """One legend for the figure, each label once (panels repeat the same arms)."""
-    entries: dict[str, object] = {}
-    for ax in axes.ravel():
-        for h, lb in zip(*ax.get_legend_handles_labels()):
-            entries.setdefault(lb, h)
-    if entries:
-        fig.legend(list(entries.values()), list(entries), loc="outside lower center", **kw)
-
-
-def _wrap(text: str, width: int = 30) -> str:
-    return "\n".join(textwrap.wrap(str(text), width)) or str(text)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
-
+from bench.report.tables import Run, aggregate, datasets_with, floor_value, labels_of
+from bench.style import Plot, arm_styles, fig_legend, figure, metadata, safe, save, theme, wrap  # noqa: F401
 
 # --- metrics ---------------------------------------------------------------------------------------
 def _seed_values(run: Run, metric: str) -> pd.DataFrame:
@@ -95,8 +34,8 @@ def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot | None:
     if not datasets:
         return None
     n_arms = max(len(labels_of(run, ds)) for ds in datasets)
-    with _theme():
-        fig, axes = _figure(len(datasets), len(run.evals), 3.0, 0.45 * n_arms + 1.2)
+    with theme():
+        fig, axes = figure(len(datasets), len(run.evals), 3.0, 0.45 * n_arms + 1.2)
         for (i, ds), (j, (s, k)) in ((a, b) for a in enumerate(datasets) for b in enumerate(run.evals)):
             ax, labels = axes[i, j], labels_of(run, ds)
             for y, lb in enumerate(labels):
@@ -112,14 +51,14 @@ def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot | None:
             fv = floor_value(run, metric, ds)
             if fv is not None:
                 ax.axvline(fv, color="0.3", ls=":", lw=1.2, label="real-vs-real floor")
-            ax.set_yticks(range(len(labels)), [_wrap(lb) for lb in labels] if j == 0 else [])
+            ax.set_yticks(range(len(labels)), [wrap(lb) for lb in labels] if j == 0 else [])
             ax.set_ylim(len(labels) - 0.5, -0.5)
             ax.margins(x=0.12)
             ax.set_title(f"{ds}: {s}, {k} steps")
             ax.set_xlabel(f"{metric} (lower is better)")
-        _fig_legend(fig, axes)
+        fig_legend(fig, axes)
         fig.suptitle(f"{metric} by arm: mean ± std over seeds (filled), individual seeds (open)", fontsize=9)
-        png = save(fig, out_dir / f"{_safe(metric)}_by_arm.png")
+        png = save(fig, out_dir / f"{safe(metric)}_by_arm.png")
     return Plot(png, f"{metric} (dimensionless) of every arm at every evaluation: mean ± std over seeds, each seed "
                      f"an open marker; dotted line: the real-vs-real floor.")
 
@@ -139,8 +78,8 @@ def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot | None:
     samplers = list(dict.fromkeys(s for s, _ in run.evals))
     if not datasets:
         return None
-    with _theme():
-        fig, axes = _figure(len(datasets), len(samplers), max(3.6, 7.0 / len(samplers)), 2.8)
+    with theme():
+        fig, axes = figure(len(datasets), len(samplers), max(3.6, 7.0 / len(samplers)), 2.8)
         for (i, ds), (j, s) in ((a, b) for a in enumerate(datasets) for b in enumerate(samplers)):
             ax = axes[i, j]
             for n, lb in enumerate(run.labels):
@@ -161,8 +100,8 @@ def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot | None:
             ax.set_title(f"{ds}: {s}")
             ax.set_xlabel("sampling steps (log scale)")
             ax.set_ylabel(f"{metric} (lower is better)")
-        _fig_legend(fig, axes, ncols=2)
-        png = save(fig, out_dir / f"{_safe(metric)}_vs_steps.png")
+        fig_legend(fig, axes, ncols=2)
+        png = save(fig, out_dir / f"{safe(metric)}_vs_steps.png")
     return Plot(png, f"{metric} against the number of sampling steps, one line per arm (mean ± std over seeds).")
 
 
@@ -174,22 +113,18 @@ def plot_schedules(names: Sequence[str], T: int, out_path: Path) -> Path:
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with _theme():
+    with theme():
         fig = _schedule_figure({n: make_betas(n, T) for n in names})
-        fig.savefig(out_path, dpi=150, metadata=_metadata(out_path))
+        fig.savefig(out_path, dpi=150, metadata=metadata(out_path))
     return out_path
-
-
-def _metadata(path: Path) -> dict:
-    return {"CreationDate": None, "Producer": None} if path.suffix == ".pdf" else {"Software": None}
 
 
 def _schedule_figure(curves: dict) -> Figure:
     from bench.schedules import PURE_NOISE_ALPHA_BAR, terminal_report
 
-    """Call inside ``_theme()``."""
+    """Call inside ``theme()``."""
     styles = arm_styles(list(curves))
-    fig, axes = _figure(1, 3, 3.6, 3.0)
+    fig, axes = figure(1, 3, 3.6, 3.0)
     ax_ab, ax_snr, ax_beta = axes[0]
     for name, betas in curves.items():
         b = betas.double().numpy()
@@ -212,7 +147,7 @@ def _schedule_figure(curves: dict) -> Figure:
         ax.set_title(title)
         ax.set_xlabel("t / T (fraction of the forward process)")
         ax.set_ylabel(unit)
-    _fig_legend(fig, axes, ncols=2)
+    fig_legend(fig, axes, ncols=2)
     return fig
 
 
@@ -238,7 +173,7 @@ def plot_run_schedules(run: Run, out_dir: Path) -> Plot | None:
     curves = run_schedule_curves(run)
     if not curves:
         return None
-    with _theme():
+    with theme():
         png = save(_schedule_figure(curves), out_dir / "schedules.png")
     return Plot(png, "The schedules compared: ᾱ(t), log-SNR(t) and β(t) against t/T; a circled end point is "
                      "a schedule whose x_T is not pure noise.")
@@ -257,8 +192,8 @@ def _read_log(run: Run, tid: str, kind: str) -> pd.DataFrame | None:
 def plot_loss_curves(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
     """Training loss against step per dataset: each seed a thin line, the seeds' mean smoothed thick."""
     styles, found = arm_styles(run.labels), False
-    with _theme():
-        fig, axes = _figure(1, len(run.datasets), 4.5, 3.2)
+    with theme():
+        fig, axes = figure(1, len(run.datasets), 4.5, 3.2)
         for j, ds in enumerate(run.datasets):
             ax = axes[0, j]
             for lb, trials in _trials_by_label(run, ds):
@@ -275,7 +210,7 @@ def plot_loss_curves(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
             ax.set_title(f"{ds}: training loss")
             ax.set_xlabel("training step")
             ax.set_ylabel(f"{_loss_kind(run)} loss on eps" + _log_if_wide(ax))
-        _fig_legend(fig, axes, ncols=2)
+        fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_curves.png") if found else None
     return Plot(png, "Training loss, the per-element error of the predicted noise eps (thin: each seed; thick: mean "
                      "over seeds, smoothed).") if png else None
@@ -345,8 +280,8 @@ def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
     if not any(logs for per in frames.values() for _, logs in per):
         return None
     by_snr = all(f["log_snr"].notna().all() for per in frames.values() for _, logs in per for f in logs)
-    with _theme():
-        fig, axes = _figure(2 if by_snr else 1, len(run.datasets), 4.5, 3.2)
+    with theme():
+        fig, axes = figure(2 if by_snr else 1, len(run.datasets), 4.5, 3.2)
         for j, ds in enumerate(run.datasets):
             for i, (xcol, xlabel) in enumerate([("x", "timestep t (bin centre; small t = little noise)"),
                                                  ("log_snr", "log-SNR at the bin centre [nats] (high = little noise)")]
@@ -360,7 +295,7 @@ def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                 ax.set_title(f"{ds}: training loss by timestep bin")
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel(f"{_loss_kind(run)} loss on eps" + _log_if_wide(ax))
-        _fig_legend(fig, axes, ncols=2)
+        fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_by_t.png")
     return Plot(png, "Training loss per timestep bin (late training where logged), per arm, mean ± std over seeds; "
                      "against t and against the bin's log-SNR.")

@@ -1,4 +1,6 @@
-"""Fan a grid's trials out: in-process one after another (``--local``) or through Ray Tune.
+"""Run a grid: ``run_grid`` (what ``bench run`` calls) validates, writes the run directory, computes
+the floors, fans the trials out in-process one after another (``local``) or through Ray Tune, and
+writes the report.
 
 Both paths call the same ``run_trial_safe`` per trial and hand its rows to the driver, which alone
 writes ``rows.csv`` (atomically, after every finished trial, so a killed driver loses nothing that
@@ -15,14 +17,134 @@ import logging
 import os
 import shutil
 import sys
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, from_dict
-from bench.grid import Grid, trial_id
+import pandas as pd
+import torch
+
+from bench import rundir
+from bench.config import RunConfig, from_dict, trial_id
+from bench.files import copy_atomic, write_text_atomic
+from bench.grid import Grid, load_grid, validate_trials
+from bench.metrics import floor, release_extractors
+from bench.registry import InputError
+from bench.report import build_report
 from bench.rundir import trial_dir, write_rows
 from bench.train import CHECKPOINT
 from bench.trial import checkpoint_step, error_rows, finished_rows, run_trial_safe
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """How the trials are spread: in this process (``local``) or over Ray (a fresh local cluster, or
+    ``address``), with the resources of one trial."""
+
+    local: bool = False
+    address: str | None = None
+    cpus_per_trial: float | None = None  # default: 1 under Ray; every core with local
+    gpus_per_trial: float | None = None  # default: 1 when CUDA is visible, else 0
+    max_concurrent: int | None = None
+
+    def check(self) -> None:
+        if (self.cpus_per_trial is not None and self.cpus_per_trial <= 0) or (
+                self.gpus_per_trial is not None and self.gpus_per_trial < 0):
+            raise InputError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise InputError("--max-concurrent must be >= 1")
+        if self.local and self.address:
+            raise InputError("--local runs in this process; it cannot be combined with --address")
+
+
+@dataclass
+class Plan:
+    """A validated grid, ready to run: its trials and the run directory they write."""
+
+    grid: Grid
+    trials: list[RunConfig]
+    run_dir: Path
+    resume: bool
+
+
+def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str, Any] | None = None,
+              out: Path | None = None, resume: bool = False) -> Plan:
+    """Load and validate every trial of a grid and check its run directory: all bad input raises
+    InputError here, before any work."""
+    grid = grid if isinstance(grid, Grid) else load_grid(str(grid), preset, overrides)
+    trials = grid.trials()
+    validate_trials(trials)
+    run_dir = Path(out) if out else (rundir.latest_run_dir(grid) if resume else None) or rundir.default_run_dir(grid)
+    rundir.check(run_dir, grid, resume)
+    return Plan(grid, trials, run_dir, resume)
+
+
+def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
+    """Run a planned grid: floors first (they compute every reference statistic once, with all
+    cores), then every trial not finished earlier, then the report. Returns the rows (also in
+    rows.csv). A trial that raises becomes error rows; the others still run."""
+    fanout.check()
+    run_dir, trials = plan.run_dir, plan.trials
+    rundir.prepare(run_dir, plan.grid)
+    t0 = time.time()
+    gpus = fanout.gpus_per_trial if fanout.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
+    cpus = fanout.cpus_per_trial or (None if fanout.local else 1.0)
+    env = rundir.write_env(run_dir, {"runner": "local" if fanout.local else "ray", "address": fanout.address,
+                                     "cpus_per_trial": cpus, "gpus_per_trial": gpus})
+    collector = Collector(run_dir, trials)
+    done = preload_finished(trials, run_dir, collector) if plan.resume else 0
+    _say(f"{len(trials)} trials of grid {plan.grid.name!r} ({plan.grid.preset}) -> {run_dir}"
+         + (f" ({done} finished earlier)" if done else ""))
+    _guarded("floors", run_dir, lambda: write_floors(run_dir, trials))
+    t_fan = time.time()
+    if fanout.local:
+        run_local(trials, run_dir, collector, threads=int(cpus) if cpus else None)
+    else:
+        run_ray(plan.grid, trials, run_dir, collector, fanout.address, cpus, gpus, fanout.max_concurrent)
+    rundir.finish(run_dir, env, time.time() - t0, fanout_s=time.time() - t_fan)
+    _guarded("report", run_dir, lambda: build_report(run_dir))
+    rows = [r for rs in collector.rows.values() for r in rs]
+    statuses = {r["trial_id"]: r["status"] for r in rows}
+    n_err, n_div = sum(s == "error" for s in statuses.values()), sum(s == "diverged" for s in statuses.values())
+    _say(f"done in {time.time() - t0:.0f} s: {len(trials) - n_err - n_div} ok, {n_div} diverged, {n_err} error; "
+         f"rows in {run_dir / rundir.ROWS}")
+    return rows
+
+
+def _say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _guarded(step: str, run_dir: Path, fn) -> None:
+    """Floors and report: a failure is reported and never loses rows.csv (a trial that needs a
+    missing reference computes it itself, or reports its own error)."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the rows matter more than the step
+        _say(f"warning: {step} failed ({type(e).__name__}: {e}); rows.csv is intact, "
+             f"rerun `python -m bench report {run_dir}`")
+        traceback.print_exc(file=sys.stderr)
+
+
+def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
+    """floors.csv: real-vs-real (train vs held-out) metrics at each trial sample size, so a table
+    shows what a perfect model would score with the same number of images.
+
+    Written before the fan-out: computing the floors computes (and caches) every reference
+    statistic the trials will score against, here with all cores, instead of in the first trial
+    with its one thread while the others wait on the cache lock."""
+    t0 = time.time()
+    rows = []
+    keys = sorted({(c.dataset, c.data_root, c.image_size, c.n_samples, c.metric_names, c.n_reference) for c in trials})
+    for dataset, root, size, n, metrics, n_ref in keys:
+        t1 = time.time()
+        res = floor(list(metrics), dataset, n, data_root=root, image_size=size, n_reference=n_ref or None)
+        rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t1})
+    write_text_atomic(run_dir / rundir.FLOORS, pd.DataFrame(rows).to_csv(index=False))
+    release_extractors()
+    _say(f"real-vs-real floors and reference statistics ready ({time.time() - t0:.0f} s)")
 
 
 
@@ -54,15 +176,10 @@ def publish_artifacts(run_dir: Path, workdir: Path, tid: str) -> None:
     for src, dst in [(workdir / "samples", run_dir / "samples"), (workdir, run_dir / "logs")]:
         pattern = "*.png" if src.name == "samples" else "loss*.csv"
         for f in sorted(src.glob(pattern)) if src.is_dir() else []:
-            dst.mkdir(parents=True, exist_ok=True)
-            tmp = dst / f".{tid}_{f.name}.tmp"
-            shutil.copyfile(f, tmp)
-            os.replace(tmp, dst / f"{tid}_{f.name}")
+            copy_atomic(f, dst / f"{tid}_{f.name}")
 
 
 def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, threads: int | None = None) -> None:
-    import torch
-
     if threads:
         torch.set_num_threads(threads)
     for i, cfg in enumerate(trials, 1):
@@ -78,8 +195,7 @@ def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, thre
 # --- Ray Tune --------------------------------------------------------------------------------
 def _trainable(config: dict[str, Any], run_dir: str, threads: int) -> None:
     """The Ray Tune function trainable: one trial, reporting progress and checkpoints to Tune."""
-    import torch
-    from ray import tune
+    from ray import tune  # Ray loads only where it runs (the local path and the report never need it)
 
     cfg = from_dict(config).canonical()  # the driver's trial (see run_ray: unset parameters are dropped)
     wd = trial_dir(Path(run_dir), cfg)
@@ -122,10 +238,7 @@ def _restore_checkpoint(checkpoint, workdir: Path) -> None:
     with checkpoint.as_directory() as src:
         theirs = Path(src) / CHECKPOINT
         if theirs.exists() and checkpoint_step(theirs) > checkpoint_step(workdir / CHECKPOINT):
-            workdir.mkdir(parents=True, exist_ok=True)
-            tmp = workdir / f".{CHECKPOINT}.restore.tmp"
-            shutil.copyfile(theirs, tmp)
-            os.replace(tmp, workdir / CHECKPOINT)
+            copy_atomic(theirs, workdir / CHECKPOINT)
 
 
 def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Collector, address: str | None,
@@ -182,10 +295,7 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
 def preload_finished(trials: list[RunConfig], run_dir: Path, collector: Collector) -> int:
     """Resume: rows of trials that finished in an earlier run of this run dir, from their work dirs'
     result.json or, where _work is gone (a fresh checkout of committed results), from rows.csv."""
-    import pandas as pd
-
-    from bench.rundir import ROWS
-
+    ROWS = rundir.ROWS
     earlier = (pd.read_csv(run_dir / ROWS, dtype={"trial_id": str}) if (run_dir / ROWS).exists()
                else pd.DataFrame(columns=["trial_id", "status"]))
     n = 0

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.rundir import git_info, write_text_atomic
+from bench.env import git_info
+from bench.files import write_text_atomic
 
 HEADINGS = {
     "ceiling": ("Ceiling: dense matmul", "GFLOP/s of one n x n matmul (2 n^3 FLOP); the best repetition is the roofline "

@@ -1,0 +1,55 @@
+"""Trial identity: stable across added fields, equal to every committed run's ids."""
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import pytest
+
+from bench.config import ID_FIELDS_V1, RunConfig, config_from_row, trial_id
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+COMMITTED = sorted(RESULTS.rglob("rows.csv"))
+
+# A RunConfig with one more defaulted field, as the README's recipe for a new parameter adds one.
+Extended = dataclasses.make_dataclass("Extended", [("new_param", Optional[float], dataclasses.field(default=None)),
+                                                   ("new_flag", bool, dataclasses.field(default=False))],
+                                      bases=(RunConfig,), frozen=True)
+
+
+def test_committed_runs_exist():
+    assert len(COMMITTED) >= 4, COMMITTED
+
+
+@pytest.mark.parametrize("rows_csv", COMMITTED, ids=lambda p: str(p.relative_to(RESULTS).parent))
+def test_committed_trial_ids_survive_a_new_defaulted_field(rows_csv):
+    rows = pd.read_csv(rows_csv, dtype={"trial_id": str})
+    assert len(rows)
+    for row in rows.drop_duplicates("trial_id").to_dict("records"):
+        assert trial_id(config_from_row(row)) == row["trial_id"]
+        assert trial_id(config_from_row(row, Extended)) == row["trial_id"]
+
+
+def test_a_new_field_enters_the_id_only_when_set():
+    base = Extended()
+    assert trial_id(base) == trial_id(RunConfig())
+    assert trial_id(dataclasses.replace(base, new_param=0.5)) != trial_id(base)
+    assert trial_id(dataclasses.replace(base, new_flag=True)) != trial_id(base)
+
+
+def test_fields_since_the_first_release_leave_the_default_id_alone():
+    # Anchor: the id of the default config as computed by the first release (commit 2508968).
+    assert trial_id(RunConfig()) == _v1_id(RunConfig())
+    later = [f.name for f in dataclasses.fields(RunConfig) if f.name not in ID_FIELDS_V1]
+    assert later, "the objective fields were added after the first release"
+    assert trial_id(RunConfig().replace(prediction="v")) != trial_id(RunConfig())
+
+
+def _v1_id(cfg) -> str:
+    """The first release's trial_id, written out: sha1 of the JSON of the v1 fields."""
+    import hashlib
+    import json
+
+    d = {k: getattr(cfg, k) for k in ID_FIELDS_V1}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
