@@ -142,6 +142,20 @@ FEATURES.register("pixels")(
 )
 
 
+FEATURES.register("mean-intensity")(
+    FeatureExtractor(
+        label="mean-intensity-1",
+        build=lambda device: (lambda x: x.float().mean(dim=(1, 2, 3), keepdim=False)[:, None] / 255.0),
+        supports=_any_image,
+        cpu_batch=4096,
+        dim=1,
+        cpu_images_per_s=100000.0,
+        version=lambda: "1",
+        description="per-image mean intensity in [0, 1] (the brightness diagnostic of Lin et al. 2023)",
+    )
+)
+
+
 @lru_cache(maxsize=8)
 def _extractor(name: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return FEATURES.get(name).build(device)

@@ -33,7 +33,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from bench.metrics import frechet_distance_to_reference, psd_sqrt
+from bench.distances import frechet_distance_to_reference, psd_sqrt
 from bench.registry import InputError
 
 CHUNK_ELEMENTS = 2**23  # float64 entries per distance block: 64 MiB

@@ -41,6 +41,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench import fidelity
+from bench.distances import (KID_SEED, KID_SUBSET_SIZE, KID_SUBSETS, frechet_distance,  # noqa: F401 (re-exported)
+                             frechet_distance_to_reference, gaussian_stats, kernel_distance, psd_sqrt)
 from bench.features import FEATURES, FeatureExtractor, extract_features, to_uint8  # noqa: F401 (re-exported)
 from bench.files import cache_dir, file_lock, save_torch_atomic
 from bench.registry import InputError, Registry
@@ -48,99 +51,6 @@ from bench.registry import InputError, Registry
 REFSTATS_VERSION = "1"  # bump when feature extraction or the statistics change: old caches are ignored
 DEFAULT_N_REFERENCE = 10_000
 ORDER_SEED = 0  # the fixed random order from which the first n images of a split are taken
-KID_SUBSETS = 100
-KID_SUBSET_SIZE = 1000
-KID_SEED = 0
-
-
-# --- the distances -----------------------------------------------------------------------------
-def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, covariance) in float64, covariance normalised by n - 1 (as TTUR / torch-fidelity)."""
-    f = features.double().cpu().numpy()
-    if len(f) < 2:
-        raise InputError(f"a Fréchet distance needs at least 2 images per side, got {len(f)}")
-    return f.mean(0), np.cov(f, rowvar=False)
-
-
-def psd_sqrt(sigma, features: torch.Tensor | None = None) -> np.ndarray:
-    """The symmetric PSD square root of a covariance matrix (float64). From the features it was
-    computed from when they are fewer than the dimensions (SVD of the centred n x d features, cost
-    n^2 d), else from the eigendecomposition of sigma; round-off negative eigenvalues count as 0."""
-    if features is not None and len(features) <= np.shape(sigma)[0]:
-        x = features.double().cpu().numpy()
-        _, sv, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)  # sigma = Vt^T diag(sv^2) Vt / (n-1)
-        return (vt.T * (sv / math.sqrt(len(x) - 1))) @ vt
-    s = np.asarray(sigma, np.float64)
-    w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def _trace_sqrt_product(root1: np.ndarray, sigma2: np.ndarray | None = None, centred2: np.ndarray | None = None) -> float:
-    """Tr((S1 S2)^(1/2)) given R = S1^(1/2) and either S2 or the centred samples X2 of S2.
-
-    S1 S2 is similar to the symmetric PSD matrix R S2 R, so the trace is the sum of the square roots
-    of its eigenvalues; with samples, R S2 R = Z^T Z / (n-1) for Z = X2 R, whose nonzero eigenvalues
-    are those of the n x n matrix Z Z^T / (n-1) (cheap when n < d). Round-off makes eigenvalues of
-    singular products slightly negative; they count as 0, exactly as the reference implementations
-    drop the imaginary parts of sqrtm(S1 S2) (pytorch-fid) or of the complex square roots of
-    eigvals(S1 S2) (torch-fidelity, torchmetrics)."""
-    if centred2 is not None:
-        z, n = centred2 @ root1, len(centred2)
-        g = (z @ z.T if n < z.shape[1] else z.T @ z) / (n - 1)
-    else:
-        g = root1 @ np.asarray(sigma2, np.float64) @ root1
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh((g + g.T) / 2), 0, None)).sum())
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64 (eigen-based, see _trace_sqrt_product)."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
-        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * _trace_sqrt_product(psd_sqrt(s1), sigma2=s2))
-
-
-def frechet_distance_to_reference(features: torch.Tensor, ref: dict) -> float:
-    """The Fréchet distance between features [n, d] and cached reference statistics, using the
-    reference's cached square root: no d x d eigendecomposition per evaluation (for 2048-d features
-    and a few hundred images: an n x n eigenproblem instead of two 2048 x 2048 ones)."""
-    x = features.double().cpu().numpy()
-    if len(x) < 2:
-        raise InputError(f"a Fréchet distance needs at least 2 images per side, got {len(x)}")
-    mu2 = x.mean(0)
-    xc = x - mu2
-    diff = ref["mu"].numpy() - mu2
-    tr2 = float((xc * xc).sum()) / (len(x) - 1)
-    return float(diff @ diff + np.trace(ref["sigma"].numpy()) + tr2 - 2 * _trace_sqrt_product(ref["sigma_sqrt"].numpy(), centred2=xc))
-
-
-def kernel_distance(fake: torch.Tensor, real: torch.Tensor, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
-                    seed: int = KID_SEED) -> tuple[float, float, int]:
-    """KID: (mean, std over subsets, subset size used) of the unbiased MMD^2 (torchmetrics'
-    estimator) with the cubic polynomial kernel, subsets drawn without replacement from a seeded
-    generator. Kernel products in float32, the MMD sums in float64."""
-    from torchmetrics.image.kid import maximum_mean_discrepancy
-
-    m = min(subset_size, len(fake), len(real))
-    if m < 2:
-        raise InputError(f"KID needs at least 2 images per side, got {len(fake)} generated and {len(real)} reference")
-    fake, real = fake.float(), real.float()
-    d = fake.shape[1]
-
-    def kernel(a, b):
-        return (a @ b.T / d + 1).double() ** 3
-
-    g = torch.Generator().manual_seed(seed)
-    k_ff = kernel(fake, fake) if m == len(fake) else None  # the whole set every time: compute once
-    scores = []
-    for _ in range(subsets):
-        r = real[torch.randperm(len(real), generator=g)[:m]]
-        f = fake[torch.randperm(len(fake), generator=g)[:m]]
-        scores.append(maximum_mean_discrepancy(kernel(r, r), kernel(r, f), k_ff if k_ff is not None else kernel(f, f)))
-    s = torch.stack(scores)
-    return float(s.mean()), float(s.std(unbiased=False)), m
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -194,6 +104,37 @@ register_metric("fd_pixels", "pixels", "Fréchet distance of 8x8 average-pooled 
 def _kid(fake: torch.Tensor, ref: dict) -> dict:
     mean, std, m = kernel_distance(fake, ref["features"])
     return {"": mean, "std": std, "subset_size": m}
+
+
+# Fidelity and diversity (Kynkäänniemi et al. 2019, k = 3; Naeem et al. 2020, k = 5), higher is better,
+# and FD-infinity (Chong & Forsyth 2020), the Fréchet distance extrapolated to n = infinity.
+def _prdc_metric(key: str, k: int):
+    def compute(fake: torch.Tensor, ref: dict) -> dict:
+        return {"": fidelity.prdc(ref["features"], fake, k=k)[key]}
+
+    return compute
+
+
+def _fd_infinity(fake: torch.Tensor, ref: dict) -> dict:
+    return {"": fidelity.fd_infinity(fake, ref["mu"], ref["sigma"], sigma_ref_sqrt=ref["sigma_sqrt"])}
+
+
+for _feature, _suffix, _dim in (("mnist-classifier", "clf", "128-d MNIST-classifier"), ("inception", "inception", "Inception pool3")):
+    for _key, _k in (("precision", 3), ("recall", 3), ("density", 5), ("coverage", 5)):
+        register_metric(f"{_key}_{_suffix}", _feature, f"{_key} (k = {_k}) in {_dim} features (higher is better)",
+                        higher_is_better=True)(_prdc_metric(_key, _k))
+register_metric("fid_inf", "inception", "FD-infinity of Inception pool3 features (Chong & Forsyth 2020)",
+                frechet=True)(_fd_infinity)
+register_metric("fd_mnist_clf_inf", "mnist-classifier", "FD-infinity in MNIST-classifier features", frechet=True)(_fd_infinity)
+
+
+@register_metric("brightness_gap", "mean-intensity",
+                 "W1 distance of per-image mean intensity, samples vs data (Lin et al. 2023's symptom; in [0, 1])")
+def _brightness_gap(fake: torch.Tensor, ref: dict) -> dict:
+    from scipy.stats import wasserstein_distance
+
+    f, r = fake[:, 0].double().numpy(), ref["features"][:, 0].double().numpy()
+    return {"": float(wasserstein_distance(f, r)), "mean_fake": float(f.mean()), "mean_ref": float(r.mean())}
 
 
 # --- reference statistics ----------------------------------------------------------------------
