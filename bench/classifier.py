@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.files import cache_dir, save_torch_atomic, write_text_atomic
+from bench.files import cache_dir, file_lock, save_torch_atomic, write_text_atomic
 
 CLASSIFIER_VERSION = "mnist-cnn-v1"  # bump when the architecture or the recipe changes
 FEATURE_DIM = 128
@@ -63,7 +62,8 @@ def classifier_path() -> Path:
 
 def mnist_tensors(data_root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images [N, 1, 28, 28], int64 labels [N]) of MNIST ``split`` (train | heldout = test)."""
-    from bench.data import data_root as resolve_root, mnist_tv
+    from bench.data import data_root as resolve_root
+    from bench.data import mnist_tv
 
     ds = mnist_tv(resolve_root(data_root), split)
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
@@ -159,5 +159,5 @@ def _load(path: Path) -> MnistCNN | None:
     except Exception as e:  # truncated / corrupt / older version: retrain
         import warnings
 
-        warnings.warn(f"rebuilding the MNIST classifier: cached {path} is unusable ({type(e).__name__}: {e})")
+        warnings.warn(f"rebuilding the MNIST classifier: cached {path} is unusable ({type(e).__name__}: {e})", stacklevel=2)
         return None

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.sample import to_uint8  # noqa: F401 (re-exported: the form every metric takes)
+from bench.images import to_uint8  # noqa: F401 (re-exported: the form every metric takes)
 from bench.registry import InputError, Registry
 
 

@@ -38,12 +38,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from bench import fidelity
-from bench.distances import (KID_SEED, KID_SUBSET_SIZE, KID_SUBSETS, frechet_distance,  # noqa: F401 (re-exported)
-                             frechet_distance_to_reference, gaussian_stats, kernel_distance, psd_sqrt)
+from bench.distances import (  # noqa: F401 (re-exported)
+    KID_SEED,
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
+    frechet_distance,
+    frechet_distance_to_reference,
+    gaussian_stats,
+    kernel_distance,
+    psd_sqrt,
+)
 from bench.features import FEATURES, FeatureExtractor, extract_features, to_uint8  # noqa: F401 (re-exported)
 from bench.files import cache_dir, file_lock, save_torch_atomic
 from bench.registry import InputError, Registry
@@ -188,7 +195,7 @@ def _load_stats(path: Path, keys: dict) -> dict | None:
         reason = "keys, shapes or values do not match"
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
-    warnings.warn(f"rebuilding reference statistics {path.name}: {reason}")
+    warnings.warn(f"rebuilding reference statistics {path.name}: {reason}", stacklevel=2)
     return None
 
 
@@ -223,9 +230,7 @@ def floor(metric_names: list[str], dataset: str, n_generated: int, data_root: st
     """The real-vs-real floor: the same metrics and reference as :func:`score`, with ``n_generated``
     held-out images (MNIST test; craters valid+test) in place of generated ones (all of them when
     fewer exist; ``n_generated`` in the result is the number actually used). Same columns as score."""
-    from bench.data import DATASETS
-
-    from bench.data import load_dataset
+    from bench.data import DATASETS, load_dataset
 
     metrics = {name: METRICS.get(name) for name in metric_names}
     size = image_size or DATASETS.get(dataset).size

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
 import sys
 import tempfile
 import time

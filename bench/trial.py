@@ -20,9 +20,10 @@ from bench.config import RunConfig, build_process, from_dict, trial_id
 from bench.data import DATASETS, load_dataset
 from bench.env import device_name, enable_tf32, pick_device
 from bench.files import write_json_atomic
+from bench.images import save_grid, to_uint8
 from bench.metrics import score
 from bench.registry import InputError
-from bench.sample import SAMPLERS, sample_images, save_grid, to_uint8
+from bench.sample import SAMPLERS, sample_images
 from bench.schedules import terminal_report
 from bench.snapshots import denoise_strip, strip_timesteps
 from bench.train import CHECKPOINT, load_ema, train

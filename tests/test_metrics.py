@@ -230,8 +230,8 @@ def test_fid_matches_torch_fidelity_on_image_folders(tmp_path):
     """Same PNGs, two implementations: ours (torchmetrics' Inception, our statistics and Fréchet
     distance) vs torch_fidelity.calculate_metrics, on the 64-d tap (full-rank covariances with 100
     images a side; the 2048-d features would need > 2048)."""
-    from PIL import Image
     import torch_fidelity
+    from PIL import Image
 
     n = 100
     sets = {"a": M.to_uint8(load_dataset("synthetic", "train", image_size=32)[:n]),

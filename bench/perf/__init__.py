@@ -99,7 +99,7 @@ def ceiling(ctx: Ctx) -> list[dict[str, Any]]:
     for label, dtype in dtypes.items():
         a, b = (torch.randn(n, n, device=ctx.device).to(dtype) for _ in range(2))
         calls = 100 if cuda else 1  # ~1 ms a product on a large GPU: time many per repetition
-        r = measure({label: (lambda: torch.mm(a, b), 2 * n**3 / 1e9)}, ctx.device, ctx.reps, calls=calls)[label]
+        r = measure({label: (lambda a=a, b=b: torch.mm(a, b), 2 * n**3 / 1e9)}, ctx.device, ctx.reps, calls=calls)[label]
         rows.append(_row("ceiling", f"matmul {n}x{n} {label}", "GFLOP/s", r, dtype=label, threads=ctx.threads))
     # the roofline: the vendor's bf16 peak where known, else the best repetition of the first dtype
     ctx.ceiling_gflops, source = rows[0]["hi"], f"best measured {rows[0]['case']}"
@@ -210,7 +210,7 @@ def features(ctx: Ctx) -> list[dict[str, Any]]:
         n = bs if ctx.quick else max(bs, 64 if ctx.device.type == "cpu" and name.startswith("inception") else 2048)
         images = torch.randint(0, 256, (n, ch, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         try:
-            variants = {name: (lambda: extract_features(name, images, ctx.device, batch_size=bs), n)}
+            variants = {name: (lambda name=name, images=images, bs=bs: extract_features(name, images, ctx.device, batch_size=bs), n)}
             if name.startswith("inception"):
                 variants[f"{name} NCHW"] = (_nchw_inception(images, bs, ctx.device), n)
             r = measure(variants, ctx.device, min(ctx.reps, 3) if name.startswith("inception") else ctx.reps)

@@ -175,7 +175,7 @@ def plot_train(df: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"{model} ({int(df[df['model'] == model]['params'].iloc[0]) / 1e6:.1f}M params)", fontsize=9)
         ax.set_ylabel("training images/s")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"training throughput (median, min-max bars; batch per preset as in perf.md)", fontsize=9)
+    fig.suptitle("training throughput (median, min-max bars; batch per preset as in perf.md)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
