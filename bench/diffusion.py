@@ -1,32 +1,265 @@
-"""Gaussian-diffusion coefficients and formulas from a beta schedule (Ho et al. 2020, eqs. 4-15).
+"""Gaussian-diffusion coefficients and formulas from a beta schedule (Ho et al. 2020, eqs. 4-15),
+the prediction target and the loss weighting.
 
-``Diffusion`` caches every coefficient in float64 and hands out float32 per-batch slices. Noise is an
-argument of every formula (never drawn here), so gaussian, gamma or any registered noise type use the
-same code. Timesteps are 0-based indices (index i is the paper's t = i + 1).
+``Diffusion`` caches every coefficient in float64 and hands out per-batch slices (float32, or float64
+for float64 inputs). Noise is an argument of every formula (never drawn here), so gaussian, gamma or
+any registered noise type use the same code. Timesteps are 0-based indices (index i is the paper's
+t = i + 1).
+
+Notation (DESIGN.md section 3): x_t = a x_0 + s eps with a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t),
+SNR_t = a^2/s^2, eps standardised (any noise type).
+
+* **Prediction target** (``PREDICTIONS``: eps | x0 | v). The network predicts the target, the loss is
+  on the target, and ``Diffusion.split`` is the one conversion of a model output to (x_0, eps) that
+  every sampler uses, so no sampler branches on the target.
+* **Loss weighting** (``WEIGHTINGS``: none | min_snr | p2), the weight w(SNR_t) on the per-example loss
+  of the chosen target. At fixed x_t the targets' squared errors convert as
+  x0-MSE = eps-MSE / SNR and v-MSE = eps-MSE (SNR + 1)/SNR, so a weighting defined by an
+  eps-equivalent weight w_eps becomes w_x0 = w_eps SNR and w_v = w_eps SNR/(SNR + 1) on the other
+  targets: the same objective whatever the target (``Prediction.eps_weight_factor``).
+* **Zero terminal SNR** (alpha_bar_T = 0, beta_T = 1; ``schedules.rescale_zero_terminal_snr``) is
+  accepted by the targets that recover x_0 from pure noise (v, x0); with eps it is an ``InputError``.
+  Nothing divides by sqrt(alpha_bar_t) or uses the log-SNR numerically, so the tables stay finite
+  at t = T (``log_snr`` is -inf there: a label, not an input to any formula).
+
+Add a prediction target or a weighting: subclass ``Prediction`` / ``Weighting`` below (formula and
+reference in the docstring) and register it; a weighting's constructor keyword parameters are
+RunConfig fields (``weighting_params``). ``tests/test_objectives.py`` checks every registered one
+against the conversion identities.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import torch
 import torch.nn.functional as F
 
+from bench.registry import InputError, Registry
 from bench.schedules import check_betas
+
+PREDICTIONS: Registry = Registry("prediction")
+WEIGHTINGS: Registry = Registry("weighting")
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction targets
+
+
+class Prediction:
+    """A prediction target: what the network outputs, as static formulas in a = sqrt(alpha_bar_t),
+    s = sqrt(1 - alpha_bar_t) (tensors broadcasting over the batch)."""
+
+    #: whether x_0 can be recovered at alpha_bar = 0 (zero terminal SNR): a = 0, s = 1
+    recovers_x0_at_zero_snr: bool = False
+
+    @staticmethod
+    def target(x0: torch.Tensor, eps: torch.Tensor, a, s) -> torch.Tensor:
+        """The training target for x_t = a x0 + s eps."""
+        raise NotImplementedError
+
+    @staticmethod
+    def split(out: torch.Tensor, x_t: torch.Tensor, a, s) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) from the model output ``out`` at x_t."""
+        raise NotImplementedError
+
+    @staticmethod
+    def eps_weight_factor(snr: torch.Tensor) -> torch.Tensor:
+        """eps-MSE / target-MSE at fixed x_t: an eps-equivalent weight w_eps is w_eps * this on the target."""
+        raise NotImplementedError
+
+
+@PREDICTIONS.register("eps")
+class EpsPrediction(Prediction):
+    """eps: target eps; x_0 = (x_t - s eps)/a, undefined at a = 0 (Ho et al. 2020).
+
+    Weight factor 1. At zero terminal SNR the division by a = sqrt(alpha_bar_T) = 0 makes x_0
+    unrecoverable at t = T, so that combination is rejected (Lin et al. 2023)."""
+
+    recovers_x0_at_zero_snr = False
+
+    @staticmethod
+    def target(x0, eps, a, s):
+        return eps
+
+    @staticmethod
+    def split(out, x_t, a, s):
+        return (x_t - s * out) / a, out
+
+    @staticmethod
+    def eps_weight_factor(snr):
+        return torch.ones_like(snr)
+
+
+@PREDICTIONS.register("x0")
+class X0Prediction(Prediction):
+    """x0: target x_0; eps = (x_t - a x_0)/s (s > 0 for every t; Ho et al. 2020 sec. 3.2 "predict x_0").
+
+    x0-MSE = (s/a)^2 eps-MSE = eps-MSE / SNR, so w_x0 = w_eps SNR."""
+
+    recovers_x0_at_zero_snr = True
+
+    @staticmethod
+    def target(x0, eps, a, s):
+        return x0
+
+    @staticmethod
+    def split(out, x_t, a, s):
+        return out, (x_t - a * out) / s
+
+    @staticmethod
+    def eps_weight_factor(snr):
+        return snr
+
+
+@PREDICTIONS.register("v")
+class VPrediction(Prediction):
+    """v: target v = a eps - s x_0; x_0 = a x_t - s v, eps = s x_t + a v (Salimans & Ho 2022, sec. 4).
+
+    v_hat - v = (eps_hat - eps)/a at fixed x_t, so v-MSE = eps-MSE/alpha_bar = eps-MSE (SNR + 1)/SNR
+    and w_v = w_eps SNR/(SNR + 1). At a = 0: x_0 = -v, eps = x_t (no division)."""
+
+    recovers_x0_at_zero_snr = True
+
+    @staticmethod
+    def target(x0, eps, a, s):
+        return a * eps - s * x0
+
+    @staticmethod
+    def split(out, x_t, a, s):
+        return a * x_t - s * out, s * x_t + a * out
+
+    @staticmethod
+    def eps_weight_factor(snr):
+        return snr / (snr + 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# loss weightings
+
+
+def _positive(name: str, what: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InputError(f"weighting {name}: {what} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class Weighting:
+    """A loss weighting w(SNR_t). Subclasses define the eps-equivalent weight ``eps_weight(snr)``;
+    ``weight(snr, prediction)`` is that weight in the form right for the target (times
+    ``prediction.eps_weight_factor``). ``snr`` is float64 [T], may contain 0 (zero terminal SNR)."""
+
+    def eps_weight(self, snr: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def weight(self, snr: torch.Tensor, prediction: type[Prediction]) -> torch.Tensor:
+        return self.eps_weight(snr) * prediction.eps_weight_factor(snr)
+
+
+@WEIGHTINGS.register("none")
+class NoWeighting(Weighting):
+    """none: w = 1 on the chosen target's loss (the plain loss of that target, whatever it is).
+
+    Not an eps-equivalent weight: the plain x0 and v losses are the eps loss times 1/SNR and
+    (SNR + 1)/SNR, so ``none`` with different targets are different objectives (Kingma & Gao 2023)."""
+
+    def weight(self, snr, prediction):
+        return torch.ones_like(snr)
+
+
+@WEIGHTINGS.register("min_snr")
+class MinSNR(Weighting):
+    """min_snr: eps-target w = min(SNR, gamma)/SNR; x0-target min(SNR, gamma); v-target min(SNR, gamma)/(SNR + 1).
+
+    Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", gamma = 5
+    (``min_snr_gamma``). Computed as w_eps = min(1, gamma/SNR) times the target's factor, which is
+    exact at SNR = 0 (zero terminal SNR: w_eps = 1, the x0 and v forms 0). The v form is the one
+    diffusers first got wrong (#5654: min(SNR, gamma)/SNR applied to the v loss)."""
+
+    def __init__(self, min_snr_gamma: float = 5.0):
+        self.gamma = _positive("min_snr", "min_snr_gamma", min_snr_gamma)
+
+    def eps_weight(self, snr):
+        return torch.clamp(self.gamma / snr, max=1.0)  # gamma/0 = inf -> 1
+
+
+@WEIGHTINGS.register("p2")
+class P2(Weighting):
+    """p2: eps-target w = (k + SNR)^-gamma; x0-target SNR (k + SNR)^-gamma; v-target SNR/(SNR + 1) (k + SNR)^-gamma.
+
+    Choi et al. 2022, "Perception Prioritized Training of Diffusion Models", k = 1 (``p2_k``),
+    gamma = 1 (``p2_gamma``; the paper also uses 0.5; 0 is the plain eps loss), as lucidrains'
+    ``p2_loss_weight_k`` / ``p2_loss_weight_gamma``."""
+
+    def __init__(self, p2_k: float = 1.0, p2_gamma: float = 1.0):
+        self.k = _positive("p2", "p2_k", p2_k)
+        if isinstance(p2_gamma, bool) or not isinstance(p2_gamma, (int, float)) or not (math.isfinite(p2_gamma) and p2_gamma >= 0):
+            raise InputError(f"weighting p2: p2_gamma must be a finite number >= 0, got {p2_gamma!r}")
+        self.gamma = float(p2_gamma)
+
+    def eps_weight(self, snr):
+        return (self.k + snr) ** -self.gamma
+
+
+def weighting_params(name: str) -> tuple[str, ...]:
+    """The keyword parameters of weighting ``name`` (RunConfig field names), e.g. ("min_snr_gamma",)."""
+    sig = inspect.signature(WEIGHTINGS.get(name).__init__)
+    return tuple(p.name for p in list(sig.parameters.values())[1:] if p.kind == p.POSITIONAL_OR_KEYWORD)
+
+
+def make_weighting(name: str, **params) -> Weighting:
+    """Weighting ``name`` with ``params`` (``None`` = the default); a parameter it does not take is an InputError."""
+    cls = WEIGHTINGS.get(name)
+    accepted = weighting_params(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        takes = ", ".join(accepted) or "no parameters"
+        raise InputError(f"weighting {name} takes {takes}; got {', '.join(unknown)}")
+    return cls(**{k: v for k, v in params.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------------
+# the diffusion
 
 
 class Diffusion:
-    def __init__(self, betas: torch.Tensor):
-        check_betas(betas)
+    """Tables of one forward process, its prediction target and loss weighting.
+
+    ``Diffusion(betas, prediction="eps", weighting="none", **weighting_params)``; an invalid
+    combination (unknown names, bad weighting parameters, zero terminal SNR with a target that cannot
+    recover x_0 from pure noise) raises ``InputError`` with one line.
+    """
+
+    def __init__(self, betas: torch.Tensor, prediction: str = "eps", weighting: str = "none", **weighting_kwargs):
+        zero_terminal = bool(betas.ndim == 1 and len(betas) and betas[-1].item() == 1.0)
+        check_betas(betas, zero_terminal_snr=zero_terminal)
+        self.prediction_name = prediction
+        self.prediction: type[Prediction] = PREDICTIONS.get(prediction)
+        self.weighting_name = weighting
+        self.weighting_kwargs = dict(weighting_kwargs)
+        self.weighting: Weighting = make_weighting(weighting, **weighting_kwargs)
+        if zero_terminal and not self.prediction.recovers_x0_at_zero_snr:
+            works = " or ".join(f"`{n}`" for n, p in PREDICTIONS.items() if p.recovers_x0_at_zero_snr)
+            raise InputError(
+                f"zero terminal SNR (alpha_bar_T = 0) with prediction `{prediction}`: x_0 = (x_T - sqrt(1 - alpha_bar_T) eps)"
+                f"/sqrt(alpha_bar_T) divides by zero at t = T, so no sampler can start; use prediction {works}"
+            )
+        self.zero_terminal_snr = zero_terminal
         self.T = len(betas)
-        self._tables: dict[tuple[int, torch.device], torch.Tensor] = {}  # float32 copies per device (_at)
+        self._tables: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}  # per device/dtype (_at)
         b = betas.to(torch.float64).cpu()
         self.betas = b
         self.alphas = 1.0 - b
         self.alpha_bar = torch.cumprod(self.alphas, 0)
+        if zero_terminal:
+            self.alpha_bar[-1] = 0.0  # (1 - 1) * ... is 0 already; stated so that nothing depends on rounding
         self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
         self.sqrt_alpha_bar = self.alpha_bar.sqrt()
-        self.sqrt_one_minus_alpha_bar = (1.0 - self.alpha_bar).sqrt()
-        self.log_snr = torch.log(self.alpha_bar) - torch.log1p(-self.alpha_bar)
-        # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde)   (Ho et al. eq. 7)
+        self.sqrt_one_minus_alpha_bar = (1.0 - self.alpha_bar).sqrt()  # > 0: alpha_bar_1 = 1 - beta_1 < 1
+        self.snr = self.alpha_bar / (1.0 - self.alpha_bar)  # 0 at zero terminal SNR
+        self.log_snr = torch.log(self.alpha_bar) - torch.log1p(-self.alpha_bar)  # -inf there: a label only
+        # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde)   (Ho et al. eq. 7); 1 - alpha_bar_t > 0
         self.posterior_variance = b * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
         # beta_tilde_1 = 0: log of the variance uses beta_tilde_2 there (improved-diffusion's clipping)
         # (T = 1, e.g. a one-step respaced sampler: nothing to clip with, log(0) = -inf)
@@ -35,51 +268,90 @@ class Diffusion:
         )
         self.posterior_mean_coef1 = b * self.alpha_bar_prev.sqrt() / (1.0 - self.alpha_bar)
         self.posterior_mean_coef2 = (1.0 - self.alpha_bar_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bar)
+        # the weight w(SNR_t) on the per-example loss of the target, per timestep
+        self.loss_weight = self.weighting.weight(self.snr, self.prediction).to(torch.float64)
+        if not (torch.isfinite(self.loss_weight).all() and (self.loss_weight >= 0).all()):
+            raise InputError(f"weighting {weighting} with prediction {prediction}: the loss weight is not a finite "
+                             f"number >= 0 at every timestep of this schedule")
+        self._unit_weight = bool((self.loss_weight == 1.0).all())
 
     def _at(self, coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """coef[t] as float32 on like's device, shaped to broadcast over like's trailing dims.
+        """coef[t] on like's device, shaped to broadcast over like's trailing dims; float64 when ``like``
+        is float64 (closed-form checks), else float32.
 
-        Indexes a float32 copy of the table kept on t's device (the same values as casting coef[t]),
-        so a CUDA t is never copied back to the host: that copy waited for the GPU once per call,
-        several times per training step."""
-        key = (id(coef), t.device)
+        Indexes a copy of the table kept on t's device (the same values as casting coef[t]), so a CUDA t
+        is never copied back to the host: that copy waited for the GPU once per call, several times per
+        training step."""
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        key = (id(coef), t.device, dtype)
         table = self._tables.get(key)
         if table is None:
-            table = self._tables[key] = coef.to(device=t.device, dtype=torch.float32)
+            table = self._tables[key] = coef.to(device=t.device, dtype=dtype)
         return table[t].to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def _a_s(self, t: torch.Tensor, like: torch.Tensor):
+        return self._at(self.sqrt_alpha_bar, t, like), self._at(self.sqrt_one_minus_alpha_bar, t, like)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
-        return self._at(self.sqrt_alpha_bar, t, x0) * x0 + self._at(self.sqrt_one_minus_alpha_bar, t, x0) * eps
+        a, s = self._a_s(t, x0)
+        return a * x0 + s * eps
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The training target of this diffusion's prediction for x_t = q_sample(x0, t, eps)."""
+        a, s = self._a_s(t, x0)
+        return self.prediction.target(x0, eps, a, s)
+
+    def split(self, model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False):
+        """(x0_hat, eps_hat) from a model output of this diffusion's prediction target: the one
+        conversion every sampler uses.
+
+        With ``clip_x0`` x0_hat is clamped to [-1, 1] and eps_hat recomputed from it,
+        eps_hat = (x_t - sqrt(ab) x0_hat)/sqrt(1 - ab) (improved-diffusion), so that (x0_hat, eps_hat)
+        stay consistent with x_t. No formula divides by sqrt(ab) except eps's x_0 (rejected at ab = 0).
+        """
+        a, s = self._a_s(t, x_t)
+        x0, eps = self.prediction.split(model_out, x_t, a, s)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x_t - a * x0) / s
+        return x0, eps
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-        return (x_t - self._at(self.sqrt_one_minus_alpha_bar, t, x_t) * eps) / self._at(self.sqrt_alpha_bar, t, x_t)
+        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) from an eps (whatever the target;
+        for a model output use ``split``). Divides by zero at alpha_bar = 0."""
+        a, s = self._a_s(t, x_t)
+        return (x_t - s * eps) / a
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
         return mean, self._at(self.posterior_variance, t, x_t), self._at(self.posterior_log_variance_clipped, t, x_t)
 
-    def p_mean_variance(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, var_type: str = "small",
+    def p_mean_variance(self, model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, var_type: str = "small",
                         clip_x0: bool = True):
-        """Reverse step p(x_{t-1} | x_t) from predicted eps: mean, variance, predicted x_0.
+        """Reverse step p(x_{t-1} | x_t) from a model output (this diffusion's target): mean, variance, x0_hat.
 
+        x0_hat from ``split`` (clipped to [-1, 1] when ``clip_x0``), mean = posterior mean at x0_hat;
         var_type ``small`` = posterior variance beta_tilde_t, ``large`` = beta_t (Ho et al. sec. 3.2).
         """
-        x0 = self.predict_x0(x_t, t, eps)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
+        x0, _ = self.split(model_out, x_t, t, clip_x0)
         mean, small_var, _ = self.q_posterior(x0, x_t, t)
         variances = {"small": small_var, "large": self._at(self.betas, t, x_t)}
         if var_type not in variances:
-            raise ValueError(f"var_type must be one of {sorted(variances)}, got {var_type!r}")
+            raise InputError(f"var_type must be one of {', '.join(variances)}, got {var_type!r}")
         return mean, variances[var_type], x0
 
     def loss(self, model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-        """Per-example eps-prediction loss ||eps - model(x_t, t)|| (mean over pixels); kind mse or l1."""
-        pred = model(self.q_sample(x0, t, eps), t)
+        """Per-example loss [B]: w(SNR_t) * mean over pixels of (model(x_t, t) - target)^2 (``mse``) or
+        |model(x_t, t) - target| (``l1``), target and w from the prediction and the weighting.
+
+        The weights are derived for the squared error (DESIGN.md); with ``l1`` they are applied as written."""
         losses = {"mse": F.mse_loss, "l1": F.l1_loss}
         if kind not in losses:
-            raise ValueError(f"loss must be one of {sorted(losses)}, got {kind!r}")
-        return losses[kind](pred.float(), eps, reduction="none").flatten(1).mean(1)
+            raise InputError(f"loss must be one of {', '.join(losses)}, got {kind!r}")
+        a, s = self._a_s(t, x0)
+        pred = model(a * x0 + s * eps, t)  # q_sample
+        target = self.prediction.target(x0, eps, a, s)
+        per = losses[kind](pred.to(target.dtype), target, reduction="none").flatten(1).mean(1)
+        return per if self._unit_weight else per * self._at(self.loss_weight, t, per)

@@ -1,13 +1,23 @@
 """Samplers: ``ddpm`` (ancestral, all T steps or a respaced subset) and ``ddim`` (any steps, eta).
 
-One signature for every sampler (``SAMPLERS.get(name)(...)``)::
+A sampler is a registered ``Sampler``: its function plus its contract as data, ``options`` (the
+RunConfig fields it reads, passed to the function as keyword arguments of the same names) and
+``evals_per_step`` (model evaluations per sampling step). ``SAMPLERS.get(name)`` is callable::
 
-    fn(eps_model, diffusion, noise, shape, steps, generators, device="cpu",
-       eta=0.0, var_type="small", clip_x0=True, progress=False) -> x_0   (float32, on ``device``)
+    SAMPLERS.get(name)(model, diffusion, noise, shape, steps, generators, device="cpu",
+                       clip_x0=True, progress=False, **options) -> x_0   (float32, on ``device``)
 
-``eps_model(x_t, t)`` predicts eps; ``t`` is a LongTensor [B] of 0-based indices into the ORIGINAL
-schedule (also when a respaced subsequence is sampled). Timesteps are 0-based throughout: index i
-is the papers' t = i + 1, index T-1 is t = T.
+    ddpm: options ("var_type",)   1 model evaluation per step
+    ddim: options ("ddim_eta",)   1 model evaluation per step
+
+``sample_images(..., options=sampler_options(name, cfg))`` passes each sampler only the options it
+declares (a key that is no sampler's option is an ``InputError``).
+
+``model(x_t, t)`` predicts the diffusion's target (``diffusion.prediction``: eps, x0 or v); every
+sampler turns its output into (x_0, eps) through ``Diffusion.split`` and never branches on the target.
+``t`` is a LongTensor [B] of 0-based indices into the ORIGINAL schedule (also when a respaced
+subsequence is sampled). Timesteps are 0-based throughout: index i is the papers' t = i + 1, index
+T-1 is t = T.
 
 Noise types (DESIGN.md section 3; Nachmani, San Roman, Wolf 2021, "Denoising Diffusion Gamma
 Models", Algorithm 2). The sampler never branches on the noise type; every draw is
@@ -16,9 +26,9 @@ Models", Algorithm 2). The sampler never branches on the noise type; every draw 
 * x_T = sqrt(1 - alpha_bar_T) * n, n = standardised noise at index T-1. This is the gamma paper's
   x_T = g_bar_T - k_bar_T theta_T (variance k_bar_T theta_T^2 = 1 - alpha_bar_T); for gaussian
   noise it differs from the usual x_T ~ N(0, I) by the factor sqrt(1 - alpha_bar_T) = 1 - O(alpha_bar_T),
-  i.e. < 1e-4 relative for schedules whose x_T is pure noise. (The true marginal of x_T also has mean
-  sqrt(alpha_bar_T) E[x_0], which no sampler can know; ``schedules.terminal_report`` flags the
-  schedules where that matters.)
+  i.e. < 1e-4 relative for schedules whose x_T is pure noise, and exactly 1 at zero terminal SNR.
+  (The true marginal of x_T also has mean sqrt(alpha_bar_T) E[x_0], which no sampler can know;
+  ``schedules.terminal_report`` flags the schedules where that matters.)
 * Each stochastic step from timestep t to its target s (the next, smaller timestep of the
   subsequence; the paper's "t - 1") adds sigma * z with z the standardised noise at index s.
 * No noise is added by the last step (to x_0), and DDIM with eta = 0 draws nothing after x_T.
@@ -28,21 +38,29 @@ the same x_T and the same z's whatever the batch size, the arm of a grid, or the
 ``image_generators`` / ``sample_images`` seed image i with ``seed0 + i``.
 
 Numerics: the state x is float32 on ``device``; every coefficient is computed in float64 from the
-diffusion's tables and cast at use (``Diffusion._at``). x_0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab)
-amplifies float32 rounding by 1/sqrt(ab_T) (~2e4 for cosine at T=1000) in the first steps; clipping
-x_0 to [-1, 1] (``clip_x0``, on by default as in Ho et al. and improved-diffusion) bounds that, and
-the last step reads x_0 at the smallest timestep, where the amplification is ~1.
+diffusion's tables and cast at use (``Diffusion._at``). With eps-prediction, x_0 = (x_t - sqrt(1 - ab)
+eps) / sqrt(ab) amplifies float32 rounding by 1/sqrt(ab_T) (~2e4 for cosine at T=1000) in the first
+steps; clipping x_0 to [-1, 1] (``clip_x0``, on by default as in Ho et al. and improved-diffusion)
+bounds that, and the last step reads x_0 at the smallest timestep, where the amplification is ~1.
+v and x0 predictions never divide by sqrt(ab), so zero terminal SNR (ab_T = 0) samples from pure
+noise with finite coefficients throughout.
 
-Add a sampler: write a function with the signature above and ``@SAMPLERS.register("name")``.
+Add a sampler: write a function ``fn(model, diffusion, noise, shape, steps, generators, device="cpu",
+*, clip_x0=True, progress=False, <options>)`` whose keyword-only options are RunConfig fields with
+defaults (each needs a value check in ``OPTION_CHECKS``; add one for a new field), get (x_0, eps) from
+``diffusion.split``, and decorate it with ``@register_sampler("name", options=(...), evals_per_step=k)``.
+Registration checks that the declared options are exactly the function's keyword-only options.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -54,6 +72,89 @@ from bench.registry import InputError, Registry
 SAMPLERS: Registry = Registry("sampler")
 
 VAR_TYPES = ("small", "large")
+
+
+# ---------------------------------------------------------------------------------------------
+# sampler options (RunConfig fields) and the Sampler contract
+
+
+def _check_var_type(value: Any) -> None:
+    if value not in VAR_TYPES:
+        raise InputError(f"var_type must be one of {', '.join(VAR_TYPES)}, got {value!r}")
+
+
+def _check_ddim_eta(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise InputError(f"ddim_eta must be a finite number >= 0, got {value!r}")
+
+
+#: every sampler option (a RunConfig field) and the check of its value
+OPTION_CHECKS: dict[str, Callable[[Any], None]] = {"var_type": _check_var_type, "ddim_eta": _check_ddim_eta}
+
+_COMMON_KEYWORDS = ("clip_x0", "progress")
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """InputError unless every key is a sampler option and every value passes its check."""
+    unknown = sorted(set(options) - set(OPTION_CHECKS))
+    if unknown:
+        raise InputError(f"unknown sampler option(s) {', '.join(unknown)}: known {', '.join(sorted(OPTION_CHECKS))}")
+    for k, v in options.items():
+        OPTION_CHECKS[k](v)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: its function and its contract (the RunConfig fields it reads, ``options``,
+    and its model evaluations per step, ``evals_per_step``). Calling it calls the function."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    options: tuple[str, ...]
+    evals_per_step: int
+
+    @property
+    def description(self) -> str:
+        first = (self.fn.__doc__ or "").strip().split("\n")[0]
+        return f"{first} [options: {', '.join(self.options) or 'none'}; {self.evals_per_step} model eval(s)/step]"
+
+    def __call__(self, model, diffusion: Diffusion, noise: Noise, shape, steps: int,
+                 generators: Sequence[torch.Generator], device="cpu", *, clip_x0: bool = True, progress: bool = False,
+                 **options) -> torch.Tensor:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise InputError(f"sampler {self.name} takes the option(s) {', '.join(self.options) or '(none)'}; "
+                             f"got {', '.join(unknown)}")
+        return self.fn(model, diffusion, noise, shape, steps, generators, device, clip_x0=clip_x0, progress=progress,
+                       **options)
+
+
+def register_sampler(name: str, options: Sequence[str] = (), evals_per_step: int = 1):
+    """Decorator: register ``Sampler(name, fn, options, evals_per_step)`` in ``SAMPLERS``; returns ``fn``
+    itself (so the module attribute stays the plain, picklable function)."""
+
+    def deco(fn: Callable) -> Callable:
+        kwonly = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
+        if kwonly - set(_COMMON_KEYWORDS) != set(options) or not set(_COMMON_KEYWORDS) <= kwonly:
+            raise TypeError(f"sampler {name}: keyword-only parameters {sorted(kwonly)} must be {list(_COMMON_KEYWORDS)} "
+                            f"plus the declared options {list(options)}")
+        missing = [o for o in options if o not in OPTION_CHECKS]
+        if missing:
+            raise TypeError(f"sampler {name}: options {missing} have no entry in OPTION_CHECKS")
+        if not (isinstance(evals_per_step, int) and evals_per_step >= 1):
+            raise TypeError(f"sampler {name}: evals_per_step must be an integer >= 1")
+        SAMPLERS.register(name)(Sampler(name, fn, tuple(options), evals_per_step))
+        return fn
+
+    return deco
+
+
+def sampler_options(sampler: str, cfg_like: Any) -> dict[str, Any]:
+    """The options sampler ``sampler`` declares, read off ``cfg_like`` (any object with those attributes,
+    e.g. a RunConfig) and checked: ``{"ddim_eta": cfg.ddim_eta}`` for ddim."""
+    opts = {k: getattr(cfg_like, k) for k in SAMPLERS.get(sampler).options}
+    check_options(opts)
+    return opts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,14 +182,16 @@ def respace(diffusion: Diffusion, timesteps: Sequence[int]) -> Diffusion:
 
     beta'_i = 1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} (alpha_bar_{s_{-1}} = 1), so that the new
     process has alpha_bar'_i = alpha_bar_{s_i} exactly (Nichol & Dhariwal 2021, sec. 4;
-    improved-diffusion's ``SpacedDiffusion``). The full sequence returns ``diffusion`` itself.
+    improved-diffusion's ``SpacedDiffusion``); it keeps the prediction target and the weighting (at
+    zero terminal SNR the last beta' is 1 again). The full sequence returns ``diffusion`` itself.
     """
     ts = list(timesteps)
     if ts == list(range(diffusion.T)):
         return diffusion
     ab = diffusion.alpha_bar[torch.tensor(ts, dtype=torch.long)]
     prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
-    return Diffusion(1.0 - ab / prev)
+    return Diffusion(1.0 - ab / prev, prediction=diffusion.prediction_name, weighting=diffusion.weighting_name,
+                     **diffusion.weighting_kwargs)
 
 
 def _check_steps(T: int, steps: int) -> None:
@@ -98,12 +201,8 @@ def _check_steps(T: int, steps: int) -> None:
         raise InputError(f"sampling steps must lie in 1..T = 1..{T} (the schedule's timesteps), got {steps}")
 
 
-def _validate(diffusion: Diffusion, noise: Noise, shape, steps, generators, eta: float, var_type: str) -> None:
+def _validate(diffusion: Diffusion, noise: Noise, shape, steps, generators) -> None:
     _check_steps(diffusion.T, steps)
-    if var_type not in VAR_TYPES:
-        raise InputError(f"var_type must be one of {', '.join(VAR_TYPES)}, got {var_type!r}")
-    if not (math.isfinite(eta) and eta >= 0):
-        raise InputError(f"eta must be a finite number >= 0, got {eta}")
     if len(generators) != shape[0]:
         raise InputError(f"need one generator per image: got {len(generators)} for a batch of {shape[0]}")
     if noise.alpha_bar.shape != diffusion.alpha_bar.shape or not torch.allclose(
@@ -127,43 +226,43 @@ def _loop(indices, progress: bool, desc: str):
     return tqdm(list(indices), desc=desc, unit="step", leave=False, disable=not progress)
 
 
-def _eps(eps_model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor:
+def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor:
     tt = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-    return eps_model(x, tt).float()
+    return model(x, tt).float()
 
 
 # ---------------------------------------------------------------------------------------------
 # samplers
 
 
-@SAMPLERS.register("ddpm")
+@register_sampler("ddpm", options=("var_type",), evals_per_step=1)
 @torch.no_grad()
-def ddpm(eps_model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-         device="cpu", eta: float = 0.0, var_type: str = "small", clip_x0: bool = True,
-         progress: bool = False) -> torch.Tensor:
-    """Ancestral sampling, Ho, Jain, Abbeel 2020, Algorithm 2, on ``steps`` evenly spaced timesteps.
+def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+         device="cpu", *, clip_x0: bool = True, progress: bool = False, var_type: str = "small") -> torch.Tensor:
+    """Ancestral sampling (Ho, Jain, Abbeel 2020, Algorithm 2) on ``steps`` evenly spaced timesteps.
 
     Over the subsequence s_0 < ... < s_{K-1} (``timestep_subsequence``; K = T is the full chain) with
     respaced betas beta'_i = 1 - alpha_bar_{s_i}/alpha_bar_{s_{i-1}} (``respace``), for i = K-1..0:
 
-        x_0^ = (x - sqrt(1 - ab_{s_i}) eps(x, s_i)) / sqrt(ab_{s_i})          (clipped to [-1, 1])
+        x_0^ = split(model(x, s_i), x, s_i)[0]                                 (clipped to [-1, 1])
         mu   = coef1'_i x_0^ + coef2'_i x                                      (posterior mean, eq. 7)
         x    = mu + sigma_i z,   z = standardised noise at index s_{i-1}       (i > 0)
         x_0  = mu                                                              (i = 0: no noise)
 
     sigma_i^2 = beta_tilde'_i = beta'_i (1 - ab_{s_{i-1}})/(1 - ab_{s_i}) for ``var_type="small"``,
     beta'_i for ``"large"`` (Ho et al. sec. 3.2). The model always gets the original timestep s_i.
-    Without clipping, mu equals Algorithm 2's (x - beta/sqrt(1 - ab) eps)/sqrt(alpha). ``eta`` is
-    ignored (it belongs to ``ddim``; eta = 1 there is this chain with the small variance).
+    With eps-prediction and no clipping, mu equals Algorithm 2's (x - beta/sqrt(1 - ab) eps)/sqrt(alpha).
+    At zero terminal SNR the first step has coef2' = 0 (alpha_T = 0) and 1 - ab = 1: no division by 0.
     """
-    _validate(diffusion, noise, shape, steps, generators, eta, var_type)
+    _validate(diffusion, noise, shape, steps, generators)
+    check_options({"var_type": var_type})
     ts = timestep_subsequence(diffusion.T, steps)
     sub = respace(diffusion, ts)
     x = _x_T(diffusion, noise, shape, generators, device)
     for i in _loop(reversed(range(len(ts))), progress, f"ddpm:{steps}"):
-        eps = _eps(eps_model, x, ts[i], device)
+        out = _model_out(model, x, ts[i], device)
         t_sub = torch.full((shape[0],), i, dtype=torch.long)
-        mean, var, _ = sub.p_mean_variance(eps, x, t_sub, var_type, clip_x0)
+        mean, var, _ = sub.p_mean_variance(out, x, t_sub, var_type, clip_x0)
         if i == 0:
             return mean
         z = noise.sample_per_item(shape, ts[i - 1], generators, device).float()
@@ -171,38 +270,34 @@ def ddpm(eps_model, diffusion: Diffusion, noise: Noise, shape, steps: int, gener
     raise AssertionError("unreachable")
 
 
-@SAMPLERS.register("ddim")
+@register_sampler("ddim", options=("ddim_eta",), evals_per_step=1)
 @torch.no_grad()
-def ddim(eps_model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-         device="cpu", eta: float = 0.0, var_type: str = "small", clip_x0: bool = True,
-         progress: bool = False) -> torch.Tensor:
-    """DDIM, Song, Meng, Ermon 2021, eq. 12, on ``steps`` evenly spaced timesteps (T-1 down to 0).
+def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+         device="cpu", *, clip_x0: bool = True, progress: bool = False, ddim_eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song, Meng, Ermon 2021, eq. 12) on ``steps`` evenly spaced timesteps, eta = ``ddim_eta``.
 
     From timestep t to its target s (ab_s = 1 after the last timestep, index 0):
 
-        x_0^  = (x - sqrt(1 - ab_t) eps) / sqrt(ab_t);  if clipped: eps <- (x - sqrt(ab_t) x_0^)/sqrt(1 - ab_t)
+        (x_0^, eps^) = split(model(x, t), x, t)   if clipped: x_0^ in [-1, 1], eps^ = (x - sqrt(ab_t) x_0^)/sqrt(1 - ab_t)
         sigma = eta sqrt((1 - ab_s)/(1 - ab_t)) sqrt(1 - ab_t/ab_s)
-        x     = sqrt(ab_s) x_0^ + sqrt(1 - ab_s - sigma^2) eps + sigma z,  z = standardised noise at index s
+        x     = sqrt(ab_s) x_0^ + sqrt(1 - ab_s - sigma^2) eps^ + sigma z,  z = standardised noise at index s
 
     The last step returns x_0^ (ab_s = 1 makes sigma = 0). eta = 0 is deterministic given x_T (the
     noise type then enters only through x_T); eta = 1 with all T steps is DDPM with the small
     variance. For eta > 1, 1 - ab_s - sigma^2 can turn negative and is clamped at 0. Recomputing eps
     from the clipped x_0^ (improved-diffusion's ``ddim_sample``) keeps x on the line through x_0^.
-    ``var_type`` is ignored (sigma comes from eta).
     """
-    _validate(diffusion, noise, shape, steps, generators, eta, var_type)
+    _validate(diffusion, noise, shape, steps, generators)
+    check_options({"ddim_eta": ddim_eta})
+    eta = float(ddim_eta)
     ts = timestep_subsequence(diffusion.T, steps)
     ab = diffusion.alpha_bar
     x = _x_T(diffusion, noise, shape, generators, device)
     for i in _loop(reversed(range(len(ts))), progress, f"ddim:{steps}"):
         t = ts[i]
-        eps = _eps(eps_model, x, t, device)
+        out = _model_out(model, x, t, device)
         tt = torch.full((shape[0],), t, dtype=torch.long)
-        x0 = diffusion.predict_x0(x, tt, eps)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = (x - diffusion._at(diffusion.sqrt_alpha_bar, tt, x) * x0) / diffusion._at(
-                diffusion.sqrt_one_minus_alpha_bar, tt, x)
+        x0, eps = diffusion.split(out, x, tt, clip_x0)
         if i == 0:
             return x0
         a_t, a_s = float(ab[t]), float(ab[ts[i - 1]])
@@ -217,16 +312,23 @@ def ddim(eps_model, diffusion: Diffusion, noise: Noise, shape, steps: int, gener
 # batches, images
 
 
-def sample_images(eps_model, diffusion: Diffusion, noise: Noise, sampler: str, steps: int, n: int, shape_chw,
-                  seed0: int, batch_size: int, device, eta: float = 0.0, var_type: str = "small",
+def sample_images(model, diffusion: Diffusion, noise: Noise, sampler: str, steps: int, n: int, shape_chw,
+                  seed0: int, batch_size: int, device, options: dict[str, Any] | None = None,
                   progress: bool = False, clip_x0: bool = True) -> torch.Tensor:
     """``n`` samples [n, C, H, W] (float32, CPU; in [-1, 1] when ``clip_x0``) in batches of ``batch_size``.
 
-    Image i always comes from generator seed ``seed0 + i``, whatever ``batch_size`` and the device, so
-    every arm of a grid starts image i from the same seed. ``progress`` shows a bar over images (rate,
-    ETA) and a per-batch bar over steps.
+    ``options``: sampler options by RunConfig field name (``sampler_options(sampler, cfg)``); the
+    sampler gets the ones it declares, its defaults for the rest; a key that is no sampler's option is
+    an InputError. Image i always comes from generator seed ``seed0 + i``, whatever ``batch_size`` and
+    the device, so every arm of a grid starts image i from the same seed. ``progress`` shows a bar over
+    images (rate, ETA) and a per-batch bar over steps.
     """
-    fn = SAMPLERS.get(sampler)
+    smp = SAMPLERS.get(sampler)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTION_CHECKS))
+    if unknown:
+        raise InputError(f"unknown sampler option(s) {', '.join(unknown)}: known {', '.join(sorted(OPTION_CHECKS))}")
+    mine = {k: v for k, v in options.items() if k in smp.options}
     _check_steps(diffusion.T, steps)
     for name, v in (("n", n), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -235,8 +337,8 @@ def sample_images(eps_model, diffusion: Diffusion, noise: Noise, sampler: str, s
     with tqdm(total=n, desc=f"sampling {sampler}:{steps}", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
-            x = fn(eps_model, diffusion, noise, (b, *shape_chw), steps, image_generators(b, seed0, start),
-                   device=device, eta=eta, var_type=var_type, clip_x0=clip_x0, progress=progress)
+            x = smp(model, diffusion, noise, (b, *shape_chw), steps, image_generators(b, seed0, start),
+                    device=device, clip_x0=clip_x0, progress=progress, **mine)
             out.append(x.float().cpu())
             bar.update(b)
     return torch.cat(out)

@@ -3,6 +3,7 @@ import torch
 
 from bench.diffusion import Diffusion
 from bench.noise import make_noise
+from bench.registry import InputError
 from bench.schedules import make_betas
 
 
@@ -76,3 +77,57 @@ def test_variance_types_and_loss(diff):
     eps = torch.ones(2, 1, 3, 3) * torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)
     assert torch.allclose(diff.loss(Zero(), x, t, eps, "mse"), torch.tensor([1.0, 4.0]))
     assert torch.allclose(diff.loss(Zero(), x, t, eps, "l1"), torch.tensor([1.0, 2.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# zero terminal SNR: every table finite at t = T for the targets that recover x_0 from pure noise
+
+
+ZT_SCHEDULES = ["linear", "cosine", "sigmoid", "exponential", "simple_linear"]
+
+
+@pytest.mark.parametrize("schedule", ZT_SCHEDULES)
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+@pytest.mark.parametrize("weighting", ["none", "min_snr", "p2"])
+def test_zero_terminal_snr_tables_are_finite(schedule, prediction, weighting):
+    d = Diffusion(make_betas(schedule, 1000, zero_terminal_snr=True), prediction=prediction, weighting=weighting)
+    assert d.zero_terminal_snr and d.alpha_bar[-1].item() == 0.0 and d.betas[-1].item() == 1.0
+    assert d.sqrt_alpha_bar[-1].item() == 0.0 and d.sqrt_one_minus_alpha_bar[-1].item() == 1.0  # x_T is pure noise
+    assert d.snr[-1].item() == 0.0
+    assert d.log_snr[-1].item() == float("-inf") and torch.isfinite(d.log_snr[:-1]).all()
+    for name in ("alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "snr",
+                 "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2", "loss_weight"):
+        assert torch.isfinite(getattr(d, name)).all(), name
+    assert torch.isfinite(d.posterior_log_variance_clipped).all()
+    # the posterior at t = T: alpha_T = 0, so x_{T-1} depends on x_0 only, with variance 1 - alpha_bar_{T-1}
+    assert d.posterior_mean_coef2[-1].item() == 0.0
+    assert d.posterior_mean_coef1[-1].item() == pytest.approx(d.alpha_bar[-2].sqrt().item(), rel=1e-12)
+    assert d.posterior_variance[-1].item() == pytest.approx(1 - d.alpha_bar[-2].item(), rel=1e-12)
+    # reverse step at t = T from any finite output: finite mean and x_0
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    tt = torch.full((3,), 999)
+    for clip in (False, True):
+        mean, var, x0 = d.p_mean_variance(torch.randn_like(x), x, tt, "small", clip)
+        assert torch.isfinite(mean).all() and torch.isfinite(var).all() and torch.isfinite(x0).all()
+        x0s, eps = d.split(torch.randn_like(x), x, tt, clip)
+        assert torch.isfinite(x0s).all() and torch.equal(eps, x)  # at alpha_bar = 0, eps_hat = x_T exactly
+
+
+def test_zero_terminal_snr_with_eps_is_bad_input():
+    betas = make_betas("linear", 1000, zero_terminal_snr=True)
+    with pytest.raises(InputError) as err:
+        Diffusion(betas)
+    msg = str(err.value)
+    assert "\n" not in msg and "zero terminal SNR" in msg and "`v`" in msg and "`x0`" in msg and "eps" in msg
+    with pytest.raises(InputError, match="zero terminal SNR"):
+        Diffusion(betas, prediction="eps", weighting="min_snr", min_snr_gamma=5.0)
+    # the same schedule without the option is fine with eps
+    Diffusion(make_betas("linear", 1000))
+
+
+def test_bad_var_type_and_loss_kind(diff):
+    x = torch.zeros(2, 1, 3, 3)
+    with pytest.raises(InputError, match="var_type"):
+        diff.p_mean_variance(x, x, torch.tensor([1, 2]), "learned")
+    with pytest.raises(InputError, match="loss must be one of mse, l1"):
+        diff.loss(lambda x, t: x, x, torch.tensor([1, 2]), x, "huber")

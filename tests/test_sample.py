@@ -1,9 +1,12 @@
 """Samplers against closed-form oracles.
 
-Two data distributions have an exact eps-predictor, so a sampler can be checked without training:
-* a single image x*:        eps*(x_t, t) = (x_t - sqrt(ab_t) x*) / sqrt(1 - ab_t); every sampler must return x*;
+Two data distributions have an exact predictor, so a sampler can be checked without training:
+* a single image x*:        E[x0 | x_t] = x*, eps*(x_t, t) = (x_t - sqrt(ab_t) x*) / sqrt(1 - ab_t); every
+  sampler must return x*;
 * Gaussian data N(mu, s^2): E[x0 | x_t] = mu + sqrt(ab) s^2 (x_t - sqrt(ab) mu) / (ab s^2 + 1 - ab)
   (gaussian noise); samples must have mean mu and std s, and DDIM(eta=0) is an exactly known affine map.
+The oracles compute (x0, eps) in float64 and output the diffusion's prediction target (eps, x0 or v),
+so every test holds for every target; with zero terminal SNR (alpha_bar_T = 0) for v and x0.
 """
 
 from __future__ import annotations
@@ -17,36 +20,61 @@ import torch
 from PIL import Image
 
 import bench.sample as S
-from bench.diffusion import Diffusion
+from types import SimpleNamespace
+
+from bench.diffusion import PREDICTIONS, Diffusion
 from bench.noise import make_noise
 from bench.registry import InputError, UnknownNameError
-from bench.sample import SAMPLERS, image_generators, respace, sample_images, save_grid, timestep_subsequence, to_uint8
+from bench.sample import (
+    OPTION_CHECKS,
+    SAMPLERS,
+    Sampler,
+    image_generators,
+    register_sampler,
+    respace,
+    sample_images,
+    sampler_options,
+    save_grid,
+    timestep_subsequence,
+    to_uint8,
+)
 from bench.schedules import make_betas
 
 CORE = ["linear", "cosine", "sigmoid", "exponential"]
 NOISE_CASES = [("gaussian", None), ("gamma", 0.001), ("gamma", 0.1)]
 
 
+PREDS = PREDICTIONS.names()
+ZT_PREDS = [n for n, p in PREDICTIONS.items() if p.recovers_x0_at_zero_snr]  # v, x0
+
+
 @functools.lru_cache(maxsize=None)
-def diff(schedule: str, T: int) -> Diffusion:
-    return Diffusion(make_betas(schedule, T))
+def diff(schedule: str, T: int, prediction: str = "eps", zt: bool = False) -> Diffusion:
+    return Diffusion(make_betas(schedule, T, zt), prediction=prediction)
 
 
 def noise_for(d: Diffusion, name: str, theta_0=None):
     return make_noise(name, d.alpha_bar, theta_0=theta_0)
 
 
+def as_target(d: Diffusion, x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """The exact output of a model of d's target, given E[x0 | x_t] (float64; eps = (x - a x0)/s, s > 0)."""
+    ab = d.alpha_bar[t].view(-1, 1, 1, 1)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    x = x.double()
+    return d.prediction.target(x0, (x - a * x0) / s, a, s).float()
+
+
 class PointOracle:
-    """Exact eps-predictor when the data is the single image x*; records every call."""
+    """Exact predictor of d's target when the data is the single image x*; records every call."""
 
     def __init__(self, d: Diffusion, xstar: torch.Tensor):
         self.d, self.xstar, self.calls = d, xstar.double(), []
 
     def __call__(self, x, t):
         assert t.dtype == torch.long and t.shape == (x.shape[0],) and bool((t == t[0]).all())
-        ab = self.d.alpha_bar[t].view(-1, 1, 1, 1)
         self.calls.append((int(t[0]), x.clone()))
-        return ((x.double() - ab.sqrt() * self.xstar) / (1 - ab).sqrt()).float()
+        return as_target(self.d, x, t, self.xstar.expand(x.shape))
 
     def implied_eps(self):
         return [(x.double() - self.d.alpha_bar[t].sqrt() * self.xstar) / (1 - self.d.alpha_bar[t]).sqrt()
@@ -54,16 +82,15 @@ class PointOracle:
 
 
 class GaussOracle:
-    """Exact eps-predictor for data x0 ~ N(mu, s^2 I) under gaussian noise."""
+    """Exact predictor of d's target for data x0 ~ N(mu, s^2 I) under gaussian noise."""
 
     def __init__(self, d: Diffusion, mu: float, s: float):
         self.d, self.mu, self.s = d, mu, s
 
     def __call__(self, x, t):
         ab = self.d.alpha_bar[t].view(-1, 1, 1, 1)
-        x = x.double()
-        ex0 = self.mu + ab.sqrt() * self.s**2 * (x - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab)
-        return ((x - ab.sqrt() * ex0) / (1 - ab).sqrt()).float()
+        ex0 = self.mu + ab.sqrt() * self.s**2 * (x.double() - ab.sqrt() * self.mu) / (ab * self.s**2 + 1 - ab)
+        return as_target(self.d, x, t, ex0)
 
 
 def run(sampler, model, d, noise, shape, steps, seed, **kw):
@@ -84,7 +111,7 @@ CONFIGS = [
     ("ddpm", None, {"var_type": "large"}),
     ("ddim", 10, {}),
     ("ddim", 50, {}),
-    ("ddim", 20, {"eta": 1.0}),
+    ("ddim", 20, {"ddim_eta": 1.0}),
 ]
 
 
@@ -92,18 +119,24 @@ CONFIGS = [
 # single-image oracle
 
 
+@pytest.mark.parametrize("prediction,zt", [(p, False) for p in PREDS] + [(p, True) for p in ZT_PREDS])
 @pytest.mark.parametrize("schedule", CORE)
 @pytest.mark.parametrize("noise_name,theta_0", NOISE_CASES)
-def test_point_oracle_returns_the_image(schedule, noise_name, theta_0):
+def test_point_oracle_returns_the_image(schedule, noise_name, theta_0, prediction, zt):
+    """Every prediction target x sampler x noise type x core schedule, and zero terminal SNR with v
+    and x0: the exact predictor's samples are the image, finite, from x_T = pure noise."""
     T = 100
-    d = diff(schedule, T)
+    d = diff(schedule, T, prediction, zt)
     noise = noise_for(d, noise_name, theta_0)
+    if zt:
+        assert d.alpha_bar[-1].item() == 0.0 and d.sqrt_one_minus_alpha_bar[-1].item() == 1.0
     for k, (sampler, steps, kw) in enumerate(CONFIGS):
         steps = steps or T
         xstar = xstar_of(k)
         model = PointOracle(d, xstar)
         out = run(sampler, model, d, noise, xstar.shape, steps, seed=k, **kw)
-        assert out.dtype == torch.float32 and out.shape == xstar.shape
+        assert out.dtype == torch.float32 and out.shape == xstar.shape and torch.isfinite(out).all()
+        assert all(torch.isfinite(x).all() for _, x in model.calls)
         err = (out - xstar).abs().max().item()
         assert err < 1e-4, (sampler, steps, kw, err)
         # the model saw exactly the subsequence's ORIGINAL timesteps, from T-1 down to 0
@@ -111,33 +144,40 @@ def test_point_oracle_returns_the_image(schedule, noise_name, theta_0):
         # x_T = sqrt(1 - ab_T) * standardised noise at index T-1
         want_xT = noise.sample_per_item(xstar.shape, T - 1, image_generators(2, k)) * d.sqrt_one_minus_alpha_bar[-1]
         assert torch.allclose(model.calls[0][1], want_xT.float(), rtol=1e-6, atol=1e-6)
-        if sampler == "ddim" and not kw.get("eta"):
+        if zt:  # pure noise: sqrt(1 - alpha_bar_T) = 1 exactly
+            assert torch.equal(model.calls[0][1], noise.sample_per_item(xstar.shape, T - 1, image_generators(2, k)))
+        if sampler == "ddim" and not kw.get("ddim_eta"):
             # eta = 0 with the exact predictor keeps the implied eps fixed along the whole trajectory
             eps = model.implied_eps()
             assert max((e - eps[0]).abs().max().item() for e in eps) < 1e-3
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", 1000), ("ddim", 50)])
-def test_point_oracle_T1000(sampler, steps):
-    d = diff("cosine", 1000)
+@pytest.mark.parametrize("sampler,steps,prediction,zt", [("ddpm", 1000, "eps", False), ("ddim", 50, "eps", False),
+                                                         ("ddim", 50, "v", False), ("ddim", 50, "x0", False),
+                                                         ("ddpm", 1000, "v", True), ("ddim", 50, "v", True),
+                                                         ("ddim", 50, "x0", True)])
+def test_point_oracle_T1000(sampler, steps, prediction, zt):
+    d = diff("cosine", 1000, prediction, zt)
     noise = noise_for(d, "gamma", 0.001)
     xstar = xstar_of(7)
     out = run(sampler, PointOracle(d, xstar), d, noise, xstar.shape, steps, seed=3)
-    assert (out - xstar).abs().max().item() < 1e-4
+    assert torch.isfinite(out).all() and (out - xstar).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_one_step(sampler):
-    d = diff("linear", 100)
+@pytest.mark.parametrize("prediction,zt", [(p, False) for p in PREDS] + [(p, True) for p in ZT_PREDS])
+@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddpm", {"var_type": "large"}), ("ddim", {"ddim_eta": 1.0})])
+def test_one_step(sampler, kw, prediction, zt):
+    """One step from x_T to x_0: with zero terminal SNR the respaced chain is a single beta' = 1."""
+    d = diff("linear", 100, prediction, zt)
     xstar = xstar_of(2)
     model = PointOracle(d, xstar)
-    out = run(sampler, model, d, noise_for(d, "gamma", 0.1), xstar.shape, 1, seed=0, eta=1.0)
+    out = run(sampler, model, d, noise_for(d, "gamma", 0.1), xstar.shape, 1, seed=0, **kw)
     assert [t for t, _ in model.calls] == [99]
     assert (out - xstar).abs().max().item() < 1e-4
 
 
 @pytest.mark.parametrize("sampler,steps,kw", [("ddpm", 100, {}), ("ddpm", 13, {}), ("ddpm", 13, {"var_type": "large"}),
-                                              ("ddim", 13, {"eta": 1.0}), ("ddim", 13, {"eta": 0.4})])
+                                              ("ddim", 13, {"ddim_eta": 1.0}), ("ddim", 13, {"ddim_eta": 0.4})])
 def test_each_step_adds_noise_drawn_at_the_target_index(sampler, steps, kw):
     """Replay the generators: x_s = (mean from the formula, in float64) + sigma * z(index s), exactly.
 
@@ -165,7 +205,7 @@ def test_each_step_adds_noise_drawn_at_the_target_index(sampler, steps, kw):
             var = b * (1 - a_s) / (1 - a_t) if kw.get("var_type", "small") == "small" else b
             sigma = math.sqrt(var)
         else:  # Song et al. eq. 12
-            sigma = kw["eta"] * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
+            sigma = kw["ddim_eta"] * math.sqrt((1 - a_s) / (1 - a_t) * (1 - a_t / a_s))
             eps = (x_t - math.sqrt(a_t) * xstar) / math.sqrt(1 - a_t)
             mean = math.sqrt(a_s) * xstar + math.sqrt(1 - a_s - sigma**2) * eps
         z = noise.sample_per_item(xstar.shape, s, gens).double()
@@ -183,10 +223,15 @@ def test_each_step_adds_noise_drawn_at_the_target_index(sampler, steps, kw):
 MU, SD = 0.3, 0.5
 
 
-@pytest.mark.parametrize("sampler,steps,kw", [("ddpm", 1000, {}), ("ddpm", 1000, {"var_type": "large"}),
-                                              ("ddpm", 250, {}), ("ddim", 1000, {}), ("ddim", 1000, {"eta": 1.0})])
-def test_gaussian_data_moments(sampler, steps, kw):
-    d = diff("linear", 1000)
+@pytest.mark.parametrize("sampler,steps,kw,prediction,zt", [
+    ("ddpm", 1000, {}, "eps", False), ("ddpm", 1000, {"var_type": "large"}, "eps", False),
+    ("ddpm", 250, {}, "eps", False), ("ddim", 1000, {}, "eps", False), ("ddim", 1000, {"ddim_eta": 1.0}, "eps", False),
+    ("ddpm", 250, {}, "v", False), ("ddpm", 250, {}, "x0", False),
+    ("ddpm", 250, {}, "v", True), ("ddim", 1000, {}, "v", True), ("ddpm", 250, {}, "x0", True)])
+def test_gaussian_data_moments(sampler, steps, kw, prediction, zt):
+    """Samples of the exact predictor have the data's moments; with zero terminal SNR too (the
+    process then starts from x_T ~ N(0, I) exactly, which is its true marginal)."""
+    d = diff("linear", 1000, prediction, zt)
     x = run(sampler, GaussOracle(d, MU, SD), d, noise_for(d, "gaussian"), (64, 1, 16, 16), steps, seed=0,
             clip_x0=False, **kw).double()
     # 16384 iid values: standard errors 0.004 (mean), 0.003 (std)
@@ -210,13 +255,14 @@ def ddim_affine_map(ab: list[float], ts_desc: list[int]) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("schedule", CORE)
-def test_ddim_eta0_is_the_exact_affine_map(schedule):
+@pytest.mark.parametrize("prediction", PREDS)
+def test_ddim_eta0_is_the_exact_affine_map(schedule, prediction):
     """DDIM(eta=0) applies exactly the composed affine map; as steps grow the map approaches the
     probability-flow map, which sends N(0, 1 - ab_T) to N(mu, s^2). With few steps DDIM shrinks the
     samples (std 0.36-0.43 at 10 steps, 0.47-0.48 at 50, for s = 0.5): first-order discretisation
     error of the ODE, not a bug -- the moments test therefore uses many steps."""
     T, steps = 200, 40
-    d = diff(schedule, T)
+    d = diff(schedule, T, prediction)
     ab = d.alpha_bar.tolist()
     A, c = ddim_affine_map(ab, timestep_subsequence(T, steps)[::-1])
     shape = (4, 1, 4, 4)
@@ -244,7 +290,7 @@ def test_ddim_eta0_is_deterministic():
     assert (a - c).abs().max().item() > 0.1
 
 
-@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddpm", {"var_type": "large"}), ("ddim", {"eta": 0.5}),
+@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddpm", {"var_type": "large"}), ("ddim", {"ddim_eta": 0.5}),
                                         ("ddim", {})])
 @pytest.mark.parametrize("noise_name,theta_0", [("gaussian", None), ("gamma", 0.1)])
 def test_per_image_seeds(sampler, kw, noise_name, theta_0):
@@ -259,8 +305,9 @@ def test_per_image_seeds(sampler, kw, noise_name, theta_0):
     assert torch.allclose(eight, alone, rtol=0, atol=1e-6)
     assert torch.allclose(eight[2:5], three, rtol=0, atol=1e-6)
     assert (eight[0] - eight[1]).abs().max() > 0.05  # different seeds, different images
+    opts = {"ddim_eta": kw.get("ddim_eta", 0.0), "var_type": kw.get("var_type", "small")}  # each takes its own
     via_helper = sample_images(model, d, noise, sampler, 25, 8, shape, seed0=40, batch_size=3, device="cpu",
-                               eta=kw.get("eta", 0.0), var_type=kw.get("var_type", "small"))
+                               options=opts)
     assert torch.allclose(via_helper, eight, rtol=0, atol=1e-6)
 
 
@@ -311,7 +358,7 @@ def test_ddim_eta1_is_ddpm(steps):
     noise = noise_for(d, "gamma", 0.1)
     model = GaussOracle(d, MU, SD)
     a = run("ddpm", model, d, noise, (3, 1, 4, 4), steps, seed=5)
-    b = run("ddim", model, d, noise, (3, 1, 4, 4), steps, seed=5, eta=1.0)
+    b = run("ddim", model, d, noise, (3, 1, 4, 4), steps, seed=5, ddim_eta=1.0)
     assert torch.allclose(a, b, atol=1e-4)
 
 
@@ -345,12 +392,83 @@ def test_bad_input():
             run(sampler, model, d, noise, (2, 1, 4, 4), 2.5, seed=0)
         with pytest.raises(InputError, match="one generator per image"):
             SAMPLERS.get(sampler)(model, d, noise, (3, 1, 4, 4), 10, image_generators(2, 0))
-        with pytest.raises(InputError, match="var_type"):
-            run(sampler, model, d, noise, (2, 1, 4, 4), 10, seed=0, var_type="learned")
         with pytest.raises(InputError, match="different schedule"):
             run(sampler, model, d, noise_for(diff("cosine", 100), "gaussian"), (2, 1, 4, 4), 10, seed=0)
+        with pytest.raises(InputError, match=f"sampler {sampler} takes the option"):  # another sampler's option
+            other = next(o for o in OPTION_CHECKS if o not in SAMPLERS.get(sampler).options)
+            run(sampler, model, d, noise, (2, 1, 4, 4), 10, seed=0, **{other: OPTION_DEFAULTS[other]})
+        with pytest.raises(InputError, match="unknown sampler option.*eta"):
+            sample_images(model, d, noise, sampler, 10, 2, (1, 4, 4), 0, 2, "cpu", options={"eta": 0.5})
+    with pytest.raises(InputError, match="var_type"):
+        run("ddpm", model, d, noise, (2, 1, 4, 4), 10, seed=0, var_type="learned")
+    for eta in (-0.1, float("nan"), "0.5"):
+        with pytest.raises(InputError, match="ddim_eta must be a finite number >= 0"):
+            run("ddim", model, d, noise, (2, 1, 4, 4), 10, seed=0, ddim_eta=eta)
     with pytest.raises(InputError, match="1..T"):
         sample_images(model, d, noise, "ddim", 101, 2, (1, 4, 4), 0, 2, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# the sampler contract as data
+
+
+OPTION_DEFAULTS = {"var_type": "small", "ddim_eta": 0.0}
+
+
+def test_sampler_contract():
+    assert SAMPLERS.names() == ["ddim", "ddpm"]
+    assert SAMPLERS.get("ddpm").options == ("var_type",) and SAMPLERS.get("ddim").options == ("ddim_eta",)
+    assert set(OPTION_DEFAULTS) == set(OPTION_CHECKS)
+    for name, smp in SAMPLERS.items():
+        assert isinstance(smp, Sampler) and smp.name == name and smp.evals_per_step == 1
+        assert set(smp.options) <= set(OPTION_CHECKS)
+        # `bench ls samplers` prints the description: reference, options and cost
+        assert smp.description.count("[options: ") == 1 and "(" in smp.description.split("[")[0]
+        # a config-like object: exactly the declared fields are read
+        cfg_like = SimpleNamespace(**OPTION_DEFAULTS)
+        assert sampler_options(name, cfg_like) == {o: OPTION_DEFAULTS[o] for o in smp.options}
+    with pytest.raises(InputError, match="var_type"):
+        sampler_options("ddpm", SimpleNamespace(var_type="learned", ddim_eta=0.0))
+    with pytest.raises(InputError, match="ddim_eta"):
+        sampler_options("ddim", SimpleNamespace(var_type="small", ddim_eta=-1.0))
+    with pytest.raises(AttributeError):
+        sampler_options("ddim", SimpleNamespace(var_type="small"))  # the field it declares must exist
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+@pytest.mark.parametrize("steps", [1, 7, 100])
+def test_model_evaluations_per_step_as_declared(sampler, steps):
+    d = diff("cosine", 100)
+    model = PointOracle(d, xstar_of(0))
+    run(sampler, model, d, noise_for(d, "gaussian"), (2, 1, 4, 4), steps, seed=0)
+    assert len(model.calls) == steps * SAMPLERS.get(sampler).evals_per_step
+
+
+def test_sample_images_passes_each_sampler_only_its_options():
+    d = diff("linear", 100)
+    noise = noise_for(d, "gamma", 0.1)
+    model = GaussOracle(d, MU, SD)
+    both = {"var_type": "large", "ddim_eta": 1.0}
+    for name, direct in (("ddpm", {"var_type": "large"}), ("ddim", {"ddim_eta": 1.0})):
+        want = run(name, model, d, noise, (3, 1, 4, 4), 20, seed=2, **direct)
+        got = sample_images(model, d, noise, name, 20, 3, (1, 4, 4), 2, 3, "cpu", options=both)
+        assert torch.equal(got, want)
+        default = sample_images(model, d, noise, name, 20, 3, (1, 4, 4), 2, 3, "cpu")  # options=None: defaults
+        assert not torch.equal(default, want)
+        assert torch.equal(default, run(name, model, d, noise, (3, 1, 4, 4), 20, seed=2))
+
+
+def test_register_sampler_checks_the_declared_options():
+    with pytest.raises(TypeError, match="declared options"):
+        @register_sampler("bad_sampler", options=("ddim_eta",))
+        def bad(model, diffusion, noise, shape, steps, generators, device="cpu", *, clip_x0=True, progress=False):
+            return None
+    with pytest.raises(TypeError, match="OPTION_CHECKS"):
+        @register_sampler("bad_sampler", options=("skip_frac",))
+        def bad2(model, diffusion, noise, shape, steps, generators, device="cpu", *, clip_x0=True, progress=False,
+                 skip_frac=0.0):
+            return None
+    assert "bad_sampler" not in SAMPLERS
 
 
 def test_to_uint8_and_save_grid(tmp_path):
