@@ -56,16 +56,14 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from bench.diffusion import Diffusion
+from bench.images import save_grid, to_uint8  # noqa: F401  (re-exported: their home is the leaf bench.images)
 from bench.noise import Noise
 from bench.registry import InputError, Registry
 
@@ -342,35 +340,3 @@ def sample_images(model, diffusion: Diffusion, noise: Noise, sampler: str, steps
             out.append(x.float().cpu())
             bar.update(b)
     return torch.cat(out)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> uint8 [0, 255]: round((clamp(x, -1, 1) + 1) * 127.5)."""
-    return ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-
-
-def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path:
-    """Write images [N, C, H, W] (float in [-1, 1], or uint8) as one PNG grid, atomically.
-
-    ``nrow`` images per row (default ceil(sqrt(N))), 2-pixel black padding (torchvision's make_grid).
-    """
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"save_grid needs a non-empty [N, C, H, W] tensor, got shape {tuple(images.shape)}")
-    imgs = images.detach().cpu()
-    imgs = imgs if imgs.dtype == torch.uint8 else to_uint8(imgs)
-    nrow = nrow or math.ceil(math.sqrt(len(imgs)))
-    grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=0)  # [3, H', W'] uint8
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

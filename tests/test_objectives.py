@@ -11,7 +11,6 @@ for every target, at every t -- also at alpha_bar = 0, where eps-space errors ca
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -279,7 +278,7 @@ def test_loss_gradients_flow_for_every_target():
                 continue
             d = Diffusion(make_betas("linear", T, zero_terminal_snr=zt), prediction=p, weighting=w)
             conv = torch.nn.Conv2d(1, 1, 3, padding=1)
-            loss = d.loss(lambda x, tt: conv(x), x0, t, eps)
+            loss = d.loss(lambda x, tt, conv=conv: conv(x), x0, t, eps)
             assert loss.dtype == torch.float32 and loss.shape == (8,) and torch.isfinite(loss).all()
             loss.mean().backward()
             assert all(torch.isfinite(q.grad).all() for q in conv.parameters())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,8 +21,6 @@ import torch
 from PIL import Image
 
 import bench.sample as S
-from types import SimpleNamespace
-
 from bench.diffusion import PREDICTIONS, Diffusion
 from bench.noise import make_noise
 from bench.registry import InputError, UnknownNameError
