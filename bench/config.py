@@ -22,9 +22,8 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-from bench import diffusion as _diffusion
 from bench.data import DATASETS
-from bench.diffusion import Diffusion
+from bench.diffusion import WEIGHTINGS, Diffusion, weighting_params
 from bench.metrics import METRICS
 from bench.noise import NOISES, Noise, make_noise, noise_params
 from bench.registry import InputError, did_you_mean
@@ -145,8 +144,8 @@ class RunConfig:
 
 
 def _weighting_params(name: str) -> tuple[str, ...]:
-    # TEMPORARY until diffusion.weighting_params lands (the objectives work): no weighting parameters
-    return tuple(getattr(_diffusion, "weighting_params", lambda n: ())(name))
+    """The weighting's parameter fields; none for a name that is not registered (validation says so)."""
+    return weighting_params(name) if name in WEIGHTINGS else ()
 
 
 # Every component parameter field (schedules, noises, weightings): None unless the trial's component takes it.
@@ -189,10 +188,7 @@ def build_process(cfg: RunConfig) -> ForwardProcess:
     """The one builder from a config to the forward process (validation, trials, ``bench sample``
     and perf all call it). Raises InputError for anything that cannot be built."""
     betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
-    objective = {"prediction": cfg.prediction, "weighting": cfg.weighting, **cfg.weighting_kwargs()}
-    # TEMPORARY until Diffusion takes the objective (the objectives work): the default objective only
-    objective = {k: v for k, v in objective.items() if (k, v) not in (("prediction", "eps"), ("weighting", "none"))}
-    diffusion = Diffusion(betas, **objective)
+    diffusion = Diffusion(betas, prediction=cfg.prediction, weighting=cfg.weighting, **cfg.weighting_kwargs())
     return ForwardProcess(betas, diffusion, make_noise(cfg.noise, diffusion.alpha_bar, **cfg.noise_kwargs()))
 
 

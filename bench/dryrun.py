@@ -14,6 +14,7 @@ from bench.env import device_name, pick_device
 from bench.features import FEATURES
 from bench.grid import Grid
 from bench.metrics import METRICS
+from bench.sample import SAMPLERS
 from bench.timing import measure
 from bench.train import BenchStep
 
@@ -56,7 +57,7 @@ def estimate_seconds(trials: list[RunConfig]) -> dict[int, float]:
         if key not in cache:
             cache[key] = _time_model(*key)
         step_s, fwd_s = cache[key]
-        nfe = sum(steps for _, steps in cfg.evaluations)
+        nfe = sum(steps * SAMPLERS.get(s).evals_per_step for s, steps in cfg.evaluations)  # model evaluations
         batches = -(-cfg.n_samples // min(cfg.n_samples, 256))
         score_s = len(cfg.evaluations) * cfg.n_samples / _scoring_rate(cfg)
         out[i] = cfg.train_steps * step_s + nfe * batches * fwd_s + score_s

@@ -26,7 +26,7 @@ def denoise_strip(eps_model, diffusion, noise, x0: torch.Tensor, ts: Sequence[in
     """A strip per held-out image: x_0 | for each t in ``ts``: x_t and the model's predicted x_0.
 
     x_t = q_sample(x_0, t, eps) with eps = ``noise.sample(shape, t, generator)`` (the run's noise type);
-    pred x_0 = ``diffusion.predict_x0(x_t, t, eps_model(x_t, t))`` clamped to [-1, 1]. ``ts`` are
+    pred x_0 = ``diffusion.split(model(x_t, t), x_t, t, clip_x0=True)[0]`` (any prediction target). ``ts`` are
     0-based indices (index i is the paper's t = i + 1); ``eps_model`` should be in eval mode (the EMA
     model). Writes a labelled PNG to ``path`` and returns the cells [k, 1 + 2 len(ts), C, H, W]
     (CPU, float32; x_t unclamped) so that callers and tests can read the exact values.
@@ -40,7 +40,7 @@ def denoise_strip(eps_model, diffusion, noise, x0: torch.Tensor, ts: Sequence[in
         tt = torch.full((k,), int(t), dtype=torch.long, device=x0.device)
         eps = noise.sample(tuple(x0.shape), tt.cpu(), generator, device=x0.device).float()
         x_t = diffusion.q_sample(x0.float(), tt, eps)
-        pred = diffusion.predict_x0(x_t, tt, eps_model(x_t, tt).float()).clamp(-1.0, 1.0)
+        pred = diffusion.split(eps_model(x_t, tt).float(), x_t, tt, clip_x0=True)[0]
         cols += [x_t, pred]
     cells = torch.stack(cols, 1).cpu()
     save_strip(cells, [int(t) for t in ts], diffusion.T, Path(path))

@@ -23,7 +23,7 @@ from bench.files import write_json_atomic
 from bench.images import save_grid, to_uint8
 from bench.metrics import score
 from bench.registry import InputError
-from bench.sample import SAMPLERS, sample_images
+from bench.sample import SAMPLERS, sample_images, sampler_options
 from bench.schedules import terminal_report
 from bench.snapshots import denoise_strip, strip_timesteps
 from bench.train import CHECKPOINT, load_ema, train
@@ -86,7 +86,7 @@ def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, 
     """Sample ``n_samples`` images (image i from seed sample_seed + i, in every arm) and score them."""
     t0 = time.time()
     x = sample_images(ema, diffusion, noise, sampler, steps, cfg.n_samples, tuple(chw), cfg.sample_seed,
-                      batch_size=min(cfg.n_samples, 256), device=device, eta=cfg.ddim_eta, var_type=cfg.var_type,
+                      batch_size=min(cfg.n_samples, 256), device=device, options=sampler_options(sampler, cfg),
                       progress=bool(progress))
     sample_s = time.time() - t0
     images = to_uint8(x.cpu())
@@ -175,5 +175,5 @@ def sample_from_workdir(path: Path, sampler: str, steps: int, n: int, seed: int,
     model = load_ema(workdir, cfg, spec.channels, size, device)
     _, diffusion, noise = build_process(cfg)
     x = sample_images(model, diffusion, noise, sampler, steps, n, (spec.channels, size, size), seed,
-                      batch_size=min(n, 256), device=device, eta=cfg.ddim_eta, var_type=cfg.var_type, progress=True)
+                      batch_size=min(n, 256), device=device, options=sampler_options(sampler, cfg), progress=True)
     save_grid(x.cpu(), out)

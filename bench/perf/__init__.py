@@ -156,10 +156,8 @@ def _train_case(ctx: Ctx, preset: str, ch: int, size: int, peer_skip: str, peer_
 @SECTIONS.register("sample")
 def sample(ctx: Ctx) -> list[dict[str, Any]]:
     """Samplers at the quick presets' model (tiny) and sample count on MNIST-shaped images."""
-    from bench.diffusion import Diffusion
-    from bench.noise import make_noise
+    from bench.config import RunConfig, build_process
     from bench.sample import sample_images
-    from bench.schedules import make_betas
 
     n = 16 if ctx.quick else (256 if ctx.device.type == "cuda" else 200)
     steps = 5 if ctx.quick else 10
@@ -167,8 +165,10 @@ def sample(ctx: Ctx) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     model = build_model("tiny", 1, 28, 0.0).to(ctx.device, memory_format=torch.channels_last).eval()
     _randomise_zero_layers(model)
-    diffusion = Diffusion(make_betas("cosine", 1000, False))
-    noises = {name: make_noise(name, diffusion.alpha_bar, **kw) for name, kw in (("gaussian", {}), ("gamma", {"theta_0": 0.01}))}
+    arms = {"gaussian": RunConfig(schedule="cosine"), "gamma": RunConfig(schedule="cosine", noise="gamma", theta_0=0.01)}
+    processes = {name: build_process(cfg) for name, cfg in arms.items()}
+    diffusion = processes["gaussian"].diffusion
+    noises = {name: p.noise for name, p in processes.items()}
     x = torch.randn(n, *shape, device=ctx.device).contiguous(memory_format=torch.channels_last)
     t = torch.full((n,), 500, device=ctx.device)
 
