@@ -108,6 +108,8 @@ LISTERS = {
     "schedules": _registry_lister("bench.schedules", "SCHEDULES"),
     "noises": _registry_lister("bench.noise", "NOISES"),
     "samplers": _registry_lister("bench.sample", "SAMPLERS"),
+    "predictions": _registry_lister("bench.diffusion", "PREDICTIONS"),
+    "weightings": _registry_lister("bench.diffusion", "WEIGHTINGS"),
     "datasets": _registry_lister("bench.data", "DATASETS"),
     "models": _registry_lister("bench.unet", "MODELS"),
     "metrics": _registry_lister("bench.metrics", "METRICS"),

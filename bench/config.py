@@ -27,7 +27,7 @@ from bench.diffusion import WEIGHTINGS, Diffusion, weighting_params
 from bench.metrics import METRICS
 from bench.noise import NOISES, Noise, make_noise, noise_params
 from bench.registry import InputError, did_you_mean
-from bench.sample import SAMPLERS
+from bench.sample import SAMPLERS, sampler_options
 from bench.schedules import SCHEDULES, make_betas, schedule_params
 from bench.unet import MODELS
 
@@ -302,6 +302,7 @@ def validate(cfg: RunConfig) -> None:
             registry.get(name)
     build_process(cfg)
     for sampler, steps in cfg.evaluations:
+        sampler_options(sampler, cfg)
         if steps > cfg.timesteps:
             raise InputError(f"evals: {sampler}:{steps} asks for more steps than timesteps={cfg.timesteps}")
 

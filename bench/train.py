@@ -1,4 +1,4 @@
-"""The training loop every trial shares: eps-prediction, AdamW + warmup, EMA, checkpoints, resume.
+"""The training loop every trial shares: the chosen target and loss weighting, AdamW + warmup, EMA, checkpoints, resume.
 
 One optimizer step (Ho et al. 2020, Algorithm 1): draw a batch x_0 from the in-memory training tensor
 and t ~ U{0..T-1} (one seeded CPU generator), eps from the noise type (a second seeded CPU

@@ -1,4 +1,4 @@
-"""The one shared UNet: an eps-prediction network ``model(x_t, t) -> eps`` (registry ``MODELS``).
+"""The one shared UNet ``model(x_t, t)`` predicting the diffusion's target (eps, x0 or v; registry ``MODELS``).
 
 Architecture of DDPM (Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models", appendix B;
 PixelCNN++-style UNet) as cleaned up in improved-diffusion (Nichol & Dhariwal 2021, "Improved
