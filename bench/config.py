@@ -20,6 +20,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, NamedTuple, Optional
 
+import numpy as np
 import torch
 
 from bench.data import DATASETS
@@ -82,7 +83,13 @@ class RunConfig:
     var_type: str = "small"  # ddpm reverse variance: small (posterior) | large (beta_t)
     metrics: str = "fid,kid"  # comma-separated metric names (bench ls metrics)
     n_reference: int = 0  # reference (training) images for the metrics; 0 -> min(train size, 10000)
-    sample_seed: int = 0  # image i of every evaluation starts from seed sample_seed + i
+    sample_seed: int = 0  # image i of every evaluation starts from seed sample_seed + i ("shared" image_seeds)
+    # image seeds: "shared" = the same for every trial (the first release); "per_seed" = derived from
+    # (sample_seed, seed, i): identical in every arm, different across training seeds (DESIGN.md section 5)
+    image_seeds: str = "shared"
+    # --- learning curves ------------------------------------------------------------------------
+    eval_at: str = ""  # comma-separated fractions of train_steps (0.25) or step counts (200) to evaluate the EMA at
+    curve_metrics: str = ""  # metrics of those evaluations ("" -> metrics), with the first of evals
 
     # ---------------------------------------------------------------------------------------------
     def replace(self, **changes) -> "RunConfig":
@@ -107,6 +114,31 @@ class RunConfig:
     @cached_property
     def metric_names(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.metrics.split(",") if m.strip())
+
+    @cached_property
+    def curve_metric_names(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.curve_metrics.split(",") if m.strip()) or self.metric_names
+
+    @cached_property
+    def curve_steps(self) -> tuple[int, ...]:
+        """``eval_at`` as training steps in 1..train_steps-1, ascending: a fraction f in (0, 1) is
+        round(f * train_steps), an integer is a step count (the final evaluation is always made)."""
+        steps = set()
+        for item in filter(None, (s.strip() for s in self.eval_at.split(","))):
+            try:
+                v = float(item)
+            except ValueError:
+                raise InputError(f"eval_at: {item!r} is neither a fraction of train_steps nor a step count") from None
+            step = round(v * self.train_steps) if 0 < v < 1 else int(v) if v.is_integer() else -1
+            if not 1 <= step < self.train_steps:
+                raise InputError(f"eval_at: {item!r} is not a fraction in (0, 1) or a step in 1..{self.train_steps - 1}")
+            steps.add(step)
+        return tuple(sorted(steps))
+
+    @property
+    def image_seed0(self) -> int:
+        """Image i of an evaluation starts from generator seed image_seed0 + i (``image_seeds``)."""
+        return IMAGE_SEEDS[self.image_seeds](self)
 
     def schedule_kwargs(self) -> dict[str, Any]:
         return self._set_params(schedule_params(self.schedule))
@@ -141,6 +173,13 @@ class RunConfig:
         if (self.prediction, self.weighting) != ("eps", "none"):  # the first release's labels stay as they were
             objective = f" / {self.prediction}, {fmt(self.weighting, self.weighting_kwargs())}"
         return f"{fmt(self.schedule, self.schedule_kwargs())}{zt} / {fmt(self.noise, self.noise_kwargs())}{objective}"
+
+
+IMAGE_SEEDS = {  # image_seeds -> the first image's seed
+    "shared": lambda cfg: cfg.sample_seed,
+    # a 40-bit seed from (sample_seed, seed): far apart for different training seeds (n < 2**20 images each)
+    "per_seed": lambda cfg: int(np.random.SeedSequence([cfg.sample_seed, cfg.seed]).generate_state(1, np.uint64)[0] >> 24) << 20,
+}
 
 
 def _weighting_params(name: str) -> tuple[str, ...]:
@@ -293,6 +332,11 @@ def validate(cfg: RunConfig) -> None:
             raise InputError(f"{k} must be > 0, got {getattr(cfg, k)}")
     if not 0 <= cfg.dropout < 1 or not 0 <= cfg.ema_decay < 1 or cfg.ddim_eta < 0:
         raise InputError("dropout and ema_decay must lie in [0, 1) and ddim_eta must be >= 0")
+    if cfg.image_seeds not in IMAGE_SEEDS:
+        raise InputError(f"image_seeds must be one of {', '.join(IMAGE_SEEDS)}, got {cfg.image_seeds!r}")
+    cfg.curve_steps  # noqa: B018 - parses eval_at (InputError when malformed)
+    for name in cfg.curve_metric_names:
+        METRICS.get(name)
     if cfg.loss not in LOSSES or cfg.var_type not in VAR_TYPES:
         raise InputError(f"loss must be {'|'.join(LOSSES)} and var_type {'|'.join(VAR_TYPES)}, "
                          f"got {cfg.loss!r}, {cfg.var_type!r}")

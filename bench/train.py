@@ -65,7 +65,8 @@ class TrainResult:
 
 def train(cfg, data: torch.Tensor, diffusion, noise, workdir: Path, device="cpu", progress: Optional[bool] = None,
           report: Optional[Callable[[dict], None]] = None, *, report_every: int = 0,
-          num_threads: Optional[int] = None) -> tuple[TrainResult, nn.Module]:
+          num_threads: Optional[int] = None,
+          evaluate: Optional[Callable[[int, nn.Module], None]] = None) -> tuple[TrainResult, nn.Module]:
     """Train the UNet ``cfg.model`` on ``data`` (float [-1, 1], [N, C, H, W], on ``device``) for
     ``cfg.train_steps`` optimizer steps, resuming from ``workdir/checkpoint.pt`` if there is one.
 
@@ -73,6 +74,8 @@ def train(cfg, data: torch.Tensor, diffusion, noise, workdir: Path, device="cpu"
     status "diverged" (no exception). ``report(metrics)`` is called every ``report_every`` steps
     (0 = about 100 times a run) with {step, loss, images_per_s}. ``progress`` shows a tqdm bar
     (default: when stderr is a terminal). ``num_threads`` sets torch's CPU threads (global) if given.
+    ``evaluate(step, ema)`` is called after each step of ``cfg.curve_steps`` (the learning curve);
+    it must leave the EMA model as it found it.
     """
     device = torch.device(device)
     workdir = Path(workdir)
@@ -84,7 +87,7 @@ def train(cfg, data: torch.Tensor, diffusion, noise, workdir: Path, device="cpu"
     data = data.to(device)  # a no-op when the caller put it there already (the contract)
     cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):  # model init and dropout draw from the global RNG
-        return Trainer(cfg, data, diffusion, noise, workdir, device).run(progress, report, report_every)
+        return Trainer(cfg, data, diffusion, noise, workdir, device).run(progress, report, report_every, evaluate)
 
 
 def load_ema(workdir, cfg=None, channels: Optional[int] = None, image_size: Optional[int] = None,
@@ -267,8 +270,8 @@ class Trainer:
             self._row_losses = []
         return True
 
-    def run(self, progress, report, report_every) -> tuple[TrainResult, nn.Module]:
-        """The loop: step, book the losses (read back in batches), checkpoint, report."""
+    def run(self, progress, report, report_every, evaluate=None) -> tuple[TrainResult, nn.Module]:
+        """The loop: step, book the losses (read back in batches), checkpoint, report, evaluate."""
         self.try_resume()
         params = count_params(self.model)
         if self.status != "ok" or self.step >= self.total:  # finished (or diverged) before: nothing to do
@@ -277,6 +280,7 @@ class Trainer:
         readback = Readback(every=1 if self.device.type == "cpu" else 10)  # a readback waits for the GPU
         bar = _progress_bar(self.total, self.step, progress, f"train {self.cfg.model}")
         start_step, t_start = self.step, time.perf_counter()
+        curve_steps = set(getattr(self.cfg, "curve_steps", ()))
         self.model.train()
         try:
             while self.step < self.total and self.status == "ok":
@@ -285,8 +289,9 @@ class Trainer:
                 self.step += 1
                 due_report = self.step % report_every == 0 or self.step == self.total
                 due_ckpt = self.step % self.cfg.checkpoint_every == 0 or self.step == self.total
+                due_eval = self.step in curve_steps
                 readback.add(self.step, losses, t, lr)
-                if not (due_report or due_ckpt or self.step % self.log_every == 0 or readback.full()):
+                if not (due_report or due_ckpt or due_eval or self.step % self.log_every == 0 or readback.full()):
                     continue
                 self.book(readback.flush(), readback.rate(self.step, self.cfg.batch_size))
                 bar.update(self.step - bar.n)
@@ -297,6 +302,8 @@ class Trainer:
                 if self.status == "ok" and due_report and report is not None:
                     recent = list(self.recent)[-report_every:]
                     report({"step": self.step, "loss": sum(recent) / len(recent), "images_per_s": readback.last_rate})
+                if self.status == "ok" and due_eval and evaluate is not None:
+                    evaluate(self.step, self.ema)
         finally:
             bar.close()
         if self.status != "ok":

@@ -52,7 +52,9 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     # The only two things that differ between arms: the schedule and the noise.
     betas, diffusion, noise = build_process(cfg)
 
-    result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress, report=report)
+    curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device)
+    result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress, report=report,
+                        evaluate=curve)
     base = {
         **cfg.to_dict(),
         "trial_id": trial_id(cfg),
@@ -70,11 +72,12 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     }
     if result.status == "ok":
         _denoise_strip(cfg, ema, diffusion, noise, workdir, device)
-    rows = []
+    rows = [{**base, **r} for r in curve.rows() if r["train_step"] <= result.steps]
     for sampler, steps in cfg.evaluations:
-        row = {**base, "sampler": sampler, "sample_steps": steps}
+        row = {**base, "sampler": sampler, "sample_steps": steps, "train_step": result.steps}
         if result.status == "ok":
-            row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress))
+            row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress,
+                                 cfg.metric_names, f"{sampler}-{steps}.png"))
         rows.append(row)
     for row in rows:
         row["trial_s"] = time.time() - t_start
@@ -82,17 +85,50 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     return rows
 
 
-def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, progress) -> dict[str, Any]:
-    """Sample ``n_samples`` images (image i from seed sample_seed + i, in every arm) and score them."""
+class _Curve:
+    """The learning curve: ``evaluate(step, ema)`` at each of ``cfg.curve_steps`` samples with the
+    first evaluation of ``evals`` and scores with ``curve_metrics``; rows are kept in curve.json, so a
+    resumed trial neither loses nor repeats them."""
+
+    def __init__(self, cfg, diffusion, noise, chw, workdir: Path, device):
+        self.args, self.cfg, self.path = (diffusion, noise, chw, workdir, device), cfg, workdir / "curve.json"
+        self.done = {r["train_step"]: r for r in _read_json_list(self.path)}
+
+    def __call__(self, step: int, ema) -> None:
+        if step in self.done:
+            return
+        sampler, steps = self.cfg.evaluations[0]
+        diffusion, noise, chw, workdir, device = self.args
+        scores = _evaluate(self.cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, False,
+                           self.cfg.curve_metric_names, f"{sampler}-{steps}-step{step}.png")
+        self.done[step] = {"sampler": sampler, "sample_steps": steps, "train_step": step, **scores}
+        write_json_atomic(self.path, self.rows())
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.done[s] for s in sorted(self.done)]
+
+
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []  # none yet, or a torn file from a killed process: the evaluations are redone
+    return rows if isinstance(rows, list) else []
+
+
+def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, progress, metrics,
+              grid_name: str) -> dict[str, Any]:
+    """Sample ``n_samples`` images (image i from seed ``cfg.image_seed0`` + i: the same in every arm)
+    and score them with ``metrics``; the first 64 go to samples/``grid_name``."""
     t0 = time.time()
-    x = sample_images(ema, diffusion, noise, sampler, steps, cfg.n_samples, tuple(chw), cfg.sample_seed,
+    x = sample_images(ema, diffusion, noise, sampler, steps, cfg.n_samples, tuple(chw), cfg.image_seed0,
                       batch_size=min(cfg.n_samples, 256), device=device, options=sampler_options(sampler, cfg),
                       progress=bool(progress))
     sample_s = time.time() - t0
     images = to_uint8(x.cpu())
-    save_grid(x[:64].cpu(), workdir / "samples" / f"{sampler}-{steps}.png")
+    save_grid(x[:64].cpu(), workdir / "samples" / grid_name)
     t1 = time.time()
-    scores = score(cfg.metric_names, images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
+    scores = score(list(metrics), images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
                    n_reference=cfg.n_reference or None, progress=bool(progress), device=device)
     return {**scores, "sample_s": sample_s, "score_s": time.time() - t1,
             "sample_images_per_s": cfg.n_samples / max(sample_s, 1e-9)}
