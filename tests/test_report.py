@@ -7,9 +7,9 @@ numbers can be asserted exactly.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from scipy import stats
 
 from bench.config import RunConfig
 from bench.grid import Grid, trial_id
@@ -224,6 +225,7 @@ def test_latex_table_is_balanced_booktabs(built):
 
 # --- plots ---------------------------------------------------------------------------------------
 PLOTS = ["fd_mnist_clf_by_arm", "fd_mnist_clf_vs_steps", "fid_by_arm", "fid_vs_steps", "kid_by_arm", "kid_vs_steps",
+         "forest_fd_mnist_clf_mnist", "forest_fid_mnist", "forest_fid_craters", "forest_kid_mnist", "forest_kid_craters",
          "schedules", "loss_curves", "loss_by_t",
          "samples_mnist", "samples_craters", "denoise_mnist", "denoise_craters"]
 
@@ -249,16 +251,34 @@ def test_report_lists_arms_result_and_budget(built):
     assert "Which beta schedule? A test grid." in text
     result = text.split("## Result", 1)[1].split("## Tables", 1)[0]
     assert "Of 16 trials, 14 finished, 1 diverged and 1 failed with an error" in result
-    mnist, craters = result.split("**craters**")
+    mnist, craters = result.split("**Seed planner**")[0].split("**craters**")
     assert "**mnist**, by `fd_mnist_clf`" in mnist and "**craters**" not in mnist  # the first metric of the grid
-    assert ("**cosine / gaussian** scored lowest, 4.25 ± 0.35 (n=2), ahead of linear / gaussian at "
-            "5.50 ± 0.71 (n=2): 1.25 lower (23%). The mean ± std ranges do not overlap") in mnist
-    assert "**scaled_linear / gaussian** scored lowest, 3.50 (n=1)" in mnist and "single seed" in mnist
-    assert "By `fid` the best arm is cosine / gaussian at `ddim:10` and scaled_linear / gaussian" in mnist
+    # paired by seed: linear - cosine = (5 - 4, 6 - 4.5); scipy's paired t gives p = 0.126, the only finite p of
+    # the evaluation (the other arms share one seed with cosine), so Holm = p; t_{0.975, 1} = 12.71: [-1.93, 4.43]
+    assert stats.ttest_rel([5, 6], [4, 4.5]).pvalue == pytest.approx(0.1257, abs=1e-4)
+    assert ("`ddim:10`: **cosine / gaussian** scored best (lowest), 4.25 ± 0.35 (n=2).\n"
+            "  - no evidence of a difference between linear / gaussian and cosine / gaussian with 2 seeds (paired, "
+            "p = 0.13, Holm 0.13); linear / gaussian - cosine / gaussian lies in [-1.9, 4.4]: linear / gaussian is at "
+            "most 1.9 lower (better) and at most 4.4 higher (worse).") in mnist
+    assert "geometric / gaussian - cosine / gaussian = 6 with 1 seed: no interval" in mnist
+    assert "**scaled_linear / gaussian** scored best (lowest), 3.50 (n=1)" in mnist and "single seed" in mnist
+    assert "no finished seed in common" in mnist  # geometric (seed 0) vs scaled_linear (seed 1) at ddim:50
+    assert "By `fid` (lower is better) the best arm is cosine / gaussian at `ddim:10` and scaled_linear / gaussian" in mnist
     # fd_mnist_clf is skipped on RGB craters: its paragraph ranks by fid instead
     assert craters.startswith(", by `fid`") and "fd_mnist_clf" not in craters
-    assert ("**linear / gaussian** scored lowest, 51.00 ± 1.41 (n=2), ahead of cosine / gaussian at "
-            "61.00 ± 1.41 (n=2): 10.00 lower (16%)") in craters
+    assert ("**linear / gaussian** scored best (lowest), 51.00 ± 1.41 (n=2).\n  - linear / gaussian is lower (better) "
+            "than cosine / gaussian by 10 [10, 10] (paired, 2 seeds, p < 0.001, Holm < 0.001).") in craters
+    # ddim:50, cosine best: geometric - cosine = (20, 18): p = 0.033 (scipy), t-interval 19 ± 12.7; Holm over the
+    # 6 pairs: p sorted 0, 0, 0.022, 0.0335, 0.0335, 0.070 -> the fourth 3 x 0.0335 = 0.10 >= 0.05
+    assert stats.ttest_rel([50, 52], [30, 34]).pvalue == pytest.approx(0.0335, abs=1e-4)
+    assert ("cosine / gaussian is lower (better) than geometric / gaussian by 19 [6, 32] (paired, 2 seeds, p = 0.033, "
+            "Holm 0.1); not significant after Holm's correction over 6 comparisons.") in craters
+    assert "  - Real-vs-real floor at n = 200 (arms at n = 256): 30.5." in craters
+    for banned in ("overlap", "not separated", "at this sample size"):
+        assert banned not in text  # floors at n = 200 beside arms at n = 256
+    planner = result.split("**Seed planner**", 1)[1]
+    assert ("| craters | `ddim:50` | `fid` | geometric / gaussian vs cosine / gaussian | 2 | 19 | 1.41 | 2 | 3.2 | 4 |"
+            in planner)
     assert "200 training steps at batch size 16" in result and "1,036,417 parameters" in result
     assert "T = 1000" in result and "256 generated images" in result and "30.0 min" in result
     for section in ("## What was compared", "## Tables", "## Figures", "## Method", "## Warnings", "## Provenance",
@@ -385,8 +405,8 @@ def test_plot_schedules_every_registered_schedule(tmp_path):
 def test_denoise_strip_with_an_exact_oracle(tmp_path, noise_name, kw):
     """With eps*(x_t, t) = (x_t - sqrt(ab_t) x*)/sqrt(1 - ab_t) for one known x*, pred x_0 is x*."""
     from bench.diffusion import Diffusion
-    from bench.snapshots import denoise_strip, strip_timesteps
     from bench.noise import make_noise
+    from bench.snapshots import denoise_strip, strip_timesteps
 
     diffusion = Diffusion(make_betas("linear", 200))
     noise = make_noise(noise_name, diffusion.alpha_bar, **kw)
@@ -459,3 +479,115 @@ def test_report_on_a_real_run(real_run):
     before = (real_run / "REPORT.md").read_bytes()
     build_report(real_run)
     assert (real_run / "REPORT.md").read_bytes() == before
+
+
+# --- paired comparisons, direction, floors -------------------------------------------------------------------
+def test_paired_csv_has_every_pair_and_matches_scipy(built):
+    from bench.report.paired import CSV_COLUMNS
+    from bench.stats import COLUMNS
+
+    run, _ = built
+    df = pd.read_csv(run / "tables" / "paired_fid.csv")
+    assert list(df.columns) == CSV_COLUMNS and CSV_COLUMNS[4:4 + len(COLUMNS)] == COLUMNS
+    assert set(df["metric"]) == {"fid"}
+    # craters has 4 arms at 2 seeds at both evaluations: 6 pairs each; mnist at ddim:10 too (n = 0 or 1 for most)
+    craters = df[(df["dataset"] == "craters") & (df["sampler"] == "ddim") & (df["sample_steps"] == 50)]
+    assert len(craters) == 6 and craters["vs_best"].sum() == 3 and set(craters.loc[craters["vs_best"], "reference"]) == {
+        "cosine / gaussian"}
+    values = {arm: [FID[("craters", arm, s)][1] for s in (0, 1)] for arm in ARMS}
+    for _, r in craters.iterrows():
+        a, b = values[r["arm"]], values[r["reference"]]
+        assert r["diff"] == pytest.approx(np.mean(a) - np.mean(b)) and r["n"] == 2
+        if np.ptp(np.subtract(a, b)) > 0:  # scipy returns nan for identical differences (stats.paired: p = 0)
+            assert r["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+            half = stats.t.ppf(0.975, 1) * np.std(np.subtract(a, b), ddof=1) / np.sqrt(2)
+            assert (r["lo"], r["hi"]) == pytest.approx((r["diff"] - half, r["diff"] + half))
+    geo = craters[craters["arm"] == "geometric / gaussian"].set_index("reference")
+    assert geo.loc["cosine / gaussian", "p_holm"] == pytest.approx(3 * geo.loc["cosine / gaussian", "p"])  # Holm, 6 pairs
+    # Holm over the 3 comparisons with the best only: p = 0 (linear), 0.022 (scaled_linear), 0.0335 (geometric):
+    # geometric's adjusted p is max(2 x 0.022, 1 x 0.0335) (step-down, monotone)
+    p_scaled = stats.ttest_rel(values["scaled_linear / gaussian"], values["cosine / gaussian"]).pvalue
+    assert geo.loc["cosine / gaussian", "p_holm_vs_best"] == pytest.approx(2 * p_scaled)
+    assert (craters["holm_m"] == 6).all() and craters.loc[~craters["vs_best"], "p_holm_vs_best"].isna().all()
+
+
+def test_paired_tables_in_the_report(built):
+    run, report = built
+    text = report.read_text()
+    md = (run / "tables" / "paired_fid.md").read_text()
+    assert md.strip() in text and "#### fid: paired comparisons with the best arm" in text
+    assert "Holm's correction across the comparisons of one table (one dataset x evaluation x metric)" in md
+    block = md.split("**craters, `ddim:50`**", 1)[1]
+    assert block.startswith(": best arm cosine / gaussian; Holm over the 6 pairs of its 4 arms with a p-value:")
+    assert "| arm | vs best | n | diff [95% CI] | p | Holm p | seeds for 80% power |" in block
+    assert "| geometric / gaussian | cosine / gaussian | 2 | 19 [6, 32] | 0.033 | 0.1 | 2 |" in block
+    assert "| linear / gaussian | cosine / gaussian | 2 | 10 [10, 10] | < 0.001 | < 0.001 | 2 |" in block
+    mnist = md.split("**mnist, `ddim:10`**", 1)[1].split("**mnist, `ddim:50`**")[0]
+    assert mnist.startswith(": best arm cosine / gaussian; Holm over the 1 pair of its 4 arms with a p-value:")
+    assert "| geometric / gaussian | cosine / gaussian | 1 | 12 (no interval: 1 seed) | — | — | — |" in mnist
+    assert "| geometric / gaussian | scaled_linear / gaussian | 0 | — (no seed in common) |" in md  # mnist, ddim:50
+    assert "[CSV](tables/paired_fid.csv)" in text and "forest_fid_craters.png" in text
+
+
+def _hib_run(tmp_path, monkeypatch) -> tuple[Path, str]:
+    """The fake run plus a throwaway higher-is-better metric with values on craters only (first in the grid)."""
+    from bench.metrics import METRICS, Metric
+
+    name = "zz_test_report_higher_is_better"
+    monkeypatch.setitem(METRICS._items, name, Metric("inception", lambda f, r: {}, "a test metric", higher_is_better=True))
+    run = make_run(tmp_path / "run")
+    rows = pd.read_csv(run / "rows.csv")
+    hib = {"linear / gaussian": [0.50, 0.60], "cosine / gaussian": [0.55, 0.58], "geometric / gaussian": [0.30, 0.32],
+           "scaled_linear / gaussian": [0.10, 0.20]}  # cosine best (highest mean); linear within its interval
+    rows[name] = [hib[r.arm][r.seed] if r.dataset == "craters" else np.nan for r in rows.itertuples()]
+    rows["metrics"] = name + "," + rows["metrics"]
+    rows.to_csv(run / "rows.csv", index=False)
+    return run, name
+
+
+def test_higher_is_better_metric_is_bolded_at_its_maximum_and_worded(tmp_path, monkeypatch):
+    from bench.report import load_run, result
+    from bench.report.paired import write_paired
+    from bench.report.plots import forest_xlabel
+    from bench.report.tables import aggregate, to_markdown
+
+    path, name = _hib_run(tmp_path, monkeypatch)
+    run = load_run(path)
+    md = to_markdown(run, name)
+    assert md.startswith(f"*{name} (higher is better).") and "best (highest mean) per column in bold" in md
+    assert "| cosine / gaussian | **0.565 ± 0.021** (n=2) | **0.565 ± 0.021** (n=2) |" in md
+    assert "| linear / gaussian | 0.550 ± 0.071 (n=2) |" in md and md.count("**") == 2 * 2 + 2 * 2  # + 2 headings
+    assert aggregate(run, "fid").query("best and dataset == 'craters'")["label"].tolist() == [
+        "linear / gaussian", "cosine / gaussian"]  # fid is still lowest-best
+    text = result(run, write_paired(run, path / "tables"))
+    craters = text.split("**craters**", 1)[1].split("**Seed planner**")[0]
+    assert craters.startswith(f", by `{name}` (higher is better;")
+    assert "**cosine / gaussian** scored best (highest), 0.565 ± 0.021 (n=2)." in craters
+    assert "cosine / gaussian is higher (better) than geometric / gaussian by 0.255 [" in craters
+    assert ("no evidence of a difference between linear / gaussian and cosine / gaussian with 2 seeds (paired, p = 0.7"
+            in craters)  # linear - cosine = (-0.05, +0.02)
+    assert re.search(r"linear / gaussian is at most [0-9.]+ lower \(worse\) and at most [0-9.]+ higher \(better\)", craters)
+    assert "lower (better)" not in craters.split("By `fid`")[0]
+    assert forest_xlabel(name) == f"{name} difference to best arm (higher is better)"
+    assert forest_xlabel("fid") == "fid difference to best arm (lower is better)"
+
+
+def test_floors_state_their_own_n(tmp_path):
+    from bench.report import load_run
+    from bench.report.caveats import floor_sample_size
+    from bench.report.tables import caption, floor_phrase
+
+    path = make_run(tmp_path / "run")
+    run = load_run(path)  # floors from 200 held-out images, arms from 256 generated
+    assert floor_phrase(run, "fid", "craters") == "floor at n = 200 (arms at n = 256)"
+    assert "at this sample size" not in caption(run, "fid") and "craters: floor at n = 200 (arms at n = 256)" in caption(
+        run, "fid")
+    assert len(floor_sample_size(run)) == 1 and "`fid` on `craters`, floor at n = 200 (arms at n = 256)" in floor_sample_size(
+        run)[0]
+    floors = pd.read_csv(path / "floors.csv")
+    floors.loc[floors["dataset"] == "mnist", "n_generated"] = 256  # mnist's floor now at the arms' n
+    floors.to_csv(path / "floors.csv", index=False)
+    run = load_run(path)
+    assert floor_phrase(run, "fid", "mnist") == "floor at this sample size (n = 256)"
+    assert floor_phrase(run, "fid", "craters") == "floor at n = 200 (arms at n = 256)"
+    assert "`on `mnist`" not in floor_sample_size(run)[0] and "`fid` on `mnist`" not in floor_sample_size(run)[0]

@@ -2,9 +2,11 @@
 
 ``build_report(run_dir)`` rebuilds everything from the run's own files (rows.csv, floors.csv,
 grid.toml, env.json, samples/, logs/) and writes the same bytes every time it is run on the same
-files. The data side lives in ``bench.report.tables``, the figures in ``bench.report.plots`` / ``bench.report.montage``;
-this module writes the words: what was compared, the result in plain language, method, warnings,
-provenance and how to cite.
+files. The data side lives in ``bench.report.tables``, the paired comparisons in ``bench.report.paired``,
+the figures in ``bench.report.plots`` / ``bench.report.montage``; this module writes the words: what was
+compared, the result in plain language (paired differences with intervals and p-values, DESIGN.md
+section 5; each metric read in its own direction), the seed planner, method, warnings, provenance and
+how to cite.
 """
 
 from __future__ import annotations
@@ -15,13 +17,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench import stats
 from bench.files import write_text_atomic
-
 from bench.report.caveats import warnings_section
 from bench.report.montage import montage_denoise, montage_samples
-from bench.report.plots import (Plot, plot_loss_by_t, plot_loss_curves, plot_metric_by_arm, plot_metric_vs_steps,
-                                plot_run_schedules, plot_schedules)
-from bench.report.tables import Run, aggregate, floor_value, join, load_run, metric_meta, plural, values, write_tables
+from bench.report.paired import fmt_seeds, paired_table, sentence, vs_best, write_paired
+from bench.report.plots import (
+    Plot,
+    plot_forest,
+    plot_loss_by_t,
+    plot_loss_curves,
+    plot_metric_by_arm,
+    plot_metric_vs_steps,
+    plot_run_schedules,
+    plot_schedules,
+)
+from bench.report.tables import (
+    Run,
+    aggregate,
+    datasets_with,
+    decimals,
+    direction,
+    floor_phrase,
+    floor_value,
+    higher_is_better,
+    join,
+    labels_of,
+    load_run,
+    md_escape,
+    metric_meta,
+    plural,
+    values,
+    write_tables,
+)
 
 __all__ = ["build_report", "make_plots", "plot_schedules", "load_run"]
 
@@ -34,20 +62,24 @@ def build_report(run_dir: Path) -> Path:
     """Tables, plots and REPORT.md of ``run_dir`` (idempotent); returns the REPORT.md path."""
     run = load_run(Path(run_dir))
     write_tables(run, run.dir / "tables")
-    plots, notes = make_plots(run, run.dir / "plots")
-    sections = [header(run), compared(run), result(run), tables_section(run), figures_section(run, plots),
+    paired = write_paired(run, run.dir / "tables")
+    plots, notes = make_plots(run, run.dir / "plots", paired)
+    sections = [header(run), compared(run), result(run, paired), tables_section(run), figures_section(run, plots),
                 method(run), warnings_section(run, notes), provenance(run), cite(run)]
     path = run.dir / REPORT
     write_text_atomic(path, "\n\n".join(s.strip() for s in sections) + "\n")
     return path
 
 
-def make_plots(run: Run, out_dir: Path) -> tuple[list[Plot], list[str]]:
-    """Every figure of the report; returns the figures and notes about missing inputs."""
+def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None = None) -> tuple[list[Plot], list[str]]:
+    """Every figure of the report; returns the figures and notes about missing inputs. ``paired``:
+    {metric: ``paired_table``} where already computed."""
     notes: list[str] = []
     plots: list[Plot | None] = []
     for m in run.metrics:
+        table = paired[m] if paired and m in paired else paired_table(run, m)
         plots += [plot_metric_by_arm(run, m, out_dir), plot_metric_vs_steps(run, m, out_dir)]
+        plots += [plot_forest(run, m, ds, table, out_dir) for ds in datasets_with(run, m)]
     plots += [plot_run_schedules(run, out_dir), plot_loss_curves(run, out_dir, notes), plot_loss_by_t(run, out_dir, notes)]
     plots += montage_samples(run, out_dir, notes) + montage_denoise(run, out_dir, notes)
     return [p for p in plots if p is not None], list(dict.fromkeys(notes))
@@ -89,24 +121,34 @@ def compared(run: Run) -> str:
             f"axes, and the seeds measure how much of a difference is luck. Every model is sampled with "
             f"{join([f'`{ev_name(e)}`' for e in run.evals])} (sampler:steps), {values(run, 'n_samples')} images "
             f"each, image i starting from the same seed in every arm, and scored with "
-            f"{join([f'`{m}`' for m in run.metrics])} (lower is better).")
+            f"{join([f'`{m}` ({direction(m)})' for m in run.metrics])}.")
 
 
-def result(run: Run) -> str:
+def result(run: Run, paired: dict[str, pd.DataFrame] | None = None) -> str:
+    """Per dataset, by its primary metric: each evaluation's best arm and the paired comparison of every
+    other arm with it (``bench.report.paired.sentence``); then the other metrics' best arms, the seed
+    planner and the budget. ``paired``: {metric: ``paired_table``} where already computed."""
     out = ["## Result"]
     st = run.trials()["status"].value_counts()
     out.append(f"Of {plural(len(run.trials()), 'trial')}, {st.get('ok', 0)} finished, {st.get('diverged', 0)} diverged and "
                f"{st.get('error', 0)} failed with an error (see Warnings).")
     if not run.metrics:
         return "\n\n".join(out + ["No metric has a value in rows.csv, so there is nothing to rank."])
+    tables = {m: (paired or {}).get(m) for m in run.metrics}
+    tables = {m: t if t is not None else paired_table(run, m) for m, t in tables.items()}
     for ds in run.datasets:
         primary = primary_metric(run, ds)
         agg = aggregate(run, primary)
-        lines = [f"**{ds}**, by `{primary}` (the grid's first metric with a value here; mean ± std over seeds, "
-                 f"n = seeds that finished):"]
-        lines += [f"- `{ev_name(ev)}`: {verdict(run, agg, primary, ds, ev)}" for ev in run.evals]
-        lines += other_metrics(run, ds, primary)
+        several = len(labels_of(run, ds)) > 1
+        lines = [f"**{ds}**, by `{primary}` ({direction(primary)}; the grid's first metric with a value here). Best arm "
+                 f"of each evaluation (mean ± std over seeds, n = seeds that finished)"
+                 + (", then every other arm against it, paired by training seed: the difference with its 95% "
+                    "t-interval, the paired p and Holm's p over all pairs of arms of that evaluation (the best arm is "
+                    "chosen from the same scores):" if several else ":")]
+        lines += [f"- `{ev_name(ev)}`: {verdict(run, agg, tables[primary], primary, ds, ev)}" for ev in run.evals]
+        lines += other_metrics(run, ds, primary, several)
         out.append("\n".join(lines))
+    out.append(seed_planner(run, tables))
     out.append(budget(run))
     return "\n\n".join(out)
 
@@ -117,57 +159,74 @@ def primary_metric(run: Run, ds: str) -> str:
     return next((m for m in run.metrics if pd.to_numeric(rows[m], errors="coerce").notna().any()), run.metrics[0])
 
 
-def _ranked(agg: pd.DataFrame, ds: str, ev: tuple[str, int]) -> pd.DataFrame:
+def _ranked(agg: pd.DataFrame, ds: str, ev: tuple[str, int], metric: str) -> pd.DataFrame:
+    """The arms with a value at (ds, ev), best mean first in ``metric``'s direction."""
     a = agg[(agg.dataset == ds) & (agg.sampler == ev[0]) & (agg.sample_steps == ev[1]) & (agg.n > 0)]
-    return a.sort_values("mean", kind="stable")
+    return a.sort_values("mean", kind="stable", ascending=not higher_is_better(metric))
 
 
-def verdict(run: Run, agg: pd.DataFrame, metric: str, ds: str, ev: tuple[str, int]) -> str:
-    """Who won this evaluation, by how much, and whether the gap exceeds the seed spread."""
-    a = _ranked(agg, ds, ev)
+def verdict(run: Run, agg: pd.DataFrame, table: pd.DataFrame, metric: str, ds: str, ev: tuple[str, int]) -> str:
+    """The best arm of one evaluation and, as sub-items, each other arm's paired comparison with it and the floor."""
+    a, rows = _ranked(agg, ds, ev, metric), vs_best(table, ds, ev)
     if not len(a):
         return "no arm produced a value."
-    b = a.iloc[0]
-    text = f"**{b.label}** scored lowest, {_ms(b)}"
+    b = a[a.label == rows["reference"].iloc[0]].iloc[0] if len(rows) else a.iloc[0]  # the comparisons' reference
+    best = "highest" if higher_is_better(metric) else "lowest"
+    text = f"**{b.label}** scored best ({best}), {_ms(b, decimals(agg['mean'].tolist()))}"
     if len(a) == 1:
-        return text + "; it is the only arm with a result."
-    s = a.iloc[1]
-    gap = s["mean"] - b["mean"]
-    text += (f", ahead of {s.label} at {_ms(s)}: {fmt(gap)} lower"
-             + (f" ({100 * gap / abs(s['mean']):.0f}%)." if s["mean"] else "."))
-    if b["n"] < 2 or s["n"] < 2:
-        text += " With a single seed there is no spread estimate: treat this ranking as indicative only."
-    elif b["mean"] + b["std"] >= s["mean"] - s["std"]:
-        text += (" The mean ± std ranges overlap: the difference is within the seed-to-seed spread, so these two are "
-                 "not separated at this budget.")
+        text += "; it is the only arm with a result, so there is nothing to compare."
     else:
-        text += " The mean ± std ranges do not overlap: the gap is larger than the seed-to-seed spread."
-    fv = floor_value(run, metric, ds)
-    return text + (f" (Real-vs-real floor at this sample size: {fmt(fv)}.)" if fv is not None else "")
+        text += "." + (" With a single seed of the best arm its rank is indicative only." if b["n"] < 2 else "")
+        text += "".join(f"\n  - {sentence(r, metric)}." for _, r in rows.iterrows())
+    phrase, fv = floor_phrase(run, metric, ds), floor_value(run, metric, ds)
+    return text + (f"\n  - Real-vs-real {phrase}: {stats.fmt(fv)}." if phrase else "")
 
 
-def _ms(r) -> str:
-    return f"{fmt(r['mean'])}" + (f" ± {fmt(r['std'])}" if r["n"] > 1 else "") + f" (n={int(r['n'])})"
+def _ms(r, d: int = 2) -> str:
+    """'4.25 ± 0.35 (n=2)': mean ± std over seeds with ``d`` decimals (the metric's table decimals)."""
+    return f"{fmt(r['mean'], d)}" + (f" ± {fmt(r['std'], d)}" if r["n"] > 1 else "") + f" (n={int(r['n'])})"
 
 
-def other_metrics(run: Run, ds: str, primary: str) -> list[str]:
-    agg0 = aggregate(run, primary)
-    win0 = {ev: _winner(agg0, ds, ev) for ev in run.evals}
+def other_metrics(run: Run, ds: str, primary: str, several: bool = True) -> list[str]:
+    """One line per other metric: its best arm at each evaluation, and whether that agrees with ``primary``."""
+    win0 = {ev: _winner(run, primary, ds, ev) for ev in run.evals}
     out = []
     for m in [m for m in run.metrics if m != primary]:
-        agg = aggregate(run, m)
-        wins = {ev: _winner(agg, ds, ev) for ev in run.evals}
+        wins = {ev: _winner(run, m, ds, ev) for ev in run.evals}
         if not any(wins.values()):
             continue
         same = "agrees" if wins == win0 else "disagrees"
-        out.append(f"- By `{m}` the best arm is " + join([f"{w or 'none'} at `{ev_name(ev)}`" for ev, w in wins.items()])
-                   + f" ({same} with `{primary}`).")
+        out.append(f"- By `{m}` ({direction(m)}) the best arm is "
+                   + join([f"{w or 'none'} at `{ev_name(ev)}`" for ev, w in wins.items()])
+                   + f" ({same} with `{primary}`" + ("; its paired comparisons are in the Tables)." if several else ")."))
     return out
 
 
-def _winner(agg: pd.DataFrame, ds: str, ev) -> str | None:
-    a = _ranked(agg, ds, ev)
+def _winner(run: Run, metric: str, ds: str, ev) -> str | None:
+    a = _ranked(aggregate(run, metric), ds, ev, metric)
     return a.iloc[0].label if len(a) else None
+
+
+def seed_planner(run: Run, tables: dict[str, pd.DataFrame]) -> str:
+    """Per comparison of the result paragraph: seeds for 80% power (alpha 0.05, two-sided paired t) to
+    detect the observed difference (``seeds_80``) and 10% of the best arm's mean (``seeds_10pct``)."""
+    head = ("**Seed planner**: the number of seeds a rerun needs for 80% power (two-sided paired t, alpha = 0.05) "
+            "for each comparison above, from the sd of its paired differences: to detect the observed difference, "
+            "and to detect 10% of the best arm's mean. The sd is itself estimated from these few seeds, so read "
+            "these as rough guides.")
+    lines = ["| dataset | evaluation | metric | arm vs best | n | diff | sd of differences | seeds (observed diff) | "
+             "10% of best | seeds (10%) |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for ds in run.datasets:
+        m = primary_metric(run, ds)
+        for ev in run.evals:
+            lines += [f"| {md_escape(ds)} | `{ev_name(ev)}` | `{m}` | {md_escape(r['arm'])} vs {md_escape(r['reference'])} | "
+                      f"{int(r['n'])} | "
+                      f"{stats.fmt(r['diff'])} | {stats.fmt(r['sd'])} | {fmt_seeds(r['seeds_80'])} | "
+                      f"{stats.fmt(0.1 * abs(r['mean_ref']))} | {fmt_seeds(r['seeds_10pct'])} |"
+                      for _, r in vs_best(tables[m], ds, ev).iterrows()]
+    if len(lines) == 2:
+        return head.split(":")[0] + ": no comparisons to plan for (fewer than two arms with a value)."
+    return head + "\n\n" + "\n".join(lines)
 
 
 def n_params(run: Run) -> str:
@@ -188,8 +247,10 @@ def budget(run: Run) -> str:
 def tables_section(run: Run) -> str:
     out = ["## Tables"]
     for m in run.metrics:
-        md = (run.dir / "tables" / f"{m}.md").read_text()
+        md, pmd = ((run.dir / "tables" / f"{name}.md").read_text() for name in (m, f"paired_{m}"))
         out.append(f"### {m}\n\n{md.strip()}\n\nAlso as [CSV](tables/{m}.csv) and [LaTeX](tables/{m}.tex).")
+        out.append(f"#### {m}: paired comparisons with the best arm\n\n{pmd.strip()}\n\nEvery pair of arms, with "
+                   f"all columns of `bench.stats.compare`: [CSV](tables/paired_{m}.csv).")
     return "\n\n".join(out if run.metrics else out + ["No metric values: no tables."])
 
 
@@ -208,18 +269,33 @@ def method(run: Run) -> str:
              f"- **Training**: {values(run, 'train_steps')} steps, batch size {values(run, 'batch_size')}, AdamW lr "
              f"{values(run, 'lr')} with {values(run, 'warmup_steps')} warm-up steps, gradient clipping "
              f"{values(run, 'grad_clip')}, {values(run, 'loss').upper()} loss on the predicted noise eps.",
-             f"- **Data**: " + "; ".join(_data_line(run, ds) for ds in run.datasets) + ".",
+             "- **Data**: " + "; ".join(_data_line(run, ds) for ds in run.datasets) + ".",
              f"- **Forward process**: T = {values(run, 'timesteps')} steps; each arm's schedule and noise type as "
              f"defined (formula and reference) in `bench/schedules.py` and `bench/noise.py`.",
              f"- **Samplers**: {join([f'`{ev_name(e)}`' for e in run.evals])}; DDIM eta = {values(run, 'ddim_eta')}, "
              f"DDPM reverse variance `{values(run, 'var_type')}`; image i of every evaluation starts from seed "
              f"sample_seed + i (sample_seed = {values(run, 'sample_seed')}) in every arm.",
              "- **Aggregation**: mean and sample standard deviation (ddof = 1) over the seeds that finished; diverged "
-             "or failed trials are left out of the mean and counted in the table cells."]
-    lines += [f"- **`{m}`**: {metric_description(m)} Feature extractor: {md['features']}; n_generated = "
-              f"{md['n_generated']}, n_reference = {md['n_reference']}. Floor: the same metric between the training "
-              f"and held-out real images at the same sample size." for m in run.metrics for md in [metric_meta(run, m)]]
+             "or failed trials are left out of the mean and counted in the table cells.",
+             "- **Comparisons** (DESIGN.md section 5, `bench/stats.py`): arms with the same training seed share the "
+             "initial weights, batches, timesteps, noise draws and image seeds, so two arms are compared by their "
+             "per-seed differences d_s = arm_s - best_s over the seeds both finished: mean, 95% t-interval "
+             "(df = n - 1), two-sided paired t p-value, and Holm's adjustment over every pair of arms of that dataset, "
+             "evaluation and metric (the best arm is chosen from the same scores, so each pair could have been "
+             "shown). Where an interval covers 0, what it excludes is the result. The seed planner uses the exact "
+             "power of the paired t (noncentral t)."]
+    lines += [f"- **`{m}`** ({direction(m)}): {metric_description(m)} Feature extractor: {md['features']}; "
+              f"n_generated = {md['n_generated']}, n_reference = {md['n_reference']}. {_floor_method(run, m)}"
+              for m in run.metrics for md in [metric_meta(run, m)]]
     return "\n".join(lines)
+
+
+def _floor_method(run: Run, metric: str) -> str:
+    """What the floor of ``metric`` is, with its own n per dataset."""
+    phrases = [f"{ds}: {ph}" for ds in run.datasets for ph in [floor_phrase(run, metric, ds)] if ph]
+    if not phrases:
+        return "No real-vs-real floor recorded."
+    return ("Floor: the same metric between held-out and training real images (" + "; ".join(phrases) + ").")
 
 
 def _data_line(run: Run, ds: str) -> str:
@@ -243,7 +319,8 @@ def metric_description(metric: str) -> str:
         obj = METRICS.get(metric)
         return (getattr(obj, "description", None) or (obj.__doc__ or "").strip().split("\n")[0]).rstrip(".") + "."
     except Exception:  # noqa: BLE001 - metrics module absent or the name retired: the table still stands
-        return "Distance between generated and real images (lower is better)."
+        # an unregistered name is read as lower is better (``tables.higher_is_better``): say what that assumes
+        return "Not a registered metric: read as a distance between generated and real images (lower is better)."
 
 
 # --- provenance and citation -----------------------------------------------------------------------

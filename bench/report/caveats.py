@@ -2,7 +2,8 @@
 
 Each check is a function ``(run) -> list of Markdown sentences``: an incomplete run, schedules whose x_T
 is not pure noise, diverged and failed trials, metrics skipped for a dataset, Fréchet distances from
-fewer images than feature dimensions, a shrunken preset, arms with fewer than two seeds, a dirty tree.
+fewer images than feature dimensions, a floor at another n than the arms, a shrunken preset, arms with fewer
+than two seeds, a dirty tree.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 import numpy as np
 
 from bench.metrics import METRICS
-from bench.report.tables import Run, join, metric_meta, values
+from bench.report.tables import Run, arm_n, floor_n, floor_phrase, join, metric_meta, values
 
 #: Fréchet distances (FID, fd_*): their covariance estimates need more images than feature dimensions
 FRECHET_PREFIXES = ("fid", "fd")
@@ -21,8 +22,8 @@ DEFAULT_FEATURE_DIM = 2048
 
 
 def warnings_section(run: Run, notes: list[str]) -> str:
-    checks = (incomplete, not_pure_noise, failed_trials, skipped_metrics, small_reference, budget_notes, few_seeds,
-              git_warnings)
+    checks = (incomplete, not_pure_noise, failed_trials, skipped_metrics, small_reference, floor_sample_size,
+              budget_notes, few_seeds, git_warnings)
     items = [w for check in checks for w in check(run)]
     if notes:
         items.append("Missing files (the figures show a placeholder or leave the trial out):\n"
@@ -94,6 +95,20 @@ def small_reference(run: Run) -> list[str]:
                        f"estimates are rank-deficient and the value is strongly biased upwards; compare arms only "
                        f"with each other at the same n, never with published numbers.")
     return out
+
+
+def floor_sample_size(run: Run) -> list[str]:
+    """Floors computed from another number of images than the arms (e.g. a held-out split smaller than
+    n_samples): one warning naming each such metric and dataset with both n."""
+    off = [(m, ds, phrase) for m in run.metrics for ds in run.datasets
+           for phrase in [floor_phrase(run, m, ds)] if phrase and [floor_n(run, m, ds)] != arm_n(run, m, ds)]
+    if not off:
+        return []
+    frechet = any(_feature_dim(m) for m, _, _ in off)
+    return ["Real-vs-real floors at another sample size than the arms: "
+            + join([f"`{m}` on `{ds}`, {ph}" for m, ds, ph in off])
+            + ". Such a floor is what a perfect model scores at the floor's n, not at the arms' n"
+            + (" (the upward bias of a Fréchet distance grows as n falls)." if frechet else ".")]
 
 
 def _feature_dim(metric: str) -> int | None:

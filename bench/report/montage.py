@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from bench.report.tables import Run, labels_of
 from bench.style import Plot, figure, safe, save, theme, wrap
+
 
 # --- montages of a run's images ------------------------------------------------------------------------
 def main_eval(run: Run) -> tuple[str, int] | None:

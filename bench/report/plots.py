@@ -8,18 +8,16 @@ figure, and a style is a marker + line style + colour, so the figures read in gr
 from __future__ import annotations
 
 import math
-import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.report.tables import Run, aggregate, datasets_with, floor_value, labels_of
+from bench.report.tables import Run, aggregate, datasets_with, direction, floor_value, labels_of
 from bench.style import Plot, arm_styles, fig_legend, figure, metadata, safe, save, theme, wrap  # noqa: F401
+
 
 # --- metrics ---------------------------------------------------------------------------------------
 def _seed_values(run: Run, metric: str) -> pd.DataFrame:
@@ -55,7 +53,7 @@ def plot_metric_by_arm(run: Run, metric: str, out_dir: Path) -> Plot | None:
             ax.set_ylim(len(labels) - 0.5, -0.5)
             ax.margins(x=0.12)
             ax.set_title(f"{ds}: {s}, {k} steps")
-            ax.set_xlabel(f"{metric} (lower is better)")
+            ax.set_xlabel(f"{metric} ({direction(metric)})")
         fig_legend(fig, axes)
         fig.suptitle(f"{metric} by arm: mean ± std over seeds (filled), individual seeds (open)", fontsize=9)
         png = save(fig, out_dir / f"{safe(metric)}_by_arm.png")
@@ -99,10 +97,61 @@ def plot_metric_vs_steps(run: Run, metric: str, out_dir: Path) -> Plot | None:
             ax.margins(x=0.1)
             ax.set_title(f"{ds}: {s}")
             ax.set_xlabel("sampling steps (log scale)")
-            ax.set_ylabel(f"{metric} (lower is better)")
+            ax.set_ylabel(f"{metric} ({direction(metric)})")
         fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / f"{safe(metric)}_vs_steps.png")
     return Plot(png, f"{metric} against the number of sampling steps, one line per arm (mean ± std over seeds).")
+
+
+def plot_forest(run: Run, metric: str, dataset: str, table: pd.DataFrame, out_dir: Path) -> Plot | None:
+    """Forest plot of ``dataset``: each arm's paired difference to the best arm (arm - best, mean over
+    seeds) with its 95% t-interval, one panel per evaluation, a line at zero. ``table``: the metric's
+    ``bench.report.paired.paired_table``. None where no evaluation has two arms to compare."""
+    from bench.report.paired import vs_best
+
+    rows = {ev: vs_best(table, dataset, ev) for ev in run.evals}
+    if not any(len(r) for r in rows.values()):
+        return None
+    labels, styles = labels_of(run, dataset), arm_styles(run.labels)
+    with theme():
+        fig, axes = figure(1, len(run.evals), 3.4, 0.45 * len(labels) + 1.4)
+        for j, ev in enumerate(run.evals):
+            _forest_panel(axes[0, j], rows[ev], labels, styles, first=j == 0)
+            axes[0, j].set_title(f"{dataset}: {ev[0]}, {ev[1]} steps")
+            axes[0, j].set_xlabel(wrap(forest_xlabel(metric), 36))
+        fig.suptitle(f"{metric}: paired difference to the best arm per evaluation (mean over seeds, 95% t-interval)",
+                     fontsize=9)
+        png = save(fig, out_dir / f"forest_{safe(metric)}_{safe(dataset)}.png")
+    return Plot(png, f"{dataset}, {metric} ({direction(metric)}): each arm minus the best arm of the evaluation, "
+                     f"paired by training seed, mean difference with its 95% t-interval (no bar: fewer than 2 paired "
+                     f"seeds); the best arm sits at 0 (hollow marker). An interval that excludes 0 is a difference at the "
+                     f"5% level before Holm's correction.")
+
+
+def forest_xlabel(metric: str) -> str:
+    """The forest plot's x-axis label: what the difference is and which way is better."""
+    return f"{metric} difference to best arm ({direction(metric)})"
+
+
+def _forest_panel(ax, rows: pd.DataFrame, labels: list[str], styles: dict, first: bool) -> None:
+    """One evaluation: a row per arm (in ``labels`` order), the reference at 0, a zero line."""
+    ax.axvline(0, color="0.3", lw=1, zorder=1)
+    by_arm = rows.set_index("arm")
+    ref = rows["reference"].iloc[0] if len(rows) else None
+    for y, lb in enumerate(labels):
+        st = styles[lb]
+        if lb == ref:
+            ax.plot([0], [y], marker=st["marker"], mfc="none", mec=st["color"], mew=1.5, ms=8, ls="none", zorder=3)
+            ax.text(0, y + 0.32, "best arm", ha="center", va="center", fontsize=6, style="italic")
+        elif lb in by_arm.index:
+            r = by_arm.loc[lb]
+            err = [[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]] if np.isfinite(r["lo"]) else None
+            ax.errorbar([r["diff"]], [y], xerr=err, fmt=st["marker"], color=st["color"], ms=6, capsize=3, zorder=3)
+        else:
+            ax.text(0.02, y, "no result", transform=ax.get_yaxis_transform(), va="center", fontsize=7, style="italic")
+    ax.set_yticks(range(len(labels)), [wrap(lb) for lb in labels] if first else [])
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    ax.margins(x=0.15)
 
 
 # --- schedules -------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ the results tables (``tables/<metric>.csv|md|tex``).
 
 A table has one row per arm and one column per evaluation (``sampler:steps``), one block per
 dataset, plus the real-vs-real floor. A cell is mean ± std over the seeds that finished (n); the
-lowest mean of a column is marked (bold in Markdown / LaTeX, a ``best`` flag in CSV). Lower is
-better for every metric of the suite.
+best mean of a column is marked (bold in Markdown / LaTeX, a ``best`` flag in CSV): the lowest or the
+highest, as the metric's contract (``bench.metrics.METRICS``, ``higher_is_better``) says. A floor
+states its own n; "at this sample size" only where it equals the arms' n.
 """
 
 from __future__ import annotations
@@ -126,10 +127,28 @@ def join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else "none"
 
 
+# --- the metric contract ---------------------------------------------------------------------------
+def higher_is_better(metric: str) -> bool:
+    """The registered direction of ``metric`` (``bench.metrics.METRICS``)."""
+    from bench.metrics import METRICS
+
+    if metric in METRICS:
+        return bool(METRICS.get(metric).higher_is_better)
+    # A name not registered (a metric retired since an old run was made) is read as lower is better:
+    # every metric of the suite was a distance before metrics declared their direction.
+    return False
+
+
+def direction(metric: str) -> str:
+    """'higher is better' or 'lower is better', as ``higher_is_better`` reads the metric."""
+    return "higher is better" if higher_is_better(metric) else "lower is better"
+
+
 # --- aggregation ---------------------------------------------------------------------------------
 def aggregate(run: Run, metric: str) -> pd.DataFrame:
     """Per (dataset, label, sampler, sample_steps): mean, std (ddof 1), n (seeds with a value),
-    trials, diverged, error, and ``best`` (lowest mean of its dataset and evaluation)."""
+    trials, diverged, error, and ``best`` (the best mean of its dataset and evaluation: the lowest, or
+    the highest for a higher-is-better metric)."""
     df = run.rows[run.rows["sampler"].notna() & (run.rows["sampler"] != "")].copy()
     df["sample_steps"] = df["sample_steps"].astype(int)
     vals = pd.to_numeric(df[metric], errors="coerce") if metric in df.columns else pd.Series(np.nan, index=df.index)
@@ -138,23 +157,61 @@ def aggregate(run: Run, metric: str) -> pd.DataFrame:
     out = df.groupby(KEYS, sort=False).agg(mean=("_v", "mean"), std=("_v", "std"), n=("_v", "count"),
                                            trials=("_v", "size"), diverged=("_div", "sum"), error=("_err", "sum"))
     out = out.reset_index()
-    lowest = out.groupby(["dataset", "sampler", "sample_steps"])["mean"].transform("min")
-    out["best"] = (out["n"] > 0) & np.isclose(out["mean"], lowest, rtol=1e-12, atol=0)
+    best = out.groupby(["dataset", "sampler", "sample_steps"])["mean"].transform(
+        "max" if higher_is_better(metric) else "min")
+    out["best"] = (out["n"] > 0) & np.isclose(out["mean"], best, rtol=1e-12, atol=0)
     return out
 
 
-def floor_value(run: Run, metric: str, dataset: str) -> float | None:
-    """The real-vs-real value of ``metric`` for ``dataset`` at the run's sample size, if recorded."""
+def floor_row(run: Run, metric: str, dataset: str) -> pd.Series | None:
+    """The floors.csv row of ``dataset`` with a value of ``metric``, at the run's image size and
+    n_samples where such a row exists; None if no floor was recorded."""
     f = run.floors
     if f is None or metric not in f.columns or "dataset" not in f.columns:
         return None
-    f = f[f["dataset"] == dataset]
+    f = f[(f["dataset"] == dataset) & pd.to_numeric(f[metric], errors="coerce").notna()]
     rows = run.rows[run.rows["dataset"] == dataset]
     for col in ("image_size", "n_samples"):
-        if col in f.columns and col in rows.columns and len(f[f[col] == rows[col].mode().iloc[0]]):
+        if col in f.columns and col in rows.columns and len(rows) and len(f[f[col] == rows[col].mode().iloc[0]]):
             f = f[f[col] == rows[col].mode().iloc[0]]
-    vals = pd.to_numeric(f[metric], errors="coerce").dropna()
-    return float(vals.iloc[0]) if len(vals) else None
+    return f.iloc[0] if len(f) else None
+
+
+def floor_value(run: Run, metric: str, dataset: str) -> float | None:
+    """The real-vs-real value of ``metric`` for ``dataset`` (``floor_row``), if recorded."""
+    r = floor_row(run, metric, dataset)
+    return None if r is None else float(r[metric])
+
+
+def floor_n(run: Run, metric: str, dataset: str) -> int | None:
+    """The number of held-out real images the floor of ``metric`` on ``dataset`` was computed from
+    (floors.csv ``n_generated``: fewer than asked where the held-out split is smaller); None if unknown."""
+    r = floor_row(run, metric, dataset)
+    n = None if r is None or "n_generated" not in r.index else pd.to_numeric(r["n_generated"], errors="coerce")
+    return None if n is None or not np.isfinite(n) else int(n)
+
+
+def arm_n(run: Run, metric: str, dataset: str) -> list[int]:
+    """The distinct numbers of generated images the arms' values of ``metric`` on ``dataset`` are from."""
+    if metric not in run.rows.columns:
+        return []
+    rows = run.rows[(run.rows["dataset"] == dataset) & pd.to_numeric(run.rows[metric], errors="coerce").notna()]
+    col = "n_generated" if "n_generated" in rows.columns else "n_samples"
+    vals = pd.to_numeric(rows[col], errors="coerce").dropna() if col in rows.columns else pd.Series(dtype=float)
+    return sorted({int(v) for v in vals})
+
+
+def floor_phrase(run: Run, metric: str, dataset: str) -> str | None:
+    """How the floor of ``metric`` on ``dataset`` relates to the arms' sample size, e.g. "floor at this
+    sample size (n = 200)" where the floor's n equals the arms' n_generated, else "floor at n = 45
+    (arms at n = 64)"; None without a floor."""
+    if floor_value(run, metric, dataset) is None:
+        return None
+    fn, an = floor_n(run, metric, dataset), arm_n(run, metric, dataset)
+    arms = ", ".join(map(str, an)) or "not recorded"
+    if fn is not None and an == [fn]:
+        return f"floor at this sample size (n = {fn})"
+    return f"floor at n = {fn if fn is not None else 'not recorded'} (arms at n = {arms})"
 
 
 def metric_meta(run: Run, metric: str) -> dict[str, str]:
@@ -197,13 +254,14 @@ def cell_note(r) -> str:
 # --- the three formats ----------------------------------------------------------------------------
 def caption(run: Run, metric: str) -> str:
     m = metric_meta(run, metric)
-    floor = (f" the floor row is real vs real: held-out vs training images, {m['floor_n']} held-out images (what a "
-             f"perfect model scores at this sample size)."
-             if any(floor_value(run, metric, ds) is not None for ds in run.datasets) else
-             " no real-vs-real floor was recorded (floors.csv).")
-    return (f"{metric} (lower is better). Feature extractor: {m['features']}. n_generated = {m['n_generated']} "
+    floors = [(ds, floor_phrase(run, metric, ds)) for ds in run.datasets]
+    floors = [f"{ds}: {ph}" for ds, ph in floors if ph]
+    floor = (f" the floor row is real vs real: held-out vs training images, {m['floor_n']} held-out images; "
+             f"{'; '.join(floors)}." if floors else " no real-vs-real floor was recorded (floors.csv).")
+    best = "highest" if higher_is_better(metric) else "lowest"
+    return (f"{metric} ({direction(metric)}). Feature extractor: {m['features']}. n_generated = {m['n_generated']} "
             f"images per evaluation; n_reference = {m['n_reference']} real images. Cells: mean ± std over seeds "
-            f"(n = seeds that finished); best (lowest mean) per column in bold;{floor}")
+            f"(n = seeds that finished); best ({best} mean) per column in bold;{floor}")
 
 
 def table_frame(run: Run, metric: str) -> pd.DataFrame:
