@@ -300,6 +300,7 @@ def test_report_warnings(built):
     assert "`fd_mnist_clf` was not computed on `craters` (the table shows —): the MNIST classifier needs" in warnings
     assert "`kid` on a small sample" not in warnings  # KID is unbiased: no rank-deficiency warning
     assert "Preset `quick`" in warnings and "dirty" in warnings
+    assert "`quick` preset has changed since this run" in warnings  # the test grid is not experiments' quick preset
     assert "Incomplete run" not in warnings
 
 

@@ -128,13 +128,21 @@ def budget_notes(run: Run) -> list[str]:
 
 
 def _preset_notes(run: Run, preset: str) -> list[str]:
-    """The preset's note from experiments/<grid>.toml, if that file is still there (best effort)."""
+    """The preset's note from experiments/<grid>.toml, if that file is still there and its preset still
+    makes this run's trials (best effort); a preset changed since the run is said, not quoted."""
     try:
-        from bench.grid import find_grid, read_toml
+        from bench.grid import Grid, find_grid, load_grid, read_toml, trial_id
 
-        return [f"{read_toml(find_grid(run.name))['presets'][preset]['note']} (from experiments/{run.name}.toml)"]
+        note = read_toml(find_grid(run.name))["presets"][preset]["note"]
+        g = run.grid
+        ran = Grid(g["name"], g.get("description", ""), preset, g.get("base", {}), g.get("axes", {}))
+        same = {trial_id(c) for c in load_grid(run.name, preset).trials()} == {trial_id(c) for c in ran.trials()}
     except Exception:  # noqa: BLE001
         return []
+    if same:
+        return [f"{note} (from experiments/{run.name}.toml)"]
+    return [f"experiments/{run.name}.toml's `{preset}` preset has changed since this run, so its note (which describes "
+            f"the current preset) is not quoted; grid.toml holds the grid this run ran."]
 
 
 def few_seeds(run: Run) -> list[str]:
