@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train, sample and score every trial of a grid")
     run.add_argument("--grid", required=True, help="grid name (experiments/NAME.toml) or path to a .toml")
-    run.add_argument("--preset", default="full", help="full (as written, GPU scale) | quick (2-core CPU) | smoke (seconds)")
+    run.add_argument("--preset", default=None,
+                     help="full (as written, GPU scale) | quick (2-core CPU, ~30 min) | smoke (seconds); "
+                          "default: full where CUDA is available, else quick")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
     run.add_argument("--out", type=Path, help="run directory (default results/GRID/PRESET-TIMESTAMP)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out (default: the latest of this grid+preset)")
@@ -44,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPU cores (and torch threads) per trial (default: 1 under Ray; all with --local)")
     run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions pack trials on one GPU (default 1 if CUDA, else 0)")
     run.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    run.add_argument("--yes", action="store_true",
+                     help=f"run even where the estimate exceeds {CPU_CONFIRM_HOURS:g} h on a machine without CUDA")
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="rebuild tables, plots and REPORT.md of a run from its rows.csv")
@@ -89,6 +96,13 @@ def _registry_lister(module: str, attr: str):
     return lister
 
 
+def _list_models():
+    from bench.unet import MODELS, describe_model
+
+    for name in MODELS.names():
+        print(f"  {name:<16} {describe_model(name)}")
+
+
 def _list_grids():
     from bench.grid import grid_names, load_grid
 
@@ -111,7 +125,7 @@ LISTERS = {
     "predictions": _registry_lister("bench.diffusion", "PREDICTIONS"),
     "weightings": _registry_lister("bench.diffusion", "WEIGHTINGS"),
     "datasets": _registry_lister("bench.data", "DATASETS"),
-    "models": _registry_lister("bench.unet", "MODELS"),
+    "models": _list_models,
     "metrics": _registry_lister("bench.metrics", "METRICS"),
     "grids": _list_grids,
     "config": _list_config,
@@ -129,26 +143,70 @@ def cmd_ls(args) -> int:
 
 
 # --- run ---------------------------------------------------------------------------------------
+CPU_CONFIRM_HOURS = 4.0  # without CUDA, a run estimated longer than this needs --yes
+
+
 def cmd_run(args) -> int:
+    """Plan and check everything, then run. Without --preset the preset follows the hardware (full
+    with CUDA, quick without), said in one line. Without CUDA, the full preset first prints the
+    dry-run estimate, and a run estimated over ``CPU_CONFIRM_HOURS`` is refused (exit 2, nothing
+    started) unless --yes: the full grids are GPU scale (days on a CPU), and a newcomer should learn
+    that in seconds, not after hours of silence."""
+    import torch
+
     from bench.config import parse_set
-    from bench.dryrun import check_data, print_plan
+    from bench.dryrun import check_data, duration, estimate, print_plan
     from bench.runner import Fanout, plan_grid, run_grid
 
     fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
     fanout.check()
-    plan = plan_grid(args.grid, args.preset, parse_set(args.set), args.out, args.resume)
-    check_data(plan.trials)
+    cuda = torch.cuda.is_available()
+    preset = args.preset or _default_preset(args.grid, cuda)
+    plan = plan_grid(args.grid, preset, parse_set(args.set), args.out, args.resume)
+    if args.preset is None:
+        _say(f"no --preset given: using {preset} ({'CUDA is available' if cuda else 'no CUDA GPU here; full is GPU scale'}); "
+             f"choose with --preset full|quick|smoke")
+    sizes = check_data(plan.trials)
+    threads, at_once = fanout.slots()
     if args.dry_run:
-        print_plan(plan.grid, plan.trials, plan.run_dir)
+        print_plan(plan.grid, plan.trials, plan.run_dir, threads, at_once, ray=not args.local, sizes=sizes)
         return 0
+    if not cuda and preset == "full":
+        _say(f"preset full is GPU scale ({len(plan.trials)} trials as the grid file is written); timing this CPU for "
+             f"an estimate (seconds)...")
+        est = estimate(plan.trials, threads, at_once, ray=not args.local, sizes=sizes)
+        advice = f"`python -m bench run --grid {args.grid} --preset quick` fits a 2-core CPU in ~30 min"
+        if est.total_s > CPU_CONFIRM_HOURS * 3600 and not args.yes:
+            raise InputError(f"preset full on this CPU: estimated {duration(est.total_s)} ({len(plan.trials)} trials, "
+                             f"{at_once} at a time); {advice}, or add --yes to run full here anyway")
+        _say(f"warning: preset full on a CPU: {est.line()}; {advice}")
     rows = run_grid(plan, fanout)
-    return 1 if any(r["status"] == "error" for r in rows) else 0
+    return 1 if plan.problems or any(r["status"] == "error" for r in rows) else 0
+
+
+def _default_preset(grid: str, cuda: bool) -> str:
+    """full with CUDA; else quick where the grid has it (a grid file without presets runs as written)."""
+    from bench.grid import load_grid
+
+    if cuda:
+        return "full"
+    try:
+        load_grid(grid, "quick")
+    except InputError:
+        return "full"
+    return "quick"
+
+
+def _say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 # --- the rest ----------------------------------------------------------------------------------
 def cmd_report(args) -> int:
     from bench.report import build_report
+    from bench.rundir import check_readable
 
+    check_readable(args.run_dir)  # a garbled input file: one line, exit 2
     build_report(args.run_dir)
     print(args.run_dir / "REPORT.md")
     return 0
@@ -167,8 +225,20 @@ def cmd_plot_schedules(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    from bench.train import read_config
     from bench.trial import sample_from_workdir
 
+    workdir = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
+    if (workdir / "config.json").exists():  # a trial work dir: its checkpoint must be there and readable
+        try:
+            read_config(args.checkpoint)
+        except FileNotFoundError:
+            raise InputError(f"{args.checkpoint}: no checkpoint yet (the trial has not reached its first "
+                             f"checkpoint_every steps): pass the work dir of a trained trial") from None
+        except Exception as e:  # noqa: BLE001 - any failure to read it is the same answer
+            raise InputError(f"{args.checkpoint}: the checkpoint cannot be read ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:100] if str(e) else ''}); `bench run ... --resume` "
+                             f"trains the trial again") from None
     sample_from_workdir(args.checkpoint, args.sampler, args.steps, args.n, args.seed, args.out)
     print(args.out)
     return 0

@@ -1,10 +1,43 @@
-"""The dry run: data checks and the trial plan with a measured time estimate (``bench run --dry-run``)."""
+"""The dry run: data checks and the trial plan with a measured time estimate (``bench run --dry-run``).
+
+How the estimate is made, bounded in memory and time (under a minute and ~2 GB on a 2-core CPU, also
+for the full grids; the old dry run timed the base UNet at 64x64, batch 128 on the CPU and was
+killed for memory at ~22 GB):
+
+- training: the real training step (``bench.train.BenchStep``) is timed at a *small batch*: it starts
+  at 1 image and doubles while one step takes under ``TIMING_STEP_S`` seconds, up to the trial's
+  batch. Seconds per step = seconds per image at the largest batch timed x the trial's batch
+  (linear scaling: close on a CPU, where a convolution costs per image; on a GPU, which small
+  batches leave idle, it errs high). The tiny UNet at batch 32 is timed at 32; the base UNet at
+  64x64 at 1 or 2 images, so activations stay small.
+- sampling: the model's forward pass timed the same way (up to the sampling batch), times the
+  model evaluations (sampler steps x evaluations per step) x images of every evaluation, and of
+  the learning-curve evaluations (``eval_at``).
+- scoring: for each feature extractor the trial's metrics use (features are computed once per
+  extractor), images / (its declared ``cpu_images_per_s`` x the trial's threads), x80 on CUDA. The
+  declared rates are per CPU thread and were calibrated on the 2-core CPU of the committed runs:
+  Inception's 5 img/s is what the quick runs measured (39 s to score 200 images per evaluation, one
+  thread per trial, two trials at once), and ``bench perf`` measures 13 img/s with 2 threads alone.
+- reference statistics and floors that are not cached yet: their images at the rates above with
+  every thread (the driver computes them before the fan-out).
+- every time is taken with the threads one trial gets (1 under Ray by default, every core with
+  ``--local``); the trials then run ``concurrent`` at a time (cores / --cpus-per-trial, capped by
+  --max-concurrent) in plan order, each into the slot that frees first, plus Ray's start-up and a
+  per-trial overhead (``RAY_START_S``, ``TRIAL_OVERHEAD_S``; from the committed runs' fan-out times).
+- each timing is the fastest of two calls after a warm-up call, and on a CPU it is the call's CPU
+  seconds divided by the threads (when below its wall-clock time): other processes on the machine
+  slow a call's wall-clock time down (on a shared 2-core CPU by 1.5-2x) but not its CPU time, so the
+  estimate is for this machine when the run has it to itself.
+"""
 
 from __future__ import annotations
 
-import statistics
+import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -12,20 +45,80 @@ from bench.config import RunConfig
 from bench.data import DATASETS, load_dataset
 from bench.env import device_name, pick_device
 from bench.features import FEATURES
+from bench.files import cache_dir, check_writable
 from bench.grid import Grid
-from bench.metrics import METRICS
+from bench.metrics import DEFAULT_N_REFERENCE, METRICS, reference_cached
+from bench.registry import InputError
 from bench.sample import SAMPLERS
-from bench.timing import measure
+from bench.timing import sync
 from bench.train import BenchStep
 
+TIMING_STEP_S = 0.5  # the timing batch doubles while one call takes less than this
+GPU_SPEEDUP = 80.0  # declared CPU feature rates x this on CUDA
+RAY_START_S = 10.0  # a fresh local Ray cluster and Tune's set-up
+TRIAL_OVERHEAD_S = 3.0  # per trial: process, data load, model build, result hand-back
 
-def check_data(trials: list[RunConfig]) -> None:
-    """Load every dataset the grid uses once, so a missing one is exit 2 before any training."""
-    for key in sorted({(c.dataset, c.data_root, c.image_size) for c in trials}):
-        load_dataset(key[0], "train", key[1], key[2])
+
+def check_data(trials: list[RunConfig]) -> dict[tuple[str, str, int, str], int]:
+    """Load both splits of every dataset the grid uses once, so that a missing or corrupt file
+    (also a held-out image, which only the floors and the denoising strip read, after training) is
+    exit 2 before any work; and check that the cache folder can be written. Returns the number of
+    images per (dataset, data_root, image_size, split)."""
+    problem = check_writable(cache_dir(create=False), "the cache folder ($BENCH_CACHE)")
+    if problem:
+        raise InputError(f"{problem}: set BENCH_CACHE to a writable folder")
+    sizes = {}
+    for dataset, root, size in sorted({(c.dataset, c.data_root, c.image_size) for c in trials}):
+        for split in ("train", "heldout"):
+            sizes[(dataset, root, size, split)] = len(load_dataset(dataset, split, root, size))
+    return sizes
 
 
-def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path) -> None:
+@dataclass
+class Estimate:
+    """Seconds: per trial (at ``threads`` threads each), the reference statistics still to compute,
+    and the whole run with ``concurrent`` trials at a time."""
+
+    trial_s: list[float]
+    references_s: float
+    threads: int
+    concurrent: int
+    ray: bool
+    device: str
+    timings: dict[tuple, tuple[float, float, int, int]] = field(default_factory=dict)  # per model key: s/img train, fwd; batches timed
+
+    @property
+    def fanout_s(self) -> float:
+        slots = [RAY_START_S if self.ray else 0.0] * max(1, self.concurrent)
+        for t in self.trial_s:  # in plan order, each trial into the slot that frees first
+            i = slots.index(min(slots))
+            slots[i] += t + TRIAL_OVERHEAD_S
+        return max(slots)
+
+    @property
+    def total_s(self) -> float:
+        return self.references_s + self.fanout_s
+
+    def line(self) -> str:
+        per = f"{duration(min(self.trial_s))}-{duration(max(self.trial_s))}" if self.trial_s else "-"
+        refs = f"; reference statistics not cached yet: {duration(self.references_s)}" if self.references_s >= 1 else ""
+        return (f"estimate on this machine ({self.device}): {duration(self.total_s)} in all — {len(self.trial_s)} trials of "
+                f"{per} each at {self.threads} thread{'s' if self.threads > 1 else ''}, {self.concurrent} at a time{refs}")
+
+
+def duration(seconds: float) -> str:
+    """3 s, 4.5 min, 2.3 h, 3.1 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path, threads: int | None = None, concurrent: int = 1,
+               ray: bool = False, sizes: dict | None = None) -> Estimate:
     out = sys.stdout
     print(f"grid {grid.name!r} preset {grid.preset}: {len(trials)} trials -> {run_dir}", file=out)
     if grid.description:
@@ -38,54 +131,112 @@ def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path) -> None:
     print("  budget per trial: " + ", ".join(f"{k}={fixed[k]}" for k in budget if k in fixed), file=out)
     for note in grid.notes:
         print(f"  note: {note}", file=out)
-    est = estimate_seconds(trials)
-    total = sum(est.values())
-    print(f"  estimate on this machine ({device_name(pick_device())}): {total / 60:.1f} min for all trials one after another "
-          f"({min(est.values()):.0f}-{max(est.values()):.0f} s per trial); concurrent trials divide this by "
-          f"at most the number that fit", file=out)
+    est = estimate(trials, threads, concurrent, ray, sizes)
+    print(f"  {est.line()}", file=out)
+    return est
 
 
-def estimate_seconds(trials: list[RunConfig]) -> dict[int, float]:
-    """Per trial: measured train-step and model-forward times x the trial's step counts, plus a
-    measured scoring rate. Measured once per distinct (dataset, model, size, batch)."""
-    cache: dict[tuple, tuple[float, float]] = {}
-    out = {}
-    for i, cfg in enumerate(trials):
-        spec = DATASETS.get(cfg.dataset)
-        size = cfg.image_size or spec.size
-        key = (cfg.model, spec.channels, size, cfg.batch_size, min(cfg.n_samples, 256))
-        if key not in cache:
-            cache[key] = _time_model(*key)
-        step_s, fwd_s = cache[key]
-        nfe = sum(steps * SAMPLERS.get(s).evals_per_step for s, steps in cfg.evaluations)  # model evaluations
-        batches = -(-cfg.n_samples // min(cfg.n_samples, 256))
-        score_s = len(cfg.evaluations) * cfg.n_samples / _scoring_rate(cfg)
-        out[i] = cfg.train_steps * step_s + nfe * batches * fwd_s + score_s
-    return out
-
-
-def _time_model(model: str, channels: int, size: int, batch: int, sample_batch: int) -> tuple[float, float]:
-    """Seconds of one real training step (``bench.train.BenchStep``) and of one
-    forward pass at the sampling batch: medians of 3 after a warm-up call."""
-
+def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: int = 1, ray: bool = False,
+             sizes: dict | None = None) -> Estimate:
+    """The run's time on this machine (see the module docstring for how)."""
+    threads = max(1, int(threads or os.cpu_count() or 1))
     device = torch.device(pick_device())
-    step = BenchStep(model, channels, size, batch, device, dropout=0.0)
+    sizes = sizes if sizes is not None else check_data(trials)
+    speedup = GPU_SPEEDUP if device.type == "cuda" else 1.0
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    timings: dict[tuple, tuple[float, float, int, int]] = {}
+    try:
+        per_trial = []
+        for cfg in trials:
+            spec = DATASETS.get(cfg.dataset)
+            size = cfg.image_size or spec.size
+            batch, sample_batch = cfg.batch_size, min(cfg.n_samples, 256)
+            key = (cfg.model, spec.channels, size, batch, sample_batch)
+            if key not in timings:
+                timings[key] = _time_model(*key, device)
+            step_img_s, fwd_img_s, _, _ = timings[key]
+            first_nfe = cfg.evaluations[0][1] * SAMPLERS.get(cfg.evaluations[0][0]).evals_per_step
+            nfe = sum(steps * SAMPLERS.get(s).evals_per_step for s, steps in cfg.evaluations)
+            curve = len(cfg.curve_steps)
+            sample_s = (nfe + curve * first_nfe) * cfg.n_samples * fwd_img_s
+            score_s = (len(cfg.evaluations) * _scoring_s(cfg.metric_names, cfg.n_samples, spec.channels, size)
+                       + curve * _scoring_s(cfg.curve_metric_names, cfg.n_samples, spec.channels, size)) / (threads * speedup)
+            per_trial.append(cfg.train_steps * batch * step_img_s + sample_s + score_s)
+    finally:
+        torch.set_num_threads(before)
+    refs = _references_s(trials, sizes) / ((os.cpu_count() or 1) * speedup)
+    return Estimate(per_trial, refs, threads, max(1, concurrent), ray, device_name(device), timings)
+
+
+def _time_model(model: str, channels: int, size: int, batch: int, sample_batch: int,
+                device: torch.device) -> tuple[float, float, int, int]:
+    """Seconds per image of one real training step (``bench.train.BenchStep``) and of one forward
+    pass, each at the largest batch (doubling from 1, up to ``batch`` / ``sample_batch``) whose call
+    takes under ``TIMING_STEP_S``; and those two batches."""
+    step = BenchStep(model, channels, size, 1, device, dropout=0.0)
     net = step.trainer.model
-    xs = torch.randn(sample_batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    ts = torch.randint(0, 100, (sample_batch,), device=device)
 
-    def forward():
-        with torch.inference_mode():
-            net.eval()
-            net(xs, ts)
-            net.train()
+    def train_at(b: int) -> Callable[[], Any]:
+        step.trainer.cfg = step.trainer.cfg.replace(batch_size=b)
+        return step
 
-    rates = measure({"step": (step, 1), "forward": (forward, 1)}, device, reps=3)
-    return 1 / statistics.median(rates["step"]), 1 / statistics.median(rates["forward"])
+    def forward_at(b: int) -> Callable[[], Any]:
+        xs = torch.randn(b, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        ts = torch.randint(0, 100, (b,), device=device)
+
+        def forward():
+            with torch.inference_mode():
+                net.eval()
+                net(xs, ts)
+                net.train()
+
+        return forward
+
+    train_s, bt = _per_image_s(train_at, batch, device)
+    fwd_s, bf = _per_image_s(forward_at, sample_batch, device)
+    return train_s, fwd_s, bt, bf
 
 
-def _scoring_rate(cfg: RunConfig) -> float:
-    """Images/s of the slowest feature extractor the trial's metrics use (their declared rough CPU
-    rate; a GPU is taken as ~80x faster)."""
-    rate = min(FEATURES.get(METRICS.get(m).feature).cpu_images_per_s for m in cfg.metric_names)
-    return rate * (80.0 if torch.cuda.is_available() else 1.0)
+def _per_image_s(make: Callable[[int], Callable[[], Any]], batch: int, device: torch.device) -> tuple[float, int]:
+    b = 1
+    while True:
+        fn = make(b)
+        fn()  # warm-up: allocations, kernel selection
+        times = []
+        for _ in range(2):
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            # on a CPU: this process's CPU seconds per thread, which other processes do not inflate
+            times.append(wall if device.type == "cuda" else min(wall, cpu / torch.get_num_threads()))
+        t = min(times)
+        if b >= batch or t > TIMING_STEP_S:
+            return t / b, b
+        b = min(2 * b, batch)
+
+
+def _scoring_s(metric_names, n: int, channels: int, size: int) -> float:
+    """Single-thread CPU seconds to extract the features of ``n`` images for these metrics (each
+    extractor once; those that do not support the images are skipped by the trial too)."""
+    feats = {METRICS.get(m).feature for m in metric_names}
+    return sum(n / FEATURES.get(f).cpu_images_per_s for f in feats if not FEATURES.get(f).supports(channels, size))
+
+
+def _references_s(trials: list[RunConfig], sizes: dict) -> float:
+    """Single-thread CPU seconds of the reference statistics and floors not in the cache yet."""
+    todo: set[tuple] = set()
+    for c in trials:
+        spec = DATASETS.get(c.dataset)
+        size = c.image_size or spec.size
+        n_train = sizes[(c.dataset, c.data_root, c.image_size, "train")]
+        n_held = sizes[(c.dataset, c.data_root, c.image_size, "heldout")]
+        for f in {METRICS.get(m).feature for m in (*c.metric_names, *c.curve_metric_names)}:
+            if FEATURES.get(f).supports(spec.channels, size):
+                continue
+            for split, n, avail in (("train", c.n_reference or None, n_train), ("heldout", min(c.n_samples, n_held), n_held)):
+                if not reference_cached(c.dataset, split, f, n, size, avail):
+                    todo.add((c.dataset, split, f, min(n or DEFAULT_N_REFERENCE, avail)))
+    return sum(n / FEATURES.get(f).cpu_images_per_s for _, _, f, n in todo)

@@ -85,9 +85,90 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cache_dir() -> Path:
+class LockBusy(Exception):
+    """``exclusive_lock`` found the lock held by a live process; ``holder`` is what that process wrote
+    into the lock file (its pid and command), or "" when it had not written it yet."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, owner: str = "") -> Iterator[None]:
+    """A non-blocking exclusive lock on ``path``: raises ``LockBusy`` at once when a live process holds
+    it, else holds it (with ``owner``, e.g. pid and command, written into the file for the message
+    others get) until the block ends.
+
+    POSIX flock: the kernel releases it when its process dies (also by kill -9), so a lock file left
+    by a dead process is never a stale lock; only a process alive *and* holding it is. A no-op where
+    fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise LockBusy(path, fh.read().strip()) from None
+        try:
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(owner)
+                fh.flush()
+            except OSError:  # a full disk: the lock holds without the note
+                pass
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds ``exclusive_lock(path)`` now (what it wrote, or "" if nothing yet), or None when no
+    live process holds it. Creates nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fh = open(path)
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
+
+def check_writable(folder: Path, what: str) -> str:
+    """"" when files can be created in ``folder`` (or, where it does not exist yet, in the folder it
+    would be made in), else one line saying why not: a file in the way, a read-only file system, no
+    permission. Writes nothing."""
+    folder = Path(folder)
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        return f"{what} {folder}: {existing} is a file, not a folder"
+    if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1):
+        return f"{what} {folder}: {existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{what} {folder}: no permission to write in {existing}"
+    return ""
+
+
+def cache_dir(create: bool = True) -> Path:
     """Derived files (decompressed MNIST, reference statistics, the classifier): $BENCH_CACHE, else
-    ~/.cache/bench."""
+    ~/.cache/bench (made unless ``create`` is False)."""
     path = Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "bench").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
+

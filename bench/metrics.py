@@ -24,13 +24,17 @@ Reference statistics: the first ``n_reference`` training images in a fixed seede
 covariance (float64) and the covariance's square root (so that an evaluation needs no 2048 x 2048
 eigendecomposition) plus the features themselves (float32, for KID), cached on disk as
 ``cache_dir()/refstats/<dataset>-<split>-<size>px-<extractor>-n<n>-of<available>-s<seed>-v<version>.pt``
-with the same keys inside the file; a file whose keys do not match, that cannot be loaded, or holds
-NaNs is rebuilt; files are written atomically and computed under a file lock (one process of a grid
+with the same keys inside the file and a SHA-256 of the keys and of every tensor's bytes
+(``STATS_TENSORS``), verified on every load; a file whose keys or checksum do not match (one flipped
+bit is enough), that has no checksum, cannot be loaded, or holds NaNs is rebuilt with a warning,
+never used; files are written atomically and computed under a file lock (one process of a grid
 computes, the others wait and load).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -155,20 +159,18 @@ def reference_stats(dataset: str, split: str = "train", feature: str = "inceptio
     (its PSD square root, float64 [D, D]), "features" (float32 [n, D]), "seconds"}. Cached on disk (see the module docstring)."""
     from bench.data import DATASETS, load_dataset
 
-    spec, fspec = DATASETS.get(dataset), FEATURES.get(feature)
+    spec = DATASETS.get(dataset)
+    FEATURES.get(feature)  # an unknown name fails before any work
     size = image_size or spec.size
     images = load_dataset(dataset, split, data_root, size)
     n = min(DEFAULT_N_REFERENCE if n_images is None else n_images, len(images))
     if n < 2:
         raise InputError(f"reference statistics need at least 2 images, asked for {n_images} of {dataset}/{split}")
-    keys = {"dataset": dataset, "split": split, "image_size": size, "feature": feature, "feature_label": fspec.label,
-            "n_images": n, "n_available": len(images), "order_seed": ORDER_SEED, "version": f"{REFSTATS_VERSION}.{fspec.version()}"}
-    path = cache_dir() / "refstats" / (
-        f"{dataset}-{split}-{size}px-{feature}-n{n}-of{len(images)}-s{ORDER_SEED}-v{keys['version']}.pt")
+    path, keys = _stats_path(dataset, split, feature, n_images, size, len(images))
     stats = _load_stats(path, keys)
     if stats is None:
         with file_lock(path.with_name(f".{path.name}.lock")):
-            stats = _load_stats(path, keys)  # another process may have written it while we waited
+            stats = _load_stats(path, keys, warn=False)  # another process may have written it while we waited
             if stats is None:
                 t0 = time.time()
                 idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(ORDER_SEED))[:n]
@@ -176,37 +178,75 @@ def reference_stats(dataset: str, split: str = "train", feature: str = "inceptio
                 mu, sigma = gaussian_stats(feats)
                 stats = {"keys": keys, "mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma),
                          "sigma_sqrt": torch.from_numpy(psd_sqrt(sigma, feats)), "features": feats, "seconds": time.time() - t0}
+                stats["sha256"] = stats_checksum(stats)
                 save_torch_atomic(stats, path)
                 compute_count[path.name] = compute_count.get(path.name, 0) + 1
     return stats
 
 
-def _load_stats(path: Path, keys: dict) -> dict | None:
+def _stats_path(dataset: str, split: str, feature: str, n_images: int | None, size: int, available: int) -> tuple[Path, dict]:
+    """The cache file of these reference statistics and the keys it must hold."""
+    n = min(DEFAULT_N_REFERENCE if n_images is None else n_images, available)
+    keys = {"dataset": dataset, "split": split, "image_size": size, "feature": feature,
+            "feature_label": FEATURES.get(feature).label, "n_images": n, "n_available": available,
+            "order_seed": ORDER_SEED, "version": f"{REFSTATS_VERSION}.{FEATURES.get(feature).version()}"}
+    path = cache_dir() / "refstats" / (
+        f"{dataset}-{split}-{size}px-{feature}-n{n}-of{available}-s{ORDER_SEED}-v{keys['version']}.pt")
+    return path, keys
+
+
+def reference_cached(dataset: str, split: str, feature: str, n_images: int | None, size: int, available: int) -> bool:
+    """Whether these reference statistics have a cache file (not verified: the dry run's estimate)."""
+    return _stats_path(dataset, split, feature, n_images, size, available)[0].exists()
+
+
+STATS_TENSORS = ("mu", "sigma", "sigma_sqrt", "features")
+
+
+def stats_checksum(stats: dict) -> str:
+    """SHA-256 of the keys (as sorted JSON) and of each tensor's dtype, shape and bytes, in
+    ``STATS_TENSORS`` order."""
+    h = hashlib.sha256(json.dumps(stats["keys"], sort_keys=True).encode())
+    for k in STATS_TENSORS:
+        t = stats[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(memoryview(t.numpy()).cast("B"))
+    return h.hexdigest()
+
+
+def _load_stats(path: Path, keys: dict, warn: bool = True) -> dict | None:
     if not path.exists():
         return None
     try:
         s = torch.load(path, map_location="cpu", weights_only=True)
         n, d = s["features"].shape
-        ok = (s["keys"] == keys and n == keys["n_images"] and s["mu"].shape == (d,)
-              and s["sigma"].shape == s["sigma_sqrt"].shape == (d, d)
-              and all(bool(torch.isfinite(s[k]).all()) for k in ("mu", "sigma", "sigma_sqrt", "features")))
-        if ok:
+        if "sha256" not in s:
+            reason = "it has no checksum (written by an older bench)"
+        elif s["sha256"] != stats_checksum(s):
+            reason = "its checksum does not match its contents (the file changed after it was written)"
+        elif not (s["keys"] == keys and n == keys["n_images"] and s["mu"].shape == (d,)
+                  and s["sigma"].shape == s["sigma_sqrt"].shape == (d, d)
+                  and all(bool(torch.isfinite(s[k]).all()) for k in STATS_TENSORS)):
+            reason = "keys, shapes or values do not match"
+        else:
             return s
-        reason = "keys, shapes or values do not match"
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
-    warnings.warn(f"rebuilding reference statistics {path.name}: {reason}", stacklevel=2)
+    if warn:
+        warnings.warn(f"rebuilding reference statistics {path.name}: {reason}", stacklevel=2)
     return None
 
 
 # --- the entry points --------------------------------------------------------------------------
 def score(metric_names: list[str], fake_uint8: torch.Tensor, dataset: str, data_root: str = "", image_size: int = 0,
-          n_reference: int | None = None, progress: bool = False, device="cpu") -> dict[str, float | int | str]:
+          n_reference: int | None = None, progress: bool = False, device="cpu",
+          features_out: dict[str, torch.Tensor] | None = None) -> dict[str, float | int | str]:
     """Score generated images (uint8 [N, C, S, S]) against the dataset's training split.
 
     Returns flat results-table columns; per metric M: ``M`` (value; NaN when skipped), ``M_features``
     (extractor label), ``M_n_ref`` (reference images), ``M_skipped`` (only when skipped: why), and
-    for kid also ``kid_std`` and ``kid_subset_size``; plus ``n_generated`` and ``score_seconds``."""
+    for kid also ``kid_std`` and ``kid_subset_size``; plus ``n_generated`` and ``score_seconds``.
+    ``features_out`` (a dict) receives the generated images' features per extractor name."""
     from bench.data import DATASETS
 
     metrics = {name: METRICS.get(name) for name in metric_names}  # unknown names fail before any work
@@ -215,7 +255,7 @@ def score(metric_names: list[str], fake_uint8: torch.Tensor, dataset: str, data_
     if fake_uint8.dtype != torch.uint8 or tuple(fake_uint8.shape[1:]) != (spec.channels, size, size):
         raise InputError(f"generated images must be uint8 [N, {spec.channels}, {size}, {size}] for {dataset} at "
                          f"{size} px, got {fake_uint8.dtype} {tuple(fake_uint8.shape)}")
-    cache: dict[str, torch.Tensor] = {}
+    cache: dict[str, torch.Tensor] = {} if features_out is None else features_out
 
     def fake_features(feature: str) -> torch.Tensor:
         if feature not in cache:

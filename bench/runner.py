@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import shlex
 import shutil
+import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,8 @@ import torch
 
 from bench import rundir
 from bench.config import RunConfig, from_dict, trial_id
+from bench.data import DATASETS
+from bench.dryrun import duration
 from bench.files import copy_atomic, write_text_atomic
 from bench.grid import Grid, load_grid, validate_trials
 from bench.metrics import floor, release_extractors
@@ -36,6 +41,17 @@ from bench.report import build_report
 from bench.rundir import trial_dir, write_rows
 from bench.train import CHECKPOINT
 from bench.trial import checkpoint_step, error_rows, finished_rows, run_trial_safe
+from bench.unet import build_model, count_params
+
+PROGRESS_EVERY_S = 30.0  # without a terminal: at most one progress line per this many seconds
+
+
+def available_cpus() -> int:
+    """The cores this process may use (its CPU affinity), which a fresh local Ray cluster is given."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,12 @@ class Fanout:
     max_concurrent: int | None = None
 
     def check(self) -> None:
+        """Resources that cannot be had are bad input (exit 2) here, before any work: a Ray trial
+        that asks for more cores or GPUs than the cluster has would wait for ever, and an
+        unreachable --address would retry for ever."""
+        for name, v in (("--cpus-per-trial", self.cpus_per_trial), ("--gpus-per-trial", self.gpus_per_trial)):
+            if v is not None and not math.isfinite(v):
+                raise InputError(f"{name} must be a finite number, got {v}")
         if (self.cpus_per_trial is not None and self.cpus_per_trial <= 0) or (
                 self.gpus_per_trial is not None and self.gpus_per_trial < 0):
             raise InputError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
@@ -57,6 +79,51 @@ class Fanout:
             raise InputError("--max-concurrent must be >= 1")
         if self.local and self.address:
             raise InputError("--local runs in this process; it cannot be combined with --address")
+        if self.local and self.gpus_per_trial is not None:
+            raise InputError("--gpus-per-trial applies to Ray trials; --local runs every trial in this process on "
+                             f"{'the GPU' if torch.cuda.is_available() else 'the CPU'} (drop --local to fan out)")
+        if self.address:
+            check_reachable(self.address)
+            return
+        cores, gpus = available_cpus(), torch.cuda.device_count()
+        if self.cpus_per_trial is not None and self.cpus_per_trial > cores:
+            raise InputError(f"--cpus-per-trial {self.cpus_per_trial:g}: this machine has {cores} cores, so no trial "
+                             f"could ever start; use at most {cores}")
+        if self.gpus_per_trial and self.gpus_per_trial > gpus:
+            raise InputError(f"--gpus-per-trial {self.gpus_per_trial:g}: this machine has {gpus} CUDA GPU"
+                             f"{'s' if gpus != 1 else ''}, so no trial could ever start"
+                             + ("; use --gpus-per-trial 0 (or leave it out) to run on the CPU" if not gpus else ""))
+
+    def resources(self) -> tuple[float | None, float]:
+        """(cpus per trial: None = every core with --local, gpus per trial) as the run uses them."""
+        gpus = self.gpus_per_trial if self.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
+        return self.cpus_per_trial or (None if self.local else 1.0), (0.0 if self.local else gpus)
+
+    def slots(self) -> tuple[int, int]:
+        """(torch threads per trial, trials at once) on this machine."""
+        cpus, gpus = self.resources()
+        cores = available_cpus()
+        if self.local:
+            return (int(cpus) if cpus and cpus >= 1 else cores), 1
+        at_once = int(cores // cpus)
+        if gpus:
+            at_once = min(at_once, int(torch.cuda.device_count() // gpus))
+        return int(max(1, cpus)), max(1, min(at_once, self.max_concurrent or at_once))
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """InputError unless something listens at ``address`` (HOST:PORT, also ray://HOST:PORT)."""
+    if address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise InputError(f"cannot reach a Ray cluster at {address} ({e.strerror or type(e).__name__}): start one there "
+                         f"with `ray start --head --port={port}`, or leave out --address to use this machine") from None
 
 
 @dataclass
@@ -67,6 +134,7 @@ class Plan:
     trials: list[RunConfig]
     run_dir: Path
     resume: bool
+    problems: list[str] = field(default_factory=list)  # run_grid: what could not be saved (the CLI exits 1)
 
 
 def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str, Any] | None = None,
@@ -78,39 +146,100 @@ def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str
     validate_trials(trials)
     run_dir = Path(out) if out else (rundir.latest_run_dir(grid) if resume else None) or rundir.default_run_dir(grid)
     rundir.check(run_dir, grid, resume)
+    if resume:
+        resume_state(run_dir, trials)  # unrecoverable rows.csv: exit 2 now, before anything is written
     return Plan(grid, trials, run_dir, resume)
 
 
 def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
     """Run a planned grid: floors first (they compute every reference statistic once, with all
     cores), then every trial not finished earlier, then the report. Returns the rows (also in
-    rows.csv). A trial that raises becomes error rows; the others still run."""
+    rows.csv). A trial that raises becomes error rows; the others still run.
+
+    The run directory is locked for the whole run (a second run into it is refused, naming this
+    one). On --resume the earlier rows are checked before anything is written; env.json keeps the
+    earlier sessions. Ctrl-C stops cleanly: finished trials are kept, the interrupted ones are left
+    to --resume (never recorded as failed), and KeyboardInterrupt is re-raised."""
     fanout.check()
     run_dir, trials = plan.run_dir, plan.trials
-    rundir.prepare(run_dir, plan.grid)
-    t0 = time.time()
-    gpus = fanout.gpus_per_trial if fanout.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
-    cpus = fanout.cpus_per_trial or (None if fanout.local else 1.0)
-    env = rundir.write_env(run_dir, {"runner": "local" if fanout.local else "ray", "address": fanout.address,
-                                     "cpus_per_trial": cpus, "gpus_per_trial": gpus})
-    collector = Collector(run_dir, trials)
-    done = preload_finished(trials, run_dir, collector) if plan.resume else 0
-    _say(f"{len(trials)} trials of grid {plan.grid.name!r} ({plan.grid.preset}) -> {run_dir}"
-         + (f" ({done} finished earlier)" if done else ""))
-    _guarded("floors", run_dir, lambda: write_floors(run_dir, trials))
-    t_fan = time.time()
-    if fanout.local:
-        run_local(trials, run_dir, collector, threads=int(cpus) if cpus else None)
-    else:
-        run_ray(plan.grid, trials, run_dir, collector, fanout.address, cpus, gpus, fanout.max_concurrent)
-    rundir.finish(run_dir, env, time.time() - t0, fanout_s=time.time() - t_fan)
-    _guarded("report", run_dir, lambda: build_report(run_dir))
-    rows = [r for rs in collector.rows.values() for r in rs]
-    statuses = {r["trial_id"]: r["status"] for r in rows}
-    n_err, n_div = sum(s == "error" for s in statuses.values()), sum(s == "diverged" for s in statuses.values())
-    _say(f"done in {time.time() - t0:.0f} s: {len(trials) - n_err - n_div} ok, {n_div} diverged, {n_err} error; "
-         f"rows in {run_dir / rundir.ROWS}")
+    rundir.check_space(run_dir, disk_needed(trials, ray=not fanout.local))
+    with rundir.locked(run_dir):
+        rundir.check(run_dir, plan.grid, plan.resume, probe_lock=False)  # again, now that no other run can write
+        finished, notes = resume_state(run_dir, trials) if plan.resume else ({}, [])
+        rundir.prepare(run_dir, plan.grid)
+        t0 = time.time()
+        cpus, gpus = fanout.resources()
+        env = rundir.write_env(run_dir, {"runner": "local" if fanout.local else "ray", "address": fanout.address,
+                                         "cpus_per_trial": cpus, "gpus_per_trial": gpus}, resume=plan.resume)
+        collector = Collector(run_dir, trials)
+        collector.rows.update(finished)
+        collector.flush()
+        for note in notes:
+            _say(f"warning: {note}")
+        done = len(finished)
+        _say(f"{len(trials)} trials of grid {plan.grid.name!r} ({plan.grid.preset}) -> {run_dir}"
+             + (f" ({done} finished earlier)" if done else ""))
+        _guarded("floors", run_dir, lambda: write_floors(run_dir, trials))
+        t_fan = time.time()
+        progress = Progress(len(trials), done, fanout.slots()[1])
+        try:
+            if fanout.local:
+                run_local(trials, run_dir, collector, threads=fanout.slots()[0], progress=progress)
+            else:
+                run_ray(plan.grid, trials, run_dir, collector, fanout.address, cpus, gpus, fanout.max_concurrent,
+                        progress=progress)
+        except KeyboardInterrupt:
+            collector.flush()
+            _finish(run_dir, env, t0, t_fan, plan)
+            n_done = sum(1 for cfg in trials if trial_id(cfg) in collector.rows)
+            _say(f"interrupted: {n_done} of {len(trials)} trials finished and kept in {run_dir / rundir.ROWS}; the "
+                 f"interrupted ones resume from their checkpoints with: {resume_command(plan)}")
+            raise
+        _finish(run_dir, env, t0, t_fan, plan)
+        _guarded("report", run_dir, lambda: build_report(run_dir))
+        if collector.unsaved:
+            collector.flush()
+        if collector.unsaved:
+            plan.problems.append(f"rows.csv could not be written ({collector.unsaved})")
+            _say(f"error: {run_dir / rundir.ROWS} could not be written ({collector.unsaved}); the trials' results are in "
+                 f"{run_dir / '_work' / 'trials'}/*/result.json: free space, then {resume_command(plan)} rebuilds it")
+        rows = [r for cfg in trials for r in collector.rows.get(trial_id(cfg), [])]
+        statuses = {r["trial_id"]: r["status"] for r in rows}
+        n_err, n_div = sum(s == "error" for s in statuses.values()), sum(s == "diverged" for s in statuses.values())
+        _say(f"done in {time.time() - t0:.0f} s: {len(trials) - n_err - n_div} ok, {n_div} diverged, {n_err} error; "
+             + (f"rows in {run_dir / rundir.ROWS}" if not collector.unsaved else "rows NOT saved (see above)"))
     return rows
+
+
+def _finish(run_dir: Path, env: dict, t0: float, t_fan: float, plan: Plan) -> None:
+    try:
+        rundir.finish(run_dir, env, time.time() - t0, fanout_s=time.time() - t_fan)
+    except OSError as e:
+        plan.problems.append(f"env.json could not be written ({e.strerror or e})")
+        _say(f"warning: {run_dir / rundir.ENV} could not be written ({e.strerror or e})")
+
+
+def resume_command(plan: Plan) -> str:
+    """The command that continues this run (the same grid, preset and --set; the run dir)."""
+    sets = [shlex.quote(n[len("--set "):]) for n in plan.grid.notes if n.startswith("--set ")]
+    return " ".join(["python -m bench run --grid", shlex.quote(plan.grid.name), "--preset", plan.grid.preset,
+                     *[f"--set {x}" for x in sets], "--out", shlex.quote(str(plan.run_dir)), "--resume"])
+
+
+def disk_needed(trials: list[RunConfig], ray: bool) -> int:
+    """Bytes a run needs at least: each trial's checkpoint (model, EMA, two Adam moments: 16 bytes
+    a parameter; under Ray also the two copies Ray keeps), written through a temp file, plus ~1 MB
+    of samples and logs a trial."""
+    params: dict[tuple, int] = {}
+    total = 20 * 2**20
+    for cfg in trials:
+        spec = DATASETS.get(cfg.dataset)
+        key = (cfg.model, spec.channels)
+        if key not in params:
+            with torch.device("meta"):
+                params[key] = count_params(build_model(cfg.model, spec.channels, cfg.image_size or spec.size))
+        total += params[key] * 16 * (3 if ray else 1) + 2**20
+    return total
 
 
 def _say(msg: str) -> None:
@@ -125,7 +254,8 @@ def _guarded(step: str, run_dir: Path, fn) -> None:
     except Exception as e:  # noqa: BLE001 - the rows matter more than the step
         _say(f"warning: {step} failed ({type(e).__name__}: {e}); rows.csv is intact, "
              f"rerun `python -m bench report {run_dir}`")
-        traceback.print_exc(file=sys.stderr)
+        if not isinstance(e, OSError):  # a full disk needs no traceback
+            traceback.print_exc(file=sys.stderr)
 
 
 def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
@@ -138,9 +268,12 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
     t0 = time.time()
     rows = []
     keys = sorted({(c.dataset, c.data_root, c.image_size, c.n_samples, c.metric_names, c.n_reference) for c in trials})
+    _say(f"real-vs-real floors and reference statistics ({len(keys)} set{'s' if len(keys) > 1 else ''}; the first run "
+         f"computes and caches the reference features, which takes minutes for Inception on a CPU)")
     for dataset, root, size, n, metrics, n_ref in keys:
         t1 = time.time()
-        res = floor(list(metrics), dataset, n, data_root=root, image_size=size, n_reference=n_ref or None)
+        res = floor(list(metrics), dataset, n, data_root=root, image_size=size, n_reference=n_ref or None,
+                    progress=sys.stderr.isatty())
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t1})
     write_text_atomic(run_dir / rundir.FLOORS, pd.DataFrame(rows).to_csv(index=False))
     release_extractors()
@@ -149,25 +282,83 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
 
 
 class Collector:
-    """The driver's table of rows, keyed by trial; rewrites rows.csv whenever a trial finishes."""
+    """The driver's table of rows, keyed by trial; rewrites rows.csv whenever a trial finishes. A
+    write that fails (a full disk) keeps the rows in memory, says so once, and is tried again at the
+    next trial and at the end (``unsaved`` holds the reason until a write succeeds)."""
 
     def __init__(self, run_dir: Path, trials: list[RunConfig]):
         self.run_dir, self.trials = run_dir, trials
         self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.unsaved = ""
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         tid = rows[0]["trial_id"]
         self.rows[tid] = rows
-        publish_artifacts(self.run_dir, self.run_dir / "_work" / "trials" / tid, tid)
+        try:
+            publish_artifacts(self.run_dir, self.run_dir / "_work" / "trials" / tid, tid)
+        except OSError as e:
+            _say(f"warning: samples/logs of trial {tid} not copied to {self.run_dir} ({e.strerror or e})")
         self.flush()
 
     def flush(self) -> None:
         ordered = [r for cfg in self.trials for r in self.rows.get(trial_id(cfg), [])]
-        if ordered:
+        if not ordered:
+            return
+        try:
             write_rows(self.run_dir, ordered)
+        except OSError as e:
+            if not self.unsaved:
+                _say(f"warning: cannot write {self.run_dir / rundir.ROWS} ({e.strerror or e}); the rows are kept and "
+                     f"written as soon as that works")
+            self.unsaved = e.strerror or str(e)
+        else:
+            self.unsaved = ""
 
     def missing(self) -> list[RunConfig]:
         return [cfg for cfg in self.trials if trial_id(cfg) not in self.rows]
+
+
+class Progress:
+    """What the driver says while trials run: a line per finished trial with its time and the grid's
+    ETA, and, between them, at most one line every ``PROGRESS_EVERY_S`` seconds (on a terminal the
+    trainer's bar shows the steps instead under --local). ETA = trials left x the time per trial
+    finished in this session, divided by the trials that run at once."""
+
+    def __init__(self, total: int, done_before: int, at_once: int):
+        self.total, self.done_before, self.at_once = total, done_before, max(1, at_once)
+        self.t0 = self.last = time.time()
+        self.finished: list[str] = []  # statuses of trials finished in this session
+        self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
+
+    def eta(self) -> str:
+        left = self.total - self.done_before - len(self.finished)
+        if not self.finished:
+            return "ETA after the first trial"
+        return f"ETA {duration((time.time() - self.t0) / len(self.finished) * left)}" if left else "all finished"
+
+    def counts(self) -> str:
+        failed = sum(s == "error" for s in self.finished)
+        done = self.done_before + len(self.finished)
+        return f"{done} finished ({failed} failed), {len(self.running)} running of {self.total}"
+
+    def trial_done(self, label: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
+        status = rows[0]["status"]
+        tid = rows[0]["trial_id"]
+        self.running.pop(tid, None)
+        self.finished.append(status)
+        seconds = seconds if seconds is not None else max((r.get("trial_s") or 0 for r in rows), default=0)
+        extra = f": {str(rows[0].get('error', ''))[:160]}" if status == "error" else ""
+        _say(f"[{self.done_before + len(self.finished)}/{self.total}] {label}: {status} in {duration(seconds)}{extra}; "
+             f"{self.counts()}; {self.eta()}")
+        self.last = time.time()
+
+    def step(self, tid: str, label: str, step: int, steps: int, rate: float | None = None, force: bool = False) -> None:
+        self.running[tid] = (step, steps)
+        if not force and time.time() - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = time.time()
+        rate_s = f", {rate:.0f} img/s" if rate else ""
+        _say(f"running {label}: step {step}/{steps}{rate_s}; {self.counts()}; {self.eta()}")
 
 
 def publish_artifacts(run_dir: Path, workdir: Path, tid: str) -> None:
@@ -179,17 +370,28 @@ def publish_artifacts(run_dir: Path, workdir: Path, tid: str) -> None:
             copy_atomic(f, dst / f"{tid}_{f.name}")
 
 
-def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, threads: int | None = None) -> None:
+def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, threads: int | None = None,
+              progress: Progress | None = None) -> None:
     if threads:
         torch.set_num_threads(threads)
+    progress = progress or Progress(len(trials), len(collector.rows), 1)
+    show_bar = sys.stderr.isatty()
     for i, cfg in enumerate(trials, 1):
-        if trial_id(cfg) in collector.rows:  # finished in an earlier run (--resume)
+        tid = trial_id(cfg)
+        if tid in collector.rows:  # finished in an earlier run (--resume)
             continue
         wd = trial_dir(run_dir, cfg)
+        label = f"{cfg.arm()} | {cfg.dataset} | seed {cfg.seed}"
         rows = finished_rows(wd)
-        state = "done already" if rows else "running"
-        print(f"[{i}/{len(trials)}] {cfg.arm()} | {cfg.dataset} | seed {cfg.seed} | {state}", file=sys.stderr, flush=True)
-        collector.add(rows or run_trial_safe(cfg, wd, progress=None))
+        _say(f"[{i}/{len(trials)}] {label} | {'done already' if rows else 'running'}")
+        t0 = time.time()
+        if rows is None:
+            def report(m: dict[str, Any], tid=tid, label=label, steps=cfg.train_steps) -> None:
+                progress.step(tid, label, int(m.get("step", 0)), steps, m.get("images_per_s"))
+
+            rows = run_trial_safe(cfg, wd, progress=None, report=None if show_bar else report)
+        collector.add(rows)
+        progress.trial_done(label, rows, time.time() - t0)
 
 
 # --- Ray Tune --------------------------------------------------------------------------------
@@ -242,22 +444,42 @@ def _restore_checkpoint(checkpoint, workdir: Path) -> None:
 
 
 def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Collector, address: str | None,
-            cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_failures: int = 2) -> None:
+            cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_failures: int = 2,
+            progress: Progress | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Ctrl-C: a KeyboardInterrupt here (ray.shutdown, then run_grid says --resume), not Tune's own
+    # handler, which marks the running trials as errored and points to Tuner.restore
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    progress = progress or Progress(len(trials), len(collector.rows), 1)
+    labels = {trial_id(c): f"{c.arm()} | {c.dataset} | seed {c.seed}" for c in trials}
+    steps = {trial_id(c): c.train_steps for c in trials}
+
     class Collect(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            tid = trial_id(from_dict(trial.config).canonical()) if "rows_json" not in result else None
             if "rows_json" in result:
-                collector.add(json.loads(result["rows_json"]))
+                rows = json.loads(result["rows_json"])
+                collector.add(rows)
+                progress.trial_done(labels.get(rows[0]["trial_id"], rows[0]["trial_id"]), rows)
+            elif tid in labels and "step" in result:
+                progress.step(tid, labels[tid], int(result["step"]), steps[tid], result.get("images_per_s"))
 
-    # "local": always a fresh cluster of this machine, never one that another run happens to have started
-    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+    # "local": always a fresh cluster of this machine (with the cores Fanout.check counted), never
+    # one that another run happens to have started
+    init = {"address": address} if address else {"address": "local", "num_cpus": available_cpus()}
+    ray.init(**init, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              configure_logging=True, ignore_reinit_error=True)
     try:
+        if address:  # an existing cluster: a trial it cannot place would wait for ever
+            have = ray.cluster_resources()
+            if cpus_per_trial > have.get("CPU", 0) or gpus_per_trial > have.get("GPU", 0):
+                raise InputError(f"the Ray cluster at {address} has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} "
+                                 f"GPUs in all; a trial asks for {cpus_per_trial:g} and {gpus_per_trial:g}")
         # Each axis is a param_space key; the trials are the grid's own deduplicated list, given as
         # points to evaluate (a plain grid_search would also run gaussian x every theta_0). A point
         # leaves out parameters that do not apply to it; whatever Tune puts there is dropped again
@@ -271,15 +493,19 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
             tune.with_parameters(_trainable, run_dir=str(run_dir.resolve()), threads=int(max(1, cpus_per_trial))),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )
+        # --max-concurrent goes to the search algorithm itself: Tune ignores TuneConfig's
+        # max_concurrent_trials when a search algorithm is given
+        search = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent or 0)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=points), num_samples=len(points),
-                                        max_concurrent_trials=max_concurrent or None, reuse_actors=False),
+            tune_config=tune.TuneConfig(search_alg=search, num_samples=len(points), reuse_actors=False),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str((run_dir / "_work" / "ray").resolve()),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
+                # a retried trial needs only Ray's newest checkpoint; keeping every one filled the disk
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[Collect()],
                 verbose=1,
             ),
@@ -289,25 +515,75 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
         ray.shutdown()
     for cfg in collector.missing():  # Ray gave up on it (e.g. the worker died more than max_failures times)
         wd = trial_dir(run_dir, cfg)
-        collector.add(finished_rows(wd) or error_rows(cfg, RuntimeError(f"Ray trial failed; see {wd} and {run_dir / '_work' / 'ray'}")))
+        rows = finished_rows(wd) or error_rows(cfg, RuntimeError(f"Ray trial failed; see {wd} and {run_dir / '_work' / 'ray'}"))
+        collector.add(rows)
+        progress.trial_done(labels[trial_id(cfg)], rows, 0.0)
 
 
 def preload_finished(trials: list[RunConfig], run_dir: Path, collector: Collector) -> int:
-    """Resume: rows of trials that finished in an earlier run of this run dir, from their work dirs'
-    result.json or, where _work is gone (a fresh checkout of committed results), from rows.csv."""
-    ROWS = rundir.ROWS
-    earlier = (pd.read_csv(run_dir / ROWS, dtype={"trial_id": str}) if (run_dir / ROWS).exists()
-               else pd.DataFrame(columns=["trial_id", "status"]))
-    n = 0
+    """Resume: put the rows of the trials that finished in an earlier run of this run dir into the
+    collector (see ``resume_state``); returns how many."""
+    finished, notes = resume_state(run_dir, trials)
+    for note in notes:
+        _say(f"warning: {note}")
+    collector.rows.update(finished)
+    collector.flush()
+    return len(finished)
+
+
+def resume_state(run_dir: Path, trials: list[RunConfig]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """The rows of the trials that finished in an earlier session of ``run_dir`` and notes on what
+    was not usable. Writes nothing.
+
+    rows.csv is a derived file: a trial's rows come from its work dir's result.json when there is
+    one, and from rows.csv only where _work is gone (a fresh checkout of committed results) — and
+    then only if they are complete (every field of every row, every evaluation, every metric
+    present or skipped with a reason); a trial whose rows are cut short runs again. A rows.csv
+    that is not a rows table at all is rebuilt from the results in _work; with _work gone too,
+    nothing can be recovered and that is an InputError."""
+    df, bad, problem = rundir.parse_rows(run_dir)
+    finished: dict[str, list[dict[str, Any]]] = {}
+    notes: list[str] = []
     for cfg in trials:
         tid = trial_id(cfg)
         rows = finished_rows(trial_dir(run_dir, cfg))
-        if rows is None:
-            mine = earlier[earlier["trial_id"] == tid]
-            done = len(mine) and mine["status"].isin(["ok", "diverged"]).all()
-            rows = [{k: v for k, v in r.items() if pd.notna(v)} for r in mine.to_dict("records")] if done else None
+        if rows is None and not problem:
+            rows, why = _complete_rows(cfg, df[df["trial_id"] == tid], bad.get(tid, ""))
+            if why:
+                notes.append(f"trial {tid} ({cfg.arm()}, seed {cfg.seed}): {why}; it runs again")
         if rows:
-            collector.rows[tid] = rows
-            n += 1
-    collector.flush()
-    return n
+            finished[tid] = rows
+    if problem:
+        if not (run_dir / "_work" / "trials").is_dir():
+            raise InputError(f"{problem}, and {run_dir / '_work'} is gone, so the finished trials cannot be recovered: "
+                             f"restore it (e.g. `git checkout -- {run_dir / rundir.ROWS}`), or move it aside to run the grid again")
+        notes.append(f"{problem}: rebuilt from the {len(finished)} finished trials in {run_dir / '_work' / 'trials'}; "
+                     f"the other {len(trials) - len(finished)} run")
+    return finished, notes
+
+
+def _complete_rows(cfg: RunConfig, mine: pd.DataFrame, bad: str) -> tuple[list[dict[str, Any]] | None, str]:
+    """A trial's rows from rows.csv if they show it finished (ok or diverged) completely, else None
+    and why not ("" when it simply has not finished)."""
+    if bad:
+        return None, bad
+    if mine.empty or not mine["status"].isin(["ok", "diverged"]).all():
+        return None, ""
+    rows = [{k: v for k, v in r.items() if pd.notna(v)} for r in mine.to_dict("records")]
+    final: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        try:
+            key = (str(r["sampler"]), int(float(r["sample_steps"])))
+        except (KeyError, TypeError, ValueError):
+            return None, "a row of rows.csv has no sampler or sample_steps"
+        if key not in final or float(r.get("train_step", 0)) >= float(final[key].get("train_step", 0)):
+            final[key] = r
+    for key in cfg.evaluations:
+        r = final.get((key[0], key[1]))
+        if r is None:
+            return None, f"rows.csv has no row for its evaluation {key[0]}:{key[1]}"
+        if r["status"] == "ok":
+            lost = [m for m in cfg.metric_names if m not in r and f"{m}_skipped" not in r]
+            if lost:
+                return None, f"rows.csv has no {', '.join(lost)} for {key[0]}:{key[1]} (a row cut short?)"
+    return rows, ""

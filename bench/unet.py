@@ -266,6 +266,19 @@ def build_model(preset: str, channels: int, image_size: int, dropout: float = 0.
     return model
 
 
+def describe_model(preset: str) -> str:
+    """One line for ``bench ls models``: parameters (1- and 3-channel images), widths, levels, attention."""
+    kw = MODELS.get(preset)
+    with torch.device("meta"):  # shapes only: no memory, no time
+        p1, p3 = (count_params(build_model(preset, channels=c, image_size=64)) for c in (1, 3))
+    widths = "/".join(str(kw["base_channels"] * m) for m in kw["channel_mults"])
+    levels = len(kw["channel_mults"])
+    attn = [f"level {i} (1/{2 ** i} of the image size)" for i in kw["attn_levels"]] + (["middle"] if kw["mid_attn"] else [])
+    return (f"{p1 / 1e6:.2f}M params ({p3 / 1e6:.2f}M for RGB); channels {widths} over {levels} levels "
+            f"(images >= {2 ** (levels - 1)} px), {kw['num_res_blocks']} res block(s) a level, "
+            f"attention at {', '.join(attn) or 'none'}")
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())

@@ -41,6 +41,14 @@ def assert_one_clear_line(err: str, *needles: str):
         (["--grid", "schedules", "--preset", "huge"], ["unknown preset 'huge'"]),
         (["--grid", "schedules", "--set", "schedule=sigmoid", "--set", "tau=-1"], ["tau must be > 0"]),
         (["--grid", "schedules", "--cpus-per-trial", "0"], ["--cpus-per-trial must be > 0"]),
+        # issue 15: these hung (Ray waits for ever for resources it cannot have) or raised a traceback
+        (["--grid", "schedules", "--cpus-per-trial", "nan"], ["--cpus-per-trial must be a finite number"]),
+        (["--grid", "schedules", "--cpus-per-trial", "inf"], ["--cpus-per-trial must be a finite number"]),
+        (["--grid", "schedules", "--cpus-per-trial", "64"], ["--cpus-per-trial 64", "no trial could ever start"]),
+        (["--grid", "schedules", "--address", "127.0.0.1:1"], ["cannot reach a Ray cluster at 127.0.0.1:1", "ray start --head"]),
+        (["--grid", "schedules", "--address", "nonsense"], ["is not HOST:PORT"]),
+        (["--grid", "schedules", "--local", "--gpus-per-trial", "0.5"], ["--gpus-per-trial applies to Ray trials"]),
+        (["--grid", "schedules", "--max-concurrent", "0"], ["--max-concurrent must be >= 1"]),
     ],
 )
 def test_bad_input_exit_2(capsys, argv, needles):
@@ -89,6 +97,32 @@ def test_out_that_is_not_a_run_dir_is_refused(capsys, tmp_path):
     assert_one_clear_line(err, "not a bench run directory")
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a GPU")
+def test_gpus_per_trial_without_a_gpu_is_refused(capsys):
+    code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--gpus-per-trial", "1", "--dry-run")
+    assert code == 2
+    assert_one_clear_line(err, "--gpus-per-trial 1", "0 CUDA GPUs", "no trial could ever start")
+
+
+def test_out_naming_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--preset", "smoke", "--out", str(tmp_path / "f" / "run"),
+                           "--dry-run")
+    assert code == 2
+    assert_one_clear_line(err, "is a file, not a folder")
+
+
+def test_out_on_a_read_only_file_system_is_refused(capsys, tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))  # as on a read-only mount
+    code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--preset", "smoke", "--out", str(tmp_path / "run"),
+                           "--dry-run")
+    assert code == 2
+    assert_one_clear_line(err, "read-only file system")
+
+
 def test_dry_run_prints_plan_and_writes_nothing(capsys, tmp_path):
     out = tmp_path / "run"
     code, stdout, err = run_cli(capsys, "run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--dry-run")
@@ -108,6 +142,14 @@ def test_full_grids_expand_as_specified(capsys):
     assert {c.theta_0 for c in noise if c.noise == "gamma"} == {0.001, 0.01, 0.1}
     assert {c.theta_0 for c in noise if c.noise == "gaussian"} == {None}
     assert {c.dataset for c in load_grid("schedules", "quick").trials()} == {"mnist"}
+
+
+def test_ls_models_describes_each_preset(capsys):
+    code, out, _ = run_cli(capsys, "ls", "models")
+    assert code == 0 and "dict()" not in out
+    for name, params in (("tiny", "1.04M params"), ("small", "8.95M params"), ("base", "35.74M params")):
+        line = next(line for line in out.splitlines() if line.split()[:1] == [name])
+        assert params in line and "channels" in line and "levels" in line, line
 
 
 def test_ls_lists_every_registry(capsys):
