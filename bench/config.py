@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import torch
 
+from bench.corruptions import CORRUPTIONS, corruption_params, make_process
 from bench.data import DATASETS
 from bench.diffusion import WEIGHTINGS, Diffusion, weighting_params
 from bench.metrics import METRICS
@@ -57,6 +58,11 @@ class RunConfig:
     # --- forward process: noise ----------------------------------------------------------------
     noise: str = "gaussian"
     theta_0: Optional[float] = None
+    # --- forward process: corruption of x_0 by an operator (DESIGN.md section 3, "Mild corruptions";
+    # bench ls corruptions). "none" is x_t = a x_0 + s eps; blur = Blurring Diffusion (Hoogeboom & Salimans
+    # 2023); cold_blur = Cold Diffusion's blur (Bansal et al. 2022: prediction x0, sampler cold, T = 20, l1)
+    corruption: str = "none"
+    sigma_blur_max: Optional[float] = None  # blur: sigma_B,max (None -> 20, the paper's default; 0 = no blur)
     # --- objective (DESIGN.md section 3: prediction target, loss weighting) ---------------------
     prediction: str = "eps"  # eps | x0 | v: what the network predicts and the loss is on
     weighting: str = "none"  # none | min_snr | p2: per-example weight w(SNR_t) of the loss
@@ -143,6 +149,9 @@ class RunConfig:
     def schedule_kwargs(self) -> dict[str, Any]:
         return self._set_params(schedule_params(self.schedule))
 
+    def corruption_kwargs(self) -> dict[str, Any]:
+        return self._set_params(corruption_params(self.corruption)) if self.corruption in CORRUPTIONS else {}
+
     def noise_kwargs(self) -> dict[str, Any]:
         return self._set_params(noise_params(self.noise))
 
@@ -156,10 +165,11 @@ class RunConfig:
         """The same trial with the parameters that do not apply to its schedule / noise set to None,
         so that e.g. gaussian x theta_0 in {0.001, 0.01} is one trial, not two identical ones.
         Names that are not registered are left alone (validation reports them)."""
-        if self.schedule not in SCHEDULES or self.noise not in NOISES:
+        if self.schedule not in SCHEDULES or self.noise not in NOISES or self.corruption not in CORRUPTIONS:
             return self
         every = set(COMPONENT_PARAMS)
         keep = set(schedule_params(self.schedule)) | set(noise_params(self.noise)) | set(_weighting_params(self.weighting))
+        keep |= set(corruption_params(self.corruption))
         drop = {k: None for k in sorted(every - keep) if getattr(self, k) is not None}
         return dataclasses.replace(self, **drop) if drop else self
 
@@ -172,7 +182,10 @@ class RunConfig:
         objective = ""
         if (self.prediction, self.weighting) != ("eps", "none"):  # the first release's labels stay as they were
             objective = f" / {self.prediction}, {fmt(self.weighting, self.weighting_kwargs())}"
-        return f"{fmt(self.schedule, self.schedule_kwargs())}{zt} / {fmt(self.noise, self.noise_kwargs())}{objective}"
+        corruption = ""  # likewise: "none" adds nothing to the label
+        if self.corruption != "none":
+            corruption = f" / {fmt(self.corruption, self.corruption_kwargs())}"
+        return f"{fmt(self.schedule, self.schedule_kwargs())}{zt} / {fmt(self.noise, self.noise_kwargs())}{corruption}{objective}"
 
 
 IMAGE_SEEDS = {  # image_seeds -> the first image's seed
@@ -189,7 +202,8 @@ def _weighting_params(name: str) -> tuple[str, ...]:
 
 # Every component parameter field (schedules, noises, weightings): None unless the trial's component takes it.
 COMPONENT_PARAMS = ("beta_start", "beta_end", "cosine_s", "tau", "sigmoid_start", "sigmoid_end", "sigma_min",
-                    "sigma_max", "laplace_mu", "laplace_b", "theta_0", "min_snr_gamma", "p2_k", "p2_gamma")
+                    "sigma_max", "laplace_mu", "laplace_b", "theta_0", "min_snr_gamma", "p2_k", "p2_gamma",
+                    "sigma_blur_max")
 
 # The fields of the first release (commit 2508968), hashed as they were then (None included): the
 # trial ids of every run made since stay valid. Never edit this tuple.
@@ -216,18 +230,30 @@ def trial_id(cfg) -> str:
 
 class ForwardProcess(NamedTuple):
     """What a config's forward process is made of: the beta schedule's float64 betas, the diffusion
-    (coefficients, objective, posterior) and the noise type bound to its alpha_bar."""
+    (coefficients, objective, posterior; the ``Diffusion`` subclass of the config's corruption, which
+    the trainer and the samplers call through the one interface, ``bench.corruptions``) and the noise
+    type bound to its alpha_bar."""
 
     betas: torch.Tensor
     diffusion: Diffusion
     noise: Noise
 
 
-def build_process(cfg: RunConfig) -> ForwardProcess:
+def build_process(cfg: RunConfig, data: Optional[torch.Tensor] = None) -> ForwardProcess:
     """The one builder from a config to the forward process (validation, trials, ``bench sample``
-    and perf all call it). Raises InputError for anything that cannot be built."""
+    and perf all call it). Raises InputError for anything that cannot be built, including a
+    corruption with a prediction target, weighting or noise type it cannot take, and an evaluation
+    whose sampler cannot sample the process (ddpm/ddim under cold_blur).
+
+    ``data``: the training images [N, C, H, W], for a corruption whose generation starts from their
+    statistics (``diffusion.needs_data``: cold_blur's channel-mean mixture); validation passes none."""
     betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
-    diffusion = Diffusion(betas, prediction=cfg.prediction, weighting=cfg.weighting, **cfg.weighting_kwargs())
+    diffusion = make_process(cfg.corruption, betas, cfg.prediction, cfg.weighting, cfg.weighting_kwargs(), cfg.noise,
+                             **cfg.corruption_kwargs())
+    for sampler, _ in cfg.evaluations:
+        SAMPLERS.get(sampler).check_process(diffusion)
+    if data is not None and diffusion.needs_data:
+        diffusion.fit_start(data)
     return ForwardProcess(betas, diffusion, make_noise(cfg.noise, diffusion.alpha_bar, **cfg.noise_kwargs()))
 
 

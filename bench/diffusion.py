@@ -22,6 +22,10 @@ SNR_t = a^2/s^2, eps standardised (any noise type).
   Nothing divides by sqrt(alpha_bar_t) or uses the log-SNR numerically, so the tables stay finite
   at t = T (``log_snr`` is -inf there: a label, not an input to any formula).
 
+* **Corruptions** (``bench.corruptions``, DESIGN.md section 3 "Mild corruptions"): ``Diffusion`` is also the
+  interface of a forward process that corrupts x_0 by an operator; the corruption ``none`` is this class,
+  ``blur`` and ``cold_blur`` are subclasses (see ``Diffusion``'s docstring for the methods they override).
+
 Add a prediction target or a weighting: subclass ``Prediction`` / ``Weighting`` below (formula and
 reference in the docstring) and register it; a weighting's constructor keyword parameters are
 RunConfig fields (``weighting_params``). ``tests/test_objectives.py`` checks every registered one
@@ -229,7 +233,29 @@ class Diffusion:
     ``Diffusion(betas, prediction="eps", weighting="none", **weighting_params)``; an invalid
     combination (unknown names, bad weighting parameters, zero terminal SNR with a target that cannot
     recover x_0 from pure noise) raises ``InputError`` with one line.
+
+    This class is also the interface of a forward process that corrupts x_0 by an operator
+    (``bench.corruptions``, DESIGN.md section 3 "Mild corruptions"): the corruption ``none`` is this
+    class itself, x_t = a x_0 + s eps, and every other corruption is a subclass that overrides how x_t
+    is made (``q_sample``), the one conversion of a model output (``split``, ``target``), the reverse
+    step (``p_sample`` for ancestral samplers, ``ddim_step`` for DDIM, ``has_posterior`` when it has no
+    Gaussian posterior), the start of generation (``x_T``), respacing (``restrict``) and what it needs
+    from the training data (``fit_start``). The trainer and the samplers call only these methods, so
+    neither branches on the corruption. The class attributes below state what a corruption accepts.
     """
+
+    #: the corruption's one-line description (``bench ls corruptions``)
+    description = "none: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, no operator on x_0 (Ho et al. 2020)"
+    #: RunConfig fields that parametrise the corruption (keyword-only constructor arguments)
+    corruption_params: tuple[str, ...] = ()
+    #: the prediction targets / weightings / noise types it accepts (None: every registered one)
+    predictions: tuple[str, ...] | None = None
+    weightings: tuple[str, ...] | None = None
+    noises: tuple[str, ...] | None = None
+    #: whether q(x_s | x_t, x_0) is Gaussian and known (the ``ddpm`` and ``ddim`` samplers need it)
+    has_posterior: bool = True
+    #: whether the start of generation needs statistics of the training images (``fit_start``)
+    needs_data: bool = False
 
     def __init__(self, betas: torch.Tensor, prediction: str = "eps", weighting: str = "none", **weighting_kwargs):
         zero_terminal = bool(betas.ndim == 1 and len(betas) and betas[-1].item() == 1.0)
@@ -344,14 +370,64 @@ class Diffusion:
 
     def loss(self, model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, kind: str = "mse") -> torch.Tensor:
         """Per-example loss [B]: w(SNR_t) * mean over pixels of (model(x_t, t) - target)^2 (``mse``) or
-        |model(x_t, t) - target| (``l1``), target and w from the prediction and the weighting.
+        |model(x_t, t) - target| (``l1``), x_t = ``q_sample``, target = ``target`` (the prediction's, in the
+        corruption's terms) and w from the weighting.
 
         The weights are derived for the squared error (DESIGN.md); with ``l1`` they are applied as written."""
         losses = {"mse": F.mse_loss, "l1": F.l1_loss}
         if kind not in losses:
             raise InputError(f"loss must be one of {', '.join(losses)}, got {kind!r}")
-        a, s = self._a_s(t, x0)
-        pred = model(a * x0 + s * eps, t)  # q_sample
-        target = self.prediction.target(x0, eps, a, s)
+        pred = model(self.q_sample(x0, t, eps), t)
+        target = self.target(x0, t, eps)
         per = losses[kind](pred.to(target.dtype), target, reduction="none").flatten(1).mean(1)
         return per if self._unit_weight else per * self._at(self.loss_weight, t, per)
+
+    # --- the reverse steps and the start: what the samplers call (a corruption overrides them) ---------
+
+    def p_sample(self, model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None,
+                 var_type: str = "small", clip_x0: bool = True) -> torch.Tensor:
+        """One ancestral step from x_t: the posterior mean at the model's x0_hat plus sqrt(var) z
+        (``p_mean_variance``); the mean alone when ``z`` is None (the last step)."""
+        mean, var, _ = self.p_mean_variance(model_out, x_t, t, var_type, clip_x0)
+        return mean if z is None else mean + var.sqrt() * z
+
+    def ddim_step(self, x0: torch.Tensor, eps: torch.Tensor, t: int, s: int, eta: float,
+                  z: torch.Tensor | None) -> torch.Tensor:
+        """DDIM (Song, Meng, Ermon 2021, eq. 12) from timestep t to s < t (0-based indices of this diffusion):
+        x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - sigma^2) eps + sigma z,
+        sigma = eta sqrt((1 - ab_s)/(1 - ab_t)) sqrt(1 - ab_t/ab_s); ``z`` is needed only when eta > 0."""
+        ab = self.alpha_bar
+        a_t, a_s = float(ab[t]), float(ab[s])
+        sigma = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+        x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
+        if eta > 0:
+            x = x + sigma * z
+        return x
+
+    def x_T(self, noise, shape, generators, device) -> torch.Tensor:
+        """Where generation starts: x_T = sqrt(1 - alpha_bar_T) * (standardised noise at index T-1)
+        (gamma paper, Algorithm 2; ``generators[i]`` drives image i)."""
+        n = noise.sample_per_item(shape, self.T - 1, generators, device).float()
+        return n * float(self.sqrt_one_minus_alpha_bar[-1])
+
+    def fit_start(self, data: torch.Tensor) -> None:
+        """Statistics of the training images [N, C, H, W] that ``x_T`` needs (``needs_data``); none here."""
+
+    def restrict(self, timesteps) -> "Diffusion":
+        """This process on an ascending subsequence s_0 < ... < s_{K-1} of its timesteps.
+
+        beta'_i = 1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} (alpha_bar_{s_{-1}} = 1), so that the new
+        process has alpha_bar'_i = alpha_bar_{s_i} exactly (Nichol & Dhariwal 2021, sec. 4;
+        improved-diffusion's ``SpacedDiffusion``); it keeps the prediction target, the weighting and the
+        corruption at the original timesteps (at zero terminal SNR the last beta' is 1 again). The full
+        sequence returns the process itself.
+        """
+        ts = list(timesteps)
+        if ts == list(range(self.T)):
+            return self
+        ab = self.alpha_bar[torch.tensor(ts, dtype=torch.long)]
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+        return self._restricted(1.0 - ab / prev, ts)
+
+    def _restricted(self, betas: torch.Tensor, ts: list[int]) -> "Diffusion":
+        return Diffusion(betas, prediction=self.prediction_name, weighting=self.weighting_name, **self.weighting_kwargs)

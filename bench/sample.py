@@ -1,4 +1,5 @@
-"""Samplers: ``ddpm`` (ancestral, all T steps or a respaced subset) and ``ddim`` (any steps, eta).
+"""Samplers: ``ddpm`` (ancestral, all T steps or a respaced subset), ``ddim`` (any steps, eta) and
+``cold`` (Cold Diffusion's Algorithm 2, any steps).
 
 A sampler is a registered ``Sampler``: its function plus its contract as data, ``options`` (the
 RunConfig fields it reads, passed to the function as keyword arguments of the same names) and
@@ -7,8 +8,15 @@ RunConfig fields it reads, passed to the function as keyword arguments of the sa
     SAMPLERS.get(name)(model, diffusion, noise, shape, steps, generators, device="cpu",
                        clip_x0=True, progress=False, **options) -> x_0   (float32, on ``device``)
 
-    ddpm: options ("var_type",)   1 model evaluation per step
-    ddim: options ("ddim_eta",)   1 model evaluation per step
+    ddpm: options ("var_type",)   1 model evaluation per step   needs a Gaussian posterior
+    ddim: options ("ddim_eta",)   1 model evaluation per step   needs a Gaussian posterior
+    cold: options ()              1 model evaluation per step   any forward process
+
+Corruptions (``bench.corruptions``; DESIGN.md section 3, "Mild corruptions"): the forward process is a
+``Diffusion`` (sub)class, and every sampler reaches it only through its methods: ``x_T`` (the start),
+``split`` (the conversion), ``p_sample`` (ddpm's step), ``ddim_step`` (ddim's step) and ``q_sample``
+(cold's degradation D). A sampler that needs the Gaussian posterior (``Sampler.needs_posterior``) is
+refused, as an ``InputError``, for a process without one (``Diffusion.has_posterior``: cold_blur).
 
 ``sample_images(..., options=sampler_options(name, cfg))`` passes each sampler only the options it
 declares (a key that is no sampler's option is an ``InputError``).
@@ -48,7 +56,8 @@ noise with finite coefficients throughout.
 Add a sampler: write a function ``fn(model, diffusion, noise, shape, steps, generators, device="cpu",
 *, clip_x0=True, progress=False, <options>)`` whose keyword-only options are RunConfig fields with
 defaults (each needs a value check in ``OPTION_CHECKS``; add one for a new field), get (x_0, eps) from
-``diffusion.split``, and decorate it with ``@register_sampler("name", options=(...), evals_per_step=k)``.
+``diffusion.split``, and decorate it with ``@register_sampler("name", options=(...), evals_per_step=k,
+needs_posterior=...)`` (False when it uses only ``q_sample`` and ``split``, as ``cold``).
 Registration checks that the declared options are exactly the function's keyword-only options.
 """
 
@@ -110,11 +119,20 @@ class Sampler:
     fn: Callable[..., torch.Tensor]
     options: tuple[str, ...]
     evals_per_step: int
+    #: whether it needs the process's Gaussian posterior (``Diffusion.has_posterior``; not cold_blur)
+    needs_posterior: bool = True
 
     @property
     def description(self) -> str:
         first = (self.fn.__doc__ or "").strip().split("\n")[0]
         return f"{first} [options: {', '.join(self.options) or 'none'}; {self.evals_per_step} model eval(s)/step]"
+
+    def check_process(self, diffusion: Diffusion) -> None:
+        """InputError when this sampler cannot sample ``diffusion`` (a posterior it does not have)."""
+        if self.needs_posterior and not diffusion.has_posterior:
+            works = ", ".join(n for n, s in SAMPLERS.items() if not s.needs_posterior)
+            raise InputError(f"sampler {self.name} needs a Gaussian posterior q(x_s | x_t, x_0), which this forward "
+                             f"process ({type(diffusion).__name__}) does not have: sample it with {works}")
 
     def __call__(self, model, diffusion: Diffusion, noise: Noise, shape, steps: int,
                  generators: Sequence[torch.Generator], device="cpu", *, clip_x0: bool = True, progress: bool = False,
@@ -123,13 +141,14 @@ class Sampler:
         if unknown:
             raise InputError(f"sampler {self.name} takes the option(s) {', '.join(self.options) or '(none)'}; "
                              f"got {', '.join(unknown)}")
+        self.check_process(diffusion)
         return self.fn(model, diffusion, noise, shape, steps, generators, device, clip_x0=clip_x0, progress=progress,
                        **options)
 
 
-def register_sampler(name: str, options: Sequence[str] = (), evals_per_step: int = 1):
-    """Decorator: register ``Sampler(name, fn, options, evals_per_step)`` in ``SAMPLERS``; returns ``fn``
-    itself (so the module attribute stays the plain, picklable function)."""
+def register_sampler(name: str, options: Sequence[str] = (), evals_per_step: int = 1, needs_posterior: bool = True):
+    """Decorator: register ``Sampler(name, fn, options, evals_per_step, needs_posterior)`` in ``SAMPLERS``;
+    returns ``fn`` itself (so the module attribute stays the plain, picklable function)."""
 
     def deco(fn: Callable) -> Callable:
         kwonly = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
@@ -141,7 +160,7 @@ def register_sampler(name: str, options: Sequence[str] = (), evals_per_step: int
             raise TypeError(f"sampler {name}: options {missing} have no entry in OPTION_CHECKS")
         if not (isinstance(evals_per_step, int) and evals_per_step >= 1):
             raise TypeError(f"sampler {name}: evals_per_step must be an integer >= 1")
-        SAMPLERS.register(name)(Sampler(name, fn, tuple(options), evals_per_step))
+        SAMPLERS.register(name)(Sampler(name, fn, tuple(options), evals_per_step, bool(needs_posterior)))
         return fn
 
     return deco
@@ -180,16 +199,11 @@ def respace(diffusion: Diffusion, timesteps: Sequence[int]) -> Diffusion:
 
     beta'_i = 1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}} (alpha_bar_{s_{-1}} = 1), so that the new
     process has alpha_bar'_i = alpha_bar_{s_i} exactly (Nichol & Dhariwal 2021, sec. 4;
-    improved-diffusion's ``SpacedDiffusion``); it keeps the prediction target and the weighting (at
-    zero terminal SNR the last beta' is 1 again). The full sequence returns ``diffusion`` itself.
+    improved-diffusion's ``SpacedDiffusion``); it keeps the prediction target, the weighting and the
+    corruption (``Diffusion.restrict``; at zero terminal SNR the last beta' is 1 again). The full
+    sequence returns ``diffusion`` itself.
     """
-    ts = list(timesteps)
-    if ts == list(range(diffusion.T)):
-        return diffusion
-    ab = diffusion.alpha_bar[torch.tensor(ts, dtype=torch.long)]
-    prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
-    return Diffusion(1.0 - ab / prev, prediction=diffusion.prediction_name, weighting=diffusion.weighting_name,
-                     **diffusion.weighting_kwargs)
+    return diffusion.restrict(timesteps)
 
 
 def _check_steps(T: int, steps: int) -> None:
@@ -215,9 +229,9 @@ def image_generators(n: int, seed0: int, start: int = 0) -> list[torch.Generator
 
 
 def _x_T(diffusion: Diffusion, noise: Noise, shape, generators, device) -> torch.Tensor:
-    """x_T = sqrt(1 - alpha_bar_T) * (standardised noise at index T-1) (gamma paper, Algorithm 2)."""
-    n = noise.sample_per_item(shape, diffusion.T - 1, generators, device).float()
-    return n * float(diffusion.sqrt_one_minus_alpha_bar[-1])
+    """Where generation starts (``Diffusion.x_T``): x_T = sqrt(1 - alpha_bar_T) * (standardised noise at
+    index T-1) (gamma paper, Algorithm 2), or the corruption's own start (cold_blur)."""
+    return diffusion.x_T(noise, shape, generators, device)
 
 
 def _loop(indices, progress: bool, desc: str):
@@ -260,11 +274,10 @@ def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     for i in _loop(reversed(range(len(ts))), progress, f"ddpm:{steps}"):
         out = _model_out(model, x, ts[i], device)
         t_sub = torch.full((shape[0],), i, dtype=torch.long)
-        mean, var, _ = sub.p_mean_variance(out, x, t_sub, var_type, clip_x0)
         if i == 0:
-            return mean
+            return sub.p_sample(out, x, t_sub, None, var_type, clip_x0)  # the posterior mean
         z = noise.sample_per_item(shape, ts[i - 1], generators, device).float()
-        x = mean + var.sqrt() * z
+        x = sub.p_sample(out, x, t_sub, z, var_type, clip_x0)  # mean + sigma z (per frequency under blur)
     raise AssertionError("unreachable")
 
 
@@ -289,7 +302,6 @@ def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     check_options({"ddim_eta": ddim_eta})
     eta = float(ddim_eta)
     ts = timestep_subsequence(diffusion.T, steps)
-    ab = diffusion.alpha_bar
     x = _x_T(diffusion, noise, shape, generators, device)
     for i in _loop(reversed(range(len(ts))), progress, f"ddim:{steps}"):
         t = ts[i]
@@ -298,12 +310,39 @@ def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
         x0, eps = diffusion.split(out, x, tt, clip_x0)
         if i == 0:
             return x0
-        a_t, a_s = float(ab[t]), float(ab[ts[i - 1]])
-        sigma = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
-        x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma**2, 0.0)) * eps
-        if eta > 0:
-            x = x + sigma * noise.sample_per_item(shape, ts[i - 1], generators, device).float()
+        z = noise.sample_per_item(shape, ts[i - 1], generators, device).float() if eta > 0 else None
+        x = diffusion.ddim_step(x0, eps, t, ts[i - 1], eta, z)  # per frequency under blur
     raise AssertionError("unreachable")
+
+
+@register_sampler("cold", options=(), evals_per_step=1, needs_posterior=False)
+@torch.no_grad()
+def cold(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+         device="cpu", *, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+    """Cold Diffusion's improved sampling (Bansal et al. 2022, Algorithm 2) on ``steps`` evenly spaced timesteps.
+
+    With the degradation D(x_0, t) = ``diffusion.q_sample(x_0, t, eps)`` (cold_blur: the blur applied
+    t times, eps unused), from timestep t to its target s (x_0 itself after the last timestep):
+
+        (x_0^, eps^) = split(model(x, t), x, t)                      (x_0^ clipped to [-1, 1] when clip_x0)
+        x            = x - D(x_0^, t) + D(x_0^, s)                   (D(x_0^, "0") = x_0^)
+
+    and the result is clamped to [-1, 1] when ``clip_x0``. It starts from ``diffusion.x_T`` (cold_blur:
+    the paper's stochastic start, see ``bench.corruptions.ColdBlur``). It needs no posterior, so it
+    samples every corruption: for a Gaussian-type process (none, blur) D(x_0^, t) with the model's
+    eps^ is x itself up to rounding and the step is DDIM with eta = 0 (tests/test_corruptions.py).
+    """
+    _validate(diffusion, noise, shape, steps, generators)
+    ts = timestep_subsequence(diffusion.T, steps)
+    x = _x_T(diffusion, noise, shape, generators, device)
+    for i in _loop(reversed(range(len(ts))), progress, f"cold:{steps}"):
+        out = _model_out(model, x, ts[i], device)
+        tt = torch.full((shape[0],), ts[i], dtype=torch.long, device=x.device)
+        x0, eps = diffusion.split(out, x, tt, clip_x0)
+        here = diffusion.q_sample(x0, tt, eps)
+        there = diffusion.q_sample(x0, torch.full_like(tt, ts[i - 1]), eps) if i > 0 else x0
+        x = x - here + there
+    return x.clamp(-1.0, 1.0) if clip_x0 else x
 
 
 # ---------------------------------------------------------------------------------------------

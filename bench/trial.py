@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from bench.config import RunConfig, build_process, from_dict, trial_id
+from bench.corruptions import CORRUPTIONS
 from bench.data import DATASETS, load_dataset
 from bench.env import device_name, enable_tf32, pick_device
 from bench.files import write_json_atomic
@@ -45,12 +46,10 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     t_start = time.time()
 
     # Data: the whole training split in memory, on the device (no DataLoader per step).
-    data = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.image_size)
-    if cfg.max_train_images:
-        data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_train_images]]
+    data = train_images(cfg)
 
     # The only two things that differ between arms: the schedule and the noise.
-    betas, diffusion, noise = build_process(cfg)
+    betas, diffusion, noise = build_process(cfg, data)  # data: for a corruption whose start is fitted to it
 
     curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device)
     result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress, report=report,
@@ -194,6 +193,15 @@ def checkpoint_step(path: Path) -> int:
         return 0
 
 
+def train_images(cfg: RunConfig) -> torch.Tensor:
+    """The trial's training images (CPU): the dataset's train split, or its first ``max_train_images`` of a
+    fixed permutation."""
+    data = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.image_size)
+    if cfg.max_train_images:
+        data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: cfg.max_train_images]]
+    return data
+
+
 def sample_from_workdir(path: Path, sampler: str, steps: int, n: int, seed: int, out: Path) -> None:
     """``bench sample``: ``n`` images from a finished trial's EMA model (its config.json says what was
     trained: schedule, noise, objective), saved as a PNG grid."""
@@ -209,7 +217,7 @@ def sample_from_workdir(path: Path, sampler: str, steps: int, n: int, seed: int,
     size = cfg.image_size or spec.size
     device = pick_device()
     model = load_ema(workdir, cfg, spec.channels, size, device)
-    _, diffusion, noise = build_process(cfg)
+    _, diffusion, noise = build_process(cfg, train_images(cfg) if CORRUPTIONS.get(cfg.corruption).needs_data else None)
     x = sample_images(model, diffusion, noise, sampler, steps, n, (spec.channels, size, size), seed,
                       batch_size=min(n, 256), device=device, options=sampler_options(sampler, cfg), progress=True)
     save_grid(x.cpu(), out)

@@ -415,8 +415,10 @@ OPTION_DEFAULTS = {"var_type": "small", "ddim_eta": 0.0}
 
 
 def test_sampler_contract():
-    assert SAMPLERS.names() == ["ddim", "ddpm"]
+    assert SAMPLERS.names() == ["cold", "ddim", "ddpm"]
     assert SAMPLERS.get("ddpm").options == ("var_type",) and SAMPLERS.get("ddim").options == ("ddim_eta",)
+    assert SAMPLERS.get("cold").options == () and not SAMPLERS.get("cold").needs_posterior
+    assert SAMPLERS.get("ddpm").needs_posterior and SAMPLERS.get("ddim").needs_posterior
     assert set(OPTION_DEFAULTS) == set(OPTION_CHECKS)
     for name, smp in SAMPLERS.items():
         assert isinstance(smp, Sampler) and smp.name == name and smp.evals_per_step == 1
