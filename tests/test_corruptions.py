@@ -522,3 +522,32 @@ def test_cli_exit_2_before_any_work(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "prediction x0" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "rows.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the picture of the forward processes
+
+
+def test_forward_picture(tmp_path):
+    from bench.report.forward import FRACTIONS, caption, default_rows, forward_cells, plot_forward
+
+    rows = default_rows(timesteps=100)
+    assert list(rows) == ["gaussian", "gamma, θ₀ = 0.01", "gamma, θ₀ = 0.1", "blur, σ_B,max = 2 (mild)",
+                          "blur, σ_B,max = 20 (strong)", "cold_blur (T = 20)"]
+    for cfg in rows.values():
+        validate(cfg)
+    x0 = image(15, (1, 1, 16, 16)).float()[0]
+    cells = forward_cells(rows, x0)
+    for label, cfg in rows.items():
+        assert [t for t, _ in cells[label]] == [min(cfg.timesteps, round(f * cfg.timesteps)) for f in FRACTIONS]
+        assert torch.equal(cells[label][0][1], x0)  # t = 0 is x_0
+    _, d, noise = build_process(rows["blur, σ_B,max = 20 (strong)"])
+    t, got = cells["blur, σ_B,max = 20 (strong)"][3]
+    eps = noise.sample((1, 1, 16, 16), torch.tensor([t - 1]), torch.Generator().manual_seed(3)).float()
+    assert torch.allclose(got, d.q_sample(x0[None], torch.tensor([t - 1]), eps)[0])
+    t, end = cells["cold_blur (T = 20)"][-1]
+    assert t == 20 and (end - x0.mean()).abs().max() < 0.05  # nearly the constant image of the mean
+    png = plot_forward(tmp_path / "forward.png", rows, x0=x0)
+    assert png.exists() and png.with_suffix(".pdf").exists()
+    assert plot_forward(tmp_path / "again.png", rows, x0=x0).read_bytes() == png.read_bytes()  # byte-stable
+    assert "cold_blur" in caption(rows) and "blur(sigma_blur_max=20)" in caption(rows)
