@@ -24,10 +24,10 @@ killed for memory at ~22 GB):
   ``--local``); the trials then run ``concurrent`` at a time (cores / --cpus-per-trial, capped by
   --max-concurrent) in plan order, each into the slot that frees first, plus Ray's start-up and a
   per-trial overhead (``RAY_START_S``, ``TRIAL_OVERHEAD_S``; from the committed runs' fan-out times).
-- each timing is the fastest of two calls after a warm-up call, and on a CPU it is the call's CPU
-  seconds divided by the threads (when below its wall-clock time): other processes on the machine
-  slow a call's wall-clock time down (on a shared 2-core CPU by 1.5-2x) but not its CPU time, so the
-  estimate is for this machine when the run has it to itself.
+- each timing is the fastest of two calls after a warm-up call (one call where the warm-up took over
+  a second), and on a CPU it is the call's CPU seconds divided by the threads (when below its
+  wall-clock time): other processes slow a call's wall-clock time down more than its CPU time, so
+  the estimate is closer to this machine when the run has it to itself.
 """
 
 from __future__ import annotations
@@ -100,10 +100,12 @@ class Estimate:
         return self.references_s + self.fanout_s
 
     def line(self) -> str:
-        per = f"{duration(min(self.trial_s))}-{duration(max(self.trial_s))}" if self.trial_s else "-"
+        lo, hi = (duration(min(self.trial_s)), duration(max(self.trial_s))) if self.trial_s else ("-", "-")
+        per = lo if lo == hi else f"{lo} to {hi}"
         refs = f"; reference statistics not cached yet: {duration(self.references_s)}" if self.references_s >= 1 else ""
-        return (f"estimate on this machine ({self.device}): {duration(self.total_s)} in all — {len(self.trial_s)} trials of "
-                f"{per} each at {self.threads} thread{'s' if self.threads > 1 else ''}, {self.concurrent} at a time{refs}")
+        n = len(self.trial_s)
+        return (f"estimate on this machine ({self.device}): {duration(self.total_s)} in all — {n} trial{'s' if n != 1 else ''} "
+                f"of {per} each at {self.threads} thread{'s' if self.threads > 1 else ''}, {self.concurrent} at a time{refs}")
 
 
 def duration(seconds: float) -> str:
@@ -202,9 +204,11 @@ def _per_image_s(make: Callable[[int], Callable[[], Any]], batch: int, device: t
     b = 1
     while True:
         fn = make(b)
+        t0 = time.perf_counter()
         fn()  # warm-up: allocations, kernel selection
+        slow = time.perf_counter() - t0 > 2 * TIMING_STEP_S  # a long call: one timed repetition is enough
         times = []
-        for _ in range(2):
+        for _ in range(1 if slow else 2):
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             fn()

@@ -142,13 +142,45 @@ def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str
     """Load and validate every trial of a grid and check its run directory: all bad input raises
     InputError here, before any work."""
     grid = grid if isinstance(grid, Grid) else load_grid(str(grid), preset, overrides)
+    if not grid.base and not grid.axes:
+        raise InputError(f"grid {grid.name!r} has neither [base] nor [axes]: it would run one trial of the defaults; "
+                         f"see experiments/schedules.toml for the format")
     trials = grid.trials()
     validate_trials(trials)
+    check_late_failures(trials)
     run_dir = Path(out) if out else (rundir.latest_run_dir(grid) if resume else None) or rundir.default_run_dir(grid)
     rundir.check(run_dir, grid, resume)
     if resume:
         resume_state(run_dir, trials)  # unrecoverable rows.csv: exit 2 now, before anything is written
     return Plan(grid, trials, run_dir, resume)
+
+
+def check_late_failures(trials: list[RunConfig]) -> None:
+    """What used to fail only after a trial had trained (exit 1 after minutes), as InputError now:
+    an image size the model cannot take, fewer than 2 generated or reference images (no
+    covariance), no metric, the same evaluation twice."""
+    seen: set[tuple] = set()
+    for i, cfg in enumerate(trials):
+        spec = DATASETS.get(cfg.dataset)
+        key = (cfg.model, spec.channels, cfg.image_size or spec.size, cfg.n_samples, cfg.n_reference, cfg.metrics, cfg.evals)
+        if key in seen:
+            continue
+        seen.add(key)
+        where = f"trial {i} (schedule={cfg.schedule}, noise={cfg.noise}, dataset={cfg.dataset}, seed={cfg.seed})"
+        try:
+            with torch.device("meta"):
+                build_model(cfg.model, spec.channels, cfg.image_size or spec.size)
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
+        if not cfg.metric_names:
+            raise InputError(f"{where}: metrics is empty: name at least one (python -m bench ls metrics)")
+        if cfg.n_samples < 2:
+            raise InputError(f"{where}: n_samples={cfg.n_samples}: the metrics need at least 2 generated images")
+        if cfg.n_reference == 1:
+            raise InputError(f"{where}: n_reference=1: the metrics need at least 2 reference images (0 = the default)")
+        dup = sorted({e for e in cfg.evaluations if cfg.evaluations.count(e) > 1})
+        if dup:
+            raise InputError(f"{where}: evals lists {', '.join(f'{s}:{n}' for s, n in dup)} twice")
 
 
 def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
@@ -546,8 +578,9 @@ def resume_state(run_dir: Path, trials: list[RunConfig]) -> tuple[dict[str, list
     notes: list[str] = []
     for cfg in trials:
         tid = trial_id(cfg)
-        rows = finished_rows(trial_dir(run_dir, cfg))
-        if rows is None and not problem:
+        wd = trial_dir(run_dir, cfg)
+        rows = finished_rows(wd)
+        if rows is None and not problem and not wd.exists():  # a work dir, when there is one, is the truth
             rows, why = _complete_rows(cfg, df[df["trial_id"] == tid], bad.get(tid, ""))
             if why:
                 notes.append(f"trial {tid} ({cfg.arm()}, seed {cfg.seed}): {why}; it runs again")

@@ -180,10 +180,22 @@ class Trainer:
         self.write_logs()
 
     def try_resume(self) -> bool:
+        """Load ``checkpoint.pt`` if there is one. A file that cannot be read (truncated, corrupt) is
+        moved aside to ``checkpoint.pt.corrupt-<time>`` with one line on stderr, and training starts
+        from step 0, instead of failing on every resume for ever."""
         path = self.workdir / CHECKPOINT
         if not path.exists():
             return False
-        ck = _read(path)
+        try:
+            ck = _read(path)
+            if not isinstance(ck, dict) or "step" not in ck:
+                raise ValueError("not a bench checkpoint")
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same case
+            aside = path.with_name(f"{CHECKPOINT}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.replace(aside)
+            print(f"bench: warning: {path} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
+                  f"moved aside to {aside.name}, the trial starts again from step 0", file=sys.stderr, flush=True)
+            return False
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: checkpoint format {ck.get('format')} is not {CHECKPOINT_FORMAT}; use a fresh work dir")
         mine, theirs = self.cfg.to_dict(), ck["cfg"]

@@ -49,6 +49,12 @@ def assert_one_clear_line(err: str, *needles: str):
         (["--grid", "schedules", "--address", "nonsense"], ["is not HOST:PORT"]),
         (["--grid", "schedules", "--local", "--gpus-per-trial", "0.5"], ["--gpus-per-trial applies to Ray trials"]),
         (["--grid", "schedules", "--max-concurrent", "0"], ["--max-concurrent must be >= 1"]),
+        # issue 15: these failed only after training (exit 1)
+        (["--grid", "schedules", "--preset", "smoke", "--set", "n_samples=1"], ["n_samples=1", "at least 2 generated"]),
+        (["--grid", "schedules", "--preset", "smoke", "--set", "n_reference=1"], ["n_reference=1", "at least 2 reference"]),
+        (["--grid", "schedules", "--preset", "smoke", "--set", "image_size=3"], ["trial 0", "image_size must be >= 8, got 3"]),
+        (["--grid", "schedules", "--preset", "smoke", "--set", "metrics="], ["metrics is empty"]),
+        (["--grid", "schedules", "--preset", "smoke", "--set", "evals=ddim:2,ddim:2"], ["evals lists ddim:2 twice"]),
     ],
 )
 def test_bad_input_exit_2(capsys, argv, needles):
@@ -63,6 +69,14 @@ def test_unknown_schedule_inside_a_grid_file(capsys, tmp_path):
     code, _, err = run_cli(capsys, "run", "--grid", str(grid), "--dry-run")
     assert code == 2
     assert_one_clear_line(err, "trial 1", "unknown schedule 'cosnie'", "did you mean cosine")
+
+
+def test_an_empty_grid_file_is_refused(capsys, tmp_path):
+    grid = tmp_path / "empty.toml"
+    grid.write_text('name = "empty"\n')
+    code, _, err = run_cli(capsys, "run", "--grid", str(grid), "--dry-run")
+    assert code == 2
+    assert_one_clear_line(err, "neither [base] nor [axes]")
 
 
 def test_malformed_toml_names_file_and_line(capsys, tmp_path):

@@ -232,3 +232,14 @@ def test_external_cluster_on_loopback(tmp_path):
     finally:
         for node in reversed(nodes):
             _stop(node)
+
+
+def test_max_concurrent_is_enforced_under_ray(tmp_path):
+    """Issue 15: Tune ignored max_concurrent_trials beside a search algorithm (it logged so) and both
+    trials overlapped on a machine with room for two."""
+    out = tmp_path / "run"
+    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--cpus-per-trial", "1",
+                 "--max-concurrent", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spans = sorted((attempts(wd)[0]["started"], (wd / "result.json").stat().st_mtime) for wd in trial_dirs(out))
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0], f"trials overlapped: {spans}"

@@ -1,0 +1,434 @@
+"""Faults a run directory must survive (issue 15): a second run into it, a flipped bit in the
+reference-statistics cache, a garbled / empty / truncated rows.csv on --resume, a full disk, a
+corrupt checkpoint, Ctrl-C; and the first command a newcomer types on a machine without a GPU.
+
+Each test reproduces the fault first. The runs are the smoke grid at a few steps, one thread."""
+
+import errno
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import dryrun, runner
+from bench.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SETS = ["--set", "train_steps=6", "--set", "checkpoint_every=3", "--set", "evals=ddim:2"]
+SMOKE = ["--grid", "schedules", "--preset", "smoke", "--local", "--cpus-per-trial", "1", *SETS]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("bench: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, threads):
+    """One finished smoke run (2 trials); tests work on copies."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["run", *SMOKE, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(finished, tmp_path, monkeypatch):
+    """A copy of the finished run; the report step is skipped (not what these tests are about)."""
+    monkeypatch.setattr(runner, "build_report", lambda run_dir: None)
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    return out
+
+
+def attempts(workdir: Path) -> list[dict]:
+    path = workdir / "attempts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def trial_dirs(run: Path) -> list[Path]:
+    return sorted((run / "_work" / "trials").iterdir())
+
+
+def no_temp_files(run: Path) -> list[Path]:
+    return [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+
+
+def bench_proc(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for(cond, proc, timeout=120.0, what="the condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        assert proc.poll() is None, f"process ended before {what}: {proc.stderr.read()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- 1. one run per run directory ------------------------------------------------------------------
+def test_second_run_is_refused_naming_the_first_and_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, threads):
+    """Before: both runs proceeded (rows of one, grid.toml of the other; trials trained twice), and
+    Ctrl-C printed a 43-line traceback. Now the second exits 2 before any work, naming the first;
+    Ctrl-C exits 130 with the --resume command, records nothing as failed; --resume then works."""
+    from bench.files import lock_holder
+
+    out = tmp_path / "run"
+    args = ["--grid", "schedules", "--preset", "smoke", "--local", "--cpus-per-trial", "1",
+            "--set", "train_steps=3000", "--set", "checkpoint_every=5", "--set", "evals=ddim:2"]
+    first = bench_proc("run", *args, "--out", out)
+    try:
+        wait_for(lambda: list(out.glob("_work/trials/*/checkpoint.pt")), first, what="a first checkpoint")
+        assert f"pid {first.pid}" in (lock_holder(out / "_work" / "run.lock") or "")
+        grid_before = (out / "grid.toml").read_text()
+        for extra in ([], ["--resume"]):
+            code, _, err = run_cli(capsys, "run", *args, "--out", out, *extra)
+            assert code == 2
+            line = one_line(err)
+            assert "in use by another bench run" in line and f"pid {first.pid}" in line, line
+        other = ["--grid", "noise", "--preset", "smoke", "--local", "--out", out, "--resume"]  # another grid: same
+        code, _, err = run_cli(capsys, "run", *other)
+        assert code == 2 and f"pid {first.pid}" in one_line(err)
+        assert (out / "grid.toml").read_text() == grid_before
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "--resume" in err and "interrupted" in err, err[-2000:]
+    rows = pd.read_csv(out / "rows.csv") if (out / "rows.csv").exists() else pd.DataFrame({"status": []})
+    assert "error" not in set(rows["status"])  # the interrupted trial is not a failure
+    assert lock_holder(out / "_work" / "run.lock") is None
+
+    # the lock went with the process: --resume continues the interrupted trial from its checkpoint
+    again = bench_proc("run", *args, "--out", out, "--resume")
+    try:
+        wd = trial_dirs(out)[0]
+        wait_for(lambda: len(attempts(wd)) >= 2, again, what="the resumed attempt")
+        assert attempts(wd)[-1]["resumed_from_step"] > 0
+        again.send_signal(signal.SIGINT)
+        again.communicate(timeout=60)
+    finally:
+        if again.poll() is None:
+            again.kill()
+    assert again.returncode == 130
+
+
+def test_a_lock_left_by_a_killed_run_is_not_stale(tmp_path):
+    """kill -9 of the holder frees the lock (flock dies with its process): a rerun is not refused."""
+    from bench.files import lock_holder
+    from bench.rundir import LOCK
+
+    code = ("import sys, time; from pathlib import Path; from bench.rundir import locked\n"
+            "with locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert f"pid {holder.pid}" in lock_holder(tmp_path / LOCK)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert (tmp_path / LOCK).exists() and lock_holder(tmp_path / LOCK) is None
+
+
+# --- 2. reference statistics with a checksum --------------------------------------------------------
+def test_a_flipped_bit_in_cached_reference_statistics_is_rebuilt(tmp_path, monkeypatch):
+    """Before: one flipped bit inside a cached tensor shifted every metric without a word."""
+    from bench import metrics as M
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
+    M.compute_count.clear()
+    a = M.reference_stats("synthetic", "train", "pixels", n_images=300)
+    (path,) = (tmp_path / "refstats").glob("*.pt")
+    with zipfile.ZipFile(path) as z:  # torch stores tensors uncompressed: find the features' bytes
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2] ^= 0x10  # one bit, in the middle of the largest tensor
+    path.write_bytes(bytes(raw))
+    tampered = torch.load(path, weights_only=True)  # torch itself does not notice
+    assert not all(torch.equal(tampered[k], a[k]) for k in M.STATS_TENSORS)
+
+    with pytest.warns(UserWarning, match="rebuilding reference statistics .*checksum does not match"):
+        b = M.reference_stats("synthetic", "train", "pixels", n_images=300)
+    assert all(torch.equal(b[k], a[k]) for k in M.STATS_TENSORS)
+    assert M.compute_count[path.name] == 2
+    assert M._load_stats(path, a["keys"]) is not None  # the rebuilt file verifies
+
+
+# --- 3. rows.csv is derived: --resume rebuilds it ------------------------------------------------------
+def test_garbled_rows_csv_is_rebuilt_from_work_and_env_history_kept(copy, capsys):
+    """Before: a pandas traceback, after env.json had already been rewritten (start time lost)."""
+    before = pd.read_csv(copy / "rows.csv")
+    env_before = json.loads((copy / "env.json").read_text())
+    (copy / "rows.csv").write_bytes(b"\x00\x07\xff garbage \x00\n\x01")
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", copy, "--resume")
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in err and "rebuilt from the 2 finished trials" in err
+    after = pd.read_csv(copy / "rows.csv")
+    assert list(after["trial_id"]) == list(before["trial_id"])
+    assert after["fd_pixels"].to_numpy() == pytest.approx(before["fd_pixels"].to_numpy())
+    assert all(len(attempts(wd)) == 1 for wd in trial_dirs(copy))  # nothing trained again
+    env = json.loads((copy / "env.json").read_text())
+    assert env["started"] == env_before["started"]
+    assert [s["started"] for s in env["sessions"]][:1] == [env_before["started"]]
+    assert env["sessions"][0]["finished"] == env_before["finished"] and len(env["sessions"]) == 2
+
+
+def test_empty_rows_csv_is_rebuilt(copy, capsys):
+    before = pd.read_csv(copy / "rows.csv")
+    (copy / "rows.csv").write_text("")
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", copy, "--resume")
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    assert pd.read_csv(copy / "rows.csv")["fd_pixels"].to_numpy() == pytest.approx(before["fd_pixels"].to_numpy())
+
+
+def test_a_row_cut_short_is_not_counted_as_finished(copy, capsys):
+    """Before: with _work gone, a last row cut after ``,ok,`` was taken as finished and its metrics
+    became silently empty. Now that trial runs again (and only that one)."""
+    shutil.rmtree(copy / "_work")
+    text = (copy / "rows.csv").read_text()
+    lines = text.splitlines()
+    cut = lines[-1][: lines[-1].index(",ok,") + 4]
+    (copy / "rows.csv").write_text("\n".join(lines[:-1] + [cut]) + "\n")
+    cut_tid = pd.read_csv(copy / "rows.csv", dtype={"trial_id": str})["trial_id"].iloc[-1]
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", copy, "--resume")
+    assert code == 0, err[-2000:]
+    assert "cut short" in err and "runs again" in err and "1 finished earlier" in err
+    ran = [p.name for p in (copy / "_work" / "trials").iterdir()]
+    assert ran == [cut_tid]  # the complete trial was not run again
+    df = pd.read_csv(copy / "rows.csv")
+    assert len(df) == 2 and df["fd_pixels"].notna().all() and set(df["status"]) == {"ok"}
+
+
+def test_unrecoverable_rows_csv_is_bad_input_before_anything_is_written(copy, capsys):
+    shutil.rmtree(copy / "_work")
+    (copy / "rows.csv").write_bytes(b"\x00\x00 not a table")
+    env = (copy / "env.json").read_bytes()
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", copy, "--resume")
+    assert code == 2
+    line = one_line(err)
+    assert "rows.csv" in line and "cannot be recovered" in line and "git checkout" in line
+    assert (copy / "env.json").read_bytes() == env and not (copy / "_work").exists()
+
+
+@pytest.mark.parametrize("name,garble", [
+    ("grid.toml", "name = = 1\n"), ("env.json", "{not json"), ("floors.csv", 'a,b\n"1,2\n3'),
+    ("rows.csv", "trial_id,status,x\nabc,ok\n"),
+])
+def test_report_on_a_garbled_file_is_one_line(copy, capsys, name, garble):
+    (copy / name).write_text(garble)
+    code, _, err = run_cli(capsys, "report", copy)
+    assert code == 2 and name in one_line(err)
+
+
+# --- 4. a full disk ---------------------------------------------------------------------------------
+def _enospc(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_disk_full_in_a_trial_is_isolated_and_leaves_no_temp_files(tmp_path, monkeypatch, capsys, threads):
+    """Before: the failure-isolation handler itself failed writing error.txt (a 62-line chained
+    traceback, no rows.csv, no report), and a partial checkpoint temp file was left filling the disk.
+    Here every checkpoint write and error.txt / result.json in the trials' work dirs fail."""
+    monkeypatch.setattr(runner, "build_report", lambda run_dir: None)
+    real_save, real_write_text = torch.save, pathlib.Path.write_text
+
+    def save(obj, f, *a, **kw):
+        if "_work" in str(f):
+            Path(f).write_bytes(b"partial checkpoint")  # some bytes made it before the disk filled
+            raise _enospc(f)
+        return real_save(obj, f, *a, **kw)
+
+    def write_text(self, *a, **kw):
+        if "_work" in str(self) and (self.name == "error.txt" or "result.json" in self.name):
+            raise _enospc(self)
+        return real_write_text(self, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", out)
+    assert code == 1, err[-3000:]
+    assert "Traceback" not in err
+    df = pd.read_csv(out / "rows.csv")
+    assert set(df["status"]) == {"error"} and df["error"].str.contains("No space left on device").all()
+    assert no_temp_files(out) == []
+    assert "2 error" in err
+
+
+def test_disk_full_for_rows_csv_keeps_running_and_says_where_results_are(tmp_path, monkeypatch, capsys, threads):
+    monkeypatch.setattr(runner, "build_report", lambda run_dir: None)
+    real_to_csv = pd.DataFrame.to_csv
+
+    def to_csv(self, path=None, *a, **kw):
+        if path is not None and ".rows.csv." in str(path):
+            Path(path).write_text("trial_id,sta")  # a partial temp file
+            raise _enospc(path)
+        return real_to_csv(self, path, *a, **kw)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", out)
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    assert err.count("cannot write") == 1  # said once, not per trial
+    assert "could not be written" in err and "result.json" in err and "--resume" in err
+    assert "[2/2]" in err and "all finished" in err  # progress lines, also without a terminal
+    assert len(list(out.glob("_work/trials/*/result.json"))) == 2  # both trials ran
+    assert no_temp_files(out) == [] and not (out / "rows.csv").exists()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real_to_csv)  # space again: --resume writes rows.csv
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", out, "--resume")
+    assert code == 0 and len(pd.read_csv(out / "rows.csv")) == 2
+
+
+def test_too_little_free_space_is_found_before_work(tmp_path, monkeypatch, capsys):
+    from bench import rundir
+
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**30, 2**30 - 2**21, 2**21))
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", out)
+    assert code == 2 and "MB free" in one_line(err)
+    assert not out.exists()
+
+
+# --- 5. a corrupt checkpoint ----------------------------------------------------------------------
+def test_corrupt_checkpoint_of_an_unfinished_trial_is_moved_aside_and_the_trial_restarts(copy, capsys):
+    """Before: every --resume failed on it, for ever, advising weights_only=False."""
+    wd = trial_dirs(copy)[0]
+    (wd / "result.json").unlink()  # unfinished
+    ckpt = wd / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", copy, "--resume")
+    assert code == 0, err[-3000:]
+    assert "cannot be read" in err and "moved aside" in err and "Traceback" not in err
+    assert len(list(wd.glob("checkpoint.pt.corrupt-*"))) == 1
+    assert attempts(wd)[-1]["resumed_from_step"] == 0
+    df = pd.read_csv(copy / "rows.csv")
+    assert set(df["status"]) == {"ok"} and df["fd_pixels"].notna().all()
+
+
+def test_bench_sample_without_or_with_a_corrupt_checkpoint_is_one_line(copy, capsys, tmp_path):
+    wd = trial_dirs(copy)[0]
+    ckpt = wd / "checkpoint.pt"
+    ckpt.write_bytes(b"\x80\x02garbage")
+    code, _, err = run_cli(capsys, "sample", wd, "--out", tmp_path / "s.png")
+    assert code == 2 and "cannot be read" in one_line(err)
+    ckpt.unlink()
+    code, _, err = run_cli(capsys, "sample", wd, "--out", tmp_path / "s.png")
+    assert code == 2 and "no checkpoint" in one_line(err)
+
+
+# --- 6. the first command ---------------------------------------------------------------------------
+def _fake_estimate(seconds_per_trial):
+    def estimate(trials, threads=None, concurrent=1, ray=False, sizes=None):
+        return dryrun.Estimate([seconds_per_trial] * len(trials), 0.0, threads or 1, concurrent, ray, "cpu (test)")
+
+    return estimate
+
+
+def test_without_preset_a_cpu_runs_quick_and_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dryrun, "estimate", _fake_estimate(100.0))
+    code, out, err = run_cli(capsys, "run", "--grid", "schedules", "--dry-run")
+    assert code == 0
+    assert "no --preset given: using quick" in err and "--preset full|quick|smoke" in err
+    assert "preset quick" in out and "estimate on this machine" in out
+
+
+def test_full_on_a_cpu_is_refused_with_its_estimate_unless_yes(monkeypatch, capsys, tmp_path):
+    """Before: one line, then minutes of silence (Inception statistics, then days of training)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dryrun, "estimate", _fake_estimate(3 * 86400.0))
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--preset", "full", "--out", out)
+    assert code == 2
+    line = one_line(err)
+    assert "estimated" in line and "days" in line and "--preset quick" in line and "--yes" in line
+    assert "GPU scale" in err and not out.exists()
+
+    ran = []
+    monkeypatch.setattr(runner, "run_grid", lambda plan, fanout: ran.append(plan) or [])
+    code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--preset", "full", "--out", out, "--yes")
+    assert code == 0 and ran and "warning: preset full on a CPU" in err and "--preset quick" in err
+
+
+def test_progress_line_format(capsys):
+    p = runner.Progress(total=12, done_before=2, at_once=2)
+    p.t0 -= 240  # 4 minutes into the fan-out
+    p.trial_done("linear / gaussian | mnist | seed 0", [{"trial_id": "a", "status": "ok", "trial_s": 120.0}])
+    p.step("b", "cosine / gaussian | mnist | seed 0", 250, 500, 105.0, force=True)
+    err = capsys.readouterr().err
+    assert "[3/12] linear / gaussian | mnist | seed 0: ok in 2.0 min; 3 finished (0 failed), 0 running of 12" in err
+    assert "ETA 36.0 min" in err  # 9 left x 4 min per finished trial (two at a time are already in the rate)
+    assert "step 250/500, 105 img/s" in err
+
+
+# --- 7. the dry run is bounded ------------------------------------------------------------------------
+def test_dry_run_of_the_full_grid_on_a_cpu_is_bounded_in_memory_and_time():
+    """Before: killed by the kernel at ~22 GB after ~9 minutes (base UNet, 64x64, batch 128)."""
+    code = ("import resource, sys, time\nfrom bench.__main__ import main\nt = time.time()\n"
+            "rc = main(['run', '--grid', 'schedules', '--preset', 'full', '--dry-run'])\n"
+            "print('RESULT', rc, time.time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert proc.returncode == 0 and result, proc.stderr[-3000:]
+    _, rc, wall, rss_kb = result[0].split()
+    print(f"full schedules dry run: {float(wall):.1f} s, peak RSS {int(rss_kb) / 2**20:.2f} GB")
+    assert rc == "0" and int(rss_kb) < 4 * 2**20  # < 4 GB (it was ~22)
+    assert float(wall) < 180
+    assert "days" in proc.stdout or " h in all" in proc.stdout  # the full grid on a CPU: hours to days
+
+
+# --- 9. validation that used to come late -------------------------------------------------------------
+def test_corrupt_held_out_image_is_found_before_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    src = Path(os.environ.get("BENCH_DATA_ROOT", "")) / "craters"
+    if not (src / "train" / "images").is_dir():
+        pytest.skip("craters absent (set BENCH_DATA_ROOT)")
+    for split in ("train", "valid", "test"):
+        (tmp_path / "data" / "craters" / split / "images").mkdir(parents=True)
+        for f in sorted((src / split / "images").iterdir())[:2]:
+            shutil.copyfile(f, tmp_path / "data" / "craters" / split / "images" / f.name)
+    bad = sorted((tmp_path / "data" / "craters" / "valid" / "images").iterdir())[0]
+    bad.write_bytes(b"not a jpeg")
+    code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--preset", "smoke", "--set", "dataset=craters",
+                           "--set", f"data_root={tmp_path / 'data'}", "--dry-run")
+    assert code == 2 and bad.name in one_line(err)
+
+
+def test_unwritable_cache_is_found_before_work(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "a-file" / "cache"))
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--dry-run")
+    assert code == 2 and "BENCH_CACHE" in one_line(err)
