@@ -158,10 +158,16 @@ def run_trial_safe(cfg: RunConfig, workdir: Path, **kw) -> list[dict[str, Any]]:
     try:
         return run_trial(cfg, workdir, **kw)
     except Exception as e:  # noqa: BLE001 - failure isolation is the point
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "error.txt").write_text(traceback.format_exc())
         rows = error_rows(cfg, e)
-        write_json_atomic(workdir / RESULT, rows)
+        try:  # the handler must not fail in turn (a full disk): the rows still reach the driver
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "error.txt").write_text(traceback.format_exc())
+            write_json_atomic(workdir / RESULT, rows)
+        except OSError as w:
+            import sys
+
+            print(f"bench: warning: trial {rows[0]['trial_id']}: error.txt / {RESULT} not written ({w.strerror or w})",
+                  file=sys.stderr, flush=True)
         return rows
 
 
@@ -189,7 +195,7 @@ def checkpoint_step(path: Path) -> int:
     """The optimizer step a training checkpoint file is at (0 if there is none or it is unreadable)."""
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
-    except (OSError, RuntimeError, KeyError, EOFError):
+    except Exception:  # noqa: BLE001 - missing, truncated or corrupt: the trainer moves a corrupt one aside
         return 0
 
 
