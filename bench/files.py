@@ -172,3 +172,13 @@ def cache_dir(create: bool = True) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     return path
 
+
+def save_npz_atomic(path: Path, arrays: dict) -> Path:
+    """numpy arrays as one compressed .npz, atomically."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy would otherwise append ".npz" to the temp name
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(path, write)

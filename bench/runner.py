@@ -33,14 +33,15 @@ from bench import rundir
 from bench.config import RunConfig, from_dict, trial_id
 from bench.data import DATASETS
 from bench.dryrun import duration
-from bench.files import copy_atomic, write_text_atomic
+from bench.features import FEATURES
+from bench.files import copy_atomic, save_npz_atomic, write_text_atomic
 from bench.grid import Grid, load_grid, validate_trials
-from bench.metrics import floor, release_extractors
+from bench.metrics import METRICS, floor, reference_stats, release_extractors
 from bench.registry import InputError
 from bench.report import build_report
 from bench.rundir import trial_dir, write_rows
 from bench.train import CHECKPOINT
-from bench.trial import checkpoint_step, error_rows, finished_rows, run_trial_safe
+from bench.trial import PER_IMAGE_MAX_DIM, checkpoint_step, error_rows, finished_rows, run_trial_safe
 from bench.unet import build_model, count_params
 
 PROGRESS_EVERY_S = 30.0  # without a terminal: at most one progress line per this many seconds
@@ -308,6 +309,7 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
                     progress=sys.stderr.isatty())
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t1})
     write_text_atomic(run_dir / rundir.FLOORS, pd.DataFrame(rows).to_csv(index=False))
+    write_references(run_dir, trials)
     release_extractors()
     _say(f"real-vs-real floors and reference statistics ready ({time.time() - t0:.0f} s)")
 
@@ -393,11 +395,27 @@ class Progress:
         _say(f"running {label}: step {step}/{steps}{rate_s}; {self.counts()}; {self.eta()}")
 
 
+def write_references(run_dir: Path, trials: list[RunConfig]) -> None:
+    """references/<dataset>-<size>px-<feature>-n<n>.npz: mean and covariance (float64) of the reference
+    features of every small extractor the trials score with, so that the report can recompute a
+    Fréchet distance from the committed per-image features (its two-level bootstrap)."""
+    for c in {c.canonical() for c in trials}:
+        for feature in sorted({METRICS.get(m).feature for m in c.metric_names}):
+            if FEATURES.get(feature).dim > PER_IMAGE_MAX_DIM:
+                continue
+            ref = reference_stats(c.dataset, "train", feature, c.n_reference or None, c.data_root, c.image_size)
+            size = c.image_size or DATASETS.get(c.dataset).size
+            path = run_dir / "references" / f"{c.dataset}-{size}px-{feature}-n{ref['keys']['n_images']}.npz"
+            if not path.exists():
+                save_npz_atomic(path, {"mu": ref["mu"].numpy(), "sigma": ref["sigma"].numpy()})
+
+
 def publish_artifacts(run_dir: Path, workdir: Path, tid: str) -> None:
     """Copy a trial's light artifacts out of _work (never committed) into the run dir, so the report
-    can be rebuilt from the run's own files: sample grids and denoising strips -> samples/, loss logs -> logs/."""
-    for src, dst in [(workdir / "samples", run_dir / "samples"), (workdir, run_dir / "logs")]:
-        pattern = "*.png" if src.name == "samples" else "loss*.csv"
+    can be rebuilt from the run's own files: sample grids and denoising strips -> samples/, loss logs -> logs/,
+    per-image features -> per_image/."""
+    for src, dst, pattern in [(workdir / "samples", run_dir / "samples", "*.png"), (workdir, run_dir / "logs", "loss*.csv"),
+                              (workdir / "per_image", run_dir / "per_image", "*.npz")]:
         for f in sorted(src.glob(pattern)) if src.is_dir() else []:
             copy_atomic(f, dst / f"{tid}_{f.name}")
 

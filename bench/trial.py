@@ -20,7 +20,7 @@ from bench.config import RunConfig, build_process, from_dict, trial_id
 from bench.corruptions import CORRUPTIONS
 from bench.data import DATASETS, load_dataset
 from bench.env import device_name, enable_tf32, pick_device
-from bench.files import write_json_atomic
+from bench.files import save_npz_atomic, write_json_atomic
 from bench.images import save_grid, to_uint8
 from bench.metrics import score
 from bench.registry import InputError
@@ -127,10 +127,24 @@ def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, 
     images = to_uint8(x.cpu())
     save_grid(x[:64].cpu(), workdir / "samples" / grid_name)
     t1 = time.time()
+    features: dict[str, torch.Tensor] = {}
     scores = score(list(metrics), images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
-                   n_reference=cfg.n_reference or None, progress=bool(progress), device=device)
+                   n_reference=cfg.n_reference or None, progress=bool(progress), device=device, features_out=features)
+    save_per_image(workdir / "per_image" / grid_name.replace(".png", ".npz"), features)
     return {**scores, "sample_s": sample_s, "score_s": time.time() - t1,
             "sample_images_per_s": cfg.n_samples / max(sample_s, 1e-9)}
+
+
+PER_IMAGE_MAX_DIM = 256  # Inception's 2048-d features are too large to commit for every image
+
+
+def save_per_image(path: Path, features: dict[str, torch.Tensor]) -> None:
+    """The per-image features (float16; extractors of at most PER_IMAGE_MAX_DIM dimensions) of one
+    evaluation, row i = image i (its seed image_seed0 + i, the same in every arm): what the report's
+    two-level bootstrap resamples."""
+    small = {name: f.to(torch.float16).numpy() for name, f in features.items() if f.shape[1] <= PER_IMAGE_MAX_DIM}
+    if small:
+        save_npz_atomic(path, small)
 
 
 def _denoise_strip(cfg, ema, diffusion, noise, workdir, device, k: int = 6):

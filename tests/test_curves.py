@@ -69,3 +69,25 @@ def test_sampled_images_follow_image_seed0(tmp_path, monkeypatch):
         run_trial(SMOKE.replace(seed=seed, image_seeds="per_seed"), tmp_path / str(seed), device="cpu", progress=False)
     assert seen == [SMOKE.replace(seed=s, image_seeds="per_seed").image_seed0 for s in (0, 1)]
     assert len(set(seen)) == 2
+
+
+def test_per_image_features_are_kept_for_the_bootstrap(tmp_path):
+    import numpy as np
+
+    from bench.features import extract_features
+
+    run_trial(SMOKE, tmp_path, device="cpu", progress=False)
+    kept = np.load(tmp_path / "per_image" / "ddim-3.npz")
+    assert list(kept) == ["pixels"] and kept["pixels"].shape == (8, 64) and kept["pixels"].dtype == np.float16
+    # row i is image i: the features of the final EMA's samples re-drawn with the same image seeds
+    from bench.config import build_process
+    from bench.images import to_uint8
+    from bench.sample import sample_images, sampler_options
+    from bench.train import load_ema
+
+    _, diffusion, noise = build_process(SMOKE)
+    ema = load_ema(tmp_path, SMOKE, 1, 16)
+    x = sample_images(ema, diffusion, noise, "ddim", 3, 8, (1, 16, 16), SMOKE.image_seed0, 8, "cpu",
+                      options=sampler_options("ddim", SMOKE))
+    expected = extract_features("pixels", to_uint8(x)).numpy()
+    assert np.allclose(kept["pixels"].astype(np.float32), expected, atol=1e-3)
