@@ -7,6 +7,7 @@ still ran, the report is still written), 2 bad input found before any work (one 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -180,8 +181,13 @@ def cmd_run(args) -> int:
             raise InputError(f"preset full on this CPU: estimated {duration(est.total_s)} ({len(plan.trials)} trials, "
                              f"{at_once} at a time); {advice}, or add --yes to run full here anyway")
         _say(f"warning: preset full on a CPU: {est.line()}; {advice}")
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a run as cleanly as Ctrl-C (Ray workers stopped, --resume said)
     rows = run_grid(plan, fanout)
     return 1 if plan.problems or any(r["status"] == "error" for r in rows) else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _default_preset(grid: str, cuda: bool) -> str:

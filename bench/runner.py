@@ -366,8 +366,14 @@ class Progress:
 
     def eta(self) -> str:
         left = self.total - self.done_before - len(self.finished)
-        if not self.finished:
-            return "ETA after the first trial"
+        if not self.finished:  # from the training progress of the running trials (training only: a lower bound)
+            fractions = [s / n for s, n in self.running.values() if n]
+            f = sum(fractions) / len(fractions) if fractions else 0.0
+            if f <= 0:
+                return "ETA after the first trial"
+            per_trial = (time.time() - self.t0) / f
+            waves = -(-left // self.at_once)
+            return f"ETA > {duration(per_trial * (waves - f))} (training only, until a trial finishes)"
         return f"ETA {duration((time.time() - self.t0) / len(self.finished) * left)}" if left else "all finished"
 
     def counts(self) -> str:
