@@ -592,3 +592,25 @@ def test_floors_state_their_own_n(tmp_path):
     assert floor_phrase(run, "fid", "mnist") == "floor at this sample size (n = 256)"
     assert floor_phrase(run, "fid", "craters") == "floor at n = 200 (arms at n = 256)"
     assert "`on `mnist`" not in floor_sample_size(run)[0] and "`fid` on `mnist`" not in floor_sample_size(run)[0]
+
+
+def test_learning_curve_rows_change_no_table(built, tmp_path):
+    """The same run plus learning-curve rows (train_step 100 of 200, other values): every table and
+    paired comparison is byte-identical, because they read the final rows only."""
+    from bench.report import load_run
+    from bench.report.paired import write_paired
+    from bench.report.tables import write_tables
+
+    run_dir, _ = built
+    path = make_run(tmp_path / "run")
+    rows = pd.read_csv(path / "rows.csv")
+    rows["train_step"] = np.where(rows["status"] == "error", np.nan, rows["train_steps_done"])
+    ok = rows[rows["status"] == "ok"].drop_duplicates("trial_id")  # one curve row per finished trial, at ddim:10
+    curve = ok.assign(train_step=100, fid=999.0, kid=0.999, fd_mnist_clf=ok["fd_mnist_clf"].where(ok["fd_mnist_clf"].isna(), 499.0))
+    pd.concat([curve, rows]).to_csv(path / "rows.csv", index=False)
+    run = load_run(path)
+    assert len(run.curve) == 14 and len(run.rows) == len(rows) and set(run.curve["fid"]) == {999.0}
+    write_tables(run, path / "tables")
+    write_paired(run, path / "tables")
+    for f in sorted((run_dir / "tables").iterdir()):
+        assert (path / "tables" / f.name).read_bytes() == f.read_bytes(), f.name

@@ -19,12 +19,17 @@ import pandas as pd
 
 from bench import stats
 from bench.files import write_text_atomic
+from bench.report import curves, perimage
 from bench.report.caveats import warnings_section
 from bench.report.montage import montage_denoise, montage_samples
 from bench.report.paired import fmt_seeds, paired_table, sentence, vs_best, write_paired
 from bench.report.plots import (
     Plot,
+    brightness_metrics,
+    loss_what,
+    plot_brightness,
     plot_forest,
+    plot_learning_curves,
     plot_loss_by_t,
     plot_loss_curves,
     plot_metric_by_arm,
@@ -80,6 +85,8 @@ def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None =
         table = paired[m] if paired and m in paired else paired_table(run, m)
         plots += [plot_metric_by_arm(run, m, out_dir), plot_metric_vs_steps(run, m, out_dir)]
         plots += [plot_forest(run, m, ds, table, out_dir) for ds in datasets_with(run, m)]
+    plots += plot_learning_curves(run, out_dir)
+    plots += [plot_brightness(run, m, out_dir) for m in brightness_metrics(run)]
     plots += [plot_run_schedules(run, out_dir), plot_loss_curves(run, out_dir, notes), plot_loss_by_t(run, out_dir, notes)]
     plots += montage_samples(run, out_dir, notes) + montage_denoise(run, out_dir, notes)
     return [p for p in plots if p is not None], list(dict.fromkeys(notes))
@@ -121,7 +128,27 @@ def compared(run: Run) -> str:
             f"axes, and the seeds measure how much of a difference is luck. Every model is sampled with "
             f"{join([f'`{ev_name(e)}`' for e in run.evals])} (sampler:steps), {values(run, 'n_samples')} images "
             f"each, image i starting from the same seed in every arm, and scored with "
-            f"{join([f'`{m}` ({direction(m)})' for m in run.metrics])}.")
+            f"{join([f'`{m}` ({direction(m)})' for m in run.metrics])}." + curve_intro(run))
+
+
+def curve_steps(run: Run) -> list[int]:
+    """The training steps of the learning-curve evaluations."""
+    if not len(run.curve) or "train_step" not in run.curve.columns:
+        return []
+    return sorted({int(v) for v in pd.to_numeric(run.curve["train_step"], errors="coerce").dropna()})
+
+
+def curve_intro(run: Run) -> str:
+    """One sentence on the learning-curve evaluations, where the run has them."""
+    steps, ms = curve_steps(run), curves.curve_metrics(run)
+    if not steps:
+        return ""
+    evs = list(dict.fromkeys(zip(run.curve["sampler"], run.curve["sample_steps"])))
+    return (f" Learning curves: each model was also evaluated during training, at step "
+            f"{join([f'{k:,}' for k in steps])} of {values(run, 'train_steps')}, with "
+            f"{join([f'`{s}:{int(k)}`' for s, k in evs])} and {join([f'`{m}`' for m in ms]) or 'no metric with a value'}; "
+            f"those evaluations appear only in the learning-curve figures and sentences, every table and comparison "
+            f"uses the final evaluation.")
 
 
 def result(run: Run, paired: dict[str, pd.DataFrame] | None = None) -> str:
@@ -147,6 +174,8 @@ def result(run: Run, paired: dict[str, pd.DataFrame] | None = None) -> str:
                     "chosen from the same scores):" if several else ":")]
         lines += [f"- `{ev_name(ev)}`: {verdict(run, agg, tables[primary], primary, ds, ev)}" for ev in run.evals]
         lines += other_metrics(run, ds, primary, several)
+        lines += brightness_lines(run, ds)
+        lines += [f"- {w}" for m in curves.curve_metrics(run) for w in [curves.words(run, ds, m)] if w]
         out.append("\n".join(lines))
     out.append(seed_planner(run, tables))
     out.append(budget(run))
@@ -200,6 +229,43 @@ def other_metrics(run: Run, ds: str, primary: str, several: bool = True) -> list
                    + join([f"{w or 'none'} at `{ev_name(ev)}`" for ev, w in wins.items()])
                    + f" ({same} with `{primary}`" + ("; its paired comparisons are in the Tables)." if several else ")."))
     return out
+
+
+def brightness_lines(run: Run, ds: str) -> list[str]:
+    """Per brightness metric and evaluation: whether each arm's samples are darker or brighter than the
+    data (mean intensity of the samples minus the data's, its t-interval over seeds and, where per-image
+    data were kept, the two-level bootstrap interval)."""
+    out = []
+    for m in brightness_metrics(run):
+        for ev in run.evals:
+            b = perimage.brightness(run, m, ds, ev)
+            if not len(b):
+                continue
+            arms = [_brightness_arm(r) for _, r in b.iterrows()]
+            kinds = {k for _, k in arms}
+            summary = (f"the samples are {next(iter(kinds))} than the data in every arm. " if len(kinds) == 1
+                       and next(iter(kinds)) in ("darker", "brighter") else "")
+            boot = b["boot_lo"].notna().any()
+            out.append(f"- Brightness (`{m}`'s mean intensities at `{ev_name(ev)}`; data {stats.fmt(b['mean_ref'].mean())}): "
+                       f"{summary}Mean intensity of the samples minus the data's, mean over seeds with its 95% "
+                       f"t-interval" + (" and the two-level bootstrap interval over seeds and images" if boot else "")
+                       + ": " + "; ".join(t for t, _ in arms) + ".")
+    return out
+
+
+def _brightness_arm(r) -> tuple[str, str]:
+    """('linear / gaussian -0.013 [-0.020, -0.006] (bootstrap [...]), darker than the data', kind): kind is
+    darker | brighter (the t-interval excludes 0), none (it covers 0) or ? (no interval: one seed)."""
+    if not (np.isfinite(r["lo"]) and np.isfinite(r["hi"])):
+        return f"{r['label']} {stats.fmt(r['offset'])} ({plural(int(r['n']), 'seed')}: no interval)", "?"
+    est, lo, hi = stats.fmt_interval(r["offset"], r["lo"], r["hi"])
+    text = f"{r['label']} {est} [{lo}, {hi}]"
+    if np.isfinite(r["boot_lo"]) and np.isfinite(r["boot_hi"]):
+        _, blo, bhi = stats.fmt_interval(r["offset"], r["boot_lo"], r["boot_hi"])
+        text += f" (bootstrap [{blo}, {bhi}])"
+    kind = "darker" if r["hi"] < 0 else "brighter" if r["lo"] > 0 else "none"
+    return text + {"darker": ", darker than the data", "brighter": ", brighter than the data",
+                   "none": ", no evidence of an offset"}[kind], kind
 
 
 def _winner(run: Run, metric: str, ds: str, ev) -> str | None:
@@ -268,13 +334,12 @@ def method(run: Run) -> str:
              f"dropout {values(run, 'dropout')}, EMA of the weights (decay {values(run, 'ema_decay')}) used for sampling.",
              f"- **Training**: {values(run, 'train_steps')} steps, batch size {values(run, 'batch_size')}, AdamW lr "
              f"{values(run, 'lr')} with {values(run, 'warmup_steps')} warm-up steps, gradient clipping "
-             f"{values(run, 'grad_clip')}, {values(run, 'loss').upper()} loss on the predicted noise eps.",
+             f"{values(run, 'grad_clip')}; loss: {loss_what(run)}.",
              "- **Data**: " + "; ".join(_data_line(run, ds) for ds in run.datasets) + ".",
              f"- **Forward process**: T = {values(run, 'timesteps')} steps; each arm's schedule and noise type as "
              f"defined (formula and reference) in `bench/schedules.py` and `bench/noise.py`.",
              f"- **Samplers**: {join([f'`{ev_name(e)}`' for e in run.evals])}; DDIM eta = {values(run, 'ddim_eta')}, "
-             f"DDPM reverse variance `{values(run, 'var_type')}`; image i of every evaluation starts from seed "
-             f"sample_seed + i (sample_seed = {values(run, 'sample_seed')}) in every arm.",
+             f"DDPM reverse variance `{values(run, 'var_type')}`; {image_seed_text(run)}",
              "- **Aggregation**: mean and sample standard deviation (ddof = 1) over the seeds that finished; diverged "
              "or failed trials are left out of the mean and counted in the table cells.",
              "- **Comparisons** (DESIGN.md section 5, `bench/stats.py`): arms with the same training seed share the "
@@ -284,10 +349,40 @@ def method(run: Run) -> str:
              "evaluation and metric (the best arm is chosen from the same scores, so each pair could have been "
              "shown). Where an interval covers 0, what it excludes is the result. The seed planner uses the exact "
              "power of the paired t (noncentral t)."]
+    boot = [m for m in run.metrics if perimage.bootstrappable(m)]
+    if boot and not perimage.has_per_image(run):
+        lines.append(f"- **Two-level bootstrap** ({join([f'`{m}`' for m in boot])}): not available: {perimage.NO_PER_IMAGE}, "
+                     f"so only the paired t-intervals are given.")
+    elif boot:
+        lines.append(f"- **Two-level bootstrap** ({join([f'`{m}`' for m in boot])}): a second interval for each comparison "
+                     f"with the best arm, resampling the seeds both arms finished and then, within each, the generated "
+                     f"images with the same indices in both arms; the metric is recomputed from the per-image features "
+                     f"(per_image/, float16) against the reference mean and covariance (references/); "
+                     f"n_boot = {perimage.N_BOOT}, percentile interval. It adds the images' sampling noise to the seed "
+                     f"spread; with 3-5 seeds it is indicative (it under-covers when the seed spread dominates: 77% "
+                     f"with 3 seeds, 85% with 5 in the simulations of `bench/stats.py`).")
+    if curve_steps(run):
+        lines.append("- **Learning curves**: the EMA model at each `eval_at` step (" + join([f"{k:,}" for k in curve_steps(run)])
+                     + "), sampled with the grid's first evaluation and scored with `curve_metrics`, plotted against "
+                     "training images (train_step x batch size): each arm's mean over seeds with the min-max range over "
+                     "seeds. Kendall's tau (tau-b, `scipy.stats.kendalltau`) compares the order of the arm means at "
+                     "each step with their order at the end of training; the pairs that flip are named.")
     lines += [f"- **`{m}`** ({direction(m)}): {metric_description(m)} Feature extractor: {md['features']}; "
               f"n_generated = {md['n_generated']}, n_reference = {md['n_reference']}. {_floor_method(run, m)}"
               for m in run.metrics for md in [metric_meta(run, m)]]
     return "\n".join(lines)
+
+
+def image_seed_text(run: Run) -> str:
+    """How image i's starting noise is seeded (``image_seeds``: shared, or per training seed)."""
+    modes = [str(v) for v in dict.fromkeys(run.rows["image_seeds"].dropna())] if "image_seeds" in run.rows.columns else []
+    if modes == ["per_seed"]:
+        return ("image i of every evaluation starts from a seed derived from (sample_seed, training seed, i) "
+                f"(sample_seed = {values(run, 'sample_seed')}): the same in every arm, different across training seeds, "
+                "so the seed-to-seed spread includes the sampling noise of the images.")
+    return (f"image i of every evaluation starts from seed sample_seed + i (sample_seed = {values(run, 'sample_seed')}) in "
+            f"every arm" + (" and every training seed, so the seed-to-seed spread leaves out the sampling noise of the "
+                            "images." if modes in ([], ["shared"]) else f" (image_seeds: {', '.join(modes)})."))
 
 
 def _floor_method(run: Run, metric: str) -> str:
@@ -325,9 +420,10 @@ def metric_description(metric: str) -> str:
 
 # --- provenance and citation -----------------------------------------------------------------------
 def trial_seconds(run: Run) -> dict[str, float]:
-    """Device seconds per trial: train_s + the evaluations' sample_s + score_s, else trial_s."""
+    """Device seconds per trial: train_s + the evaluations' (final and learning-curve) sample_s + score_s,
+    else trial_s."""
     out = {}
-    for tid, rows in run.rows.groupby("trial_id", sort=False):
+    for tid, rows in run.all_rows.groupby("trial_id", sort=False):  # learning-curve evaluations cost time too
         parts = [rows[c].dropna() for c in ("train_s", "sample_s", "score_s") if c in rows.columns]
         total = (parts[0].max() if len(parts) and len(parts[0]) else 0.0) + sum(p.sum() for p in parts[1:])
         fallback = rows["trial_s"].dropna().max() if "trial_s" in rows.columns else np.nan

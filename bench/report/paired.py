@@ -6,7 +6,9 @@ seed (same initial weights, batches, noise draws and image seeds):
 
 - every pair of arms (``stats.all_pairs``): ``tables/paired_<metric>.csv``;
 - each arm against the best arm (``stats.compare``): ``tables/paired_<metric>.md`` (embedded in
-  REPORT.md), the result sentences (``stats.describe_row``), the seed planner and the forest plot.
+  REPORT.md), the result sentences (``stats.describe_row``), the seed planner and the forest plot;
+- for those comparisons, where per-image features and reference statistics were kept, a second
+  interval from the two-level bootstrap (``bench.report.perimage.bootstrap_vs_best``): boot_lo, boot_hi.
 
 Holm: the best arm is picked from the same scores it is then compared on, so any pair could have
 become a "vs best" comparison. The Holm-adjusted p shown with a comparison is therefore Holm over
@@ -24,14 +26,17 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
+from bench.report.perimage import BOOT_LEVEL, N_BOOT, NO_PER_IMAGE, boot_reason, bootstrap_vs_best, has_per_image
 from bench.report.tables import Run, datasets_with, direction, higher_is_better, md_escape, plural
 
 #: the columns of tables/paired_<metric>.csv: where, then ``stats.COLUMNS`` (p_holm over every pair of
 #: the dataset x evaluation x metric), then vs_best (reference is the best arm), p_holm_vs_best (Holm
 #: over the comparisons with the best only; NaN on the other pairs), holm_m (p-values in p_holm's
 #: family) and seeds_10pct (seeds for 80% power at alpha 0.05 to detect 10% of |mean_ref|, given sd).
+#: boot_lo, boot_hi: the two-level bootstrap interval of the comparisons with the best arm, where the
+#: metric can be recomputed from the run's per-image data (``bench.report.perimage``; NaN otherwise).
 CSV_COLUMNS = ["metric", "dataset", "sampler", "sample_steps", *stats.COLUMNS, "vs_best", "p_holm_vs_best",
-               "holm_m", "seeds_10pct"]
+               "holm_m", "seeds_10pct", "boot_lo", "boot_hi"]
 
 
 def scores(run: Run, metric: str, dataset: str, ev: tuple[str, int]) -> pd.DataFrame:
@@ -57,6 +62,11 @@ def one_table(run: Run, metric: str, dataset: str, ev: tuple[str, int]) -> pd.Da
     pairs["p_holm_vs_best"] = pairs["arm"].map(best.set_index("arm")["p_holm"]).where(pairs["vs_best"])
     pairs["holm_m"] = int(pairs["p"].notna().sum())
     pairs["seeds_10pct"] = [float(stats.seeds_needed(0.1 * abs(m), sd)) for m, sd in zip(pairs["mean_ref"], pairs["sd"])]
+    pairs["boot_lo"] = pairs["boot_hi"] = np.nan
+    if boot_reason(metric) is None and len(best):
+        boot, _ = bootstrap_vs_best(run, metric, dataset, ev, str(best["reference"].iloc[0]), [str(a) for a in best["arm"]])
+        for col, i in (("boot_lo", 0), ("boot_hi", 1)):
+            pairs.loc[pairs["vs_best"], col] = pairs.loc[pairs["vs_best"], "arm"].map(lambda a, i=i: boot[str(a)][i])
     pairs = pairs.assign(metric=metric, dataset=dataset, sampler=ev[0], sample_steps=int(ev[1]))
     return pairs[CSV_COLUMNS]
 
@@ -82,7 +92,24 @@ def sentence(row, metric: str) -> str:
     text = stats.describe_row(row, higher_is_better=higher_is_better(metric))
     if row["p"] < 0.05 <= row["p_holm"]:
         text += f"; not significant after Holm's correction over {plural(int(row['holm_m']), 'comparison')}"
+    lo, hi = row.get("boot_lo", np.nan), row.get("boot_hi", np.nan)
+    if np.isfinite(lo) and np.isfinite(hi):
+        t_covers, b_covers = bool(row["lo"] <= 0 <= row["hi"]), bool(lo <= 0 <= hi)
+        text += (f"; the two-level bootstrap over seeds and images puts {row['arm']} - {row['reference']} in "
+                 f"{boot_text(row)}")
+        if np.isfinite(row["lo"]) and t_covers != b_covers:
+            text += (", which covers 0: with the images' sampling noise included the difference is not resolved"
+                     if b_covers else ", which excludes 0")
     return text
+
+
+def boot_text(row) -> str:
+    """'[27, 85]': the bootstrap interval of a comparison (decimals from its own width), or '—'."""
+    lo, hi = row.get("boot_lo", np.nan), row.get("boot_hi", np.nan)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "—"
+    _, a, b = stats.fmt_interval(row["diff"], lo, hi)
+    return f"[{a}, {b}]"
 
 
 def fmt_seeds(x) -> str:
@@ -101,14 +128,34 @@ def diff_text(row) -> str:
     return "{} [{}, {}]".format(*stats.fmt_interval(row["diff"], row["lo"], row["hi"]))
 
 
-def caption(metric: str) -> str:
-    """What the comparison tables of ``metric`` show (one caption above its tables)."""
+def caption(metric: str, run: Run | None = None) -> str:
+    """What the comparison tables of ``metric`` show (one caption above its tables); ``run``: to say
+    when it has no per-image data at all."""
     return (f"{metric} ({direction(metric)}): each arm minus the best arm of its dataset and evaluation, paired over "
             f"the training seeds both finished (n); diff: the mean paired difference with its 95% t-interval "
             f"(df = n - 1); p: two-sided paired t; Holm p: Holm's correction across the comparisons of one table "
             f"(one dataset x evaluation x metric), counted as every pair of its arms (the best arm is chosen from "
             f"these same scores, so any pair could have been a comparison with the best); seeds for 80% power: to "
-            f"detect the observed difference at alpha = 0.05 (two-sided paired t).")
+            f"detect the observed difference at alpha = 0.05 (two-sided paired t)." + boot_caption(metric, run))
+
+
+def boot_caption(metric: str, run: Run | None = None) -> str:
+    """What the bootstrap column is (metrics recomputable from per-image data), or why there is none."""
+    why = boot_reason(metric)
+    if why is not None:
+        return f" No bootstrap interval for {metric}: {why}."
+    if run is not None and not has_per_image(run):
+        return (f" Bootstrap 95%: empty (—) throughout: {NO_PER_IMAGE}, so the two-level bootstrap of DESIGN.md "
+                f"section 5 (seeds, then images) cannot be recomputed from it; the t-intervals stand alone.")
+    return (f" Bootstrap 95%: a second interval for the difference, from a two-level percentile bootstrap "
+            f"(DESIGN.md section 5; `bench.stats.bootstrap_two_level`, n_boot = {N_BOOT}): the seeds both arms finished "
+            f"are resampled, then within each the generated images, with the same image indices in both arms (image i "
+            f"has the same seed in every arm), and {metric} is recomputed from the resampled per-image features "
+            f"(float16, per_image/) against the reference mean and covariance (references/). It includes the "
+            f"sampling noise of the generated images. With 3-5 seeds read it as indicative: the percentile bootstrap "
+            f"under-covers when the seed-to-seed spread dominates (77% with 3 seeds, 85% with 5 in the simulations "
+            f"of `bench/stats.py`); resampling with replacement repeats images, which raises each Fréchet distance by "
+            f"a similar amount in both arms.")
 
 
 def block_head(dataset: str, ev: tuple[str, int], best: pd.DataFrame) -> str:
@@ -121,19 +168,26 @@ def block_head(dataset: str, ev: tuple[str, int], best: pd.DataFrame) -> str:
 def markdown(run: Run, metric: str, table: pd.DataFrame | None = None) -> str:
     """The comparisons with the best arm of ``metric``: a caption, then one Markdown table per dataset x evaluation."""
     table = paired_table(run, metric) if table is None else table
-    out = [f"*{md_escape(caption(metric))}*", ""]
+    boot = boot_reason(metric) is None  # a bootstrap column where the metric could have one
+    out = [f"*{md_escape(caption(metric, run))}*", ""]
     for ds in datasets_with(run, metric):
         for ev in run.evals:
             best = vs_best(table, ds, ev)
             if not len(best):
                 out += [f"**{md_escape(ds)}, `{ev[0]}:{ev[1]}`**: fewer than two arms have a value: nothing to compare.", ""]
                 continue
-            out += [block_head(ds, ev, best), "", "| arm | vs best | n | diff [95% CI] | p | Holm p | seeds for 80% power |",
-                    "|---|---|---:|---:|---:|---:|---:|"]
+            head = "| arm | vs best | n | diff [95% CI] | p | Holm p | seeds for 80% power |"
+            out += [block_head(ds, ev, best), "", head + (f" bootstrap {BOOT_LEVEL:.0%} |" if boot else ""),
+                    "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if boot else "")]
             out += ["| " + " | ".join(md_escape(x) for x in (r["arm"], r["reference"], int(r["n"]), diff_text(r),
                                                              stats.fmt_p(r["p"]), stats.fmt_p(r["p_holm"]),
-                                                             fmt_seeds(r["seeds_80"]))) + " |"
-                    for _, r in best.iterrows()]
+                                                             fmt_seeds(r["seeds_80"]), *([boot_text(r)] if boot else [])))
+                    + " |" for _, r in best.iterrows()]
+            if boot:
+                _, notes = bootstrap_vs_best(run, metric, ds, ev, str(best["reference"].iloc[0]), [str(a) for a in best["arm"]])
+                notes = [n for n in notes if n != NO_PER_IMAGE]  # said once, in the caption
+                if notes:
+                    out += ["", "No bootstrap interval where the column shows —: " + "; ".join(md_escape(n) for n in notes) + "."]
             out.append("")
     return "\n".join(out).strip() if len(out) > 2 else f"No values of {metric}: no comparisons."
 

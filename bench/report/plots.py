@@ -169,26 +169,42 @@ def plot_schedules(names: Sequence[str], T: int, out_path: Path) -> Path:
 
 
 def _schedule_figure(curves: dict) -> Figure:
+    """Call inside ``theme()``. A schedule with zero terminal SNR (alpha_bar_T = 0, log-SNR_T = -inf)
+    has its last log-SNR point drawn at the bottom edge of the axis, marked "SNR = 0"."""
     from bench.schedules import PURE_NOISE_ALPHA_BAR, terminal_report
 
-    """Call inside ``theme()``."""
     styles = arm_styles(list(curves))
     fig, axes = figure(1, 3, 3.6, 3.0)
     ax_ab, ax_snr, ax_beta = axes[0]
+    zero_snr = []
     for name, betas in curves.items():
         b = betas.double().numpy()
         ab = np.cumprod(1 - b)
         u = np.arange(1, len(b) + 1) / len(b)
         rep = terminal_report(betas)
         label = name if rep.pure_noise else f"{name}: x_T NOT pure noise (ᾱ_T = {rep.alpha_bar_T:.2g})"
+        if not np.isfinite(rep.log_snr_T):
+            label = f"{name} (zero terminal SNR: ᾱ_T = 0)"
         kw = {**styles[name], "markevery": max(1, len(b) // 8), "ms": 5, "lw": 1.4}
         ax_ab.plot(u, ab, label=label, **kw)
-        ax_snr.plot(u, np.log(ab) - np.log1p(-ab), **kw)
+        with np.errstate(divide="ignore"):  # log(0) = -inf at t = T under zero terminal SNR: not drawn
+            snr = np.log(ab) - np.log1p(-ab)
+        fin = np.isfinite(snr)
+        ax_snr.plot(u[fin], snr[fin], **kw)
         ax_beta.plot(u, b, **kw)
         if not rep.pure_noise:
             ax_snr.plot([1.0], [rep.log_snr_T], marker="o", ms=12, mfc="none", mec="black", mew=1.5)
+        if not np.isfinite(rep.log_snr_T):
+            zero_snr.append(name)
     thr = math.log(PURE_NOISE_ALPHA_BAR / (1 - PURE_NOISE_ALPHA_BAR))
     ax_snr.axhline(thr, color="0.3", ls=":", lw=1, label=f"pure-noise threshold (ᾱ_T = {PURE_NOISE_ALPHA_BAR:g})")
+    if zero_snr:  # log-SNR_T = -inf: a marker on the bottom edge at t = T (x in data, y in axes coordinates)
+        edge = ax_snr.get_xaxis_transform()
+        for name in zero_snr:
+            ax_snr.plot([1.0], [0.0], transform=edge, clip_on=False, zorder=4, ls="none", ms=9, mfc="none", mew=1.5,
+                        marker="v", mec=styles[name]["color"])
+        ax_snr.annotate("SNR = 0\n(log-SNR = -∞)", xy=(1.0, 0.0), xycoords=edge, xytext=(-4, 8),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=7)
     ax_beta.set_yscale("log")
     for ax, title, unit in ((ax_ab, "signal variance kept, ᾱ(t)", "ᾱ(t)"),
                             (ax_snr, "log-SNR(t) = log(ᾱ / (1 - ᾱ))", "log-SNR(t) [nats]"),
@@ -224,8 +240,12 @@ def plot_run_schedules(run: Run, out_dir: Path) -> Plot | None:
         return None
     with theme():
         png = save(_schedule_figure(curves), out_dir / "schedules.png")
+    from bench.schedules import terminal_report
+
+    zero = any(not np.isfinite(terminal_report(b).log_snr_T) for b in curves.values())
     return Plot(png, "The schedules compared: ᾱ(t), log-SNR(t) and β(t) against t/T; a circled end point is "
-                     "a schedule whose x_T is not pure noise.")
+                     "a schedule whose x_T is not pure noise" + ("; a triangle on the bottom edge at t = T marks a schedule "
+                                                                 "with zero terminal SNR (log-SNR = -∞ there)." if zero else "."))
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -258,11 +278,11 @@ def plot_loss_curves(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                 ax.plot(smooth.index, smooth.values, lw=1.8, label=lb, markevery=max(1, len(smooth) // 8), **st)
             ax.set_title(f"{ds}: training loss")
             ax.set_xlabel("training step")
-            ax.set_ylabel(f"{_loss_kind(run)} loss on eps" + _log_if_wide(ax))
+            ax.set_ylabel(loss_label(run) + _log_if_wide(ax))
         fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_curves.png") if found else None
-    return Plot(png, "Training loss, the per-element error of the predicted noise eps (thin: each seed; thick: mean "
-                     "over seeds, smoothed).") if png else None
+    return Plot(png, f"Training loss, {loss_what(run)} (thin: each seed; thick: mean over seeds, smoothed)."
+                + loss_scale_note(run)) if png else None
 
 
 def _log_if_wide(ax) -> str:
@@ -284,6 +304,42 @@ def _loss_kind(run: Run) -> str:
     return "/".join(map(str, kinds)).upper() or "loss"
 
 
+#: the prediction target's symbol in labels (bench.config ``prediction``)
+TARGETS = {"eps": "eps", "x0": "x_0", "v": "v"}
+TARGET_WORDS = {"eps": "the predicted noise eps", "x0": "the predicted clean image x_0", "v": "the predicted velocity v"}
+
+
+def _distinct(run: Run, col: str, default: str) -> list[str]:
+    return [str(v) for v in dict.fromkeys(run.rows[col].dropna())] if col in run.rows.columns else [default]
+
+
+def loss_label(run: Run) -> str:
+    """The y-label of the loss plots: '<LOSS> loss on <target>', read from the run's ``loss`` and
+    ``prediction`` columns (eps for runs made before the prediction target was a field); 'weighted'
+    when a loss weighting other than none was used."""
+    targets = _distinct(run, "prediction", "eps") or ["eps"]
+    weighted = [w for w in _distinct(run, "weighting", "none") if w != "none"]
+    what = "/".join(TARGETS.get(t, t) for t in targets)
+    return f"{'weighted ' if weighted else ''}{_loss_kind(run)} loss on {what}" + (" (per arm)" if len(targets) > 1 else "")
+
+
+def loss_what(run: Run) -> str:
+    """What the training loss measures, in words, from the run's ``loss``, ``prediction`` and ``weighting``."""
+    targets = _distinct(run, "prediction", "eps") or ["eps"]
+    weights = [w for w in _distinct(run, "weighting", "none") if w != "none"]
+    what = " or ".join(TARGET_WORDS.get(t, f"the prediction target {t}") for t in targets)
+    text = f"the per-element {_loss_kind(run)} loss on {what}" + (", each arm's own target" if len(targets) > 1 else "")
+    return text + (f", weighted per example ({', '.join(weights)})" if weights else "")
+
+
+def loss_scale_note(run: Run) -> str:
+    """A caption's warning where arms' losses are on different scales (different targets or weightings)."""
+    if len(_distinct(run, "prediction", "eps")) > 1 or len(_distinct(run, "weighting", "none")) > 1:
+        return (" The arms differ in prediction target or loss weighting, so their loss values are on different "
+                "scales: compare each arm's shape over training, not the levels between arms.")
+    return ""
+
+
 def _logs(run: Run, trials: pd.DataFrame, kind: str, notes: list[str]) -> list[pd.DataFrame]:
     out = []
     for _, t in trials.iterrows():
@@ -300,10 +356,20 @@ def _logs(run: Run, trials: pd.DataFrame, kind: str, notes: list[str]) -> list[p
 LOSS_BY_T_WINDOW = "second_half"
 
 
+def bin_log_snr(lo: pd.Series, hi: pd.Series) -> pd.Series:
+    """The log-SNR centre of each timestep bin: the mean of its ends where both are finite; a bin that
+    reaches zero terminal SNR (log_snr_hi = -inf at t = T) is centred at the log-SNR of its lowest t
+    (its finite end), so it is drawn rather than dropped; NaN only where neither end is finite."""
+    lo, hi = pd.to_numeric(lo, errors="coerce").astype(float), pd.to_numeric(hi, errors="coerce").astype(float)
+    both = np.isfinite(lo) & np.isfinite(hi)
+    return ((lo + hi) / 2).where(both, lo.where(np.isfinite(lo), hi.where(np.isfinite(hi))))
+
+
 def loss_by_t_frame(df: pd.DataFrame) -> pd.DataFrame:
     """A per-timestep-bin loss log as columns x (bin centre in t, or the bin index), log_snr (bin centre,
-    NaN if not logged), loss. Accepts t_lo/t_hi, t/t_mid or bin columns; keeps one ``window`` (the
-    second half of training if logged) and, for a log with a ``step`` column, the last step."""
+    ``bin_log_snr``; NaN if not logged), loss, zero_snr (the bin reaches log-SNR = -inf at t = T).
+    Accepts t_lo/t_hi, t/t_mid or bin columns; keeps one ``window`` (the second half of training if
+    logged) and, for a log with a ``step`` column, the last step."""
     if "window" in df.columns:
         df = df[df["window"] == (LOSS_BY_T_WINDOW if (df["window"] == LOSS_BY_T_WINDOW).any() else df["window"].iloc[-1])]
     if "step" in df.columns:
@@ -314,9 +380,11 @@ def loss_by_t_frame(df: pd.DataFrame) -> pd.DataFrame:
     else:
         x = next((df[c] for c in ("t_mid", "t_center", "t", "bin") if c in df.columns),
                  pd.Series(range(len(df)), index=df.index))
-    snr = (df["log_snr_lo"] + df["log_snr_hi"]) / 2 if {"log_snr_lo", "log_snr_hi"} <= set(df.columns) else np.nan
+    snr = bin_log_snr(df["log_snr_lo"], df["log_snr_hi"]) if {"log_snr_lo", "log_snr_hi"} <= set(df.columns) else np.nan
+    zero = (np.isneginf(pd.to_numeric(df["log_snr_hi"], errors="coerce").astype(float)).to_numpy()
+            if "log_snr_hi" in df.columns else False)
     out = pd.DataFrame({"x": x.astype(float).to_numpy(), "log_snr": snr if np.isscalar(snr) else snr.to_numpy(),
-                        "loss": df[loss].astype(float).to_numpy()})
+                        "loss": df[loss].astype(float).to_numpy(), "zero_snr": zero})
     return out.dropna(subset=["loss"])
 
 
@@ -328,7 +396,7 @@ def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                    for lb, trials in _trials_by_label(run, ds)] for ds in run.datasets}
     if not any(logs for per in frames.values() for _, logs in per):
         return None
-    by_snr = all(f["log_snr"].notna().all() for per in frames.values() for _, logs in per for f in logs)
+    by_snr = all(np.isfinite(f["log_snr"]).any() for per in frames.values() for _, logs in per for f in logs)
     with theme():
         fig, axes = figure(2 if by_snr else 1, len(run.datasets), 4.5, 3.2)
         for j, ds in enumerate(run.datasets):
@@ -338,13 +406,113 @@ def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
                 ax = axes[i, j]
                 for lb, logs in frames[ds]:
                     if logs:
-                        g = pd.concat(logs).groupby(xcol)["loss"]
+                        both = pd.concat(logs)
+                        g = both[np.isfinite(both[xcol].astype(float))].groupby(xcol)["loss"]
                         ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, capsize=2, ms=5,
                                     label=lb, **styles[lb])
                 ax.set_title(f"{ds}: training loss by timestep bin")
                 ax.set_xlabel(xlabel)
-                ax.set_ylabel(f"{_loss_kind(run)} loss on eps" + _log_if_wide(ax))
+                ax.set_ylabel(loss_label(run) + _log_if_wide(ax))
         fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "loss_by_t.png")
-    return Plot(png, "Training loss per timestep bin (late training where logged), per arm, mean ± std over seeds; "
-                     "against t and against the bin's log-SNR.")
+    zero = any(f["zero_snr"].any() for per in frames.values() for _, logs in per for f in logs)
+    return Plot(png, f"Training loss per timestep bin ({loss_what(run)}; late training where logged), per arm, mean ± "
+                     f"std over seeds; against t and against the bin's log-SNR" + (
+                         " (the last bin reaches zero SNR at t = T, log-SNR = -∞: it is placed at the log-SNR of its lowest t)"
+                         if zero else "") + "." + loss_scale_note(run))
+
+
+# --- learning curves -----------------------------------------------------------------------------------
+def plot_learning_curves(run: Run, out_dir: Path) -> list[Plot]:
+    """Per (dataset, curve metric): the metric against training images (train_step x batch_size), one
+    line per arm (mean over seeds) with a band from the min to the max over seeds; the final
+    evaluation is the last point where it used the curve's sampler, steps and metric."""
+    from bench.report.curves import curve_datasets, curve_frame, curve_metrics
+
+    styles, out = arm_styles(run.labels), []
+    for metric in curve_metrics(run):
+        for ds in curve_datasets(run, metric):
+            frame = curve_frame(run, ds, metric)
+            if not len(frame):
+                continue
+            evs = list(dict.fromkeys(zip(frame["sampler"], frame["sample_steps"])))
+            with theme():
+                fig, axes = figure(1, len(evs), 4.8, 3.4)
+                for j, (s, k) in enumerate(evs):
+                    ax = axes[0, j]
+                    for lb, f in frame[(frame["sampler"] == s) & (frame["sample_steps"] == k)].groupby("label", sort=False):
+                        st = styles[lb]
+                        ax.fill_between(f["images"], f["min"], f["max"], color=st["color"], alpha=0.15, lw=0)
+                        ax.plot(f["images"], f["mean"], label=lb, ms=6, **st)
+                        end = f[f["final"]]
+                        if len(end):  # the final evaluation: filled marker, the curve's points open
+                            ax.plot(end["images"], end["mean"], ls="none", marker=st["marker"], color=st["color"], ms=7)
+                    fv = floor_value(run, metric, ds)
+                    if fv is not None:
+                        ax.axhline(fv, color="0.3", ls=":", lw=1.2, label="real-vs-real floor")
+                    ax.set_title(f"{ds}: {metric}, {s} {k} steps")
+                    ax.set_xlabel("training images (train_step × batch size)")
+                    ax.set_ylabel(f"{metric} ({direction(metric)})")
+                    ax.margins(x=0.05)
+                fig_legend(fig, axes, ncols=2)
+                png = save(fig, out_dir / f"curve_{safe(metric)}_{safe(ds)}.png")
+            n = sorted({int(x) for x in frame["n"]})
+            out.append(Plot(png, f"{ds}: learning curve of {metric} ({direction(metric)}) against training images "
+                                 f"(train_step × batch size): each arm's mean over seeds (line) and the min-max range "
+                                 f"over seeds (band; n = {', '.join(map(str, n))} seeds per point); the last point of "
+                                 f"each line is the final evaluation (same sampler, steps and metric)."))
+    return out
+
+
+# --- brightness ----------------------------------------------------------------------------------------
+def brightness_metrics(run: Run) -> list[str]:
+    """The run's metrics that record the samples' and the data's mean intensity (``<m>_mean_fake``)."""
+    return [m for m in run.metrics if {f"{m}_mean_fake", f"{m}_mean_ref"} <= set(run.rows.columns)
+            and np.isfinite(pd.to_numeric(run.rows[f"{m}_mean_fake"], errors="coerce")).any()]
+
+
+def plot_brightness(run: Run, metric: str, out_dir: Path) -> Plot | None:
+    """The brightness diagnostic (Lin et al. 2023): per (dataset, evaluation), each arm's per-image mean
+    intensities pooled over seeds (box: quartiles, whiskers 5-95%) where per-image data were kept,
+    each seed's mean as an open marker; the data's mean (line) ± 1 sd (band, where kept)."""
+    from bench.report.perimage import brightness_samples, reference_sd
+
+    seeds, styles = _seed_values(run, f"{metric}_mean_fake"), arm_styles(run.labels)
+    datasets = list(dict.fromkeys(seeds["dataset"]))
+    if not datasets:
+        return None
+    n_arms = max(len(labels_of(run, ds)) for ds in datasets)
+    boxes = False
+    with theme():
+        fig, axes = figure(len(datasets), len(run.evals), 3.2, 0.5 * n_arms + 1.3)
+        for (i, ds), (j, (s, k)) in ((a, b) for a in enumerate(datasets) for b in enumerate(run.evals)):
+            ax, labels = axes[i, j], labels_of(run, ds)
+            at = seeds[(seeds.dataset == ds) & (seeds.sampler == s) & (seeds.sample_steps == k)]
+            ref = pd.to_numeric(at[f"{metric}_mean_ref"], errors="coerce").dropna()
+            if len(ref):
+                mu, sd = float(ref.mean()), reference_sd(run, metric, ds)
+                if sd is not None:
+                    ax.axvspan(mu - sd, mu + sd, color="0.85", zorder=0, label="data: mean ± 1 sd")
+                ax.axvline(mu, color="0.2", ls="--", lw=1.2, label="data: mean intensity")
+            for y, lb in enumerate(labels):
+                st, v = styles[lb], at.loc[at.label == lb, "_v"]
+                x = brightness_samples(run, ds, lb, (s, k))
+                if x is not None and len(x):
+                    boxes = True
+                    q5, q25, q50, q75, q95 = np.quantile(x, [0.05, 0.25, 0.5, 0.75, 0.95])
+                    ax.barh([y], [q75 - q25], left=[q25], height=0.5, color=st["color"], alpha=0.35, ec=st["color"], zorder=2)
+                    ax.vlines([q50], y - 0.25, y + 0.25, color=st["color"], lw=1.5, zorder=2)
+                    ax.hlines([y, y], [q5, q75], [q25, q95], color=st["color"], lw=1, zorder=2)
+                ax.scatter(v, y + np.linspace(-0.15, 0.15, len(v)), s=16, facecolors="none", edgecolors=st["color"],
+                           marker=st["marker"], linewidths=0.9, zorder=3)
+            ax.set_yticks(range(len(labels)), [wrap(lb) for lb in labels] if j == 0 else [])
+            ax.set_ylim(len(labels) - 0.5, -0.5)
+            ax.set_title(f"{ds}: {s}, {k} steps")
+            ax.set_xlabel(wrap("mean intensity of an image (0 = black, 1 = white)", 32))
+        fig_legend(fig, axes, ncols=2)
+        png = save(fig, out_dir / f"brightness_{safe(metric)}.png")
+    what = ("boxes: the per-image mean intensities of each arm's samples pooled over seeds (quartiles, whiskers 5-95%); "
+            if boxes else "")
+    return Plot(png, f"Brightness diagnostic ({metric}; Lin et al. 2023's symptom of a schedule whose x_T is not pure "
+                     f"noise): {what}open markers: each seed's mean intensity of its samples; dashed line: the training "
+                     f"images' mean intensity, grey band ± 1 sd where the run kept it (references/).")

@@ -6,6 +6,10 @@ dataset, plus the real-vs-real floor. A cell is mean ± std over the seeds that 
 best mean of a column is marked (bold in Markdown / LaTeX, a ``best`` flag in CSV): the lowest or the
 highest, as the metric's contract (``bench.metrics.METRICS``, ``higher_is_better``) says. A floor
 states its own n; "at this sample size" only where it equals the arms' n.
+
+Final rows only: a grid with ``eval_at`` adds learning-curve rows (``train_step`` below the end of
+training) to rows.csv; ``Run.rows`` holds the final evaluations alone (``final_mask``), which every
+table, comparison, plot and sentence reads, and ``Run.curve`` the learning-curve rows.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +38,25 @@ FLOOR_LABEL = "real vs real (floor)"
 
 @dataclass
 class Run:
-    """Everything a report is built from: the run dir's rows.csv, floors.csv, grid.toml, env.json."""
+    """Everything a report is built from: the run dir's rows.csv, floors.csv, grid.toml, env.json.
+
+    ``rows`` is given every row of rows.csv (plus ``label``, the arm with any other varying axis
+    appended) and keeps only the final evaluations (``final_rows``); ``all_rows`` keeps them all and
+    ``curve`` the learning-curve rows (``curve_rows``: evaluations before the end of training)."""
 
     dir: Path
-    rows: pd.DataFrame  # rows.csv plus ``label`` (the arm, with any other varying axis appended)
+    rows: pd.DataFrame
     floors: pd.DataFrame | None
     grid: dict[str, Any]
     env: dict[str, Any]
+    all_rows: pd.DataFrame = field(init=False, repr=False)
+    curve: pd.DataFrame = field(init=False, repr=False)
+    cache: dict = field(init=False, repr=False, default_factory=dict)  # per-image arrays, bootstrap results
+
+    def __post_init__(self) -> None:
+        self.all_rows = self.rows
+        final = final_mask(self.rows)
+        self.rows, self.curve = self.rows[final], self.rows[~final]
 
     @property
     def id(self) -> str:
@@ -91,6 +107,39 @@ def load_run(run_dir: Path) -> Run:
     return Run(run_dir, rows, floors, grid, env)
 
 
+def final_mask(rows: pd.DataFrame) -> pd.Series:
+    """True for a trial's final evaluation rows, False for its learning-curve rows.
+
+    A row is final when it has no ``train_step`` (runs without learning curves; error rows) or its
+    ``train_step`` reached the end of training: ``train_steps_done`` where recorded (a diverged trial
+    stops early and is evaluated there), else ``train_steps``. Of rows that tie for one trial and
+    evaluation (a curve point at the very step training stopped), the last is final."""
+    if "train_step" not in rows.columns:
+        return pd.Series(True, index=rows.index)
+    step = pd.to_numeric(rows["train_step"], errors="coerce")
+    end = pd.Series(np.nan, index=rows.index)
+    for col in ("train_steps", "train_steps_done"):  # the later one wins where both are known
+        if col in rows.columns:
+            v = pd.to_numeric(rows[col], errors="coerce")
+            end = v.where(v.notna(), end)
+    final = step.isna() | end.isna() | (step >= end)
+    keys = [c for c in ("trial_id", "sampler", "sample_steps") if c in rows.columns]
+    if keys:
+        dup = rows[final].duplicated(keys, keep="last")
+        final &= ~dup.reindex(rows.index, fill_value=False)
+    return final
+
+
+def final_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The final evaluation rows of rows.csv (``final_mask``): what every table and comparison reads."""
+    return rows[final_mask(rows)]
+
+
+def curve_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The learning-curve rows of rows.csv: evaluations before the end of training (``final_mask``)."""
+    return rows[~final_mask(rows)]
+
+
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
     """The ``arm`` column, with ``[k=v, ...]`` appended for any other config field that varies within
     an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps)."""
@@ -137,6 +186,21 @@ def higher_is_better(metric: str) -> bool:
     # A name not registered (a metric retired since an old run was made) is read as lower is better:
     # every metric of the suite was a distance before metrics declared their direction.
     return False
+
+
+def metric_obj(metric: str):
+    """The registered ``bench.metrics.Metric`` of ``metric``, or None (a name retired since the run)."""
+    from bench.metrics import METRICS
+
+    return METRICS._items.get(metric)
+
+
+def is_fd_infinity(metric: str) -> bool:
+    """A registered FD-infinity (Chong & Forsyth 2020) variant of a Fréchet distance."""
+    from bench.metrics import _fd_infinity
+
+    m = metric_obj(metric)
+    return m is not None and m.compute is _fd_infinity
 
 
 def direction(metric: str) -> str:
