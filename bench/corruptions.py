@@ -55,24 +55,27 @@ def dct_matrix(n: int) -> torch.Tensor:
     return c
 
 
-_DCT: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+_DCT: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
-def _dct_of(n: int, like: torch.Tensor) -> torch.Tensor:
-    key = (n, like.device, like.dtype)
+def _dct_of(n: int, device: torch.device) -> torch.Tensor:
+    key = (n, device)
     if key not in _DCT:
-        _DCT[key] = dct_matrix(n).to(device=like.device, dtype=like.dtype)
+        _DCT[key] = dct_matrix(n).to(device)
     return _DCT[key]
 
 
 def dct2(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal 2-D DCT-II over the last two axes (per channel): u = C_H x C_W^T."""
-    return _dct_of(x.shape[-2], x) @ x @ _dct_of(x.shape[-1], x).T
+    """Orthonormal 2-D DCT-II over the last two axes (per channel): u = C_H x C_W^T, returned in x's dtype.
+
+    The matmuls run in float64 whatever x's dtype: bf16 autocast (the trainer's, on CUDA) leaves float64
+    alone and TF32 does not apply to it, so x_t and the targets keep float32 precision on every device."""
+    return (_dct_of(x.shape[-2], x.device) @ x.double() @ _dct_of(x.shape[-1], x.device).T).to(x.dtype)
 
 
 def idct2(u: torch.Tensor) -> torch.Tensor:
-    """The inverse of ``dct2`` (its transpose): x = C_H^T u C_W."""
-    return _dct_of(u.shape[-2], u).T @ u @ _dct_of(u.shape[-1], u)
+    """The inverse of ``dct2`` (its transpose): x = C_H^T u C_W (float64 matmuls, u's dtype)."""
+    return (_dct_of(u.shape[-2], u.device).T @ u.double() @ _dct_of(u.shape[-1], u.device)).to(u.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class BlurDiffusion(Diffusion):
                       else torch.as_tensor(times, dtype=torch.float64))
         if self.times.shape != (self.T,):
             raise ValueError(f"times must have one entry per timestep ({self.T}), got {tuple(self.times.shape)}")
-        self._f64: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self._f64: dict[tuple[str, int, int], torch.Tensor] = {}
         self._fcache: dict[tuple, torch.Tensor] = {}
 
     def _restricted(self, betas, ts):
@@ -146,31 +149,55 @@ class BlurDiffusion(Diffusion):
 
     # --- per-frequency tables ------------------------------------------------------------------
 
+    TABLES = ("lam", "tau", "d", "alpha", "a_n", "s_n", "r_inv", "sigma2_ts", "coef_x0", "coef_xt", "var", "logvar")
+
+    def frequency_table(self, name: str, h: int, w: int) -> torch.Tensor:
+        """One float64 table of an H x W image, [T, H, W] (``lam`` [H, W], ``tau`` [T]; see ``TABLES``),
+        computed on first use and kept (training needs only alpha, a_n, s_n, r_inv; sampling the rest)."""
+        key = (name, h, w)
+        if key not in self._f64:
+            self._f64[key] = self._compute(name, h, w)
+        return self._f64[key]
+
     def frequency_tables(self, h: int, w: int) -> dict[str, torch.Tensor]:
-        """float64 tables [T, H, W] (``lam`` [H, W], ``tau`` [T]) of an H x W image, computed once."""
-        if (h, w) in self._f64:
-            return self._f64[(h, w)]
-        f_h = math.pi * torch.arange(h, dtype=torch.float64) / h
-        f_w = math.pi * torch.arange(w, dtype=torch.float64) / w
-        lam = f_h[:, None] ** 2 + f_w[None, :] ** 2
-        sigma_b = self.sigma_blur_max * torch.sin(math.pi * self.times / 2) ** 2
-        tau = sigma_b**2 / 2
-        d = 1.0 + (1.0 - self.D_MIN) * torch.expm1(-lam[None] * tau[:, None, None])
-        a = self.sqrt_alpha_bar[:, None, None]
+        """Every table of ``TABLES`` for an H x W image."""
+        return {name: self.frequency_table(name, h, w) for name in self.TABLES}
+
+    def _compute(self, name: str, h: int, w: int) -> torch.Tensor:
+        tab = lambda n: self.frequency_table(n, h, w)  # noqa: E731
         s = self.sqrt_one_minus_alpha_bar[:, None, None]
-        alpha = a * d
-        r = torch.sqrt(alpha**2 + s**2)
-        alpha_prev = torch.cat([torch.ones(1, h, w, dtype=torch.float64), alpha[:-1]])  # index -1: x_0 (a = d = 1)
+        if name == "lam":
+            f_h = math.pi * torch.arange(h, dtype=torch.float64) / h
+            f_w = math.pi * torch.arange(w, dtype=torch.float64) / w
+            return f_h[:, None] ** 2 + f_w[None, :] ** 2
+        if name == "tau":
+            return (self.sigma_blur_max * torch.sin(math.pi * self.times / 2) ** 2) ** 2 / 2
+        if name == "d":
+            return 1.0 + (1.0 - self.D_MIN) * torch.expm1(-tab("lam")[None] * tab("tau")[:, None, None])
+        if name == "alpha":
+            return self.sqrt_alpha_bar[:, None, None] * tab("d")
+        if name == "r_inv":
+            return 1.0 / torch.sqrt(tab("alpha") ** 2 + s**2)
+        if name == "a_n":
+            return tab("alpha") * tab("r_inv")
+        if name == "s_n":
+            return s * tab("r_inv")
+        # the posterior from index i to i - 1 (index -1 is x_0: a = d = 1, s = 0)
+        alpha = tab("alpha")
+        alpha_prev = torch.cat([torch.ones(1, h, w, dtype=torch.float64), alpha[:-1]])
         s_prev = torch.cat([torch.zeros(1, 1, 1, dtype=torch.float64), s[:-1]])
-        alpha_ts = alpha / alpha_prev
-        sigma2_ts = (s**2 - alpha_ts**2 * s_prev**2).clamp(min=0.0)
-        var = sigma2_ts * s_prev**2 / s**2
-        logvar = torch.log(torch.cat([var[1:2], var[1:]]) if self.T > 1 else var)
-        tables = {"lam": lam, "tau": tau, "d": d, "alpha": alpha, "a_n": alpha / r, "s_n": s / r, "r_inv": 1.0 / r,
-                  "coef_x0": sigma2_ts * alpha_prev / s**2, "coef_xt": alpha_ts * s_prev**2 / s**2,
-                  "var": var, "logvar": logvar, "sigma2_ts": sigma2_ts}
-        self._f64[(h, w)] = tables
-        return tables
+        if name == "sigma2_ts":
+            return (s**2 - (alpha / alpha_prev) ** 2 * s_prev**2).clamp(min=0.0)
+        if name == "coef_x0":
+            return tab("sigma2_ts") * alpha_prev / s**2
+        if name == "coef_xt":
+            return alpha / alpha_prev * s_prev**2 / s**2
+        if name == "var":
+            return tab("sigma2_ts") * s_prev**2 / s**2
+        if name == "logvar":
+            var = tab("var")
+            return torch.log(torch.cat([var[1:2], var[1:]]) if self.T > 1 else var)
+        raise KeyError(f"no frequency table {name!r}: {', '.join(self.TABLES)}")
 
     def _f(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Table ``name`` at timesteps t for images like ``like`` [B, C, H, W]: [B, 1, H, W] (float64 for a
@@ -180,7 +207,7 @@ class BlurDiffusion(Diffusion):
         key = (name, h, w, t.device, dtype)
         table = self._fcache.get(key)
         if table is None:
-            table = self._fcache[key] = self.frequency_tables(h, w)[name].to(device=t.device, dtype=dtype)
+            table = self._fcache[key] = self.frequency_table(name, h, w).to(device=t.device, dtype=dtype)
         return table[t].to(like.device).unsqueeze(1)
 
     # --- the interface -------------------------------------------------------------------------
@@ -236,8 +263,8 @@ class BlurDiffusion(Diffusion):
     def ddim_step(self, x0, eps, t, s, eta, z):
         """DDIM per frequency: u_s = alpha_s u_0^ + sqrt(s_s^2 - sigma^2) eps^ + sigma z,
         sigma^2 = eta^2 sigma2_ts s_s^2 / s_t^2, sigma2_ts = s_t^2 - (alpha_t/alpha_s)^2 s_s^2 (float64)."""
-        tab = self.frequency_tables(*x0.shape[-2:])
-        alpha_t, alpha_s = tab["alpha"][t], tab["alpha"][s]
+        alpha = self.frequency_table("alpha", *x0.shape[-2:])
+        alpha_t, alpha_s = alpha[t], alpha[s]
         s_t, s_s = float(self.sqrt_one_minus_alpha_bar[t]), float(self.sqrt_one_minus_alpha_bar[s])
         sigma2_ts = (s_t**2 - (alpha_t / alpha_s) ** 2 * s_s**2).clamp(min=0.0)
         sig2 = eta**2 * sigma2_ts * s_s**2 / s_t**2
