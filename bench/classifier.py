@@ -76,7 +76,8 @@ def accuracy(model: MnistCNN, images: torch.Tensor, labels: torch.Tensor, batch_
     return correct / len(images)
 
 
-def train_classifier(data_root: str = "", progress: bool = False, seed: int = RECIPE["seed"], epochs: int = RECIPE["epochs"]) -> tuple[MnistCNN, dict]:
+def train_classifier(data_root: str = "", progress: bool = False, seed: int = RECIPE["seed"],
+                     epochs: int = RECIPE["epochs"]) -> tuple[MnistCNN, dict]:
     """Train MnistCNN on the MNIST training set (deterministic given the seed); returns (model, info)."""
     from tqdm.auto import tqdm
 

@@ -6,7 +6,6 @@ import torch
 from bench.registry import InputError
 from bench.unet import MODELS, UNet, build_model, count_params, timestep_embedding
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
