@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench ls | run | report | plot-schedules | sample | perf``.
+"""Command line: ``python -m bench ls | run | report | plot-schedules | plot-noises | sample | perf``.
 
 Exit codes: 0 all trials finished (a diverged trial is a result), 1 some trial raised (the rest
 still ran, the report is still written), 2 bad input found before any work (one line on stderr).
@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--schedules", nargs="*", help="default: every registered schedule")
     ps.set_defaults(func=cmd_plot_schedules)
 
+    pn = sub.add_parser("plot-noises", help="the same image at several t under each noise type and corruption, one row each")
+    pn.add_argument("--out", type=Path, default=Path("noises.png"), help="PNG path (the PDF is written beside it)")
+    pn.add_argument("--dataset", default="mnist")
+    pn.add_argument("--index", type=int, default=0, help="which held-out image")
+    pn.add_argument("--schedule", default="linear")
+    pn.add_argument("-T", "--timesteps", type=int, default=1000)
+    pn.set_defaults(func=cmd_plot_noises)
+
     sa = sub.add_parser("sample", help="sample a PNG grid from a trained trial's checkpoint")
     sa.add_argument("checkpoint", type=Path, help="a trial work dir (or its checkpoints/*.pt)")
     sa.add_argument("--sampler", default="ddim")
@@ -122,6 +130,7 @@ def _list_config():
 LISTERS = {
     "schedules": _registry_lister("bench.schedules", "SCHEDULES"),
     "noises": _registry_lister("bench.noise", "NOISES"),
+    "corruptions": _registry_lister("bench.corruptions", "CORRUPTIONS"),
     "samplers": _registry_lister("bench.sample", "SAMPLERS"),
     "predictions": _registry_lister("bench.diffusion", "PREDICTIONS"),
     "weightings": _registry_lister("bench.diffusion", "WEIGHTINGS"),
@@ -227,6 +236,14 @@ def cmd_plot_schedules(args) -> int:
         SCHEDULES.get(n)
     plot_schedules(names, args.timesteps, args.out)
     print(args.out)
+    return 0
+
+
+def cmd_plot_noises(args) -> int:
+    from bench.report.forward import default_rows, plot_forward
+
+    png = plot_forward(args.out, default_rows(args.schedule, args.timesteps), dataset=args.dataset, index=args.index)
+    print(f"wrote {png} and {png.with_suffix('.pdf')}")
     return 0
 
 
