@@ -173,19 +173,23 @@ class RunConfig:
         drop = {k: None for k in sorted(every - keep) if getattr(self, k) is not None}
         return dataclasses.replace(self, **drop) if drop else self
 
+    def schedule_label(self) -> str:
+        """The schedule with its parameters, e.g. ``sigmoid(tau=0.5)+zt``."""
+        return f"{_fmt(self.schedule, self.schedule_kwargs())}{'+zt' if self.zero_terminal_snr else ''}"
+
     def arm(self) -> str:
         """Short label of the forward process: schedule[params] + noise[params]."""
-        def fmt(name, kw):
-            return name + (f"({', '.join(f'{k}={v:g}' for k, v in kw.items())})" if kw else "")
-
-        zt = "+zt" if self.zero_terminal_snr else ""
         objective = ""
         if (self.prediction, self.weighting) != ("eps", "none"):  # the first release's labels stay as they were
-            objective = f" / {self.prediction}, {fmt(self.weighting, self.weighting_kwargs())}"
+            objective = f" / {self.prediction}, {_fmt(self.weighting, self.weighting_kwargs())}"
         corruption = ""  # likewise: "none" adds nothing to the label
         if self.corruption != "none":
-            corruption = f" / {fmt(self.corruption, self.corruption_kwargs())}"
-        return f"{fmt(self.schedule, self.schedule_kwargs())}{zt} / {fmt(self.noise, self.noise_kwargs())}{corruption}{objective}"
+            corruption = f" / {_fmt(self.corruption, self.corruption_kwargs())}"
+        return f"{self.schedule_label()} / {_fmt(self.noise, self.noise_kwargs())}{corruption}{objective}"
+
+
+def _fmt(name: str, kw: dict[str, Any]) -> str:
+    return name + (f"({', '.join(f'{k}={v:g}' for k, v in kw.items())})" if kw else "")
 
 
 IMAGE_SEEDS = {  # image_seeds -> the first image's seed

@@ -217,18 +217,19 @@ def _schedule_figure(curves: dict) -> Figure:
 
 
 def run_schedule_curves(run: Run) -> dict:
-    """{schedule label: betas} of the distinct schedules of the run's arms (noise does not matter)."""
-    from bench.schedules import make_betas, schedule_params
+    """{schedule label: betas} of the distinct schedules of the run's arms (noise does not matter),
+    each rebuilt from its trial's config."""
+    from bench.config import config_from_row
+    from bench.schedules import make_betas
 
     curves = {}
     several_T = run.rows["timesteps"].nunique() > 1
-    for _, r in run.trials().iterrows():
-        label = str(r["arm"]).split(" / ")[0] + (f" (T={int(r['timesteps'])})" if several_T else "")
-        if label in curves:
-            continue
+    for r in run.trials().to_dict("records"):
         try:
-            params = {p: float(r[p]) for p in schedule_params(r["schedule"]) if p in r and pd.notna(r[p])}
-            curves[label] = make_betas(str(r["schedule"]), int(r["timesteps"]), bool(r["zero_terminal_snr"]), **params)
+            cfg = config_from_row(r)
+            label = cfg.schedule_label() + (f" (T={cfg.timesteps})" if several_T else "")
+            if label not in curves:
+                curves[label] = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
         except Exception:  # noqa: BLE001 - an unknown schedule (older run) is left out, not fatal
             continue
     return curves
