@@ -80,7 +80,14 @@ def no_temp_files(run: Path) -> list[Path]:
 def bench_proc(*args, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kw)
+
+
+def _default_sigint() -> None:
+    """A shell that starts the tests in the background (``cmd &``) ignores SIGINT in its children,
+    and Python then never raises KeyboardInterrupt: give the child Ctrl-C back, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(cond, proc, timeout=120.0, what="the condition"):
