@@ -66,17 +66,24 @@ def _json_default(o):
     return str(o)
 
 
+def _fcntl_for(path: Path):
+    """The fcntl module (None where it is missing: locks are then no-ops), with ``path``'s folder made."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return fcntl
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (POSIX flock; a no-op where fcntl is missing), so that
     concurrent processes compute a cached artefact once and the others wait for it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    fcntl = _fcntl_for(path)
+    if fcntl is None:  # pragma: no cover - Windows
         yield
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -103,13 +110,10 @@ def exclusive_lock(path: Path, owner: str = "") -> Iterator[None]:
     POSIX flock: the kernel releases it when its process dies (also by kill -9), so a lock file left
     by a dead process is never a stale lock; only a process alive *and* holding it is. A no-op where
     fcntl is missing."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    fcntl = _fcntl_for(path)
+    if fcntl is None:  # pragma: no cover - Windows
         yield
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
