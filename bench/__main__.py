@@ -165,7 +165,8 @@ def cmd_run(args) -> int:
     import torch
 
     from bench.config import parse_set
-    from bench.dryrun import check_data, duration, estimate, print_plan
+    from bench.dryrun import check_data, estimate, print_plan
+    from bench.progress import duration
     from bench.runner import Fanout, plan_grid, run_grid
 
     fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)

@@ -48,6 +48,7 @@ from bench.features import FEATURES
 from bench.files import cache_dir, check_writable
 from bench.grid import Grid
 from bench.metrics import DEFAULT_N_REFERENCE, METRICS, reference_cached
+from bench.progress import duration
 from bench.registry import InputError
 from bench.sample import SAMPLERS
 from bench.timing import sync
@@ -106,17 +107,6 @@ class Estimate:
         n = len(self.trial_s)
         return (f"estimate on this machine ({self.device}): {duration(self.total_s)} in all — {n} trial{'s' if n != 1 else ''} "
                 f"of {per} each at {self.threads} thread{'s' if self.threads > 1 else ''}, {self.concurrent} at a time{refs}")
-
-
-def duration(seconds: float) -> str:
-    """3 s, 4.5 min, 2.3 h, 3.1 days."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path, threads: int | None = None, concurrent: int = 1,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.images import to_uint8  # noqa: F401 (re-exported: the form every metric takes)
+from bench.progress import bar as progress_bar
 from bench.registry import InputError, Registry
 
 
@@ -166,13 +167,11 @@ def extract_features(name: str, images: torch.Tensor, device="cpu", progress: bo
     spec = FEATURES.get(name)
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise InputError(f"images must be uint8 [N, C, H, W] in [0, 255], got {images.dtype} {tuple(images.shape)}")
-    from tqdm.auto import tqdm
-
     device = str(device)
     fn = _extractor(name, device)
     bs = batch_size or (spec.cpu_batch if device == "cpu" else max(64, spec.cpu_batch))
     out = []
-    with torch.inference_mode(), tqdm(total=len(images), desc=f"{name} features", unit="img", disable=not progress) as bar:
+    with torch.inference_mode(), progress_bar(len(images), f"{name} features", "img", enabled=progress) as bar:
         for i in range(0, len(images), bs):
             out.append(fn(images[i : i + bs].to(device)).float().cpu())
             bar.update(len(out[-1]))

@@ -32,19 +32,17 @@ import torch
 from bench import rundir
 from bench.config import RunConfig, from_dict, trial_id
 from bench.data import DATASETS
-from bench.dryrun import duration
 from bench.features import FEATURES
 from bench.files import copy_atomic, save_npz_atomic, write_text_atomic
 from bench.grid import Grid, load_grid, validate_trials
 from bench.metrics import METRICS, floor, reference_stats, release_extractors
+from bench.progress import PROGRESS_EVERY_S, duration
 from bench.registry import InputError
 from bench.report import build_report
 from bench.rundir import trial_dir, write_rows
 from bench.train import CHECKPOINT
 from bench.trial import PER_IMAGE_MAX_DIM, checkpoint_step, error_rows, finished_rows, run_trial_safe
 from bench.unet import build_model, count_params
-
-PROGRESS_EVERY_S = 30.0  # without a terminal: at most one progress line per this many seconds
 
 
 def available_cpus() -> int:
@@ -306,7 +304,7 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
     for dataset, root, size, n, metrics, n_ref in keys:
         t1 = time.time()
         res = floor(list(metrics), dataset, n, data_root=root, image_size=size, n_reference=n_ref or None,
-                    progress=sys.stderr.isatty())
+                    progress=True)  # a bar on a terminal, a line every 30 s in a log
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t1})
     write_text_atomic(run_dir / rundir.FLOORS, pd.DataFrame(rows).to_csv(index=False))
     write_references(run_dir, trials)
