@@ -13,6 +13,7 @@ resuming and re-reporting (tests/test_config.py checks every committed rows.csv)
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import typing
@@ -381,6 +382,71 @@ def validate(cfg: RunConfig) -> None:
             raise InputError(f"evals: {sampler}:{steps} asks for more steps than timesteps={cfg.timesteps}")
 
 
-def describe_fields() -> list[tuple[str, str, Any]]:
-    """(name, type, default) of every field, for ``bench ls config``."""
-    return [(f.name, getattr(_base_type(FIELD_TYPES[f.name]), "__name__", str(f.type)), f.default) for f in fields(RunConfig)]
+# A phrase per field for ``bench ls config`` (component parameters are described from their
+# registries by ``param_owners``; tests/test_config.py checks that every field has one or the other).
+FIELD_HELP = {
+    "dataset": "training and reference images (bench ls datasets)",
+    "data_root": "where the dataset lies; '' = $BENCH_DATA_ROOT, else ~/.cache/bench/data",
+    "image_size": "side in pixels the images are resized to; 0 = native (mnist 28, craters 64)",
+    "max_train_images": "use only the first N training images; 0 = all",
+    "schedule": "beta schedule (bench ls schedules)",
+    "timesteps": "T, the number of forward steps",
+    "zero_terminal_snr": "rescale the schedule to alpha_bar_T = 0 exactly (Lin et al. 2023; needs prediction v or x0)",
+    "noise": "distribution of the forward noise (bench ls noises)",
+    "corruption": "operator applied to x_0 besides the noise: none | blur | cold_blur (bench ls corruptions)",
+    "prediction": "what the network predicts and the loss is on: eps | x0 | v",
+    "weighting": "per-example loss weight w(SNR_t): none | min_snr | p2 (bench ls weightings)",
+    "model": "UNet size preset (bench ls models)",
+    "dropout": "dropout rate in the UNet's residual blocks",
+    "train_steps": "optimizer steps of training",
+    "batch_size": "images per training step",
+    "lr": "peak learning rate of AdamW",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "grad_clip": "gradient-norm clip; 0 = none",
+    "ema_decay": "decay of the exponential moving average of the weights that is evaluated",
+    "loss": "distance of the loss: mse | l1",
+    "checkpoint_every": "steps between checkpoints (a killed trial resumes from the last)",
+    "seed": "training seed: initialisation, batches, timesteps and noise draws",
+    "evals": "evaluations at the end of training, SAMPLER:STEPS comma-separated (bench ls samplers)",
+    "n_samples": "generated images per evaluation (the metrics' sample size)",
+    "ddim_eta": "DDIM stochasticity: 0 deterministic, 1 DDPM-like",
+    "var_type": "DDPM reverse variance: small (posterior) | large (beta_t)",
+    "metrics": "metrics of each evaluation, comma-separated (bench ls metrics)",
+    "n_reference": "reference (training) images for the metrics; 0 = min(training set, 10000)",
+    "sample_seed": "first seed of the generated images",
+    "image_seeds": "shared = the same image seeds in every trial; per_seed = the same in every arm, new per training seed",
+    "eval_at": "learning-curve points: fractions of train_steps or step counts, comma-separated",
+    "curve_metrics": "metrics of the learning-curve points; '' = metrics",
+}
+
+
+def param_owners() -> dict[str, list[str]]:
+    """Component parameter field -> the components that take it with their default, e.g.
+    ``tau -> ["schedule sigmoid (default 1)"]``, read from the registries."""
+    owners: dict[str, list[str]] = {k: [] for k in COMPONENT_PARAMS}
+    kinds = (("schedule", SCHEDULES, schedule_params), ("noise", NOISES, noise_params),
+             ("weighting", WEIGHTINGS, _init_defaults(WEIGHTINGS, weighting_params)),
+             ("corruption", CORRUPTIONS, _init_defaults(CORRUPTIONS, corruption_params)))
+    for kind, registry, params in kinds:
+        for name in registry.names():
+            for field_name, default in params(name).items():
+                owners[field_name].append(f"{kind} {name}" + (f" (default {default:g})" if isinstance(default, (int, float)) else ""))
+    return owners
+
+
+def _init_defaults(registry, names_of):
+    """name -> {field: default} for components (classes) whose parameters are constructor keywords."""
+    def params(name: str) -> dict[str, Any]:
+        init = inspect.signature(registry.get(name).__init__).parameters
+        return {k: init[k].default for k in names_of(name)}
+    return params
+
+
+def describe_fields() -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, phrase) of every field, for ``bench ls config``."""
+    owners = param_owners()
+    out = []
+    for f in fields(RunConfig):
+        phrase = FIELD_HELP.get(f.name) or "parameter of " + ", ".join(owners.get(f.name, [])) + "; None = the component's default"
+        out.append((f.name, getattr(_base_type(FIELD_TYPES[f.name]), "__name__", str(f.type)), f.default, phrase))
+    return out

@@ -129,7 +129,7 @@ class BlurDiffusion(Diffusion):
     DEFAULT_SIGMA_BLUR_MAX = 20.0
 
     def __init__(self, betas: torch.Tensor, prediction: str = "eps", weighting: str = "none", *,
-                 sigma_blur_max: float | None = None, times: torch.Tensor | None = None, **weighting_kwargs):
+                 sigma_blur_max: float | None = DEFAULT_SIGMA_BLUR_MAX, times: torch.Tensor | None = None, **weighting_kwargs):
         super().__init__(betas, prediction, weighting, **weighting_kwargs)
         sigma = self.DEFAULT_SIGMA_BLUR_MAX if sigma_blur_max is None else sigma_blur_max
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):

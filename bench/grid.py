@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, coerce, from_dict, trial_id, validate
+from bench.config import COMPONENT_PARAMS, RunConfig, coerce, from_dict, param_owners, trial_id, validate
 from bench.registry import InputError, did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -158,3 +158,27 @@ def validate_trials(trials: list[RunConfig]) -> None:
         except InputError as e:
             raise InputError(f"trial {i} (schedule={cfg.schedule}, noise={cfg.noise}, dataset={cfg.dataset}, "
                              f"seed={cfg.seed}): {e}") from None
+
+
+def check_params_apply(grid: Grid, trials: list[RunConfig], overrides: dict[str, Any] | None = None) -> None:
+    """InputError when a component parameter set by ``--set`` (``overrides``), or anywhere in a grid
+    file's full preset, applies to none of the trials, e.g. ``tau`` with only linear schedules.
+    ``Grid.trials`` drops parameters a trial's components do not take (so that gaussian x three
+    theta_0 is one trial), which would otherwise turn a typo'd experiment into a silent run of the
+    defaults. The smaller presets inherit the full base and narrow its axes on purpose, so there
+    only ``--set`` is checked."""
+    def named(mapping):
+        return {k for k, v in mapping.items() if k in COMPONENT_PARAMS and any(x is not None for x in (v if isinstance(v, list) else [v]))}
+
+    set_here = named(overrides or {})
+    if grid.preset == "full":
+        set_here |= named(grid.base) | named(grid.axes)
+    used = {k for cfg in trials for k in COMPONENT_PARAMS if getattr(cfg, k) is not None}
+    unused = sorted(set_here - used)
+    if unused:
+        k = unused[0]
+        takers = ", ".join(o.split(" (")[0] for o in param_owners()[k])
+        components = sorted({f"{cfg.schedule}/{cfg.noise}/{cfg.corruption}/{cfg.weighting}" for cfg in trials})
+        raise InputError(f"{k} is set but applies to no trial of grid {grid.name!r}: it is a parameter of {takers}; "
+                         f"the trials' schedule/noise/corruption/weighting are {', '.join(components[:4])}"
+                         + (" ..." if len(components) > 4 else ""))

@@ -34,7 +34,7 @@ from bench.config import RunConfig, from_dict, trial_id
 from bench.data import DATASETS
 from bench.features import FEATURES
 from bench.files import copy_atomic, save_npz_atomic, write_text_atomic
-from bench.grid import Grid, load_grid, validate_trials
+from bench.grid import Grid, check_params_apply, load_grid, validate_trials
 from bench.metrics import METRICS, floor, reference_stats, release_extractors
 from bench.progress import PROGRESS_EVERY_S, duration
 from bench.registry import InputError
@@ -145,6 +145,7 @@ def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str
         raise InputError(f"grid {grid.name!r} has neither [base] nor [axes]: it would run one trial of the defaults; "
                          f"see experiments/schedules.toml for the format")
     trials = grid.trials()
+    check_params_apply(grid, trials, overrides)
     validate_trials(trials)
     check_late_failures(trials)
     run_dir = Path(out) if out else (rundir.latest_run_dir(grid) if resume else None) or rundir.default_run_dir(grid)

@@ -53,3 +53,17 @@ def _v1_id(cfg) -> str:
 
     d = {k: getattr(cfg, k) for k in ID_FIELDS_V1}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def test_ls_config_has_a_phrase_per_field_and_names_the_components_of_each_parameter():
+    from bench.config import COMPONENT_PARAMS, describe_fields
+
+    rows = {name: (tp, default, phrase) for name, tp, default, phrase in describe_fields()}
+    assert set(rows) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert all(len(phrase) > 10 for _, _, phrase in rows.values())
+    assert rows["tau"][2].startswith("parameter of schedule sigmoid (default 1);")
+    assert "schedule linear (default 0.0001)" in rows["beta_start"][2] and "schedule scaled_linear (default 0.00085)" in rows["beta_start"][2]
+    assert "noise gamma (default 0.001)" in rows["theta_0"][2]
+    assert "weighting min_snr (default 5)" in rows["min_snr_gamma"][2]
+    assert "corruption blur (default 20)" in rows["sigma_blur_max"][2]
+    assert all(rows[k][2].startswith("parameter of ") and "parameter of ;" not in rows[k][2] for k in COMPONENT_PARAMS)

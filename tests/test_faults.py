@@ -444,3 +444,24 @@ def test_unwritable_cache_is_found_before_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "a-file" / "cache"))
     code, _, err = run_cli(capsys, "run", *SMOKE, "--dry-run")
     assert code == 2 and "BENCH_CACHE" in one_line(err)
+
+
+def test_a_parameter_that_applies_to_no_trial_is_bad_input(tmp_path, capsys):
+    """--set tau=0.5 where every trial is linear used to run the defaults without a word."""
+    code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--preset", "smoke", "--set", "schedule=linear",
+                           "--set", "tau=0.5", "--dry-run", "--out", tmp_path / "run")
+    assert code == 2
+    line = one_line(err)
+    assert "tau is set but applies to no trial" in line and "schedule sigmoid" in line and "linear/gaussian" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_parameter_that_applies_to_some_trials_is_accepted():
+    """The schedules grid has sigmoid among its schedules: tau applies there and is dropped elsewhere."""
+    from bench.grid import check_params_apply, load_grid
+
+    grid = load_grid("schedules", "quick", {"tau": 0.5})
+    trials = grid.trials()
+    check_params_apply(grid, trials, {"tau": 0.5})
+    assert {c.schedule for c in trials if c.tau == 0.5} == {"sigmoid"}
+    assert all(c.tau is None for c in trials if c.schedule != "sigmoid")
