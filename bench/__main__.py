@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPU cores (and torch threads) per trial (default: 1 under Ray; all with --local)")
     run.add_argument("--gpus-per-trial", type=float, default=None, help="fractions pack trials on one GPU (default 1 if CUDA, else 0)")
     run.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    run.add_argument("--track", default="", metavar="NAMES",
+                     help="experiment tracking through Ray Tune callbacks: mlflow (local file store RUN_DIR/mlruns), "
+                          "wandb (offline into RUN_DIR/wandb), comma-separated; TensorBoard files are always written "
+                          "(bench ls trackers)")
     run.add_argument("--yes", action="store_true",
                      help=f"run even where the estimate exceeds {CPU_CONFIRM_HOURS:g} h on a machine without CUDA")
     run.set_defaults(func=cmd_run)
@@ -138,6 +142,7 @@ LISTERS = {
     "models": _list_models,
     "metrics": _registry_lister("bench.metrics", "METRICS"),
     "grids": _list_grids,
+    "trackers": _registry_lister("bench.tracking", "TRACKERS"),
     "config": _list_config,
 }
 
@@ -168,8 +173,10 @@ def cmd_run(args) -> int:
     from bench.dryrun import check_data, estimate, print_plan
     from bench.progress import duration
     from bench.runner import Fanout, plan_grid, run_grid
+    from bench.tracking import parse_track
 
-    fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent)
+    fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
+                    parse_track(args.track))
     fanout.check()
     cuda = torch.cuda.is_available()
     preset = args.preset or _default_preset(args.grid, cuda)

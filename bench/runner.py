@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench import rundir
+from bench import rundir, tracking
 from bench.config import RunConfig, from_dict, trial_id
 from bench.data import DATASETS
 from bench.features import FEATURES
@@ -63,6 +63,7 @@ class Fanout:
     cpus_per_trial: float | None = None  # default: 1 under Ray; every core with local
     gpus_per_trial: float | None = None  # default: 1 when CUDA is visible, else 0
     max_concurrent: int | None = None
+    track: tuple[str, ...] = ()  # experiment trackers (bench.tracking): Ray Tune callbacks
 
     def check(self) -> None:
         """Resources that cannot be had are bad input (exit 2) here, before any work: a Ray trial
@@ -78,6 +79,11 @@ class Fanout:
             raise InputError("--max-concurrent must be >= 1")
         if self.local and self.address:
             raise InputError("--local runs in this process; it cannot be combined with --address")
+        if self.local and self.track:
+            raise InputError("--track goes through Ray Tune's callbacks; drop --local (the TensorBoard files of a Ray "
+                             "run need no --track)")
+        for name in self.track:
+            tracking.TRACKERS.get(name).check(name)
         if self.local and self.gpus_per_trial is not None:
             raise InputError("--gpus-per-trial applies to Ray trials; --local runs every trial in this process on "
                              f"{'the GPU' if torch.cuda.is_available() else 'the CPU'} (drop --local to fan out)")
@@ -219,7 +225,7 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
                 run_local(trials, run_dir, collector, threads=fanout.slots()[0], progress=progress)
             else:
                 run_ray(plan.grid, trials, run_dir, collector, fanout.address, cpus, gpus, fanout.max_concurrent,
-                        progress=progress)
+                        progress=progress, track=fanout.track)
         except KeyboardInterrupt:
             collector.flush()
             _finish(run_dir, env, t0, t_fan, plan)
@@ -461,7 +467,20 @@ def _trainable(config: dict[str, Any], run_dir: str, threads: int) -> None:
         torch.set_num_threads(max(1, threads))
         _restore_checkpoint(tune.get_checkpoint(), wd)
         rows = run_trial_safe(cfg, wd, progress=False, report=_Reporter(wd))
-    tune.report({"step": rows[0].get("train_steps_done", 0), "status": rows[0]["status"], "rows_json": json.dumps(rows, default=str)})
+    tune.report({"step": rows[0].get("train_steps_done", 0), "status": rows[0]["status"], **final_scores(rows),
+                 "rows_json": json.dumps(rows, default=str)})
+
+
+def final_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The trial's scores as flat numbers for Tune's loggers (TensorBoard, MLflow, W&B), keyed
+    ``SAMPLER:STEPS/METRIC``, e.g. ``ddim:10/fd_mnist_clf``."""
+    out = {}
+    for row in rows:
+        for metric in str(row.get("metrics") or "").split(","):
+            v = row.get(metric.strip())
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out[f"{row.get('sampler')}:{row.get('sample_steps')}/{metric.strip()}"] = float(v)
+    return out
 
 
 class _Reporter:
@@ -500,7 +519,7 @@ def _restore_checkpoint(checkpoint, workdir: Path) -> None:
 
 def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Collector, address: str | None,
             cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_failures: int = 2,
-            progress: Progress | None = None) -> None:
+            progress: Progress | None = None, track: tuple[str, ...] = ()) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     # Ctrl-C: a KeyboardInterrupt here (ray.shutdown, then run_grid says --resume), not Tune's own
@@ -561,7 +580,7 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 # a retried trial needs only Ray's newest checkpoint; keeping every one filled the disk
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[Collect()],
+                callbacks=[Collect(), *tracking.callbacks(track, run_dir, grid.name)],
                 verbose=1,
             ),
         )

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bench"
 
 # lowest first; "report" and "perf" are sub-packages (their modules are one unit here)
 LAYERS = [
-    {"registry", "files", "env", "timing", "style", "images", "progress"},  # leaves: no bench imports but registry, files
+    {"registry", "files", "env", "timing", "style", "images", "progress", "tracking"},  # leaves: no bench imports but registry, files
     {"schedules", "noise", "distances", "unet", "data", "classifier", "features", "stats"},  # components
     {"diffusion", "corruptions", "fidelity"},  # corruptions: Diffusion subclasses (the forward processes)
     {"sample", "metrics", "snapshots"},

@@ -94,18 +94,46 @@ def test_resume_from_committed_results_without_work_dir(local_run, tmp_path):
     assert after["fd_pixels"].to_numpy() == pytest.approx(before["fd_pixels"].to_numpy())
 
 
-def test_ray_and_local_give_the_same_rows(local_run, tmp_path):
-    out = tmp_path / "ray"
+@pytest.fixture(scope="module")
+def ray_run(tmp_path_factory):
+    """The smoke grid under Ray Tune, with both experiment trackers on (offline, local files)."""
+    out = tmp_path_factory.mktemp("ray") / "run"
     t0 = time.time()
-    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--cpus-per-trial", "1")
+    proc = bench("run", "--grid", "noise", "--preset", "smoke", "--out", str(out), "--cpus-per-trial", "1",
+                 "--track", "mlflow,wandb", env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ray_wall = time.time() - t0
+    print(f"ray smoke wall {time.time() - t0:.1f}s")
+    return out
+
+
+def test_ray_and_local_give_the_same_rows(local_run, ray_run):
     a = pd.read_csv(local_run / "rows.csv").sort_values(["trial_id", "sampler"]).reset_index(drop=True)
-    b = pd.read_csv(out / "rows.csv").sort_values(["trial_id", "sampler"]).reset_index(drop=True)
+    b = pd.read_csv(ray_run / "rows.csv").sort_values(["trial_id", "sampler"]).reset_index(drop=True)
     assert list(a["trial_id"]) == list(b["trial_id"])
     for col in metric_cols(a):
         assert a[col].to_numpy() == pytest.approx(b[col].to_numpy(), rel=1e-3, abs=1e-5), col
-    print(f"ray smoke wall {ray_wall:.1f}s")
+
+
+def test_trackers_record_every_trial_offline(ray_run, monkeypatch):
+    """--track mlflow,wandb: one MLflow run per trial in the run directory's file store, holding the
+    training curve and the final scores as rows.csv has them; one offline W&B run per trial; and the
+    TensorBoard event files Ray Tune writes anyway (README, "Experiment tracking")."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    rows = pd.read_csv(ray_run / "rows.csv")
+    client = MlflowClient(tracking_uri=(ray_run / "mlruns").resolve().as_uri())
+    exp = client.get_experiment_by_name("bench-noise")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    by_noise = {r.data.params["noise"]: r for r in runs}
+    assert set(by_noise) == {"gaussian", "gamma"}
+    for noise, run in by_noise.items():
+        row = rows[(rows["noise"] == noise) & (rows["sampler"] == "ddim")].iloc[0]
+        assert run.data.metrics["ddim:5/fd_pixels"] == pytest.approx(row["fd_pixels"], rel=1e-6)
+        assert len(client.get_metric_history(run.info.run_id, "loss")) >= 2  # the training curve, not one point
+    assert len(list((ray_run / "wandb").glob("offline-run-*"))) == 2
+    assert len(list((ray_run / "_work" / "ray" / "tune").rglob("events.out.tfevents.*"))) == 2
 
 
 def test_killed_driver_resumes_without_retraining(tmp_path):
