@@ -74,6 +74,7 @@ class Metric:
     description: str
     higher_is_better: bool = False  # tables, bold, plots, floors and words read this, never assume
     frechet: bool = False  # a Fréchet distance: biased at n < feature dimension (the report warns)
+    needs_heldout: bool = False  # compute also gets ref["heldout_features"] (the held-out split's, e.g. memorization)
 
     @property
     def direction(self) -> str:
@@ -92,9 +93,10 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def register_metric(name: str, feature: str, description: str, higher_is_better: bool = False, frechet: bool = False):
+def register_metric(name: str, feature: str, description: str, higher_is_better: bool = False, frechet: bool = False,
+                    needs_heldout: bool = False):
     def deco(fn):
-        METRICS.register(name)(Metric(feature, fn, description, higher_is_better, frechet))
+        METRICS.register(name)(Metric(feature, fn, description, higher_is_better, frechet, needs_heldout))
         return fn
 
     return deco
@@ -137,6 +139,23 @@ for _feature, _suffix, _dim in (("mnist-classifier", "clf", "128-d MNIST-classif
 register_metric("fid_inf", "inception", "FD-infinity of Inception pool3 features (Chong & Forsyth 2020)",
                 frechet=True)(_fd_infinity)
 register_metric("fd_mnist_clf_inf", "mnist-classifier", "FD-infinity in MNIST-classifier features", frechet=True)(_fd_infinity)
+
+
+def _memorization(fake: torch.Tensor, ref: dict) -> dict:
+    m = fidelity.nearest_neighbour_ratio(fake, ref["features"], ref["heldout_features"])
+    return {"": m.ratio, "median_generated": m.median_generated, "median_heldout": m.median_heldout,
+            "n_heldout": m.n_heldout}
+
+
+# Memorization (issue 12, for the 98-image craters set): median nearest-training-image distance of the
+# samples / the same for held-out real images (bench.fidelity.nearest_neighbour_ratio). Below 1 the
+# samples sit closer to the training images than unseen real ones do (the report warns); "higher is
+# better" ranks less memorization first, not better images.
+for _feature, _suffix, _what in (("inception", "inception", "Inception pool3"), ("mnist-classifier", "clf", "MNIST-classifier"),
+                                 ("pixels", "pixels", "8x8-pooled pixel")):
+    register_metric(f"memorization_{_suffix}", _feature,
+                    f"memorization ratio in {_what} features: median NN distance to the training set, samples / "
+                    f"held-out real images (< 1 warns)", higher_is_better=True, needs_heldout=True)(_memorization)
 
 
 @register_metric("brightness_gap", "mean-intensity",
@@ -297,6 +316,9 @@ def _evaluate(metrics: dict[str, Metric], fake_features, n_generated: int, datas
             out.update({name: math.nan, f"{name}_n_ref": 0, f"{name}_skipped": f"{dataset}: {reason}"})
             continue
         ref = reference_stats(dataset, "train", metric.feature, n_reference, data_root, size, progress, device)
+        if metric.needs_heldout:  # every held-out image (up to DEFAULT_N_REFERENCE), cached like the training side
+            held = reference_stats(dataset, "heldout", metric.feature, None, data_root, size, progress, device)
+            ref = {**ref, "heldout_features": held["features"]}
         result = metric.compute(fake_features(metric.feature), ref)
         out.update({(f"{name}_{k}" if k else name): v for k, v in result.items()})
         out[f"{name}_n_ref"] = ref["keys"]["n_images"]

@@ -7,7 +7,8 @@ from bench.features import FEATURES
 from bench.metrics import METRICS, floor, score
 
 HIGHER = {"precision_clf", "recall_clf", "density_clf", "coverage_clf",
-          "precision_inception", "recall_inception", "density_inception", "coverage_inception"}
+          "precision_inception", "recall_inception", "density_inception", "coverage_inception",
+          "memorization_inception", "memorization_clf", "memorization_pixels"}
 
 
 def test_every_metric_declares_direction_and_dimension():
@@ -38,3 +39,38 @@ def test_fidelity_metrics_on_mnist_real_and_noise():
     assert noise["precision_clf"] == 0.0 and noise["coverage_clf"] < 0.01
     # FD-infinity removes part of the small-sample bias: below the FD at n = 500 for real digits
     assert 0 < real["fd_mnist_clf_inf"] < real["fd_mnist_clf"] and noise["fd_mnist_clf_inf"] > 100 * real["fd_mnist_clf"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_memorization_on_mnist_copies_heldout_and_noise():
+    """Held-out digits sit as far from the training set as held-out digits: ratio 1; copies of
+    reference training images: 0; uniform noise: far above 1. The report warns on the copies."""
+    from bench.data import load_dataset
+    from bench.metrics import ORDER_SEED
+
+    names = ["memorization_clf", "memorization_pixels"]
+    real = floor(names, "mnist", 300, n_reference=1000)
+    train = load_dataset("mnist", "train", "", 28)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(ORDER_SEED))[:300]  # the reference's first 300
+    copies = score(names, ((train[idx] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), "mnist", n_reference=1000)
+    noise = score(names, (torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8),
+                  "mnist", n_reference=1000)
+    for m in names:
+        assert real[m] == pytest.approx(1.0, abs=0.1), (m, real[m])
+        assert copies[m] == pytest.approx(0.0, abs=1e-3) and copies[f"{m}_median_generated"] < 1e-3, (m, copies[m])
+        assert noise[m] > 1.5, (m, noise[m])
+        assert real[f"{m}_n_heldout"] == 10000  # every MNIST test image
+
+
+def test_memorization_warning_in_the_report():
+    import pandas as pd
+
+    from bench.report.caveats import memorization
+    from bench.report.tables import Run
+
+    rows = pd.DataFrame({"label": ["a", "a", "b", "b"], "sampler": "ddim", "sample_steps": 10, "seed": [0, 1, 0, 1],
+                         "metrics": "memorization_pixels", "memorization_pixels": [0.4, 1.2, 1.1, 1.3],
+                         "trial_id": ["t0", "t1", "t2", "t3"], "dataset": "craters"})
+    run = Run(dir=None, rows=rows, floors=None, grid={}, env={})
+    (line,) = memorization(run)
+    assert line.startswith("**Memorization?** `a` (ddim:10): `memorization_pixels` < 1 in 1 of 2 seeds (min 0.4)")

@@ -3,7 +3,7 @@
 Each check is a function ``(run) -> list of Markdown sentences``: an incomplete run, schedules whose x_T
 is not pure noise, diverged and failed trials, metrics skipped for a dataset, Fréchet distances from
 fewer images than feature dimensions, a floor at another n than the arms, a shrunken preset, arms with fewer
-than two seeds, a dirty tree.
+than two seeds, samples closer to the training set than held-out images (memorization), a dirty tree.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DEFAULT_FEATURE_DIM = 2048
 
 def warnings_section(run: Run, notes: list[str]) -> str:
     checks = (incomplete, not_pure_noise, failed_trials, skipped_metrics, small_reference, floor_sample_size,
-              budget_notes, few_seeds, git_warnings)
+              budget_notes, few_seeds, memorization, git_warnings)
     items = [w for check in checks for w in check(run)]
     if notes:
         items.append("Missing files (the figures show a placeholder or leave the trial out):\n"
@@ -159,6 +159,22 @@ def few_seeds(run: Run) -> list[str]:
     ok = run.trials()[run.trials()["status"] == "ok"].groupby(["dataset", "label"], sort=False).size()
     thin = [f"`{lb}` on `{ds}` ({n})" for (ds, lb), n in ok.items() if n < 2]
     return [f"Fewer than 2 finished seeds, so no spread estimate: {join(thin)}."] if thin else []
+
+
+def memorization(run: Run) -> list[str]:
+    """Memorization metrics (``memorization_*``, bench.fidelity.nearest_neighbour_ratio) below 1 in
+    some trial: its samples sit closer to the training images than held-out real images do."""
+    out = []
+    for m in (m for m in run.metrics if METRICS.get(m).needs_heldout):
+        low = run.rows[run.rows[m] < 1].dropna(subset=[m])
+        for (label, sampler, steps), g in low.groupby(["label", "sampler", "sample_steps"], sort=False):
+            of = int(run.rows[(run.rows["label"] == label) & (run.rows["sampler"] == sampler)
+                              & (run.rows["sample_steps"] == steps)][m].notna().sum())
+            out.append(f"**Memorization?** `{label}` ({sampler}:{steps}): `{m}` < 1 in {len(g)} of {of} seeds "
+                       f"(min {g[m].min():.3g}): its samples sit closer to the training images than held-out real "
+                       f"images do (median nearest-neighbour distances); look at the samples beside their nearest "
+                       f"training images before trusting its scores.")
+    return out
 
 
 def git_warnings(run: Run) -> list[str]:
