@@ -178,15 +178,22 @@ class RunConfig:
         """The schedule with its parameters, e.g. ``sigmoid(tau=0.5)+zt``."""
         return f"{_fmt(self.schedule, self.schedule_kwargs())}{'+zt' if self.zero_terminal_snr else ''}"
 
+    def process_label(self) -> str:
+        """The forward process: schedule[params] / noise[params] [/ corruption[params]]; a corruption
+        that uses neither the beta schedule nor the noise (cold_blur) is itself with its T."""
+        if self.corruption in CORRUPTIONS and not CORRUPTIONS.get(self.corruption).uses_schedule:
+            return f"{_fmt(self.corruption, {**self.corruption_kwargs(), 'T': self.timesteps})}"
+        corruption = ""  # "none" adds nothing to the label (the first release's labels stay as they were)
+        if self.corruption != "none":
+            corruption = f" / {_fmt(self.corruption, self.corruption_kwargs())}"
+        return f"{self.schedule_label()} / {_fmt(self.noise, self.noise_kwargs())}{corruption}"
+
     def arm(self) -> str:
-        """Short label of the forward process: schedule[params] + noise[params]."""
+        """Short label of the arm: the forward process (``process_label``) [/ prediction, weighting]."""
         objective = ""
         if (self.prediction, self.weighting) != ("eps", "none"):  # the first release's labels stay as they were
             objective = f" / {self.prediction}, {_fmt(self.weighting, self.weighting_kwargs())}"
-        corruption = ""  # likewise: "none" adds nothing to the label
-        if self.corruption != "none":
-            corruption = f" / {_fmt(self.corruption, self.corruption_kwargs())}"
-        return f"{self.schedule_label()} / {_fmt(self.noise, self.noise_kwargs())}{corruption}{objective}"
+        return f"{self.process_label()}{objective}"
 
 
 def _fmt(name: str, kw: dict[str, Any]) -> str:

@@ -376,6 +376,7 @@ class ColdBlur(Diffusion):
     """
 
     description = "cold_blur: x_t = D(x_0, t), 11x11 std-7 circular blur applied t times (Bansal et al. 2022); cold sampler"
+    uses_schedule = False  # x_t = D(x_0, t): no betas, no noise (labels show cold_blur(T=...) alone)
     predictions = ("x0",)
     weightings = ("none",)
     noises = ("gaussian",)

@@ -254,6 +254,7 @@ class Diffusion:
     noises: tuple[str, ...] | None = None
     #: whether q(x_s | x_t, x_0) is Gaussian and known (the ``ddpm`` and ``ddim`` samplers need it)
     has_posterior: bool = True
+    uses_schedule: bool = True  # x_t depends on the beta schedule and the noise (labels show both)
     #: whether the start of generation needs statistics of the training images (``fit_start``)
     needs_data: bool = False
 

@@ -551,3 +551,37 @@ def test_forward_picture(tmp_path):
     assert png.exists() and png.with_suffix(".pdf").exists()
     assert plot_forward(tmp_path / "again.png", rows, x0=x0).read_bytes() == png.read_bytes()  # byte-stable
     assert "cold_blur" in caption(rows) and "blur(sigma_blur_max=20)" in caption(rows)
+
+
+def test_cold_blur_arm_label_names_neither_schedule_nor_noise():
+    """cold_blur uses no betas and no noise: its label is the corruption with its T (issue 14)."""
+    from bench.config import RunConfig
+
+    cold = RunConfig(corruption="cold_blur", timesteps=20, prediction="x0", loss="l1", evals="cold:20")
+    assert cold.arm() == "cold_blur(T=20) / x0, none"
+    assert RunConfig(corruption="blur", sigma_blur_max=2.0).arm() == "linear / gaussian / blur(sigma_blur_max=2)"
+    assert RunConfig(schedule="cosine").arm() == "cosine / gaussian"  # the first release's labels, unchanged
+
+
+def test_report_draws_the_forward_processes_of_a_run_that_varies_them(tmp_path):
+    """A run varying noise or corruption gets the forward figure, one row per distinct process (the
+    schedules of a noise grid do not multiply its rows); a run that varies only the schedule gets none."""
+    import pandas as pd
+
+    from bench.config import RunConfig, trial_id
+    from bench.report.forward import plot_run_forward, run_forward_rows
+    from bench.report.tables import Run
+
+    def run_of(cfgs):
+        rows = pd.DataFrame([{**c.to_dict(), "trial_id": trial_id(c), "status": "ok"} for c in cfgs])
+        return Run(tmp_path, rows, None, {}, {})
+
+    arms = [RunConfig(dataset="synthetic", schedule=s, noise=n, theta_0=th, corruption=c, sigma_blur_max=sb, seed=seed)
+            for s in ("linear", "cosine") for n, th, c, sb in (("gaussian", None, "none", None), ("gamma", 0.1, "none", None),
+                                                               ("gaussian", None, "blur", 2.0)) for seed in (0, 1)]
+    rows = run_forward_rows(run_of(arms))
+    assert list(rows) == ["linear / gaussian", "linear / gamma(theta_0=0.1)", "linear / gaussian / blur(sigma_blur_max=2)"]
+    notes: list[str] = []
+    plot = plot_run_forward(run_of(arms), tmp_path / "plots", notes)
+    assert notes == [] and plot.png.exists() and "blur adds noise" in plot.caption and "cold_blur" not in plot.caption
+    assert run_forward_rows(run_of([RunConfig(schedule=s) for s in ("linear", "cosine")])) == {}

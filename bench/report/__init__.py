@@ -21,6 +21,7 @@ from bench import stats
 from bench.files import write_text_atomic
 from bench.report import curves, perimage
 from bench.report.caveats import warnings_section
+from bench.report.forward import plot_run_forward
 from bench.report.montage import montage_denoise, montage_samples
 from bench.report.paired import fmt_seeds, paired_table, sentence, vs_best, write_paired
 from bench.report.plots import (
@@ -87,7 +88,8 @@ def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None =
         plots += [plot_forest(run, m, ds, table, out_dir) for ds in datasets_with(run, m)]
     plots += plot_learning_curves(run, out_dir)
     plots += [plot_brightness(run, m, out_dir) for m in brightness_metrics(run)]
-    plots += [plot_run_schedules(run, out_dir), plot_loss_curves(run, out_dir, notes), plot_loss_by_t(run, out_dir, notes)]
+    plots += [plot_run_schedules(run, out_dir), plot_run_forward(run, out_dir, notes), plot_loss_curves(run, out_dir, notes),
+              plot_loss_by_t(run, out_dir, notes)]
     plots += montage_samples(run, out_dir, notes) + montage_denoise(run, out_dir, notes)
     return [p for p in plots if p is not None], list(dict.fromkeys(notes))
 

@@ -17,7 +17,7 @@ import torch
 
 from bench.config import RunConfig, build_process
 from bench.data import load_dataset
-from bench.style import figure, save, theme, wrap
+from bench.style import Plot, figure, save, theme, wrap
 
 #: t / T of the columns (0 is x_0 itself)
 FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -106,9 +106,47 @@ def plot_forward(out_path: Path, rows: Mapping[str, RunConfig] | None = None, x0
 def caption(rows: Mapping[str, RunConfig] | None = None) -> str:
     """What the figure shows, for a report (each row's process and its parameters)."""
     rows = dict(rows or default_rows())
-    parts = [f"{label}: {cfg.arm()}, T = {cfg.timesteps}" for label, cfg in rows.items()]
+    parts = [f"{label}{'' if label == cfg.process_label() else ': ' + cfg.process_label()}, T = {cfg.timesteps}"
+             for label, cfg in rows.items()]
+    corruptions = {cfg.corruption for cfg in rows.values()}
+    notes = ["Noise types add noise of the schedule's variance, each with its own distribution"]
+    if "blur" in corruptions:
+        notes.append("blur adds noise to a DCT-frequency-wise damped image (Hoogeboom & Salimans 2023)")
+    if "cold_blur" in corruptions:
+        notes.append("cold_blur only blurs (Bansal et al. 2022) and ends at nearly the constant image of the channel "
+                     "means, which is why its generation needs a stochastic start")
     return ("The same held-out image x_0 under each forward process at fractions t/T of its own T: "
             + "; ".join(parts) + ". x_t = q_sample(x_0, t, eps) with eps from one seed shared by every row. "
-            "Noise types add noise; blur adds noise to a DCT-frequency-wise damped image (Hoogeboom & Salimans "
-            "2023); cold_blur only blurs (Bansal et al. 2022) and ends at nearly the constant image of the channel "
-            "means, which is why its generation needs a stochastic start.")
+            + "; ".join(notes) + ".")
+
+
+def run_forward_rows(run) -> dict[str, RunConfig]:
+    """process label -> config of the distinct forward processes (noise, corruption and their
+    parameters) of a run's trials, each from the first trial that has it (its schedule); empty when
+    the run does not vary the noise or the corruption (then the figure would say nothing new)."""
+    from bench.config import config_from_row
+
+    rows: dict[tuple, RunConfig] = {}
+    for r in run.trials().to_dict("records"):
+        try:
+            cfg = config_from_row(r)
+        except Exception:  # noqa: BLE001 - an older run's unknown component: left out, not fatal
+            continue
+        key = (cfg.noise, tuple(cfg.noise_kwargs().items()), cfg.corruption, tuple(cfg.corruption_kwargs().items()))
+        rows.setdefault(key, cfg)
+    return {cfg.process_label(): cfg for cfg in rows.values()} if len(rows) > 1 else {}
+
+
+def plot_run_forward(run, out_dir: Path, notes: list[str]):
+    """The forward-process figure of a run whose grid varies the noise or corruption (None otherwise),
+    on a held-out image of the run's first dataset."""
+    rows = run_forward_rows(run)
+    if not rows:
+        return None
+    first = next(iter(rows.values()))
+    try:
+        png = plot_forward(Path(out_dir) / "forward.png", rows, dataset=first.dataset, data_root=first.data_root)
+    except Exception as e:  # noqa: BLE001 - e.g. the data are not on this machine: the report still builds
+        notes.append(f"forward-process figure not drawn ({type(e).__name__}: {e})")
+        return None
+    return Plot(png, caption(rows))
