@@ -30,7 +30,7 @@ from bench.diffusion import WEIGHTINGS, Diffusion, weighting_params
 from bench.metrics import METRICS
 from bench.noise import NOISES, Noise, make_noise, noise_params
 from bench.registry import InputError, did_you_mean
-from bench.sample import SAMPLERS, sampler_options
+from bench.sample import SAMPLERS, sampler_options, start_T
 from bench.schedules import SCHEDULES, make_betas, schedule_params
 from bench.unet import MODELS
 
@@ -88,6 +88,7 @@ class RunConfig:
     n_samples: int = 256
     ddim_eta: float = 0.0
     var_type: str = "small"  # ddpm reverse variance: small (posterior) | large (beta_t)
+    skip_start: float = 0.0  # ddpm/ddim: skip this fraction of the reverse process, start at t = T - round(f T) from noise
     metrics: str = "fid,kid"  # comma-separated metric names (bench ls metrics)
     n_reference: int = 0  # reference (training) images for the metrics; 0 -> min(train size, 10000)
     sample_seed: int = 0  # image i of every evaluation starts from seed sample_seed + i ("shared" image_seeds)
@@ -387,6 +388,9 @@ def validate(cfg: RunConfig) -> None:
         sampler_options(sampler, cfg)
         if steps > cfg.timesteps:
             raise InputError(f"evals: {sampler}:{steps} asks for more steps than timesteps={cfg.timesteps}")
+        if "skip_start" in SAMPLERS.get(sampler).options and steps > start_T(cfg.timesteps, cfg.skip_start):
+            raise InputError(f"evals: {sampler}:{steps} asks for more steps than the {start_T(cfg.timesteps, cfg.skip_start)} "
+                             f"timesteps left by skip_start={cfg.skip_start:g}")
 
 
 # A phrase per field for ``bench ls config`` (component parameters are described from their
@@ -418,6 +422,7 @@ FIELD_HELP = {
     "n_samples": "generated images per evaluation (the metrics' sample size)",
     "ddim_eta": "DDIM stochasticity: 0 deterministic, 1 DDPM-like",
     "var_type": "DDPM reverse variance: small (posterior) | large (beta_t)",
+    "skip_start": "ddpm/ddim: fraction f of the reverse process skipped, starting from noise at t = T - round(f T) (Nichol & Dhariwal 2021)",
     "metrics": "metrics of each evaluation, comma-separated (bench ls metrics)",
     "n_reference": "reference (training) images for the metrics; 0 = min(training set, 10000)",
     "sample_seed": "first seed of the generated images",

@@ -8,8 +8,8 @@ RunConfig fields it reads, passed to the function as keyword arguments of the sa
     SAMPLERS.get(name)(model, diffusion, noise, shape, steps, generators, device="cpu",
                        clip_x0=True, progress=False, **options) -> x_0   (float32, on ``device``)
 
-    ddpm: options ("var_type",)   1 model evaluation per step   needs a Gaussian posterior
-    ddim: options ("ddim_eta",)   1 model evaluation per step   needs a Gaussian posterior
+    ddpm: options ("var_type", "skip_start")   1 model evaluation per step   needs a Gaussian posterior
+    ddim: options ("ddim_eta", "skip_start")   1 model evaluation per step   needs a Gaussian posterior
     cold: options ()              1 model evaluation per step   any forward process
 
 Corruptions (``bench.corruptions``; DESIGN.md section 3, "Mild corruptions"): the forward process is a
@@ -95,8 +95,20 @@ def _check_ddim_eta(value: Any) -> None:
         raise InputError(f"ddim_eta must be a finite number >= 0, got {value!r}")
 
 
+def _check_skip_start(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 <= value < 1):
+        raise InputError(f"skip_start must be a fraction in [0, 1) of the reverse process to skip, got {value!r}")
+
+
 #: every sampler option (a RunConfig field) and the check of its value
-OPTION_CHECKS: dict[str, Callable[[Any], None]] = {"var_type": _check_var_type, "ddim_eta": _check_ddim_eta}
+OPTION_CHECKS: dict[str, Callable[[Any], None]] = {"var_type": _check_var_type, "ddim_eta": _check_ddim_eta,
+                                                   "skip_start": _check_skip_start}
+
+
+def start_T(T: int, skip_start: float = 0.0) -> int:
+    """T' = T - round(skip_start * T): with ``skip_start`` the reverse process starts at the papers'
+    t = T' (0-based index T' - 1) instead of T, and samples at most T' steps."""
+    return T - round(skip_start * T)
 
 _COMMON_KEYWORDS = ("clip_x0", "progress")
 
@@ -234,6 +246,20 @@ def _x_T(diffusion: Diffusion, noise: Noise, shape, generators, device) -> torch
     return diffusion.x_T(noise, shape, generators, device)
 
 
+def _start(diffusion: Diffusion, noise: Noise, shape, generators, device, skip_start: float) -> torch.Tensor:
+    """The first x of ddpm / ddim: x_T (``_x_T``), or with ``skip_start`` = f > 0 the probe of Nichol &
+    Dhariwal (2021, sec. 3.2: a linear-schedule model loses little when the first ~20% of its reverse
+    process is skipped, a cosine one more): generation starts at t = T' = T - round(f T) from
+    standardised noise at index T' - 1 (unit variance, drawn exactly as x_T's noise), taken as if it
+    were pure noise, although the true x_T' still holds sqrt(alpha_bar_T') of the image. f = 0 is x_T."""
+    if not skip_start:
+        return _x_T(diffusion, noise, shape, generators, device)
+    T1 = start_T(diffusion.T, skip_start)
+    if T1 < 1:
+        raise InputError(f"skip_start={skip_start} leaves no timestep of T = {diffusion.T}")
+    return noise.sample_per_item(shape, T1 - 1, generators, device).float()
+
+
 def _loop(indices, progress: bool, desc: str):
     return tqdm(list(indices), desc=desc, unit="step", leave=False, disable=not progress)
 
@@ -247,10 +273,11 @@ def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor
 # samplers
 
 
-@register_sampler("ddpm", options=("var_type",), evals_per_step=1)
+@register_sampler("ddpm", options=("var_type", "skip_start"), evals_per_step=1)
 @torch.no_grad()
 def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-         device="cpu", *, clip_x0: bool = True, progress: bool = False, var_type: str = "small") -> torch.Tensor:
+         device="cpu", *, clip_x0: bool = True, progress: bool = False, var_type: str = "small",
+         skip_start: float = 0.0) -> torch.Tensor:
     """Ancestral sampling (Ho, Jain, Abbeel 2020, Algorithm 2) on ``steps`` evenly spaced timesteps.
 
     Over the subsequence s_0 < ... < s_{K-1} (``timestep_subsequence``; K = T is the full chain) with
@@ -267,10 +294,10 @@ def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     At zero terminal SNR the first step has coef2' = 0 (alpha_T = 0) and 1 - ab = 1: no division by 0.
     """
     _validate(diffusion, noise, shape, steps, generators)
-    check_options({"var_type": var_type})
-    ts = timestep_subsequence(diffusion.T, steps)
+    check_options({"var_type": var_type, "skip_start": skip_start})
+    ts = timestep_subsequence(start_T(diffusion.T, skip_start), steps)
     sub = respace(diffusion, ts)
-    x = _x_T(diffusion, noise, shape, generators, device)
+    x = _start(diffusion, noise, shape, generators, device, skip_start)
     for i in _loop(reversed(range(len(ts))), progress, f"ddpm:{steps}"):
         out = _model_out(model, x, ts[i], device)
         t_sub = torch.full((shape[0],), i, dtype=torch.long)
@@ -281,10 +308,11 @@ def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     raise AssertionError("unreachable")
 
 
-@register_sampler("ddim", options=("ddim_eta",), evals_per_step=1)
+@register_sampler("ddim", options=("ddim_eta", "skip_start"), evals_per_step=1)
 @torch.no_grad()
 def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-         device="cpu", *, clip_x0: bool = True, progress: bool = False, ddim_eta: float = 0.0) -> torch.Tensor:
+         device="cpu", *, clip_x0: bool = True, progress: bool = False, ddim_eta: float = 0.0,
+         skip_start: float = 0.0) -> torch.Tensor:
     """DDIM (Song, Meng, Ermon 2021, eq. 12) on ``steps`` evenly spaced timesteps, eta = ``ddim_eta``.
 
     From timestep t to its target s (ab_s = 1 after the last timestep, index 0):
@@ -299,10 +327,10 @@ def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     from the clipped x_0^ (improved-diffusion's ``ddim_sample``) keeps x on the line through x_0^.
     """
     _validate(diffusion, noise, shape, steps, generators)
-    check_options({"ddim_eta": ddim_eta})
+    check_options({"ddim_eta": ddim_eta, "skip_start": skip_start})
     eta = float(ddim_eta)
-    ts = timestep_subsequence(diffusion.T, steps)
-    x = _x_T(diffusion, noise, shape, generators, device)
+    ts = timestep_subsequence(start_T(diffusion.T, skip_start), steps)
+    x = _start(diffusion, noise, shape, generators, device, skip_start)
     for i in _loop(reversed(range(len(ts))), progress, f"ddim:{steps}"):
         t = ts[i]
         out = _model_out(model, x, t, device)

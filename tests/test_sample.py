@@ -493,3 +493,48 @@ def test_sample_images_with_progress(capsys):
     out = sample_images(PointOracle(d, torch.zeros(1, 1, 2, 2)), d, noise_for(d, "gaussian"), "ddim", 5, 3, (1, 2, 2),
                         seed0=0, batch_size=2, device="cpu", progress=True)
     assert out.shape == (3, 1, 2, 2) and out.abs().max().item() < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# skip_start (Nichol & Dhariwal 2021's probe: skip the first fraction of the reverse process)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("sampler,steps,kw", [("ddpm", None, {}), ("ddpm", 17, {}), ("ddim", 10, {}),
+                                              ("ddim", 20, {"ddim_eta": 1.0})])
+def test_skip_start_starts_later_from_unit_noise_and_the_oracle_still_returns_the_image(schedule, sampler, steps, kw):
+    """skip_start = 0.25 at T = 100: the model sees the subsequence of T' = 75 timesteps from index 74
+    down to 0, the first x is the standardised noise at index 74 (unit variance, not scaled by
+    sqrt(1 - alpha_bar)), and the exact predictor still returns the image."""
+    T = 100
+    d = diff(schedule, T, "eps", False)
+    noise = noise_for(d, "gaussian", None)
+    xstar = xstar_of(3)
+    steps = steps or 75
+    model = PointOracle(d, xstar)
+    out = run(sampler, model, d, noise, xstar.shape, steps, seed=5, skip_start=0.25, **kw)
+    assert [t for t, _ in model.calls] == timestep_subsequence(75, steps)[::-1] and model.calls[0][0] == 74
+    assert torch.equal(model.calls[0][1], noise.sample_per_item(xstar.shape, 74, image_generators(2, 5)).float())
+    assert (out - xstar).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("sampler,kw", [("ddpm", {}), ("ddim", {}), ("ddim", {"ddim_eta": 1.0})])
+def test_skip_start_zero_is_the_plain_sampler(sampler, kw):
+    d = diff("cosine", 100, "eps", False)
+    noise = noise_for(d, "gamma", 0.1)
+    xstar = xstar_of(4)
+    a = run(sampler, PointOracle(d, xstar), d, noise, xstar.shape, 10, seed=1, **kw)
+    b = run(sampler, PointOracle(d, xstar), d, noise, xstar.shape, 10, seed=1, skip_start=0.0, **kw)
+    assert torch.equal(a, b)
+
+
+def test_skip_start_bad_values_and_too_many_steps_are_input_errors():
+    from bench.config import RunConfig, validate
+    from bench.registry import InputError
+
+    d = diff("linear", 100, "eps", False)
+    for bad in (1.0, -0.1, float("nan"), True):
+        with pytest.raises(InputError, match="skip_start must be a fraction in"):
+            run("ddim", PointOracle(d, xstar_of(0)), d, noise_for(d, "gaussian", None), (2, 1, 4, 4), 10, seed=0, skip_start=bad)
+    with pytest.raises(InputError, match="more steps than the 700 timesteps left by skip_start=0.3"):
+        validate(RunConfig(skip_start=0.3, evals="ddpm:800"))
