@@ -18,6 +18,8 @@ killed for memory at ~22 GB):
   declared rates are per CPU thread and were calibrated on the 2-core CPU of the committed runs:
   Inception's 5 img/s is what the quick runs measured (39 s to score 200 images per evaluation, one
   thread per trial, two trials at once), and ``bench perf`` measures 13 img/s with 2 threads alone.
+- evaluation-only trials (``reuse_training``) that will adopt a trained model (one indexed by
+  ``bench.trained``, or one an earlier trial of the plan trains) cost no training time.
 - reference statistics and floors that are not cached yet: their images at the rates above with
   every thread (the driver computes them before the fan-out).
 - every time is taken with the threads one trial gets (1 under Ray by default, every core with
@@ -41,6 +43,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench import trained
 from bench.config import RunConfig
 from bench.data import DATASETS, load_dataset
 from bench.env import device_name, pick_device
@@ -128,6 +131,18 @@ def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path, threads: int 
     return est
 
 
+def adopts(cfg: RunConfig, keys: set[str]) -> bool:
+    """Whether a trial with ``reuse_training`` will adopt a model instead of training: one already
+    indexed (``bench.trained``), or one an earlier trial of the plan trains (``keys`` collects them)."""
+    if not cfg.reuse_training:
+        return False
+    key = trained.train_key(cfg)
+    if key in keys or trained.find(cfg) is not None:
+        return True
+    keys.add(key)
+    return False
+
+
 def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: int = 1, ray: bool = False,
              sizes: dict | None = None) -> Estimate:
     """The run's time on this machine (see the module docstring for how)."""
@@ -138,6 +153,7 @@ def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: in
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     timings: dict[tuple, tuple[float, float, int, int]] = {}
+    trained_keys: set[str] = set()
     try:
         per_trial = []
         for cfg in trials:
@@ -154,7 +170,8 @@ def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: in
             sample_s = (nfe + curve * first_nfe) * cfg.n_samples * fwd_img_s
             score_s = (len(cfg.evaluations) * _scoring_s(cfg.metric_names, cfg.n_samples, spec.channels, size)
                        + curve * _scoring_s(cfg.curve_metric_names, cfg.n_samples, spec.channels, size)) / (threads * speedup)
-            per_trial.append(cfg.train_steps * batch * step_img_s + sample_s + score_s)
+            train_s = 0.0 if adopts(cfg, trained_keys) else cfg.train_steps * batch * step_img_s
+            per_trial.append(train_s + sample_s + score_s)
     finally:
         torch.set_num_threads(before)
     refs = _references_s(trials, sizes) / ((os.cpu_count() or 1) * speedup)

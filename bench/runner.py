@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench import rundir, tracking
+from bench import rundir, tracking, trained
 from bench.config import RunConfig, from_dict, trial_id
 from bench.data import DATASETS
 from bench.features import FEATURES
@@ -234,6 +234,7 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
                  f"interrupted ones resume from their checkpoints with: {resume_command(plan)}")
             raise
         _finish(run_dir, env, t0, t_fan, plan)
+        index_trained(trials, run_dir, collector)
         _guarded("report", run_dir, lambda: build_report(run_dir))
         if collector.unsaved:
             collector.flush()
@@ -247,6 +248,18 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
         _say(f"done in {time.time() - t0:.0f} s: {len(trials) - n_err - n_div} ok, {n_div} diverged, {n_err} error; "
              + (f"rows in {run_dir / rundir.ROWS}" if not collector.unsaved else "rows NOT saved (see above)"))
     return rows
+
+
+def index_trained(trials: list[RunConfig], run_dir: Path, collector: Collector) -> None:
+    """Point the trained-model index (bench.trained) at every trial of the run that trained to the
+    end, also those finished in an earlier session or before the index existed, so that an
+    evaluation-only grid (reuse_training) can adopt them."""
+    for cfg in trials:
+        rows = collector.rows.get(trial_id(cfg)) or []
+        wd = trial_dir(run_dir, cfg)
+        if rows and rows[0].get("status") == "ok" and rows[0].get("train_steps_done") == cfg.train_steps \
+                and (wd / CHECKPOINT).exists():
+            trained.register(cfg, wd, trial_id(cfg))
 
 
 def _finish(run_dir: Path, env: dict, t0: float, t_fan: float, plan: Plan) -> None:

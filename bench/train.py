@@ -50,7 +50,8 @@ MAX_LOG_ROWS = 5000  # loss.csv gets at most ~this many rows (one row = mean ove
 # RunConfig fields that do not change what training computes: a checkpoint stays valid across them
 # (train_steps may grow to extend a run).
 NOT_TRAINING_FIELDS = {"train_steps", "checkpoint_every", "data_root", "evals", "n_samples", "ddim_eta", "var_type",
-                       "metrics", "sample_seed"}
+                       "metrics", "sample_seed", "n_reference", "image_seeds", "skip_start", "eval_at", "curve_metrics",
+                       "reuse_training"}
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Trainer:
         self.total = cfg.train_steps
         self.log_every = max(1, math.ceil(self.total / MAX_LOG_ROWS))
         self.amp = device.type == "cuda"  # bf16 autocast on CUDA only; fp32 on CPU
+        self.cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if self.amp else []
         init_seed, batch_seed, noise_seed = _seeds(cfg.seed)
 
         torch.manual_seed(init_seed)  # global RNG (forked by train): weights, then dropout masks
@@ -315,7 +317,8 @@ class Trainer:
                     recent = list(self.recent)[-report_every:]
                     report({"step": self.step, "loss": sum(recent) / len(recent), "images_per_s": readback.last_rate})
                 if self.status == "ok" and due_eval and evaluate is not None:
-                    evaluate(self.step, self.ema)
+                    with torch.random.fork_rng(devices=self.cuda_devices):  # evaluations never move training's RNG
+                        evaluate(self.step, self.ema)
         finally:
             bar.close()
         if self.status != "ok":

@@ -7,6 +7,7 @@ cannot disagree. A trial's files live in its work dir (checkpoints, loss logs, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench import trained
 from bench.config import RunConfig, build_process, from_dict, trial_id
 from bench.corruptions import CORRUPTIONS
 from bench.data import DATASETS, load_dataset
@@ -52,8 +54,14 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     betas, diffusion, noise = build_process(cfg, data)  # data: for a corruption whose start is fitted to it
 
     curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device)
-    result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress, report=report,
-                        evaluate=curve)
+    trained_in = ""
+    with trained.training_lock(cfg) if cfg.reuse_training else contextlib.nullcontext():
+        if cfg.reuse_training:  # an evaluation-only trial: a finished model of the same training, if there is one
+            trained_in = trained.adopt(cfg, workdir)
+        result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress,
+                            report=report, evaluate=curve)
+    if result.status == "ok" and result.steps == cfg.train_steps:
+        trained.register(cfg, workdir, trial_id(cfg))
     base = {
         **cfg.to_dict(),
         "trial_id": trial_id(cfg),
@@ -68,6 +76,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         "alpha_bar_T": terminal_report(betas).alpha_bar_T,
         "n_train_images": len(data),
         "device": device_name(device),
+        "trained_in": trained_in,  # the work dir whose model this trial adopted ("" = trained here)
     }
     if result.status == "ok":
         _denoise_strip(cfg, ema, diffusion, noise, workdir, device)

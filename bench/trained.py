@@ -1,0 +1,101 @@
+"""Trained models reused across trials whose training is identical (evaluation-only trials).
+
+A probe that asks "how does this model sample with 10 / 20 / 50 / 100 steps, with DDIM and DDPM, or
+when the first 20% of its reverse process is skipped?" changes only evaluation fields. With
+``reuse_training = true`` such a trial does not train again: it adopts the final checkpoint of a
+finished trial with the same **training key** and goes straight to sampling.
+
+Training key: SHA-256 of every RunConfig field that can change the trained weights, i.e. all but
+``EVAL_ONLY`` (sampling, scoring, curve and bookkeeping fields; ``train.NOT_TRAINING_FIELDS`` plus
+the later evaluation fields, minus ``train_steps``, which must match exactly here). Learning-curve
+evaluations run under a forked RNG (``train.Trainer.run``), so ``eval_at`` does not change the weights
+either; a reusing trial itself cannot have ``eval_at`` (it does not train, so it has no curve).
+
+The index: every trial that finishes training with status ok writes ``$BENCH_CACHE/trained/<key>.json``
+pointing at its checkpoint (a pointer, not a copy: a deleted run simply stops being found). Before a
+trial with ``reuse_training`` trains, it takes ``<key>.lock`` (so two trials of one key under Ray
+train once: the second waits, then adopts) and copies the checkpoint and loss logs into its work
+dir, where the trainer resumes at the last step and does nothing. A pointer whose checkpoint is gone,
+unreadable, of another training config or not at the end of training is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from bench.config import RunConfig
+from bench.files import cache_dir, copy_atomic, file_lock, write_json_atomic
+from bench.train import CHECKPOINT, NOT_TRAINING_FIELDS
+
+#: fields that never change the trained weights (train_steps does: it is part of the key)
+EVAL_ONLY = (NOT_TRAINING_FIELDS - {"train_steps"}) | {"n_reference", "image_seeds", "skip_start", "eval_at",
+                                                       "curve_metrics", "reuse_training"}
+LOGS = ("loss.csv", "loss_by_t.csv")
+
+
+def train_key(cfg: RunConfig) -> str:
+    """16 hex digits of SHA-256 over the training fields (sorted JSON)."""
+    fields = {k: v for k, v in sorted(cfg.to_dict().items()) if k not in EVAL_ONLY}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _index() -> Path:
+    return cache_dir() / "trained"
+
+
+def register(cfg: RunConfig, workdir: Path, tid: str) -> None:
+    """Point the index at this trial's final checkpoint (best effort: a failure is one warning)."""
+    try:
+        folder = _index()
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / f"{train_key(cfg)}.json", {"checkpoint": str((Path(workdir) / CHECKPOINT).resolve()),
+                                                               "trial_id": tid})
+    except OSError as e:
+        print(f"bench: warning: trained model of trial {tid} not indexed for reuse ({e.strerror or e})", file=sys.stderr)
+
+
+def find(cfg: RunConfig) -> Path | None:
+    """The checkpoint of a finished trial with ``cfg``'s training key, verified; None if there is none."""
+    try:
+        ckpt = Path(json.loads((_index() / f"{train_key(cfg)}.json").read_text())["checkpoint"])
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - no pointer, a torn one, or a checkpoint gone or unreadable: train instead
+        return None
+    theirs = RunConfig(**{k: v for k, v in ck.get("cfg", {}).items() if k in RunConfig.__dataclass_fields__})
+    if train_key(theirs) != train_key(cfg) or ck.get("step") != cfg.train_steps or ck.get("status") != "ok":
+        return None
+    return ckpt
+
+
+@contextmanager
+def training_lock(cfg: RunConfig) -> Iterator[None]:
+    """Held while a trial of this training key adopts or trains, so that the key trains once."""
+    folder = _index()
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / f"{train_key(cfg)}.lock"):
+        yield
+
+
+def adopt(cfg: RunConfig, workdir: Path) -> str:
+    """Copy a finished checkpoint of this training key (and its loss logs) into ``workdir``; returns
+    the source work dir, or "" when there is none (the trial then trains)."""
+    workdir = Path(workdir)
+    if (workdir / CHECKPOINT).exists():
+        return ""  # its own (resumed) training comes first
+    src = find(cfg)
+    if src is None:
+        return ""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in LOGS:
+        if (src.parent / name).exists():
+            shutil.copyfile(src.parent / name, workdir / name)
+    copy_atomic(src, workdir / CHECKPOINT)
+    return str(src.parent)

@@ -1,0 +1,38 @@
+"""Every grid file under experiments/, in every preset it defines: it loads, its parameters apply,
+and every trial validates before any work (a generated test: a new grid file is picked up)."""
+
+import pytest
+
+from bench.grid import check_params_apply, find_grid, grid_names, load_grid, read_toml, validate_trials
+from bench.runner import check_late_failures
+
+
+def _cases():
+    for name in grid_names():
+        presets = ["full", *read_toml(find_grid(name)).get("presets", {})]
+        for preset in presets:
+            yield name, preset
+
+
+@pytest.mark.parametrize("name,preset", list(_cases()))
+def test_grid_preset_validates(name, preset):
+    grid = load_grid(name, preset)
+    trials = grid.trials()
+    assert trials, (name, preset)
+    check_params_apply(grid, trials)
+    validate_trials(trials)
+    check_late_failures(trials)
+    assert len({t.arm() for t in trials}) >= 1
+
+
+def test_probe_grids_train_as_the_schedules_grid_so_its_models_are_adopted():
+    """The probes are evaluation-only: each preset's trials have the training key of a schedules-grid
+    trial of the same preset (bench.trained), so a machine that ran that grid trains nothing again."""
+    from bench.trained import train_key
+
+    for probe in ("probe_sampler_steps", "probe_skip_start"):
+        for preset in ("full", "quick"):
+            schedules = {train_key(c) for c in load_grid("schedules", preset).trials()}
+            trials = load_grid(probe, preset).trials()
+            assert all(c.reuse_training and not c.eval_at for c in trials)
+            assert {train_key(c) for c in trials} <= schedules, (probe, preset)

@@ -1,0 +1,85 @@
+"""Evaluation-only trials (bench.trained): a trial with reuse_training adopts the final model of a
+finished trial with the same training fields instead of training again (issue 17's probes)."""
+
+import pytest
+import torch
+
+from bench import trained
+from bench.config import RunConfig, validate
+from bench.registry import InputError
+from bench.train import load_ema
+from bench.trial import run_trial
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMOKE = RunConfig(dataset="synthetic", timesteps=50, model="tiny", train_steps=12, batch_size=8, warmup_steps=2,
+                  ema_decay=0.9, checkpoint_every=6, evals="ddim:3", n_samples=8, metrics="fd_pixels")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+
+
+def test_train_key_ignores_evaluation_fields_only():
+    base = trained.train_key(SMOKE)
+    for change in ({"evals": "ddpm:10"}, {"skip_start": 0.2}, {"n_samples": 99}, {"metrics": "kid"}, {"eval_at": "0.5"},
+                   {"image_seeds": "per_seed"}, {"reuse_training": True}, {"checkpoint_every": 3}, {"ddim_eta": 1.0}):
+        assert trained.train_key(SMOKE.replace(**change)) == base, change
+    for change in ({"seed": 1}, {"schedule": "cosine"}, {"train_steps": 13}, {"lr": 1e-3}, {"prediction": "v"},
+                   {"noise": "gamma", "theta_0": 0.1}, {"dropout": 0.0}):
+        assert trained.train_key(SMOKE.replace(**change)) != base, change
+
+
+def test_an_evaluation_only_trial_adopts_the_model_and_samples_as_the_trainer_would(tmp_path):
+    """The source trains (with a learning curve, under a forked RNG); the probe with other evaluations
+    adopts its final weights bit for bit, trains no step, and scores its own evaluation exactly as the
+    source would have (same weights, same image seeds)."""
+    src = SMOKE.replace(eval_at="0.5", evals="ddim:3,ddim:5")
+    src_rows = run_trial(src, tmp_path / "src", device="cpu", progress=False)
+    probe = SMOKE.replace(evals="ddim:5,ddpm:4", reuse_training=True)
+    rows = run_trial(probe, tmp_path / "probe", device="cpu", progress=False)
+    assert {r["trained_in"] for r in rows} == {str((tmp_path / "src").resolve())}
+    assert all(r["status"] == "ok" and r["train_steps_done"] == 12 for r in rows)
+    a, b = load_ema(tmp_path / "src"), load_ema(tmp_path / "probe")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    same = {r["sample_steps"]: r["fd_pixels"] for r in src_rows if r["sampler"] == "ddim" and r["train_step"] == 12}
+    assert rows[0]["fd_pixels"] == pytest.approx(same[5], rel=1e-6)
+    assert (tmp_path / "probe" / "loss.csv").read_text() == (tmp_path / "src" / "loss.csv").read_text()
+
+
+def test_the_learning_curve_does_not_change_the_weights(tmp_path):
+    """eval_at is an evaluation field: with dropout on (masks from the global RNG), training with an
+    evaluation hook that itself draws from the global RNG ends at the same weights as training
+    without one (Trainer.run forks the RNG around evaluations)."""
+    from bench.config import build_process
+    from bench.train import train
+    from bench.trial import train_images
+
+    cfg = SMOKE.replace(dropout=0.1, eval_at="0.25,0.5")
+    data = train_images(cfg)
+    _, diffusion, noise = build_process(cfg)
+    calls = []
+
+    def greedy(step, ema):
+        calls.append(step)
+        torch.rand(1000)  # what an evaluation that uses the global RNG would do
+
+    _, a = train(cfg, data, diffusion, noise, tmp_path / "curve", progress=False, evaluate=greedy)
+    _, b = train(cfg, data, diffusion, noise, tmp_path / "plain", progress=False)
+    assert calls == [3, 6]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_without_a_finished_model_the_trial_trains_and_a_stale_pointer_is_ignored(tmp_path):
+    rows = run_trial(SMOKE.replace(reuse_training=True), tmp_path / "a", device="cpu", progress=False)
+    assert rows[0]["trained_in"] == "" and rows[0]["train_steps_done"] == 12
+    (tmp_path / "a" / "checkpoint.pt").unlink()  # the source run deleted: its pointer must not be followed
+    assert trained.find(SMOKE) is None
+    rows = run_trial(SMOKE.replace(reuse_training=True, evals="ddim:4"), tmp_path / "b", device="cpu", progress=False)
+    assert rows[0]["trained_in"] == ""
+
+
+def test_reuse_training_with_a_learning_curve_is_bad_input():
+    with pytest.raises(InputError, match="reuse_training adopts a finished model"):
+        validate(SMOKE.replace(reuse_training=True, eval_at="0.5"))
