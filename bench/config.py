@@ -326,8 +326,9 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
 
 def config_from_row(row: dict[str, Any], cls=None) -> RunConfig:
     """The config of a results row (a rows.csv record read by pandas): its RunConfig columns with
-    pandas' types undone (NaN -> None, or "" for a text field; numpy scalars -> Python). Columns of
-    fields a run predates are absent and take their defaults. ``cls`` defaults to RunConfig."""
+    pandas' types undone (an empty cell -> the field's default: None for a parameter, "" for a text
+    field that defaults to "", the default of a field the row predates; numpy scalars -> Python).
+    Columns of fields a run predates are absent and take their defaults. ``cls`` defaults to RunConfig."""
     cls = cls or RunConfig
     hints = typing.get_type_hints(cls)
     values = {}
@@ -338,7 +339,9 @@ def config_from_row(row: dict[str, Any], cls=None) -> RunConfig:
         v = v.item() if hasattr(v, "item") else v
         base = _base_type(hints[f.name])
         if isinstance(v, float) and math.isnan(v):
-            v = "" if base is str else None
+            # an empty cell: a field this row predates (a run resumed across a release), or an empty
+            # text / unset parameter; either way the field's default ("" for the text fields whose default is "")
+            v = f.default
         elif base is int and isinstance(v, float) and v.is_integer():
             v = int(v)
         elif base is str and not isinstance(v, str):

@@ -67,3 +67,17 @@ def test_ls_config_has_a_phrase_per_field_and_names_the_components_of_each_param
     assert "weighting min_snr (default 5)" in rows["min_snr_gamma"][2]
     assert "corruption blur (default 20)" in rows["sigma_blur_max"][2]
     assert all(rows[k][2].startswith("parameter of ") and "parameter of ;" not in rows[k][2] for k in COMPONENT_PARAMS)
+
+
+def test_a_row_written_before_a_field_existed_reads_as_its_default():
+    """A run resumed across a release mixes rows without a new column (NaN there after pandas) and
+    rows with it: the old rows must keep their config, hence their trial id."""
+    import math
+
+    from bench.config import config_from_row
+
+    cfg = RunConfig(schedule="cosine", image_seeds="per_seed", eval_at="0.5")
+    row = {**cfg.to_dict(), "skip_start": math.nan, "reuse_training": math.nan, "corruption": math.nan,
+           "prediction": math.nan, "data_root": math.nan, "cosine_s": math.nan}
+    back = config_from_row(row)
+    assert back == cfg and trial_id(back) == trial_id(cfg)
