@@ -614,3 +614,20 @@ def test_learning_curve_rows_change_no_table(built, tmp_path):
     write_paired(run, path / "tables")
     for f in sorted((run_dir / "tables").iterdir()):
         assert (path / "tables" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_rows_from_before_a_field_existed_label_as_the_same_arm():
+    """A run resumed across a release: early rows lack a new column (NaN), later rows hold its
+    default. They are the same arm, not 'cosine [skip_start=nan]' beside 'cosine [skip_start=0]'."""
+    import numpy as np
+    import pandas as pd
+
+    from bench.report.tables import arm_labels, fill_defaults
+
+    rows = pd.DataFrame({"arm": ["cosine / gaussian"] * 3 + ["linear / gaussian"], "dataset": "mnist",
+                         "seed": [0, 1, 2, 0], "skip_start": [np.nan, 0.0, 0.0, np.nan],
+                         "reuse_training": [np.nan, False, False, np.nan], "cosine_s": [np.nan] * 4})
+    assert list(arm_labels(rows))[0] == "cosine / gaussian [skip_start=nan, reuse_training=nan]"  # what the report said
+    filled = fill_defaults(rows)
+    assert list(arm_labels(filled)) == ["cosine / gaussian"] * 3 + ["linear / gaussian"]
+    assert filled["skip_start"].tolist() == [0.0] * 4 and filled["cosine_s"].isna().all()  # a parameter stays unset

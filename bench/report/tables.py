@@ -97,7 +97,7 @@ def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     from bench.rundir import read_rows
 
-    rows = read_rows(run_dir)
+    rows = fill_defaults(read_rows(run_dir))
     rows["label"] = arm_labels(rows)
     floors_path = run_dir / "floors.csv"
     floors = pd.read_csv(floors_path) if floors_path.exists() and floors_path.stat().st_size else None
@@ -138,6 +138,20 @@ def final_rows(rows: pd.DataFrame) -> pd.DataFrame:
 def curve_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """The learning-curve rows of rows.csv: evaluations before the end of training (``final_mask``)."""
     return rows[~final_mask(rows)]
+
+
+def fill_defaults(rows: pd.DataFrame) -> pd.DataFrame:
+    """Empty cells of config columns that have a non-None default get that default: rows written
+    before a field existed (a run resumed across a release) then read as the trials they were
+    (``config.config_from_row`` does the same), instead of differing from later rows in that column."""
+    from bench.config import RunConfig
+
+    rows = rows.copy()
+    for f in dataclasses.fields(RunConfig):
+        if f.name in rows.columns and f.default is not None and rows[f.name].isna().any():
+            filled = rows[f.name].astype(object).where(rows[f.name].notna(), f.default)
+            rows[f.name] = filled.infer_objects()
+    return rows
 
 
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
