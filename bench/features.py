@@ -157,6 +157,33 @@ FEATURES.register("mean-intensity")(
 )
 
 
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def laplacian_variance(x: torch.Tensor) -> torch.Tensor:
+    """Sharpness of each image, float32 [N, 1]: the variance over pixels of the 3x3 Laplacian
+    (0 1 0 / 1 -4 1 / 0 1 0, 'valid': no padding) of the grey image (the mean of the channels) in
+    [0, 1] units (uint8 / 255). 0 for a constant image; 16 for a 0/255 checkerboard (every response
+    is +-4); blurring lowers it, noise raises it (Pech-Pacheco et al. 2000's focus measure)."""
+    grey = x.float().mean(dim=1, keepdim=True) / 255.0
+    lap = F.conv2d(grey, LAPLACIAN.to(grey.device)[None, None])
+    return lap.flatten(1).var(dim=1, unbiased=False)[:, None]
+
+
+FEATURES.register("laplacian")(
+    FeatureExtractor(
+        label="laplacian-variance-1",
+        build=lambda device: laplacian_variance,
+        supports=lambda channels, size: "" if size >= 3 else "needs images of at least 3 x 3 pixels",
+        cpu_batch=1024,
+        dim=1,
+        cpu_images_per_s=20000.0,
+        version=lambda: "1",
+        description="per-image variance of the 3x3 Laplacian of the grey image (sharpness; bench.features.laplacian_variance)",
+    )
+)
+
+
 @lru_cache(maxsize=8)
 def _extractor(name: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return FEATURES.get(name).build(device)

@@ -158,6 +158,19 @@ for _feature, _suffix, _what in (("inception", "inception", "Inception pool3"), 
                     f"held-out real images (< 1 warns)", higher_is_better=True, needs_heldout=True)(_memorization)
 
 
+@register_metric("sharpness_gap", "laplacian", "|log| of the samples' median Laplacian variance over held-out real "
+                 "images' (0 = as sharp as real images; the _ratio column says which way)", needs_heldout=True)
+def _sharpness_gap(fake: torch.Tensor, ref: dict) -> dict:
+    """Sharpness against real images (issue 17: "rough structures, no sharp contours"): ratio =
+    median Laplacian variance of the samples / that of the held-out real images (features.laplacian_variance);
+    below 1 the samples are blurrier, above 1 sharper or noisier. The score is |log ratio| (lower is
+    better, 0 = real images' sharpness); the ratio and both medians are extra columns."""
+    f, h = float(fake[:, 0].median()), float(ref["heldout_features"][:, 0].median())
+    ratio = f / h if h > 0 else math.nan
+    gap = abs(math.log(ratio)) if ratio > 0 else math.inf
+    return {"": gap, "ratio": ratio, "median_fake": f, "median_heldout": h}
+
+
 @register_metric("brightness_gap", "mean-intensity",
                  "W1 distance of per-image mean intensity, samples vs data (Lin et al. 2023's symptom; in [0, 1])")
 def _brightness_gap(fake: torch.Tensor, ref: dict) -> dict:

@@ -74,3 +74,34 @@ def test_memorization_warning_in_the_report():
     run = Run(dir=None, rows=rows, floors=None, grid={}, env={})
     (line,) = memorization(run)
     assert line.startswith("**Memorization?** `a` (ddim:10): `memorization_pixels` < 1 in 1 of 2 seeds (min 0.4)")
+
+
+def test_laplacian_variance_closed_forms():
+    from bench.features import laplacian_variance
+
+    flat = torch.full((1, 3, 8, 8), 77, dtype=torch.uint8)
+    board = ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 255).to(torch.uint8).expand(1, 1, 8, 8)
+    assert laplacian_variance(flat).item() == 0.0
+    assert laplacian_variance(board).item() == pytest.approx(16.0, rel=1e-6)  # every 'valid' response is +-4
+    ramp = (torch.arange(8, dtype=torch.float32)[None, :] * 30).to(torch.uint8).expand(1, 1, 8, 8)
+    assert laplacian_variance(ramp).item() == pytest.approx(0.0, abs=1e-10)  # a linear ramp has zero Laplacian
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sharpness_gap_on_mnist_real_blurred_and_noise():
+    """Held-out digits are as sharp as held-out digits (ratio ~1, gap ~0); a blurred copy is blurrier
+    (ratio < 1); noise is far sharper (ratio > 1); the gap grows both ways."""
+    import torch.nn.functional as F
+
+    from bench.data import load_dataset
+
+    real = floor(["sharpness_gap"], "mnist", 500)
+    test = ((load_dataset("mnist", "heldout", "", 28)[:500] + 1) * 127.5).round().clamp(0, 255)
+    kernel = torch.ones(1, 1, 3, 3) / 9
+    blurred = F.conv2d(test, kernel, padding=1).round().clamp(0, 255).to(torch.uint8)
+    blur = score(["sharpness_gap"], blurred, "mnist")
+    noise = score(["sharpness_gap"], (torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8),
+                  "mnist")
+    assert real["sharpness_gap_ratio"] == pytest.approx(1.0, abs=0.05) and real["sharpness_gap"] < 0.05
+    assert blur["sharpness_gap_ratio"] < 0.5 and noise["sharpness_gap_ratio"] > 5
+    assert blur["sharpness_gap"] > 0.5 and noise["sharpness_gap"] > 1.5
