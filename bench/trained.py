@@ -12,6 +12,7 @@ evaluations run under a forked RNG (``train.Trainer.run``), so ``eval_at`` does 
 either; a reusing trial itself cannot have ``eval_at`` (it does not train, so it has no curve).
 
 The index: every trial that finishes training with status ok writes ``$BENCH_CACHE/trained/<key>.json``
+(``$BENCH_TRAINED/<key>.json`` where that is set)
 pointing at its checkpoint (a pointer, not a copy: a deleted run simply stops being found). Before a
 trial with ``reuse_training`` trains, it takes ``<key>.lock`` (so two trials of one key under Ray
 train once: the second waits, then adopts) and copies the checkpoint and loss logs into its work
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from contextlib import contextmanager
@@ -48,7 +50,8 @@ def train_key(cfg: RunConfig) -> str:
 
 
 def _index() -> Path:
-    return cache_dir() / "trained"
+    """$BENCH_TRAINED, else $BENCH_CACHE/trained (the tests point it at a temporary folder)."""
+    return Path(os.environ.get("BENCH_TRAINED") or cache_dir() / "trained")
 
 
 def register(cfg: RunConfig, workdir: Path, tid: str) -> None:

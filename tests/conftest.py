@@ -1,5 +1,20 @@
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trained_index(tmp_path_factory):
+    """The trained-model index (bench.trained) of every trial the tests run goes to a temporary
+    folder, never into the user's cache (subprocesses inherit it)."""
+    before = os.environ.get("BENCH_TRAINED")
+    os.environ["BENCH_TRAINED"] = str(tmp_path_factory.mktemp("trained-index"))
+    yield
+    if before is None:
+        os.environ.pop("BENCH_TRAINED", None)
+    else:
+        os.environ["BENCH_TRAINED"] = before
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ SMOKE = RunConfig(dataset="synthetic", timesteps=50, model="tiny", train_steps=1
 
 
 @pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+def own_index(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_TRAINED", str(tmp_path / "trained"))
 
 
 def test_train_key_ignores_evaluation_fields_only():
