@@ -411,12 +411,13 @@ def test_bad_input():
 # the sampler contract as data
 
 
-OPTION_DEFAULTS = {"var_type": "small", "ddim_eta": 0.0}
+OPTION_DEFAULTS = {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0}
 
 
 def test_sampler_contract():
     assert SAMPLERS.names() == ["cold", "ddim", "ddpm"]
-    assert SAMPLERS.get("ddpm").options == ("var_type",) and SAMPLERS.get("ddim").options == ("ddim_eta",)
+    assert SAMPLERS.get("ddpm").options == ("var_type", "skip_start")
+    assert SAMPLERS.get("ddim").options == ("ddim_eta", "skip_start")
     assert SAMPLERS.get("cold").options == () and not SAMPLERS.get("cold").needs_posterior
     assert SAMPLERS.get("ddpm").needs_posterior and SAMPLERS.get("ddim").needs_posterior
     assert set(OPTION_DEFAULTS) == set(OPTION_CHECKS)
@@ -429,9 +430,11 @@ def test_sampler_contract():
         cfg_like = SimpleNamespace(**OPTION_DEFAULTS)
         assert sampler_options(name, cfg_like) == {o: OPTION_DEFAULTS[o] for o in smp.options}
     with pytest.raises(InputError, match="var_type"):
-        sampler_options("ddpm", SimpleNamespace(var_type="learned", ddim_eta=0.0))
+        sampler_options("ddpm", SimpleNamespace(var_type="learned", ddim_eta=0.0, skip_start=0.0))
     with pytest.raises(InputError, match="ddim_eta"):
-        sampler_options("ddim", SimpleNamespace(var_type="small", ddim_eta=-1.0))
+        sampler_options("ddim", SimpleNamespace(var_type="small", ddim_eta=-1.0, skip_start=0.0))
+    with pytest.raises(InputError, match="skip_start"):
+        sampler_options("ddim", SimpleNamespace(var_type="small", ddim_eta=0.0, skip_start=1.5))
     with pytest.raises(AttributeError):
         sampler_options("ddim", SimpleNamespace(var_type="small"))  # the field it declares must exist
 
