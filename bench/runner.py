@@ -18,6 +18,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -559,8 +560,11 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
     # "local": always a fresh cluster of this machine (with the cores Fanout.check counted), never
     # one that another run happens to have started
     init = {"address": address} if address else {"address": "local", "num_cpus": available_cpus()}
+    on_term = signal.getsignal(signal.SIGTERM)
     ray.init(**init, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              configure_logging=True, ignore_reinit_error=True)
+    if callable(on_term):  # ray.init puts its own SIGTERM handler in (it aborts the driver: exit 134, no
+        signal.signal(signal.SIGTERM, on_term)  # --resume line); `kill` must end a Ray run like Ctrl-C
     try:
         if address:  # an existing cluster: a trial it cannot place would wait for ever
             have = ray.cluster_resources()
