@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import claims as claims_mod
 from bench.config import COMPONENT_PARAMS, RunConfig, coerce, from_dict, param_owners, trial_id, validate
 from bench.registry import InputError, did_you_mean
 
@@ -46,6 +47,7 @@ class Grid:
     base: dict[str, Any]
     axes: dict[str, list[Any]]
     notes: list[str] = field(default_factory=list)  # what the preset changed, for the report
+    claims: list[claims_mod.Claim] = field(default_factory=list)  # published results the run is checked against
 
     def trials(self) -> list[RunConfig]:
         """The Cartesian product of the axes over the base, in file order. Parameters that do not
@@ -66,7 +68,23 @@ class Grid:
                  f"preset = {_toml(self.preset)}", "", "[base]"]
         lines += [f"{k} = {_toml(v)}" for k, v in self.base.items() if v is not None]
         lines += ["", "[axes]"] + [f"{k} = {_toml(v)}" for k, v in self.axes.items()]
+        lines += [line for c in self.claims for line in ["", *_claim_toml(c)]]
         return "\n".join(lines) + "\n"
+
+
+def _claim_toml(c: claims_mod.Claim) -> list[str]:
+    """A claim as a ``[[claims]]`` table (``bench.claims``)."""
+    def cell(x: dict) -> str:
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in x.items()) + "}"
+
+    def side(cs: tuple[dict, ...]) -> str:
+        return cell(cs[0]) if len(cs) == 1 else "[" + ", ".join(cell(x) for x in cs) + "]"
+
+    lines = ["[[claims]]", f"claim = {_toml(c.claim)}", f"source = {_toml(c.source)}", f"metric = {_toml(c.metric)}",
+             f"better = {side(c.better)}", f"than = {side(c.than)}"]
+    lines += [f"for_each = {_toml(c.for_each)}"] if c.for_each else []
+    lines += [f"margin = {_toml(c.margin)}"] if c.margin is not None else []
+    return lines + ([f"setting = {_toml(c.setting)}"] if c.setting else [])
 
 
 def _toml(v: Any) -> str:
@@ -110,9 +128,9 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
     An override of an axis field fixes that axis to the one value."""
     path = find_grid(name_or_path)
     raw = read_toml(path)
-    unknown = set(raw) - {"name", "description", "base", "axes", "presets", "preset"}
+    unknown = set(raw) - {"name", "description", "base", "axes", "presets", "preset", "claims"}
     if unknown:
-        raise InputError(f"{path}: unknown top-level keys {sorted(unknown)} (expected name, description, base, axes, presets)")
+        raise InputError(f"{path}: unknown top-level keys {sorted(unknown)} (expected name, description, base, axes, presets, claims)")
     presets = raw.get("presets", {})
     if preset not in PRESETS and preset not in presets:
         raise InputError(f"unknown preset {preset!r}: known {', '.join(sorted(set(PRESETS) | set(presets)))}")
@@ -140,7 +158,8 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
         axes.pop(k, None)
         base[k] = v
         notes.append(f"--set {k}={v}")
-    grid = Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes)
+    grid = Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes,
+                claims_mod.parse_claims(raw.get("claims"), str(path)))
     return grid
 
 

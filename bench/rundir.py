@@ -66,7 +66,7 @@ def check(run_dir: Path, grid: Grid, resume: bool, probe_lock: bool = True) -> N
         old = read_toml(existing)
         if old.get("name") != grid.name:
             raise InputError(f"{run_dir} holds a run of grid {old.get('name')!r}, not {grid.name!r}: use another --out")
-        if existing.read_text() != grid.to_toml():
+        if without_claims(existing.read_text()) != without_claims(grid.to_toml()):
             raise InputError(
                 f"{run_dir} holds a run of {grid.name!r} with a different resolved grid (preset or --set differ): "
                 f"compare {existing} with this command's --dry-run, or use another --out"
@@ -75,6 +75,13 @@ def check(run_dir: Path, grid: Grid, resume: bool, probe_lock: bool = True) -> N
             raise InputError(f"{run_dir} already holds a run of {grid.name!r}: add --resume to continue it, or use another --out")
     elif run_dir.exists() and any(p.name != "_work" for p in run_dir.iterdir()):
         raise InputError(f"{run_dir} exists and is not a bench run directory: use another --out")
+
+
+def without_claims(grid_toml: str) -> str:
+    """A resolved grid without its ``[[claims]]`` tables (written last by ``Grid.to_toml``): claims are
+    the published results a report reads the run against, not part of any trial, so a ``--resume`` may
+    add or correct them (``prepare`` writes them) while every trial-defining line must match."""
+    return grid_toml.split("\n[[claims]]\n", 1)[0].rstrip("\n")
 
 
 def busy_message(run_dir: Path, holder: str) -> str:

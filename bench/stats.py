@@ -363,7 +363,7 @@ def fmt_p(p) -> str:
     return fmt(min(float(p), 1.0), sig=2)
 
 
-def _p_phrase(name: str, p: float) -> str:
+def p_phrase(name: str, p: float) -> str:
     s = fmt_p(p)
     return f"{name} {s}" if s.startswith("<") else f"{name}{' =' if name == 'p' else ''} {s}"
 
@@ -409,7 +409,7 @@ def describe(arm: str, reference: str, diff: float, lo: float, hi: float, n: int
     interval. ``p_holm`` None or nan leaves the Holm part out. No final full stop. Never "overlap" or
     "not separated".
     """
-    ps = _p_phrase("p", p) + (f", {_p_phrase('Holm', p_holm)}" if p_holm is not None and not math.isnan(p_holm) else "")
+    ps = p_phrase("p", p) + (f", {p_phrase('Holm', p_holm)}" if p_holm is not None and not math.isnan(p_holm) else "")
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return (f"{arm} - {reference} = {fmt(diff)} with {_seeds(n)}: no interval (a paired interval needs "
                 "at least 2 seeds)")

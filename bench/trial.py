@@ -43,7 +43,6 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     if str(device).startswith("cuda"):
         enable_tf32()
     workdir.mkdir(parents=True, exist_ok=True)
-    _log_attempt(workdir)
     write_json_atomic(workdir / "config.json", cfg.to_dict())  # what `bench sample` rebuilds the model from
     t_start = time.time()
 
@@ -58,6 +57,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     with trained.training_lock(cfg) if cfg.reuse_training else contextlib.nullcontext():
         if cfg.reuse_training:  # an evaluation-only trial: a finished model of the same training, if there is one
             trained_in = trained.adopt(cfg, workdir)
+        _log_attempt(workdir, trained_in)  # after adoption: the step it resumes from is the adopted model's
         result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress,
                             report=report, evaluate=curve)
     if result.status == "ok" and result.steps == cfg.train_steps:
@@ -206,10 +206,11 @@ def finished_rows(workdir: Path) -> list[dict[str, Any]] | None:
     return rows if rows and all(r.get("status") in ("ok", "diverged") for r in rows) else None
 
 
-def _log_attempt(workdir: Path) -> None:
-    """Append this attempt (pid, start time, the step its checkpoint resumes from) to attempts.jsonl,
-    so resumes and retries can be audited (and are, by the tests)."""
-    entry = {"pid": os.getpid(), "started": time.time(), "resumed_from_step": checkpoint_step(workdir / CHECKPOINT)}
+def _log_attempt(workdir: Path, adopted_from: str = "") -> None:
+    """Append this attempt (pid, start time, the step its checkpoint resumes from, the work dir of an
+    adopted model) to attempts.jsonl, so resumes and retries can be audited (and are, by the tests)."""
+    entry = {"pid": os.getpid(), "started": time.time(), "resumed_from_step": checkpoint_step(workdir / CHECKPOINT),
+             **({"adopted_from": adopted_from} if adopted_from else {})}
     with open(workdir / "attempts.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
 

@@ -16,7 +16,7 @@ LAYERS = [
     {"diffusion", "corruptions", "fidelity"},  # corruptions: Diffusion subclasses (the forward processes)
     {"sample", "metrics", "snapshots"},
     {"config"},  # RunConfig, identity, the one builder
-    {"grid", "train", "trained"},  # trained: models reused across trials of identical training
+    {"grid", "claims", "train", "trained"},  # trained: reused models; claims: published results
     {"trial", "rundir", "dryrun"},
     {"report"},  # reads only the run directory
     {"runner"},  # run_grid: floors, fan-out, report

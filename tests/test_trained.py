@@ -1,6 +1,8 @@
 """Evaluation-only trials (bench.trained): a trial with reuse_training adopts the final model of a
 finished trial with the same training fields instead of training again (issue 17's probes)."""
 
+import json
+
 import pytest
 import torch
 
@@ -46,6 +48,8 @@ def test_an_evaluation_only_trial_adopts_the_model_and_samples_as_the_trainer_wo
     same = {r["sample_steps"]: r["fd_pixels"] for r in src_rows if r["sampler"] == "ddim" and r["train_step"] == 12}
     assert rows[0]["fd_pixels"] == pytest.approx(same[5], rel=1e-6)
     assert (tmp_path / "probe" / "loss.csv").read_text() == (tmp_path / "src" / "loss.csv").read_text()
+    attempt = [json.loads(line) for line in (tmp_path / "probe" / "attempts.jsonl").read_text().splitlines()]
+    assert [(a["resumed_from_step"], a["adopted_from"]) for a in attempt] == [(12, str((tmp_path / "src").resolve()))]
 
 
 def test_the_learning_curve_does_not_change_the_weights(tmp_path):

@@ -19,6 +19,7 @@ import pandas as pd
 
 from bench import stats
 from bench.files import write_text_atomic
+from bench.report import claims as claims_report
 from bench.report import curves, perimage
 from bench.report.caveats import warnings_section
 from bench.report.forward import plot_run_forward
@@ -69,11 +70,13 @@ def build_report(run_dir: Path) -> Path:
     run = load_run(Path(run_dir))
     write_tables(run, run.dir / "tables")
     paired = write_paired(run, run.dir / "tables")
+    claims_report.write_table(run, run.dir / "tables")
     plots, notes = make_plots(run, run.dir / "plots", paired)
-    sections = [header(run), compared(run), result(run, paired), tables_section(run), figures_section(run, plots),
+    sections = [header(run), compared(run), result(run, paired), claims_report.section(run), tables_section(run),
+                figures_section(run, plots),
                 method(run), warnings_section(run, notes), provenance(run), cite(run)]
     path = run.dir / REPORT
-    write_text_atomic(path, "\n\n".join(s.strip() for s in sections) + "\n")
+    write_text_atomic(path, "\n\n".join(s.strip() for s in sections if s.strip()) + "\n")
     return path
 
 
@@ -86,6 +89,7 @@ def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None =
         table = paired[m] if paired and m in paired else paired_table(run, m)
         plots += [plot_metric_by_arm(run, m, out_dir), plot_metric_vs_steps(run, m, out_dir)]
         plots += [plot_forest(run, m, ds, table, out_dir) for ds in datasets_with(run, m)]
+    plots += claims_report.plot_claims(run, out_dir)
     plots += plot_learning_curves(run, out_dir)
     plots += [plot_brightness(run, m, out_dir) for m in brightness_metrics(run)]
     plots += [plot_run_schedules(run, out_dir), plot_run_forward(run, out_dir, notes), plot_loss_curves(run, out_dir, notes),

@@ -1,0 +1,178 @@
+"""Published claims (bench.claims): parsing, the exit-2 checks, the contrasts against scipy and hand
+arithmetic, the verdicts, the grid.toml round trip, a --resume that updates claims only, and the
+report section."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from bench import claims
+from bench.claims import AGREES, DISAGREES, UNRESOLVED, Claim, evaluate, parse_claims
+from bench.config import from_dict
+from bench.grid import Grid, read_toml
+from bench.registry import InputError
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def lower(metric: str) -> bool:  # every metric here is read as lower is better
+    return False
+
+
+def rows_of(scores: dict) -> pd.DataFrame:
+    """{(schedule, sampler, steps): [score per seed]} -> rows.csv-like rows (text, as read back)."""
+    out = [{"schedule": sch, "sampler": smp, "sample_steps": str(n), "seed": s, "fd": str(v), "status": "ok",
+            "zero_terminal_snr": "False"}
+           for (sch, smp, n), vals in scores.items() for s, v in zip(SEEDS, vals)]
+    return pd.DataFrame(out)
+
+
+DDIM10 = [300.0, 320.0, 310.0, 305.0, 330.0]
+DDPM10 = [350.0, 330.0, 360.0, 340.0, 345.0]
+DDIM100 = [200.0, 210.0, 190.0, 205.0, 215.0]
+DDPM100 = [204.0, 209.0, 199.0, 206.0, 222.0]
+SCORES = {("linear", "ddim", 10): DDIM10, ("linear", "ddpm", 10): DDPM10,
+          ("linear", "ddim", 100): DDIM100, ("linear", "ddpm", 100): DDPM100,
+          ("cosine", "ddim", 10): DDPM10, ("cosine", "ddpm", 10): DDIM10}  # cosine: the other way round
+
+
+def claim(**kw) -> Claim:
+    raw = {"claim": "c", "source": "s", "metric": "fd_pixels", **kw}
+    return parse_claims([raw], "test")[0]
+
+
+def test_simple_claim_is_the_paired_t_of_the_scores_in_the_metrics_direction():
+    c = claim(better={"sampler": "ddim", "sample_steps": 10}, than={"sampler": "ddpm", "sample_steps": 10},
+              for_each="schedule")
+    c = Claim(**{**c.__dict__, "metric": "fd"})
+    t = evaluate([c], rows_of(SCORES), lower)
+    assert list(t["group"]) == ["schedule = linear", "schedule = cosine"]
+    lin, cos = t.iloc[0], t.iloc[1]
+    d = np.array(DDPM10) - np.array(DDIM10)  # lower is better: the claim's contrast is fd(ddpm) - fd(ddim)
+    assert lin["diff"] == pytest.approx(d.mean())
+    assert lin["p"] == pytest.approx(st.ttest_rel(DDPM10, DDIM10).pvalue)
+    half = st.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    assert (lin["lo"], lin["hi"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert lin["verdict"] == AGREES and cos["verdict"] == DISAGREES
+    assert cos["diff"] == pytest.approx(-d.mean())
+    assert lin["contrast"] == "fd(ddpm:10) - fd(ddim:10)"
+    assert list(t["p_holm"]) == pytest.approx(list(np.minimum(1, 2 * t["p"].min()) * np.ones(2)))
+
+
+def test_higher_is_better_flips_the_contrast():
+    c = Claim("c", "s", "fd", ({"sampler": "ddim", "sample_steps": 10},), ({"sampler": "ddpm", "sample_steps": 10},),
+              "schedule")
+    t = evaluate([c], rows_of(SCORES), lambda m: True)
+    assert t.iloc[0]["diff"] == pytest.approx(np.mean(DDIM10) - np.mean(DDPM10))
+    assert t.iloc[0]["verdict"] == DISAGREES
+    assert t.iloc[0]["contrast"] == "fd(ddim:10) - fd(ddpm:10)"
+
+
+def test_gap_claim_is_the_difference_of_differences():
+    c = Claim("gap shrinks", "s", "fd",
+              ({"sampler": "ddim", "sample_steps": 10}, {"sampler": "ddpm", "sample_steps": 10}),
+              ({"sampler": "ddim", "sample_steps": 100}, {"sampler": "ddpm", "sample_steps": 100}))
+    rows = rows_of({k: v for k, v in SCORES.items() if k[0] == "linear"})
+    r = evaluate([c], rows, lower).iloc[0]
+    per_seed = (np.array(DDPM10) - DDIM10) - (np.array(DDPM100) - DDIM100)
+    assert r["diff"] == pytest.approx(per_seed.mean())
+    assert r["p"] == pytest.approx(st.ttest_1samp(per_seed, 0).pvalue)
+    assert r["verdict"] == AGREES and r["n"] == 5
+
+
+@pytest.mark.parametrize("shift, verdict", [(0.0, AGREES), (15.0, UNRESOLVED), (40.0, DISAGREES)])
+def test_margin_is_non_inferiority(shift, verdict):
+    """A = B + shift + noise (lower is better): margin 10% of B's mean (~20) -> a shift of 0 is within
+    it, 40 is beyond it, 15 with this noise is not resolved."""
+    noise = np.array([-3.0, 2.0, 4.0, -1.0, -2.0])
+    b = np.array([200.0, 198.0, 202.0, 201.0, 199.0])
+    rows = rows_of({("linear", "ddim", 10): list(b + shift + noise * (4 if shift == 15.0 else 1)),
+                    ("linear", "ddim", 50): list(b)})
+    c = Claim("little worse", "s", "fd", ({"sample_steps": 10},), ({"sample_steps": 50},), margin=0.1)
+    r = evaluate([c], rows, lower).iloc[0]
+    assert r["margin_abs"] == pytest.approx(0.1 * b.mean())
+    assert r["verdict"] == verdict
+    contrast = b - (b + shift + noise * (4 if shift == 15.0 else 1))
+    assert r["diff"] == pytest.approx(contrast.mean())
+    assert r["p"] == pytest.approx(st.ttest_1samp(contrast + r["margin_abs"], 0).pvalue)
+
+
+def test_an_ambiguous_cell_is_a_problem_not_a_number():
+    c = Claim("c", "s", "fd", ({"sampler": "ddim", "sample_steps": 10},), ({"sampler": "ddpm", "sample_steps": 10},))
+    r = evaluate([c], rows_of(SCORES), lower).iloc[0]  # no for_each: linear and cosine both match
+    assert "picks 2 scores of seed 0" in r["problem"] and np.isnan(r["diff"])
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"better": {"sampler": "ddim"}}, "missing"),
+    ({"better": {"sampler": "ddim"}, "than": {"sampler": "ddpm"}, "oops": 1}, "unknown keys ['oops']"),
+    ({"better": {"sampler": "ddim"}, "than": [{"sampler": "ddpm"}, {"sampler": "ddim"}]}, "both be one cell"),
+    ({"better": {"samplr": "ddim"}, "than": {"sampler": "ddpm"}}, "['samplr'] are not columns"),
+    ({"better": {"sampler": "ddim"}, "than": {"sampler": "ddpm"}, "margin": 2}, "margin must be"),
+    ({"better": {"sampler": "ddim"}, "than": {"sampler": "ddpm"}, "for_each": "nope"}, "for_each 'nope'"),
+    ({"better": {"sampler": "ddim"}, "than": {"sampler": "ddpm"}, "metric": "fdd"}, "unknown metric 'fdd'"),
+])
+def test_bad_claims_are_bad_input(raw, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_claims([{"claim": "c", "source": "s", "metric": "fd_pixels", **raw}], "grid.toml")
+
+
+def trials(evals="ddim:5,ddpm:5"):
+    return [from_dict({"schedule": s, "seed": k, "evals": evals, "metrics": "fd_pixels", "dataset": "synthetic"})
+            for s in ("linear", "cosine") for k in (0, 1)]
+
+
+def test_check_before_work():
+    good = claim(better={"sampler": "ddim"}, than={"sampler": "ddpm"}, for_each="schedule")
+    assert claims.check([good], trials(), "g") == [good]
+    with pytest.raises(InputError, match="picks 2 scores of seed 0"):
+        claims.check([claim(better={"sampler": "ddim"}, than={"sampler": "ddpm"})], trials(), "g")
+    missing = claim(better={"sampler": "ddim", "sample_steps": 50}, than={"sampler": "ddpm"}, for_each="schedule")
+    with pytest.raises(InputError, match="ddim:50, schedule=linear picks no trial evaluation"):
+        claims.check([missing], trials(), "g")
+    assert claims.check([missing], trials(), "g", strict=False) == []  # a smaller preset leaves it out
+    other = Claim(**{**good.__dict__, "metric": "kid"})
+    with pytest.raises(InputError, match="reads kid, which no trial scores"):
+        claims.check([other], trials(), "g")
+
+
+def test_grid_toml_round_trip_and_resume_may_update_claims_only(tmp_path):
+    from bench import rundir
+
+    c = [claim(better=[{"sampler": "ddim", "sample_steps": 5}, {"sampler": "ddpm", "sample_steps": 5}],
+               than=[{"schedule": "cosine"}, {"schedule": "linear"}], for_each="seed", setting="x \"quoted\""),
+         claim(better={"skip_start": 0.2}, than={"skip_start": 0.0, "zero_terminal_snr": True}, margin=0.1)]
+    grid = Grid("g", "d", "quick", {"dataset": "synthetic"}, {"seed": [0, 1]}, claims=c)
+    text = grid.to_toml()
+    (tmp_path / "grid.toml").write_text(text)
+    assert parse_claims(read_toml(tmp_path / "grid.toml")["claims"], "x") == c
+    plain = Grid("g", "d", "quick", {"dataset": "synthetic"}, {"seed": [0, 1]})
+    assert text.startswith(plain.to_toml().rstrip("\n"))  # claims come last: old run dirs keep their bytes
+    rundir.check(tmp_path, plain, resume=True, probe_lock=False)  # fewer or other claims: still this run
+    other = Grid("g", "d", "quick", {"dataset": "synthetic"}, {"seed": [0, 2]}, claims=c)
+    with pytest.raises(InputError, match="different resolved grid"):
+        rundir.check(tmp_path, other, resume=True, probe_lock=False)
+
+
+def test_report_section_words_and_figure(tmp_path):
+    from bench.report import claims as report_claims
+    from bench.report.tables import Run
+
+    gap = {"claim": "the gap shrinks", "source": "Song et al. 2021, Table 1", "metric": "fd_pixels",
+           "better": [{"sampler": "ddim", "sample_steps": 10}, {"sampler": "ddpm", "sample_steps": 10}],
+           "than": [{"sampler": "ddim", "sample_steps": 100}, {"sampler": "ddpm", "sample_steps": 100}],
+           "setting": "CIFAR-10 there, MNIST here"}
+    ahead = {"claim": "DDIM is ahead at 10 steps", "source": "Song et al. 2021", "metric": "fd_pixels",
+             "better": {"sampler": "ddim", "sample_steps": 10}, "than": {"sampler": "ddpm", "sample_steps": 10},
+             "for_each": "schedule"}
+    rows = rows_of(SCORES).rename(columns={"fd": "fd_pixels"})
+    run = Run(tmp_path, rows, None, {"claims": [gap, ahead]}, {})
+    text = report_claims.section(run)
+    assert "2 published claims, measured here as 3 paired contrasts (1 agrees, 1 disagrees, 1 not measured)" in text
+    assert "**disagrees**: the interval" in text and "the opposite of the claim" in text
+    assert "*Differences of setting*: CIFAR-10 there, MNIST here" in text
+    assert "picks 2 scores of seed 0" in text  # the gap claim has no for_each: linear and cosine both match
+    plots = report_claims.plot_claims(run, tmp_path / "plots")
+    assert [p.png.name for p in plots] == ["claims_fd_pixels.png"] and plots[0].png.stat().st_size > 1000
+    assert report_claims.section(Run(tmp_path, rows, None, {}, {})) == ""
