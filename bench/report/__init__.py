@@ -367,6 +367,7 @@ def method(run: Run) -> str:
                      f"n_boot = {perimage.N_BOOT}, percentile interval. It adds the images' sampling noise to the seed "
                      f"spread; with 3-5 seeds it is indicative (it under-covers when the seed spread dominates: 77% "
                      f"with 3 seeds, 85% with 5 in the simulations of `bench/stats.py`).")
+    lines += adopted_lines(run)
     if curve_steps(run):
         lines.append("- **Learning curves**: the EMA model at each `eval_at` step (" + join([f"{k:,}" for k in curve_steps(run)])
                      + "), sampled with the grid's first evaluation and scored with `curve_metrics`, plotted against "
@@ -377,6 +378,24 @@ def method(run: Run) -> str:
               f"n_generated = {md['n_generated']}, n_reference = {md['n_reference']}. {_floor_method(run, m)}"
               for m in run.metrics for md in [metric_meta(run, m)]]
     return "\n".join(lines)
+
+
+def adopted_lines(run: Run) -> list[str]:
+    """Where trials trained nothing (``reuse_training``): how many, and the run directories their
+    models came from (``trained_in`` is a trial work dir, RUN/_work/trials/ID)."""
+    if "trained_in" not in run.rows.columns:
+        return []
+    trials = run.trials()
+    src = trials["trained_in"].fillna("").astype(str)
+    adopted = src[src != ""]
+    if not len(adopted):
+        return []
+    runs = sorted({f"{Path(s).parents[2].parent.name}/{Path(s).parents[2].name}" if len(Path(s).parents) > 3 else s
+                   for s in adopted})
+    return [f"- **Evaluation only**: {len(adopted)} of {plural(len(trials), 'trial')} trained nothing: each adopted the "
+            f"final weights and EMA of a finished trial with identical training fields (`reuse_training`, "
+            f"`bench/trained.py`) from {join([f'`{r}`' for r in runs])}, resumed its trainer at the last step (no step "
+            f"taken) and sampled and scored only; the training recorded for them is the source's."]
 
 
 def image_seed_text(run: Run) -> str:

@@ -40,7 +40,8 @@ def _image_montage(run: Run, ds: str, png: Path, name: Callable[[pd.Series], str
             t = _first_seed(run, ds, lb)
             path = run.dir / "samples" / name(t)
             if path.exists():
-                ax.imshow(np.asarray(Image.open(path).convert("RGB")), interpolation="nearest")
+                with Image.open(path) as im:
+                    ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
             else:
                 notes.append(f"samples/{path.name} missing ({lb}, {ds}, seed {t['seed']}, status {t['status']})")
                 ax.text(0.5, 0.5, f"no image\n(status {t['status']})", ha="center", va="center", transform=ax.transAxes)
@@ -70,7 +71,8 @@ def montage_denoise(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     if not strips:
         notes.append("no denoising strips (samples/<trial_id>_denoise.png) in this run")
         return []
-    w, h = Image.open(strips[0]).size
+    with Image.open(strips[0]) as first:
+        w, h = first.size
     out = []
     for ds in run.datasets:
         png = out_dir / f"denoise_{safe(ds)}.png"
