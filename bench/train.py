@@ -62,12 +62,13 @@ class TrainResult:
     wall_s: float  # training wall time of this call (excludes resumed-away steps)
     images_per_s: float  # of this call
     params: int
+    train_seconds: float = 0.0  # training time to ``steps``, over every attempt, without curve evaluations
 
 
 def train(cfg, data: torch.Tensor, diffusion, noise, workdir: Path, device="cpu", progress: Optional[bool] = None,
           report: Optional[Callable[[dict], None]] = None, *, report_every: int = 0,
           num_threads: Optional[int] = None,
-          evaluate: Optional[Callable[[int, nn.Module], None]] = None) -> tuple[TrainResult, nn.Module]:
+          evaluate: Optional[Callable[[int, nn.Module, float], None]] = None) -> tuple[TrainResult, nn.Module]:
     """Train the UNet ``cfg.model`` on ``data`` (float [-1, 1], [N, C, H, W], on ``device``) for
     ``cfg.train_steps`` optimizer steps, resuming from ``workdir/checkpoint.pt`` if there is one.
 
@@ -75,8 +76,10 @@ def train(cfg, data: torch.Tensor, diffusion, noise, workdir: Path, device="cpu"
     status "diverged" (no exception). ``report(metrics)`` is called every ``report_every`` steps
     (0 = about 100 times a run) with {step, loss, images_per_s}. ``progress`` shows a tqdm bar
     (default: when stderr is a terminal). ``num_threads`` sets torch's CPU threads (global) if given.
-    ``evaluate(step, ema)`` is called after each step of ``cfg.curve_steps`` (the learning curve);
-    it must leave the EMA model as it found it.
+    ``evaluate(step, ema, train_seconds)`` is called after each step of ``cfg.curve_steps`` (the
+    learning curve); it must leave the EMA model as it found it. ``train_seconds``: the wall time spent
+    training so far, over every attempt (kept in the checkpoint), without the curve evaluations
+    themselves: the x-axis of "wall time to reach an FD".
     """
     device = torch.device(device)
     workdir = Path(workdir)
@@ -163,6 +166,7 @@ class Trainer:
         self.bin_sum = {w: torch.zeros(self.nbins, dtype=torch.float64) for w in ("all", "second_half")}
         self.bin_n = {w: torch.zeros(self.nbins, dtype=torch.int64) for w in ("all", "second_half")}
         self._row_losses: list[float] = []  # losses of the loss.csv row being filled
+        self.train_seconds = 0.0  # training wall time to self.step, over every attempt, without curve evaluations
 
     # --- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -174,7 +178,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "batch": self.batch_gen.get_state(), "noise": self.noise_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "log": list(self.log), "recent": list(self.recent), "row_losses": list(self._row_losses),
-            "bin_sum": dict(self.bin_sum), "bin_n": dict(self.bin_n),
+            "bin_sum": dict(self.bin_sum), "bin_n": dict(self.bin_n), "train_seconds": self.train_seconds,
         }
 
     def save(self) -> None:
@@ -221,6 +225,7 @@ class Trainer:
         self.recent.extend(ck["recent"])
         self._row_losses = list(ck["row_losses"])
         self.bin_sum, self.bin_n = dict(ck["bin_sum"]), dict(ck["bin_n"])
+        self.train_seconds = float(ck.get("train_seconds", 0.0))  # checkpoints before the field: unknown, counted from 0
         return True
 
     # --- logs -----------------------------------------------------------------------------------
@@ -294,6 +299,7 @@ class Trainer:
         readback = Readback(every=1 if self.device.type == "cpu" else 10)  # a readback waits for the GPU
         bar = _progress_bar(self.total, self.step, progress, f"train {self.cfg.model}")
         start_step, t_start = self.step, time.perf_counter()
+        t_mark = t_start  # training time is booked up to here (evaluations are not training)
         curve_steps = set(getattr(self.cfg, "curve_steps", ()))
         self.model.train()
         try:
@@ -307,6 +313,8 @@ class Trainer:
                 readback.add(self.step, losses, t, lr)
                 if not (due_report or due_ckpt or due_eval or self.step % self.log_every == 0 or readback.full()):
                     continue
+                now = time.perf_counter()
+                self.train_seconds, t_mark = self.train_seconds + (now - t_mark), now
                 self.book(readback.flush(), readback.rate(self.step, self.cfg.batch_size))
                 bar.update(self.step - bar.n)
                 if self.recent:
@@ -318,7 +326,8 @@ class Trainer:
                     report({"step": self.step, "loss": sum(recent) / len(recent), "images_per_s": readback.last_rate})
                 if self.status == "ok" and due_eval and evaluate is not None:
                     with torch.random.fork_rng(devices=self.cuda_devices):  # evaluations never move training's RNG
-                        evaluate(self.step, self.ema)
+                        evaluate(self.step, self.ema, self.train_seconds)
+                    t_mark = time.perf_counter()
         finally:
             bar.close()
         if self.status != "ok":
@@ -340,6 +349,7 @@ class Trainer:
             status=self.status, steps=self.step,
             final_loss=float(np.mean(self.recent)) if ok else float("nan"),
             wall_s=wall, images_per_s=steps_here * self.cfg.batch_size / wall if wall > 0 else 0.0, params=params,
+            train_seconds=self.train_seconds,
         )
 
 

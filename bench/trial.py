@@ -72,6 +72,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         "train_steps_done": result.steps,
         "final_loss": result.final_loss,
         "train_s": result.wall_s,
+        "train_seconds": result.train_seconds,  # to the last step, over every attempt, without curve evaluations
         "train_images_per_s": result.images_per_s,
         "alpha_bar_T": terminal_report(betas).alpha_bar_T,
         "n_train_images": len(data),
@@ -102,14 +103,15 @@ class _Curve:
         self.args, self.cfg, self.path = (diffusion, noise, chw, workdir, device), cfg, workdir / "curve.json"
         self.done = {r["train_step"]: r for r in _read_json_list(self.path)}
 
-    def __call__(self, step: int, ema) -> None:
+    def __call__(self, step: int, ema, train_seconds: float = float("nan")) -> None:
         if step in self.done:
             return
         sampler, steps = self.cfg.evaluations[0]
         diffusion, noise, chw, workdir, device = self.args
         scores = _evaluate(self.cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, False,
                            self.cfg.curve_metric_names, f"{sampler}-{steps}-step{step}.png")
-        self.done[step] = {"sampler": sampler, "sample_steps": steps, "train_step": step, **scores}
+        self.done[step] = {"sampler": sampler, "sample_steps": steps, "train_step": step, "train_seconds": train_seconds,
+                           **scores}
         write_json_atomic(self.path, self.rows())
 
     def rows(self) -> list[dict[str, Any]]:

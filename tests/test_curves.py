@@ -44,6 +44,7 @@ def test_learning_curve_rows_and_resume(tmp_path):
     assert [(r["train_step"], r["sampler"], r["sample_steps"]) for r in rows] == [(6, "ddim", 3), (12, "ddim", 3)]
     assert all(r["status"] == "ok" and r["fd_pixels"] > 0 for r in rows)
     assert rows[0]["fd_pixels"] != rows[1]["fd_pixels"]  # the EMA at step 6 is not the final one
+    assert 0 < rows[0]["train_seconds"] < rows[1]["train_seconds"] < rows[1]["train_s"]  # training time only
     assert (tmp_path / "samples" / "ddim-3-step6.png").exists()
     kept = json.loads((tmp_path / "curve.json").read_text())
     assert [r["train_step"] for r in kept] == [6]

@@ -96,7 +96,8 @@ def test_resume_equals_uninterrupted_bitwise(setup, full, tmp_path):
         run(CFG, setup, tmp_path, report=report_then_die, report_every=25)
     assert [r["step"] for r in reports] == [25, 50]
     assert set(reports[0]) == {"step", "loss", "images_per_s"} and math.isfinite(reports[0]["loss"])
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 50
+    at50 = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert at50["step"] == 50 and at50["train_seconds"] > 0
 
     result, ema = run(CFG, setup, tmp_path)  # resumes from step 50
     ref_result, ref_ema, ref_dir = full
@@ -104,6 +105,7 @@ def test_resume_equals_uninterrupted_bitwise(setup, full, tmp_path):
     assert result.final_loss == ref_result.final_loss
     got = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     ref = torch.load(ref_dir / CHECKPOINT, weights_only=True)
+    assert at50["train_seconds"] < result.train_seconds == got["train_seconds"]  # the time of both attempts
     for key in ("model", "ema"):
         assert got[key].keys() == ref[key].keys()
         assert all(torch.equal(got[key][k], ref[key][k]) for k in ref[key]), key

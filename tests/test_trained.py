@@ -2,6 +2,7 @@
 finished trial with the same training fields instead of training again (issue 17's probes)."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -63,15 +64,19 @@ def test_the_learning_curve_does_not_change_the_weights(tmp_path):
     cfg = SMOKE.replace(dropout=0.1, eval_at="0.25,0.5")
     data = train_images(cfg)
     _, diffusion, noise = build_process(cfg)
-    calls = []
+    calls, seconds = [], []
 
-    def greedy(step, ema):
+    def greedy(step, ema, train_seconds):
         calls.append(step)
+        seconds.append(train_seconds)
         torch.rand(1000)  # what an evaluation that uses the global RNG would do
+        time.sleep(0.5)  # evaluation time is not training time
 
-    _, a = train(cfg, data, diffusion, noise, tmp_path / "curve", progress=False, evaluate=greedy)
+    result, a = train(cfg, data, diffusion, noise, tmp_path / "curve", progress=False, evaluate=greedy)
     _, b = train(cfg, data, diffusion, noise, tmp_path / "plain", progress=False)
     assert calls == [3, 6]
+    assert 0 < seconds[0] < seconds[1] < result.train_seconds <= result.wall_s - 1.0
+    assert torch.load(tmp_path / "curve" / "checkpoint.pt", weights_only=False)["train_seconds"] == result.train_seconds
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
