@@ -28,9 +28,14 @@ correction runs over every contrast of the run. The verdict reads the 95% interv
 
 - directional claim: *agrees* when it lies above 0, *disagrees* when below 0, *not resolved* when
   it covers 0 (the report then says what it excludes);
-- ``margin`` m (simple claims only; non-inferiority): with M = m |mean score of B|, *agrees* when the
-  interval lies above -M (A is at most M worse than B, or better), *disagrees* when it lies below -M,
-  *not resolved* otherwise; p is the paired t of c + M.
+- ``margin`` m (simple claims only; non-inferiority, "A is not worse than B by more than m of B"):
+  the contrast per seed is c_s = g(A) - g(B) + m |score of B|, e.g. 1.1 fd(B) - fd(A) with m = 0.1
+  where lower is better, so the margin carries each seed's own B and B's spread enters the interval;
+  read like a directional claim.
+
+A verdict of *agrees* or *disagrees* also needs Holm's p below 0.05: an interval that excludes 0 only
+before the correction is *not resolved*, and the report says so. Seeds without a score in every cell
+are left out of the contrast and named.
 
 Claims are interpretation, not trials: they are kept in the run's grid.toml for the report, and a
 ``--resume`` may update them without touching a finished trial (``bench.rundir.check``).
@@ -51,8 +56,8 @@ from bench.registry import InputError
 KEYS = ("claim", "source", "metric", "better", "than", "for_each", "margin", "setting")
 REQUIRED = ("claim", "source", "metric", "better", "than")
 #: the columns of a claim evaluation (``evaluate``), one row per claim x for_each value
-COLUMNS = ["claim", "source", "setting", "metric", "group", "contrast", "n", "diff", "lo", "hi", "p", "p_holm",
-           "margin", "margin_abs", "verdict", "problem"]
+COLUMNS = ["index", "claim", "source", "setting", "metric", "group", "contrast", "n", "diff", "lo", "hi", "p",
+           "p_holm", "margin", "left_out", "verdict", "problem"]
 AGREES, DISAGREES, UNRESOLVED = "agrees", "disagrees", "not resolved"
 
 
@@ -105,6 +110,8 @@ def _parse_one(c: dict, where: str) -> Claim:
     for_each = c.get("for_each")
     if for_each is not None and for_each not in cell_keys():
         raise InputError(f"{where}: for_each {for_each!r} is not a column (a RunConfig field, sampler or sample_steps)")
+    if for_each is not None and any(for_each in cell for cell in better + than):
+        raise InputError(f"{where}: for_each {for_each!r} is also set in a cell: a cell may not fix the column the claim runs over")
     return Claim(str(c["claim"]), str(c["source"]), str(c["metric"]), better, than, for_each,
                  None if margin is None else float(margin), str(c.get("setting", "")))
 
@@ -138,10 +145,11 @@ def select(rows: pd.DataFrame, cell: dict) -> pd.DataFrame:
 
 
 def groups(claim: Claim, rows: pd.DataFrame) -> list[Any]:
-    """The values of ``for_each`` in ``rows`` (first-seen order), or [None]."""
-    if not claim.for_each:
+    """The values of ``for_each`` in ``rows`` (first-seen order), or [None] (no for_each, or a column
+    that ``rows`` lacks: the claim is then reported as not measured, never left out)."""
+    if not claim.for_each or claim.for_each not in rows.columns:
         return [None]
-    return list(dict.fromkeys(rows[claim.for_each])) if claim.for_each in rows.columns else []
+    return list(dict.fromkeys(rows[claim.for_each]))
 
 
 def per_seed(rows: pd.DataFrame, cell: dict, metric: str) -> tuple[pd.Series, str | None]:
@@ -155,17 +163,19 @@ def per_seed(rows: pd.DataFrame, cell: dict, metric: str) -> tuple[pd.Series, st
     return pd.Series(vals.to_numpy(float), index=sel["seed"].astype(int).to_numpy()), None
 
 
-def check(claims: list[Claim], trials: list, where: str, strict: bool = True) -> list[Claim]:
+def check(claims: list[Claim], trials: list, where: str, strict: bool = True,
+          notes: list[str] | None = None) -> list[Claim]:
     """The claims measurable on ``trials`` x their evaluations. InputError before any work when a cell
     picks more than one score per seed (the claim is ambiguous), and, with ``strict`` (the full grid
     as written, where a typo must not pass silently), when a claim's metric is not scored or a cell
     picks nothing. Without ``strict`` (the smaller presets narrow the evaluations on purpose) such a
-    claim is left out of the run."""
+    claim is left out of the run, with a line in ``notes`` (the report's notes of the grid)."""
     if not claims:
         return []
     rows, kept = planned_rows(trials), []
     for i, c in enumerate(claims):
-        problem = None if any(c.metric in str(m).split(",") for m in rows["metrics"]) else f"reads {c.metric}, which no trial scores"
+        scored = any(c.metric in [x.strip() for x in str(m).split(",")] for m in rows["metrics"])
+        problem = None if scored else f"reads {c.metric}, which no trial scores"
         for g in groups(c, rows) if problem is None else []:
             for cell in c.cells:
                 full = {**cell, **({c.for_each: g} if c.for_each else {})}
@@ -178,6 +188,8 @@ def check(claims: list[Claim], trials: list, where: str, strict: bool = True) ->
                     raise InputError(f"{where}: claim {i + 1} ({c.claim!r}): {ambiguous}")
         if problem and strict:
             raise InputError(f"{where}: claim {i + 1} ({c.claim!r}) {problem}")
+        if problem and notes is not None:
+            notes.append(f"claim {c.claim!r} is not measured by this run: it {problem}")
         kept += [] if problem else [c]
     return kept
 
@@ -191,41 +203,64 @@ def planned_rows(trials: list) -> pd.DataFrame:
 
 # --- evaluating ------------------------------------------------------------------------------------
 def evaluate(claims: list[Claim], rows: pd.DataFrame, higher_is_better: Callable[[str], bool]) -> pd.DataFrame:
-    """One row per claim x for_each value, with ``COLUMNS``; ``rows``: the run's final rows (status
-    ok). Holm's correction over every contrast with a p-value."""
-    out = [_one(c, g, rows, higher_is_better(c.metric)) for c in claims for g in groups(c, rows)]
+    """One row per claim x for_each value, with ``COLUMNS``; ``rows``: the run's final rows (the
+    scores of status ok are used; groups come from every row, so a group whose trials all failed is
+    reported as not measured). Holm's correction over every contrast with a p-value, and the verdicts
+    read it (module docstring)."""
+    out = [_one(i, c, g, rows, higher_is_better(c.metric)) for i, c in enumerate(claims) for g in groups(c, rows)]
     table = pd.DataFrame(out, columns=COLUMNS)
     ok = table["p"].notna()
     table["p_holm"] = np.nan
     if ok.any():
         table.loc[ok, "p_holm"] = stats.holm(table.loc[ok, "p"].to_numpy(float))
+    measured = (table["problem"] == "") & table["lo"].notna()
+    table.loc[measured, "verdict"] = [verdict(r) for _, r in table[measured].iterrows()]
     return table
 
 
-def _one(c: Claim, g: Any, rows: pd.DataFrame, hib: bool) -> dict:
-    sub = rows if g is None else rows[_matches(rows[c.for_each], g)]
-    row = {"claim": c.claim, "source": c.source, "setting": c.setting, "metric": c.metric,
+def verdict(r) -> str:
+    """AGREES / DISAGREES where the interval excludes 0 and Holm's p < 0.05, else UNRESOLVED."""
+    if not r["p_holm"] < 0.05:
+        return UNRESOLVED
+    return AGREES if r["lo"] > 0 else DISAGREES if r["hi"] < 0 else UNRESOLVED
+
+
+def _one(i: int, c: Claim, g: Any, rows: pd.DataFrame, hib: bool) -> dict:
+    row = {"index": i, "claim": c.claim, "source": c.source, "setting": c.setting, "metric": c.metric,
            "group": "" if g is None else f"{c.for_each} = {g}", "contrast": contrast_text(c, hib),
-           "n": 0, "diff": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan, "margin": c.margin,
-           "margin_abs": np.nan, "verdict": UNRESOLVED, "problem": ""}
-    series = []
+           "n": 0, "diff": np.nan, "lo": np.nan, "hi": np.nan, "p": np.nan, "margin": c.margin, "left_out": "",
+           "verdict": UNRESOLVED, "problem": ""}
+    if c.for_each and c.for_each not in rows.columns:
+        return {**row, "problem": f"the rows have no column {c.for_each} (for_each)"}
+    sub = rows if g is None else rows[_matches(rows[c.for_each], g)]
+    sub = sub[sub["status"] == "ok"] if "status" in sub.columns else sub
+    values = []
     for cell in c.cells:
         s, problem = per_seed(sub, cell, c.metric)
         if problem:
             return {**row, "problem": problem}
-        series.append(s if hib else -s)
-    wide = pd.concat(series, axis=1).dropna()
-    contrast = wide[0] - wide[1] - ((wide[2] - wide[3]) if len(series) == 4 else 0.0)
-    shift = 0.0
-    if c.margin is not None:
-        shift = c.margin * abs(float(pd.concat(series, axis=1).dropna()[1].mean()))  # M: a fraction of |B|
-        row["margin_abs"] = shift
-    res = stats.paired(contrast.to_numpy(float) + shift, np.zeros(len(contrast)))
-    row.update(n=res.n, diff=res.mean - shift, lo=res.lo - shift, hi=res.hi - shift, p=res.p)
+        values.append(s)
+    wide = pd.concat(values, axis=1)
+    seeds = sorted({int(x) for x in sub["seed"]}) if "seed" in sub.columns else []
+    complete = wide.dropna()
+    row["left_out"] = ", ".join(str(x) for x in seeds if x not in set(complete.index))
+    res = stats.paired(contrast(c, complete, hib).to_numpy(float), np.zeros(len(complete)))
+    row.update(n=res.n, diff=res.mean, lo=res.lo, hi=res.hi, p=res.p)
     if res.n < 2:
-        return {**row, "problem": f"{res.n} seed(s) with every cell scored: no interval"}
-    row["verdict"] = AGREES if row["lo"] > -shift else DISAGREES if row["hi"] < -shift else UNRESOLVED
+        return {**row, "problem": f"{res.n} seed(s) with a score in every cell: no interval"}
     return row
+
+
+def contrast(c: Claim, wide: pd.DataFrame, hib: bool) -> pd.Series:
+    """Per seed (rows of ``wide``: one column of scores per cell, in ``c.cells`` order) the claim's
+    contrast, positive where the claim holds (module docstring)."""
+    g = wide if hib else -wide
+    out = g[0] - g[1]
+    if len(c.cells) == 4:
+        out = out - (g[2] - g[3])
+    if c.margin is not None:
+        out = out + c.margin * wide[1].abs()
+    return out
 
 
 def cell_name(cell: dict) -> str:
@@ -241,14 +276,19 @@ def _value(v: Any) -> str:
 
 def contrast_text(c: Claim, hib: bool) -> str:
     """The measured quantity in the metric's own units, positive where the claim holds, e.g.
-    'fd(ddpm:10) - fd(ddim:10)' (lower is better) or '[fd(ddpm:10) - fd(ddim:10)] - [fd(ddpm:100) - fd(ddim:100)]'."""
-    def adv(a: dict, b: dict) -> str:
-        x, y = (a, b) if hib else (b, a)
-        return f"{c.metric}({cell_name(x)}) - {c.metric}({cell_name(y)})"
+    'fd(ddpm:10) - fd(ddim:10)' (lower is better), '[fd(ddpm:10) - fd(ddim:10)] - [fd(ddpm:100) -
+    fd(ddim:100)]' (a gap), '1.1 fd(B) - fd(A)' (margin 0.1, lower is better; scores taken as positive)."""
+    def name(cell: dict, factor: float = 1.0) -> str:
+        return (f"{factor:g} " if factor != 1.0 else "") + f"{c.metric}({cell_name(cell)})"
 
+    a, b = c.better[0], c.than[0]
+    if c.margin is not None:
+        return f"{name(a)} - {name(b, 1 - c.margin)}" if hib else f"{name(b, 1 + c.margin)} - {name(a)}"
     if len(c.better) == 1:
-        return adv(c.better[0], c.than[0])
-    return f"[{adv(*c.better)}] - [{adv(*c.than)}]"
+        return f"{name(a)} - {name(b)}" if hib else f"{name(b)} - {name(a)}"
+    (a, b), (x, y) = c.better, c.than
+    adv = (lambda p, q: f"{name(p)} - {name(q)}") if hib else (lambda p, q: f"{name(q)} - {name(p)}")
+    return f"[{adv(a, b)}] - [{adv(x, y)}]"
 
 
 def fmt_margin(row) -> str:

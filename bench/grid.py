@@ -93,10 +93,19 @@ def _toml(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return _toml_str(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _toml_str(s: str) -> str:
+    """A TOML basic string: JSON's escapes, and every character beyond ASCII (and DEL, which TOML
+    forbids raw) as \\uXXXX or, beyond the Basic Multilingual Plane, \\UXXXXXXXX (JSON would write a
+    surrogate pair there, which TOML rejects). For BMP characters this is exactly json.dumps's output,
+    so grid.toml files written before keep their bytes."""
+    return "".join(c if ord(c) < 0x7F else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+                   for c in json.dumps(s, ensure_ascii=False))
 
 
 def grid_names() -> list[str]:

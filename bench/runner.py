@@ -155,7 +155,8 @@ def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str
     check_params_apply(grid, trials, overrides)
     validate_trials(trials)
     # the smaller presets narrow the evaluations on purpose: claims they cannot measure are left out
-    grid.claims = claims.check(grid.claims, trials, f"grid {grid.name!r}", strict=grid.preset == "full" and not overrides)
+    grid.claims = claims.check(grid.claims, trials, f"grid {grid.name!r}", strict=grid.preset == "full" and not overrides,
+                               notes=grid.notes)
     check_late_failures(trials)
     run_dir = Path(out) if out else (rundir.latest_run_dir(grid) if resume else None) or rundir.default_run_dir(grid)
     rundir.check(run_dir, grid, resume)

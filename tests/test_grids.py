@@ -3,6 +3,7 @@ and every trial validates before any work (a generated test: a new grid file is 
 
 import pytest
 
+from bench import claims
 from bench.grid import check_params_apply, find_grid, grid_names, load_grid, read_toml, validate_trials
 from bench.runner import check_late_failures
 
@@ -23,6 +24,11 @@ def test_grid_preset_validates(name, preset):
     validate_trials(trials)
     check_late_failures(trials)
     assert len({t.arm() for t in trials}) >= 1
+    # every claim is measurable in the full grid as written (strict); the quick preset is the one the
+    # committed runs use, so it must measure every claim too
+    kept = claims.check(grid.claims, trials, name, strict=preset == "full")
+    if preset in ("full", "quick"):
+        assert kept == grid.claims, (name, preset)
 
 
 def test_probe_grids_train_as_the_schedules_grid_so_its_models_are_adopted():

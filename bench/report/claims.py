@@ -46,17 +46,20 @@ def verdict_text(r) -> str:
     if r["problem"]:
         return f"not measured: {r['problem']}"
     _, lo, hi = stats.fmt_interval(r["diff"], r["lo"], r["hi"])
-    bound = "0" if not np.isfinite(r["margin_abs"]) else f"-{stats.fmt(r['margin_abs'])} (the margin)"
     if r["verdict"] == claims.AGREES:
-        text = f"**agrees**: the interval [{lo}, {hi}] lies above {bound}"
-    elif r["verdict"] == claims.DISAGREES:
-        text = f"**disagrees**: the interval [{lo}, {hi}] lies below {bound}, the opposite of the claim"
-    else:
-        text = (f"**not resolved** with {plural(int(r['n']), 'seed')}: the interval [{lo}, {hi}] covers {bound}; it "
-                f"excludes a contrast above {hi} or below {lo}")
-    if r["p"] < 0.05 <= r["p_holm"]:
-        text += f", but not after Holm's correction over the run's contrasts ({stats.p_phrase('Holm', r['p_holm'])})"
-    return text
+        return f"**agrees**: the interval [{lo}, {hi}] lies above 0"
+    if r["verdict"] == claims.DISAGREES:
+        return f"**disagrees**: the interval [{lo}, {hi}] lies below 0, the opposite of the claim"
+    if r["lo"] > 0 or r["hi"] < 0:
+        side = "above" if r["lo"] > 0 else "below"
+        return (f"**not resolved**: the interval [{lo}, {hi}] lies {side} 0, but not after Holm's correction over "
+                f"the run's contrasts ({stats.p_phrase('Holm', r['p_holm'])})")
+    return (f"**not resolved** with {plural(int(r['n']), 'seed')}: the interval [{lo}, {hi}] covers 0; it excludes "
+            f"a contrast above {hi} or below {lo}")
+
+
+def left_out_text(r) -> str:
+    return f"; seed(s) {r['left_out']} left out (not scored in every cell)" if r["left_out"] else ""
 
 
 def section(run: Run) -> str:
@@ -73,15 +76,16 @@ def section(run: Run) -> str:
            f"the metric's own units, per training seed, then averaged: 95% t-interval, paired p, Holm p over the "
            f"{plural(int(table['p'].notna().sum()), 'contrast')} of this run (`bench/claims.py`; `tables/claims.csv`).",
            ""]
-    for claim, part in table.groupby("claim", sort=False):
+    for _, part in table.groupby("index", sort=True):
         r0 = part.iloc[0]
-        margin = f" (non-inferiority margin {claims.fmt_margin(r0)} of the reference's score)" if claims.fmt_margin(r0) else ""
-        out += [f"**Claim**: {md_escape(claim)}{margin}. *Source*: {md_escape(r0['source'])}.", "",
+        margin = (f" (non-inferiority: the margin, {claims.fmt_margin(r0)} of the reference cell's score per seed, is "
+                  f"part of the contrast)") if claims.fmt_margin(r0) else ""
+        out += [f"**Claim**: {md_escape(r0['claim'])}{margin}. *Source*: {md_escape(r0['source'])}.", "",
                 f"Measured: `{r0['contrast']}` ({r0['metric']}):", ""]
         for _, r in part.iterrows():
             where = f"{md_escape(r['group'])}: " if r["group"] else ""
             out.append(f"- {where}{interval_text(r)} over {plural(int(r['n']), 'seed')} ({stats.p_phrase('p', r['p'])}, "
-                       f"{stats.p_phrase('Holm', r['p_holm'])}): {verdict_text(r)}.")
+                       f"{stats.p_phrase('Holm', r['p_holm'])}{left_out_text(r)}): {verdict_text(r)}.")
         out += [""] + ([f"*Differences of setting*: {md_escape(r0['setting'])}", ""] if r0["setting"] else [])
     return "\n".join(out).strip()
 
@@ -93,7 +97,7 @@ def write_table(run: Run, out_dir: Path) -> None:
 
 
 def plot_claims(run: Run, out_dir: Path) -> list[Plot]:
-    """One figure per metric: each contrast with its 95% interval, a line at 0 (and at -margin), coloured by verdict."""
+    """One figure per metric: each contrast with its 95% interval, a line at 0, coloured by verdict."""
     table = claims_table(run)
     plots = []
     for metric, part in table.groupby("metric", sort=False):
@@ -107,8 +111,6 @@ def plot_claims(run: Run, out_dir: Path) -> list[Plot]:
                 if np.isfinite(r["lo"]):
                     ax.errorbar([r["diff"]], [y], xerr=[[r["diff"] - r["lo"]], [r["hi"] - r["diff"]]], fmt="o",
                                 color=colour, ms=5, capsize=3, zorder=3)
-                if np.isfinite(r["margin_abs"]):
-                    ax.plot([-r["margin_abs"]] * 2, [y - 0.35, y + 0.35], color="0.3", ls=":", lw=1)
             names = [wrap(f"{r['claim']}" + (f" ({r['group']})" if r["group"] else ""), 60) for _, r in part.iterrows()]
             ax.set_yticks(range(len(part)), names, fontsize=6)
             ax.set_ylim(len(part) - 0.5, -0.5)
@@ -116,6 +118,7 @@ def plot_claims(run: Run, out_dir: Path) -> list[Plot]:
             ax.margins(x=0.15)
             png = save(fig, Path(out_dir) / f"claims_{safe(metric)}.png")
         plots.append(Plot(png, f"The published claims measured in {metric}: each contrast (positive where the claim "
-                               f"holds, paired by training seed) with its 95% t-interval; green: agrees (interval above "
-                               f"0, or above the dotted non-inferiority margin), red: disagrees, grey: not resolved."))
+                               f"holds, paired by training seed; a non-inferiority margin is part of its contrast) with its "
+                               f"95% t-interval; green: agrees, red: disagrees (both: the interval excludes 0 and Holm's "
+                               f"p over the run's contrasts < 0.05), grey: not resolved."))
     return plots
