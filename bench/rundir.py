@@ -125,7 +125,8 @@ def finish(run_dir: Path, env: dict[str, Any], wall_s: float, fanout_s: float) -
     ``bench perf`` compares between the two runners. After resumes, ``wall_s`` and ``fanout_s`` are
     the sums over every session (each session in ``sessions``) and ``started`` the first start."""
     session = {"started": env.get("session_started", env.get("started")), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "wall_s": round(wall_s, 1), "fanout_s": round(fanout_s, 2), "command": env.get("command")}
+               "wall_s": round(wall_s, 1), "fanout_s": round(fanout_s, 2), "command": env.get("command"),
+               "git": env.get("git")}  # each session's code: a resume may run another commit
     earlier = list(env.get("sessions", []))
     out = {**env, "finished": session["finished"], "sessions": earlier + [session],
            "wall_s": round(wall_s + sum(s.get("wall_s") or 0 for s in earlier), 1),
@@ -195,14 +196,14 @@ def check_readable(run_dir: Path) -> None:
 
 def write_env(run_dir: Path, extra: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """env.json: git commit (+dirty), versions, Python, devices — no hostname. On ``resume`` the
-    earlier sessions are kept (``sessions``: each one's start, finish, wall time and command; the
-    top-level ``started`` stays the first start), never overwritten."""
+    earlier sessions are kept (``sessions``: each one's start, finish, wall time, command and git
+    commit; the top-level ``started`` stays the first start), never overwritten."""
     env = {**environment(), **(extra or {})}
     earlier = read_env(run_dir) if resume else {}
     if earlier:
         sessions = list(earlier.get("sessions") or [])
         if not sessions and earlier.get("started"):
-            sessions = [{k: earlier.get(k) for k in ("started", "finished", "wall_s", "fanout_s", "command")}]
+            sessions = [{k: earlier.get(k) for k in ("started", "finished", "wall_s", "fanout_s", "command", "git")}]
         env = {**env, "session_started": env["started"], "started": earlier.get("started", env["started"]),
                "sessions": sessions}
     write_text_atomic(run_dir / ENV, json.dumps(env, indent=1))

@@ -210,6 +210,12 @@ def test_garbled_rows_csv_is_rebuilt_from_work_and_env_history_kept(copy, capsys
     assert env["started"] == env_before["started"]
     assert [s["started"] for s in env["sessions"]][:1] == [env_before["started"]]
     assert env["sessions"][0]["finished"] == env_before["finished"] and len(env["sessions"]) == 2
+    assert [s["git"]["commit"] for s in env["sessions"]] == [env_before["git"]["commit"], env["git"]["commit"]]
+    from bench.report import build_report
+
+    text = build_report(copy).read_text()
+    assert "- Sessions (2; the commit above is the last one's):" in text
+    assert f"  1. {env_before['started']} to {env_before['finished']}" in text
 
 
 def test_empty_rows_csv_is_rebuilt(copy, capsys):

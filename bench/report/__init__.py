@@ -467,7 +467,7 @@ def provenance(run: Run) -> str:
              f"{e['runner']}, {e['cpus_per_trial']} CPUs and {e['gpus_per_trial']} GPUs per trial",
              f"- Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, CUDA devices: "
              f"{', '.join(env.get('cuda_devices') or []) or 'none'}; Python {env.get('python', '?')}",
-             f"- Versions: {versions or 'not recorded'}", "",
+             f"- Versions: {versions or 'not recorded'}", *session_lines(env), "",
              "| trial | arm | dataset | seed | status | device | device time |", "|---|---|---|---:|---|---|---:|"]
     secs = trial_seconds(run)
     for _, t in run.trials().iterrows():
@@ -475,6 +475,21 @@ def provenance(run: Run) -> str:
                      f"{t.get('device') if pd.notna(t.get('device')) else '—'} | {secs[t['trial_id']] / 3600:.3f} h |")
     lines.append(f"\nTotal: {sum(secs.values()) / 3600:.3f} device-hours (train + sample + score time of every trial).")
     return "\n".join(lines)
+
+
+def session_lines(env: dict) -> list[str]:
+    """One line per session of a resumed run (env.json ``sessions``): when, how long, which code."""
+    sessions = env.get("sessions") or []
+    if len(sessions) < 2:
+        return []
+
+    def code(s: dict) -> str:
+        g = s.get("git") or {}
+        return f"commit `{g['commit'][:12]}`" + (" (dirty)" if g.get("dirty") else "") if g.get("commit") else "commit not recorded"
+
+    return [f"- Sessions ({len(sessions)}; the commit above is the last one's):"] + [
+        f"  {i}. {s.get('started', '?')} to {s.get('finished', '?')}, {duration(s.get('wall_s'))}, {code(s)}: "
+        f"`{s.get('command', '?')}`" for i, s in enumerate(sessions, 1)]
 
 
 def cite(run: Run) -> str:
