@@ -487,9 +487,13 @@ def session_lines(env: dict) -> list[str]:
         g = s.get("git") or {}
         return f"commit `{g['commit'][:12]}`" + (" (dirty)" if g.get("dirty") else "") if g.get("commit") else "commit not recorded"
 
+    def span(s: dict) -> str:
+        if not s.get("finished"):  # killed before it could record its end: its time is not in the wall time
+            return f"{s.get('started', '?')}, interrupted (no end recorded; not in the wall time above)"
+        return f"{s.get('started', '?')} to {s['finished']}, {duration(s.get('wall_s'))}"
+
     return [f"- Sessions ({len(sessions)}; the commit above is the last one's):"] + [
-        f"  {i}. {s.get('started', '?')} to {s.get('finished', '?')}, {duration(s.get('wall_s'))}, {code(s)}: "
-        f"`{s.get('command', '?')}`" for i, s in enumerate(sessions, 1)]
+        f"  {i}. {span(s)}, {code(s)}: `{s.get('command', '?')}`" for i, s in enumerate(sessions, 1)]
 
 
 def cite(run: Run) -> str:
