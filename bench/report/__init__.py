@@ -386,9 +386,8 @@ def adopted_lines(run: Run) -> list[str]:
     if "trained_in" not in run.rows.columns:
         return []
     trials = run.trials()
-    src = trials["trained_in"].fillna("").astype(str)
-    adopted = src[src != ""]
-    if not len(adopted):
+    adopted = [x for x in trials["trained_in"] if isinstance(x, str) and x]  # empty cells read back as NaN
+    if not adopted:
         return []
     runs = sorted({f"{Path(s).parents[2].parent.name}/{Path(s).parents[2].name}" if len(Path(s).parents) > 3 else s
                    for s in adopted})
