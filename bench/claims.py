@@ -21,7 +21,7 @@ per seed s is
     simple:  c_s = g(A) - g(B)                        better = A, than = B
     gap:     c_s = [g(A) - g(B)] - [g(C) - g(D)]      better = [A, B], than = [C, D]
 
-("A's advantage over B is larger than C's over D", e.g. "the gap between DDIM and DDPM shrinks
+("A's advantage over B is larger than C's over D", e.g. "ancestral sampling gains more than DDIM
 from 10 to 100 steps"), so c_s > 0 is what the source claims. The mean of c over the seeds both
 sides finished gets a paired t-interval (``bench.stats.paired``; DESIGN.md section 5), and Holm's
 correction runs over every contrast of the run. The verdict reads the 95% interval:
@@ -43,7 +43,6 @@ Claims are interpretation, not trials: they are kept in the run's grid.toml for 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -169,13 +168,12 @@ def check(claims: list[Claim], trials: list, where: str, strict: bool = True,
     picks more than one score per seed (the claim is ambiguous), and, with ``strict`` (the full grid
     as written, where a typo must not pass silently), when a claim's metric is not scored or a cell
     picks nothing. Without ``strict`` (the smaller presets narrow the evaluations on purpose) such a
-    claim is left out of the run, with a line in ``notes`` (the report's notes of the grid)."""
+    claim is left out of the run, with a line in ``notes`` (the dry run and the run print them)."""
     if not claims:
         return []
     rows, kept = planned_rows(trials), []
     for i, c in enumerate(claims):
-        scored = any(c.metric in [x.strip() for x in str(m).split(",")] for m in rows["metrics"])
-        problem = None if scored else f"reads {c.metric}, which no trial scores"
+        problem = None if any(c.metric in cfg.metric_names for cfg in trials) else f"reads {c.metric}, which no trial scores"
         for g in groups(c, rows) if problem is None else []:
             for cell in c.cells:
                 full = {**cell, **({c.for_each: g} if c.for_each else {})}
@@ -290,7 +288,3 @@ def contrast_text(c: Claim, hib: bool) -> str:
     adv = (lambda p, q: f"{name(p)} - {name(q)}") if hib else (lambda p, q: f"{name(q)} - {name(p)}")
     return f"[{adv(a, b)}] - [{adv(x, y)}]"
 
-
-def fmt_margin(row) -> str:
-    m = row["margin"]
-    return "" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.0%}"

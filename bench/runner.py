@@ -141,6 +141,7 @@ class Plan:
     run_dir: Path
     resume: bool
     problems: list[str] = field(default_factory=list)  # run_grid: what could not be saved (the CLI exits 1)
+    unmeasured: list[str] = field(default_factory=list)  # the grid's claims this preset cannot measure
 
 
 def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str, Any] | None = None,
@@ -155,14 +156,16 @@ def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str
     check_params_apply(grid, trials, overrides)
     validate_trials(trials)
     # the smaller presets narrow the evaluations on purpose: claims they cannot measure are left out
+    unmeasured: list[str] = []
     grid.claims = claims.check(grid.claims, trials, f"grid {grid.name!r}", strict=grid.preset == "full" and not overrides,
-                               notes=grid.notes)
+                               notes=unmeasured)
+    grid.notes += unmeasured  # the dry run prints them
     check_late_failures(trials)
     run_dir = Path(out) if out else (rundir.latest_run_dir(grid) if resume else None) or rundir.default_run_dir(grid)
     rundir.check(run_dir, grid, resume)
     if resume:
         resume_state(run_dir, trials)  # unrecoverable rows.csv: exit 2 now, before anything is written
-    return Plan(grid, trials, run_dir, resume)
+    return Plan(grid, trials, run_dir, resume, unmeasured=unmeasured)
 
 
 def check_late_failures(trials: list[RunConfig]) -> None:
@@ -221,6 +224,8 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
         done = len(finished)
         _say(f"{len(trials)} trials of grid {plan.grid.name!r} ({plan.grid.preset}) -> {run_dir}"
              + (f" ({done} finished earlier)" if done else ""))
+        for note in plan.unmeasured:
+            _say(note)
         _guarded("floors", run_dir, lambda: write_floors(run_dir, trials))
         t_fan = time.time()
         progress = Progress(len(trials), done, fanout.slots()[1])

@@ -215,3 +215,17 @@ def test_report_section_words_and_figure(tmp_path):
     plots = report_claims.plot_claims(run, tmp_path / "plots")
     assert [p.png.name for p in plots] == ["claims_fd_pixels.png"] and plots[0].png.stat().st_size > 1000
     assert report_claims.section(Run(tmp_path, rows, None, {}, {})) == ""
+    failed = rows.assign(status=np.where(rows["schedule"] == "cosine", "error", "ok"))  # every cosine trial failed
+    text = report_claims.section(Run(tmp_path, failed, None, {"claims": [ahead]}, {}))
+    assert "schedule = cosine: — over 0 seeds" in text and "not measured: 0 seed(s) with a score in every cell" in text
+
+
+def test_a_preset_that_cannot_measure_a_claim_says_so(tmp_path):
+    """The smoke preset scores fd_pixels only: every claim of the probe (fd_mnist_clf) is left out of
+    the run, and the plan carries one line per claim for the run and the dry run to print."""
+    from bench.runner import plan_grid
+
+    plan = plan_grid("probe_sampler_steps", "smoke", out=tmp_path / "run")
+    assert plan.grid.claims == [] and len(plan.unmeasured) == 5
+    assert plan.unmeasured[0].startswith("claim 'DDIM (eta = 0) samples better") and "reads fd_mnist_clf" in plan.unmeasured[0]
+    assert set(plan.unmeasured) <= set(plan.grid.notes)

@@ -9,6 +9,7 @@ of setting that could explain a disagreement.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,10 @@ def run_claims(run: Run) -> list[claims.Claim]:
 
 
 def claims_table(run: Run) -> pd.DataFrame:
-    """``claims.evaluate`` on the run's finished final rows (cached on the run)."""
+    """``claims.evaluate`` on the run's final rows (cached on the run); it scores the finished ones and
+    reports a group whose trials all failed as not measured."""
     if "claims" not in run.cache:
-        ok = run.rows[run.rows["status"] == "ok"]
-        run.cache["claims"] = claims.evaluate(run_claims(run), ok, higher_is_better)
+        run.cache["claims"] = claims.evaluate(run_claims(run), run.rows, higher_is_better)
     return run.cache["claims"]
 
 
@@ -58,6 +59,12 @@ def verdict_text(r) -> str:
             f"a contrast above {hi} or below {lo}")
 
 
+def fmt_margin(row) -> str:
+    """'10%': a claim's non-inferiority margin, or '' where it has none."""
+    m = row["margin"]
+    return "" if m is None or (isinstance(m, float) and math.isnan(m)) else f"{m:.0%}"
+
+
 def left_out_text(r) -> str:
     return f"; seed(s) {r['left_out']} left out (not scored in every cell)" if r["left_out"] else ""
 
@@ -78,8 +85,8 @@ def section(run: Run) -> str:
            ""]
     for _, part in table.groupby("index", sort=True):
         r0 = part.iloc[0]
-        margin = (f" (non-inferiority: the margin, {claims.fmt_margin(r0)} of the reference cell's score per seed, is "
-                  f"part of the contrast)") if claims.fmt_margin(r0) else ""
+        margin = (f" (non-inferiority: the margin, {fmt_margin(r0)} of the reference cell's score per seed, is "
+                  f"part of the contrast)") if fmt_margin(r0) else ""
         out += [f"**Claim**: {md_escape(r0['claim'])}{margin}. *Source*: {md_escape(r0['source'])}.", "",
                 f"Measured: `{r0['contrast']}` ({r0['metric']}):", ""]
         for _, r in part.iterrows():
