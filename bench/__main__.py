@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and write results/perf/DEVICE/")
     pf.add_argument("--out", type=Path, default=Path("results/perf"), help="writes OUT/DEVICE/ (default results/perf)")
     pf.add_argument("--quick", action="store_true", help="smallest cases, 2 repetitions (a smoke check, seconds)")
-    pf.add_argument("--only", help="comma-separated sections: ceiling, train, sample, features, packing, fanout")
+    pf.add_argument("--only", help="comma-separated sections: ceiling, train, sample, features, packing, fanout, "
+                                   "time_to_fd")
+    pf.add_argument("--from-run", type=Path, help="time_to_fd: the run whose learning curves it reads (e.g. of the "
+                                                  "budget grid)")
     pf.add_argument("--device", help="cpu | cuda (default: cuda if available)")
     pf.add_argument("--reps", type=int, help="repetitions per case (default 5; 2 with --quick)")
     pf.set_defaults(func=cmd_perf)
@@ -278,7 +281,8 @@ def cmd_sample(args) -> int:
 def cmd_perf(args) -> int:
     from bench.perf import run_perf
 
-    target = run_perf(args.out, quick=args.quick, only=args.only, device=args.device, reps=args.reps)
+    target = run_perf(args.out, quick=args.quick, only=args.only, device=args.device, reps=args.reps,
+                      from_run=args.from_run)
     print(target / "perf.md")
     return 0
 

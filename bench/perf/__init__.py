@@ -18,7 +18,10 @@ Sections (registry ``SECTIONS``, run in this order; ``bench perf --only train,sa
   classifier FD;
 - ``packing``: aggregate training images/s of k concurrent trials (separate processes, as Ray runs
   them) on one device, at 1 and at all threads per trial on CPU, k in 1, 2, 4, 8 on one GPU;
-- ``fanout``: the smoke grid through Ray Tune vs the sum of its trials run ``--local``.
+- ``fanout``: the smoke grid through Ray Tune vs the sum of its trials run ``--local``;
+- ``time_to_fd``: the training wall time each arm of a run needs to reach a fixed FD, read from the
+  learning curves of ``--from-run RUN`` (``bench.perf.fd_time``; e.g. a run of the ``budget`` grid):
+  the number that decides a budget, where images/s only says how fast a model trains.
 
 Method: each case is warmed up, then timed in ``reps`` repetitions (CUDA synchronised at both
 ends). Cases that are compared alternate within the repetitions (A B, B A, A B, ...) so that drift
@@ -54,9 +57,9 @@ from bench.train import TRAIN_DROPOUT, BenchStep  # noqa: F401 (the train sectio
 from bench.unet import MODELS, build_model, count_params
 
 SECTIONS: Registry = Registry("perf section")
-ORDER = ("ceiling", "train", "sample", "features", "packing", "fanout")
+ORDER = ("ceiling", "train", "sample", "features", "packing", "fanout", "time_to_fd")
 TRAIN_SHAPES = ((1, 28), (1, 32), (3, 64))  # (channels, size): MNIST, MNIST padded to 32, craters
-CPU_TRAIN_BATCH = {"tiny": 32, "small": 16, "base": 8}  # ~0.2-3 s a step on 2 cores; GPUs use GPU_BATCH
+CPU_TRAIN_BATCH = {"tiny": 32, "tiny_wide": 32, "small": 16, "base": 8}  # ~0.2-3 s a step on 2 cores; GPUs use GPU_BATCH
 GPU_BATCH = 128  # the full grids' batch
 # Nominal dense bf16 peaks (TFLOP/s, vendor data sheets, no sparsity), by a substring of the device name.
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0,
@@ -73,6 +76,8 @@ class Ctx:
     threads: int = 1
     ceiling_gflops: float = math.nan  # set by the ceiling section
     notes: list[str] = field(default_factory=list)  # what was skipped and why (goes into perf.md)
+    from_run: Path | None = None  # the run whose learning curves time_to_fd reads
+    figures: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # file name -> writer, for sections' plots
 
 
 def train_batch(preset: str, device: torch.device) -> int:
@@ -331,6 +336,17 @@ def fanout_times(run_dir: Path, runner: str) -> dict[str, float]:
             "local sum of trials": float(rows.groupby("trial_id")["trial_s"].max().sum())}
 
 
+@SECTIONS.register("time_to_fd")
+def time_to_fd(ctx: Ctx) -> list[dict[str, Any]]:
+    """Training seconds to a fixed FD per arm of ``ctx.from_run`` (``bench.perf.fd_time``)."""
+    from bench.perf import fd_time
+
+    rows, points, notes = fd_time.measure(ctx.from_run)
+    ctx.notes += notes
+    ctx.figures["time_to_fd.png"] = lambda path: fd_time.plot(points, rows[0]["score"], path)
+    return rows
+
+
 # --- the command ---------------------------------------------------------------------------------
 def device_slug(device: torch.device) -> str:
     """results/perf/<slug>: the GPU's name, or the CPU's model and core count."""
@@ -363,9 +379,20 @@ def parse_sections(only: str | None) -> list[str]:
 
 
 def run_perf(out: Path, quick: bool = False, only: str | None = None, device: str | None = None,
-             reps: int | None = None) -> Path:
+             reps: int | None = None, from_run: Path | None = None) -> Path:
     """Run the sections and write ``out/<device>/perf.{csv,md}``, ``env.json``, ``train.png``."""
     sections = parse_sections(only)
+    skipped = []
+    if "time_to_fd" in sections:
+        if from_run is None and only and "time_to_fd" in {x.strip() for x in only.split(",")}:
+            raise InputError("perf section time_to_fd needs --from-run RUN (a run with learning curves)")
+        if from_run is None:
+            sections.remove("time_to_fd")
+            skipped.append("time_to_fd skipped: it reads a run's learning curves (--from-run RUN)")
+        else:
+            from bench.perf.fd_time import load
+
+            load(from_run)  # bad input before any work
     if device not in (None, "cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
     from bench.env import enable_tf32, pick_device
@@ -377,7 +404,8 @@ def run_perf(out: Path, quick: bool = False, only: str | None = None, device: st
         raise InputError("--reps must be >= 1")
     if dev.type == "cuda":
         enable_tf32()
-    ctx = Ctx(device=dev, quick=quick, reps=reps or (2 if quick else 5), threads=torch.get_num_threads())
+    ctx = Ctx(device=dev, quick=quick, reps=reps or (2 if quick else 5), threads=torch.get_num_threads(),
+              notes=skipped, from_run=from_run)
     target = Path(out) / device_slug(dev)
     target.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -30,6 +30,11 @@ HEADINGS = {
                  "channels_last / NCHW per repetition."),
     "packing": ("Concurrent trials on one device", "aggregate training images/s of k processes training at once; "
                 "'vs 1' = / the first layout."),
+    "time_to_fd": ("Wall time to a fixed FD", "seconds of training (the trials' train_seconds, without evaluations) "
+                   "until each arm's learning curve first reaches the baseline arm's score at two points of its "
+                   "training, interpolated linearly between curve points: median (min-max, n = seeds that reached "
+                   "it); speed-up = baseline seconds / arm seconds per training seed (paired), median (min-max). "
+                   "Training images/s = images / train_seconds at the end, as the run packed its trials."),
     "fanout": ("Grid fan-out: smoke grid (2 trials), Ray Tune vs --local", "seconds; ratio = / the --local run's sum of "
                "its trials' wall times (what the trials cost without any runner)."),
 }
@@ -84,6 +89,29 @@ def train_table(df: pd.DataFrame) -> list[str]:
                       ratio(p) if p else ""])
     return _table(["model", "params", "image", "batch", "bench images/s", "GFLOP/image", "achieved GFLOP/s",
                    "of ceiling", "diffusers images/s", "bench / diffusers"], lines)
+
+
+def time_to_fd_table(df: pd.DataFrame) -> list[str]:
+    """Arm | training images/s | per target: seconds and speed-up (baseline / arm, per seed)."""
+    arms = list(dict.fromkeys(df["arm"]))
+    goals = list(dict.fromkeys(df.loc[df["metric"] == "training seconds", "target_of"]))
+    score = df["score"].iloc[0]
+    head = ["arm", "training images/s"] + [c for g in goals for c in (
+        f"seconds to {score} <= {fmt(df.loc[df['target_of'] == g, 'target'].iloc[0])} (baseline at {g})", "speed-up")]
+    lines = []
+    for arm in arms:
+        sub = df[df["arm"] == arm]
+        line = [arm, rate(sub[sub["metric"] == "images/s"].iloc[0])]
+        for g in goals:
+            r = sub[(sub["metric"] == "training seconds") & (sub["target_of"] == g)].iloc[0]
+            bound = "<= " if "upper bound" in r["note"] else ""
+            line.append(bound + rate(r) + ("" if r["reps"] == r["seeds"] else f" — {r['note']}") if r["reps"]
+                        else f"not reached ({r['note']})")
+            line.append("" if pd.isna(r["ratio"]) else f"**{r['ratio']:.2f}x**" if r["ratio_lo"] == r["ratio_hi"]
+                        else f"**{r['ratio']:.2f}x** ({r['ratio_lo']:.2f}-{r['ratio_hi']:.2f})")
+        lines.append(line)
+    out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    return out + ["| " + " | ".join(line) + " |" for line in lines]
 
 
 def generic_table(df: pd.DataFrame, section: str) -> list[str]:
@@ -142,13 +170,16 @@ def write_outputs(target: Path, rows: list[dict[str, Any]], ctx, sections: list[
         title, what = HEADINGS.get(section, (section, ""))
         part = df[df["section"] == section]
         md += [f"## {title}", "", what, ""]
-        md += train_table(part) if section == "train" else generic_table(part, section)
+        md += train_table(part) if section == "train" else time_to_fd_table(part) if section == "time_to_fd" \
+            else generic_table(part, section)
         md += [""]
     if ctx.notes:
         md += ["## Notes", ""] + [f"- {n}" for n in ctx.notes] + [""]
     write_text_atomic(target / "perf.md", "\n".join(md))
     if len(df) and "train" in set(df["section"]):
         plot_train(df[df["section"] == "train"], target / "train.png")
+    for name, write in ctx.figures.items():
+        write(target / name)
 
 
 def plot_train(df: pd.DataFrame, path: Path) -> None:

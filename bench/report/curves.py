@@ -45,7 +45,8 @@ def curve_datasets(run: Run, metric: str) -> list[str]:
 def _points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """label, seed, sampler, sample_steps, train_step, images, value of the finished trials' finite values."""
     if metric not in rows.columns or not len(rows):
-        return pd.DataFrame(columns=["label", "seed", "sampler", "sample_steps", "train_step", "images", "value"])
+        return pd.DataFrame(columns=["label", "seed", "sampler", "sample_steps", "train_step", "images", "train_seconds",
+                                     "value"])
     r = rows[rows["status"] == "ok"]
     step = pd.to_numeric(r["train_step"], errors="coerce") if "train_step" in r.columns else pd.Series(np.nan, index=r.index)
     for col in ("train_steps_done", "train_steps"):  # a final row without train_step: the end of training
@@ -54,6 +55,8 @@ def _points(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     out = pd.DataFrame({"label": r["label"], "seed": r["seed"], "sampler": r["sampler"],
                         "sample_steps": pd.to_numeric(r["sample_steps"], errors="coerce"), "train_step": step,
                         "images": step * pd.to_numeric(r["batch_size"], errors="coerce"),
+                        "train_seconds": pd.to_numeric(r["train_seconds"], errors="coerce") if "train_seconds" in r.columns
+                        else np.nan,
                         "value": pd.to_numeric(r[metric], errors="coerce")})
     return out[np.isfinite(out["value"]) & out["train_step"].notna()]
 
@@ -63,13 +66,9 @@ def curve_frame(run: Run, dataset: str, metric: str) -> pd.DataFrame:
     train_step x batch_size, mean / sd / min / max over the seeds with a value (n); the final
     evaluation at the curve's sampler and steps is the last point of each arm (``final`` True) where it
     scored ``metric``. Sorted by arm (run order), then step."""
-    curve = _points(run.curve[run.curve["dataset"] == dataset], metric).assign(final=False)
-    if not len(curve):
+    pts = trial_points(run, dataset, metric)
+    if not (~pts["final"].astype(bool)).any():
         return pd.DataFrame(columns=COLUMNS)
-    evs = set(zip(curve["sampler"], curve["sample_steps"]))
-    final = _points(run.rows[run.rows["dataset"] == dataset], metric).assign(final=True)
-    final = final[[ev in evs for ev in zip(final["sampler"], final["sample_steps"])]]
-    pts = pd.concat([curve, final], ignore_index=True)
     g = pts.groupby(["label", "sampler", "sample_steps", "train_step", "images", "final"], sort=False)["value"]
     out = g.agg(n="count", mean="mean", sd="std", min="min", max="max").reset_index()
     order = {lb: i for i, lb in enumerate(run.labels)}
@@ -77,6 +76,39 @@ def curve_frame(run: Run, dataset: str, metric: str) -> pd.DataFrame:
                                                              kind="stable")
     out["sample_steps"] = out["sample_steps"].astype(int)
     return out.drop(columns="_o").reset_index(drop=True)[COLUMNS]
+
+
+def trial_points(run: Run, dataset: str, metric: str) -> pd.DataFrame:
+    """Every learning-curve point and final evaluation of ``dataset`` that scored ``metric``, one row per
+    trial and point (label, seed, sampler, sample_steps, train_step, images, train_seconds, value, final),
+    at the curve's sampler and steps; sorted by arm (run order), seed and step."""
+    curve = _points(run.curve[run.curve["dataset"] == dataset], metric).assign(final=False)
+    final = _points(run.rows[run.rows["dataset"] == dataset], metric).assign(final=True)
+    evs = set(zip(curve["sampler"], curve["sample_steps"]))
+    final = final[[ev in evs for ev in zip(final["sampler"], final["sample_steps"])]]
+    pts = pd.concat([curve, final], ignore_index=True)
+    order = {lb: i for i, lb in enumerate(run.labels)}
+    return (pts.assign(_o=pts["label"].map(order)).sort_values(["_o", "seed", "train_step"], kind="stable")
+            .drop(columns="_o").reset_index(drop=True))
+
+
+def time_to_reach(seconds, values, target: float) -> tuple[float, bool]:
+    """When a learning curve first reaches ``target`` (a lower-is-better score such as FD): the training
+    seconds at which it first falls to ``target`` or below, by linear interpolation between the last
+    point above and the first point at or below (points in order of training). Returns (seconds, bound):
+    ``bound`` is True where the first point already is at or below the target, so its time is only an
+    upper bound; (nan, False) where the curve never reaches it."""
+    s, v = np.asarray(seconds, float), np.asarray(values, float)
+    keep = np.isfinite(s) & np.isfinite(v)
+    s, v = s[keep], v[keep]
+    below = np.flatnonzero(v <= target)
+    if not len(below):
+        return float("nan"), False
+    i = int(below[0])
+    if i == 0:
+        return float(s[0]), True
+    frac = (v[i - 1] - target) / (v[i - 1] - v[i])
+    return float(s[i - 1] + frac * (s[i] - s[i - 1])), False
 
 
 def agreement(frame: pd.DataFrame, metric: str) -> list[dict]:
