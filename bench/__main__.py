@@ -185,18 +185,21 @@ def cmd_run(args) -> int:
     preset = args.preset or _default_preset(args.grid, cuda)
     plan = plan_grid(args.grid, preset, parse_set(args.set), args.out, args.resume)
     if args.preset is None:
-        _say(f"no --preset given: using {preset} ({'CUDA is available' if cuda else 'no CUDA GPU here; full is GPU scale'}); "
-             f"choose with --preset full|quick|smoke")
+        why = ("CUDA is available" if cuda else "no CUDA GPU here; full is GPU scale" if preset == "quick"
+               else "no CUDA GPU here, and the grid has no quick preset: it runs as written")
+        _say(f"no --preset given: using {preset} ({why}); choose with --preset full|quick|smoke")
     sizes = check_data(plan.trials)
     threads, at_once = fanout.slots()
     if args.dry_run:
         print_plan(plan.grid, plan.trials, plan.run_dir, threads, at_once, ray=not args.local, sizes=sizes)
         return 0
     if not cuda and preset == "full":
-        _say(f"preset full is GPU scale ({len(plan.trials)} trials as the grid file is written); timing this CPU for "
-             f"an estimate (seconds)...")
+        has_quick = _default_preset(args.grid, False) == "quick"  # then full is the GPU-scale version of the grid
+        _say(f"preset full{' is GPU scale' if has_quick else ''} ({len(plan.trials)} trials as the grid file is written); "
+             f"timing this CPU for an estimate (seconds)...")
         est = estimate(plan.trials, threads, at_once, ray=not args.local, sizes=sizes)
-        advice = f"`python -m bench run --grid {args.grid} --preset quick` fits a 2-core CPU in ~30 min"
+        advice = (f"`python -m bench run --grid {args.grid} --preset quick` fits a 2-core CPU in ~30-45 min" if has_quick
+                  else "the grid has no smaller preset but smoke")
         if est.total_s > CPU_CONFIRM_HOURS * 3600 and not args.yes:
             raise InputError(f"preset full on this CPU: estimated {duration(est.total_s)} ({len(plan.trials)} trials, "
                              f"{at_once} at a time); {advice}, or add --yes to run full here anyway")

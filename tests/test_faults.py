@@ -378,6 +378,16 @@ def test_without_preset_a_cpu_runs_quick_and_says_so(monkeypatch, capsys):
     assert "preset quick" in out and "estimate on this machine" in out
 
 
+def test_without_preset_a_grid_without_quick_runs_as_written_and_says_so(monkeypatch, capsys):
+    """The budget grid is a CPU study as written: no "GPU scale" and no advice to run a quick preset it lacks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dryrun, "estimate", _fake_estimate(100.0))
+    code, out, err = run_cli(capsys, "run", "--grid", "budget", "--dry-run")
+    assert code == 0
+    assert "using full (no CUDA GPU here, and the grid has no quick preset: it runs as written)" in err
+    assert "GPU scale" not in err and "preset full" in out
+
+
 def test_full_on_a_cpu_is_refused_with_its_estimate_unless_yes(monkeypatch, capsys, tmp_path):
     """Before: one line, then minutes of silence (Inception statistics, then days of training)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
