@@ -140,7 +140,8 @@ def test_killed_driver_resumes_without_retraining(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", "schedules", "--preset", "smoke",
-                             "--local", "--cpus-per-trial", "1", "--out", str(out), "--set", "train_steps=60"],
+                             "--local", "--cpus-per-trial", "1", "--out", str(out), "--set", "train_steps=60",
+                             "--set", "eval_at=30"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -155,16 +156,19 @@ def test_killed_driver_resumes_without_retraining(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     first = done[0].parent
-    first_result = (first / "result.json").read_text()
+    first_result, first_curve = (first / "result.json").read_text(), (first / "curve.json").read_text()
     assert pd.read_csv(out / "rows.csv")["trial_id"].nunique() >= 1  # collected before the kill
 
     again = bench("run", "--grid", "schedules", "--preset", "smoke", "--local", "--cpus-per-trial", "1", "--out", str(out),
-                  "--set", "train_steps=60", "--resume")
+                  "--set", "train_steps=60", "--set", "eval_at=30", "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(attempts(first)) == 1, "the finished trial was run again"
     assert (first / "result.json").read_text() == first_result
+    assert (first / "curve.json").read_text() == first_curve  # its learning curve is kept, not re-evaluated
     df = pd.read_csv(out / "rows.csv")
-    assert df["trial_id"].nunique() == 2 and len(df) == 4 and set(df["status"]) == {"ok"}
+    # per trial: the two final evaluations (ddim:5, ddpm:10) and one learning-curve point (step 30)
+    assert df["trial_id"].nunique() == 2 and len(df) == 6 and set(df["status"]) == {"ok"}
+    assert sorted(df["train_step"].dropna().astype(int)) == [30, 30, 60, 60, 60, 60]
     assert not [p for p in out.rglob("*.tmp")], "a half-written file was left behind"
 
     # resuming the same dir with another grid is refused (exit 2), not mixed
