@@ -243,6 +243,29 @@ def trial_id(cfg) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
+#: fields a trial's name leaves out: the seed and dataset are named on their own, the rest never differ
+#: between the arms of one comparison
+NOT_IN_LABEL = frozenset({"seed", "dataset", "data_root", "sample_seed"})
+
+
+def trial_labels(cfgs: list) -> dict[str, str]:
+    """The progress lines' name of each trial, by trial_id: ``arm [k=v, ...] | dataset | seed s``, where
+    the bracket names the fields (besides ``NOT_IN_LABEL``) that differ between trials of the same arm
+    and dataset, e.g. model, lr and batch_size in the budget grid; the report's arm labels
+    (``bench.report.tables.arm_labels``) name the same fields."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cfgs:
+        groups.setdefault((c.arm(), c.dataset), []).append(dataclasses.asdict(c))
+    varying = [f.name for f in fields(RunConfig) if f.name not in NOT_IN_LABEL
+               and any(len({repr(d[f.name]) for d in g}) > 1 for g in groups.values())]
+    out = {}
+    for c in cfgs:
+        d = dataclasses.asdict(c)
+        tail = " [" + ", ".join(f"{k}={d[k]:g}" if isinstance(d[k], float) else f"{k}={d[k]}" for k in varying) + "]"
+        out[trial_id(c)] = f"{c.arm()}{tail if varying else ''} | {c.dataset} | seed {c.seed}"
+    return out
+
+
 class ForwardProcess(NamedTuple):
     """What a config's forward process is made of: the beta schedule's float64 betas, the diffusion
     (coefficients, objective, posterior; the ``Diffusion`` subclass of the config's corruption, which

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from bench import claims, rundir, tracking, trained
-from bench.config import RunConfig, from_dict, trial_id
+from bench.config import RunConfig, from_dict, trial_id, trial_labels
 from bench.data import DATASETS
 from bench.features import FEATURES
 from bench.files import copy_atomic, save_npz_atomic, write_text_atomic
@@ -459,12 +459,13 @@ def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, thre
         torch.set_num_threads(threads)
     progress = progress or Progress(len(trials), len(collector.rows), 1)
     show_bar = sys.stderr.isatty()
+    labels = trial_labels(trials)
     for i, cfg in enumerate(trials, 1):
         tid = trial_id(cfg)
         if tid in collector.rows:  # finished in an earlier run (--resume)
             continue
         wd = trial_dir(run_dir, cfg)
-        label = f"{cfg.arm()} | {cfg.dataset} | seed {cfg.seed}"
+        label = labels[tid]
         rows = finished_rows(wd)
         _say(f"[{i}/{len(trials)}] {label} | {'done already' if rows else 'running'}")
         t0 = time.time()
@@ -552,7 +553,7 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     progress = progress or Progress(len(trials), len(collector.rows), 1)
-    labels = {trial_id(c): f"{c.arm()} | {c.dataset} | seed {c.seed}" for c in trials}
+    labels = trial_labels(trials)
     steps = {trial_id(c): c.train_steps for c in trials}
 
     class Collect(tune.Callback):

@@ -81,3 +81,17 @@ def test_a_row_written_before_a_field_existed_reads_as_its_default():
            "prediction": math.nan, "data_root": math.nan, "cosine_s": math.nan}
     back = config_from_row(row)
     assert back == cfg and trial_id(back) == trial_id(cfg)
+
+
+def test_trial_labels_name_the_fields_that_vary_within_an_arm():
+    """Progress lines of the budget grid tell its 8 trials apart (all one arm, one seed); a grid whose
+    arms differ only by their axes keeps the short name."""
+    from bench.config import trial_labels
+    from bench.grid import load_grid
+
+    budget = load_grid("budget").trials()
+    labels = trial_labels(budget)
+    assert len(set(labels.values())) == len(budget) == 8
+    assert labels[trial_id(budget[0])] == "cosine / gaussian [model=tiny, batch_size=32, lr=0.001] | mnist | seed 0"
+    quick = load_grid("schedules", "quick").trials()
+    assert trial_labels(quick)[trial_id(quick[0])] == "linear / gaussian | mnist | seed 0"

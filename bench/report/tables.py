@@ -32,7 +32,6 @@ else:  # pragma: no cover
 
 KEYS = ["dataset", "label", "sampler", "sample_steps"]
 #: config fields never shown in an arm's label: replicates, panels and paths.
-NOT_IN_LABEL = {"seed", "dataset", "data_root", "sample_seed"}
 FLOOR_LABEL = "real vs real (floor)"
 
 
@@ -157,7 +156,7 @@ def fill_defaults(rows: pd.DataFrame) -> pd.DataFrame:
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
     """The ``arm`` column, with ``[k=v, ...]`` appended for any other config field that varies within
     an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps)."""
-    from bench.config import RunConfig
+    from bench.config import NOT_IN_LABEL, RunConfig
 
     names = [f.name for f in dataclasses.fields(RunConfig) if f.name in rows.columns and f.name not in NOT_IN_LABEL]
     by = rows.groupby(["arm", "dataset"], sort=False, dropna=False)
