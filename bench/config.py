@@ -263,6 +263,8 @@ def trial_labels(cfgs: list) -> dict[str, str]:
         d = dataclasses.asdict(c)
         tail = " [" + ", ".join(f"{k}={d[k]:g}" if isinstance(d[k], float) else f"{k}={d[k]}" for k in varying) + "]"
         out[trial_id(c)] = f"{c.arm()}{tail if varying else ''} | {c.dataset} | seed {c.seed}"
+    if len(set(out.values())) < len(out):  # trials that differ only in NOT_IN_LABEL fields (sample_seed)
+        out = {tid: f"{label} | trial {tid}" for tid, label in out.items()}
     return out
 
 

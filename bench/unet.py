@@ -45,8 +45,8 @@ MODELS: Registry = Registry("model")
 MODELS.register("tiny")(
     dict(base_channels=16, channel_mults=(1, 2, 4, 4), num_res_blocks=1, attn_levels=(), mid_attn=True, norm_groups=8)
 )
-# CPU, MNIST-shaped: three levels (28 -> 14 -> 7) instead of tiny's four, the same ~1.06M parameters
-# spent at high resolution (2.6x tiny's FLOPs per image): does width at 28x28 learn faster per second?
+# CPU, MNIST-shaped: three levels (28 -> 14 -> 7) instead of tiny's four, about tiny's parameters (1.06M
+# vs 1.04M) spent at high resolution (2.6x tiny's FLOPs per image): does width at 28x28 learn faster per second?
 MODELS.register("tiny_wide")(
     dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, attn_levels=(), mid_attn=True, norm_groups=8)
 )

@@ -378,7 +378,7 @@ def test_without_preset_a_cpu_runs_quick_and_says_so(monkeypatch, capsys):
     assert "preset quick" in out and "estimate on this machine" in out
 
 
-def test_without_preset_a_grid_without_quick_runs_as_written_and_says_so(monkeypatch, capsys):
+def test_without_preset_a_grid_without_quick_runs_as_written_and_says_so(monkeypatch, capsys, tmp_path):
     """The budget grid is a CPU study as written: no "GPU scale" and no advice to run a quick preset it lacks."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(dryrun, "estimate", _fake_estimate(100.0))
@@ -386,6 +386,11 @@ def test_without_preset_a_grid_without_quick_runs_as_written_and_says_so(monkeyp
     assert code == 0
     assert "using full (no CUDA GPU here, and the grid has no quick preset: it runs as written)" in err
     assert "GPU scale" not in err and "preset full" in out
+    # past the dry run: an estimate over the confirmation threshold is refused without the quick advice
+    monkeypatch.setattr(dryrun, "estimate", _fake_estimate(3 * 86400.0))
+    code, _, err = run_cli(capsys, "run", "--grid", "budget", "--out", tmp_path / "run")
+    assert code == 2 and "the grid has no smaller preset but smoke" in one_line(err)
+    assert "--preset quick" not in err and "GPU scale" not in err and not (tmp_path / "run").exists()
 
 
 def test_full_on_a_cpu_is_refused_with_its_estimate_unless_yes(monkeypatch, capsys, tmp_path):

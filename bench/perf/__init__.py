@@ -30,7 +30,9 @@ reported as median and min..max. Every table row says what its number is and how
 it rests on.
 
 Output: ``<out>/<device>/perf.csv`` (one row per measured case), ``perf.md`` (the tables, with the
-machine and the method), ``env.json`` and ``train.png``; ``--out`` defaults to ``results/perf``.
+machine, the method and the command), ``env.json``, ``train.png`` and ``time_to_fd.png``; ``--out``
+defaults to ``results/perf``. ``--only time_to_fd`` alone writes ``<out>/time_to_fd/<run id>/``: it
+reads a run, it measures nothing on this device, and must not replace the device's measurement.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Ctx:
     ceiling_gflops: float = math.nan  # set by the ceiling section
     notes: list[str] = field(default_factory=list)  # what was skipped and why (goes into perf.md)
     from_run: Path | None = None  # the run whose learning curves time_to_fd reads
+    from_run_measured: tuple | None = None  # fd_time.measure(from_run), computed before any section runs
     figures: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # file name -> writer, for sections' plots
 
 
@@ -341,7 +344,7 @@ def time_to_fd(ctx: Ctx) -> list[dict[str, Any]]:
     """Training seconds to a fixed FD per arm of ``ctx.from_run`` (``bench.perf.fd_time``)."""
     from bench.perf import fd_time
 
-    rows, points, notes = fd_time.measure(ctx.from_run)
+    rows, points, notes = ctx.from_run_measured or fd_time.measure(ctx.from_run)
     ctx.notes += notes
     ctx.figures["time_to_fd.png"] = lambda path: fd_time.plot(points, rows[0]["score"], path)
     return rows
@@ -380,19 +383,22 @@ def parse_sections(only: str | None) -> list[str]:
 
 def run_perf(out: Path, quick: bool = False, only: str | None = None, device: str | None = None,
              reps: int | None = None, from_run: Path | None = None) -> Path:
-    """Run the sections and write ``out/<device>/perf.{csv,md}``, ``env.json``, ``train.png``."""
+    """Run the sections and write ``out/<device>/perf.{csv,md}``, ``env.json``, ``train.png`` (and
+    ``time_to_fd.png``); ``--only time_to_fd`` alone writes ``out/time_to_fd/<run id>/`` instead, so
+    that it never replaces a device's full measurement with one table."""
     sections = parse_sections(only)
-    skipped = []
-    if "time_to_fd" in sections:
-        if from_run is None and only and "time_to_fd" in {x.strip() for x in only.split(",")}:
+    skipped, measured = [], None
+    if from_run is not None and "time_to_fd" not in sections:
+        raise InputError("--from-run is read by the time_to_fd section only: add it to --only")
+    if "time_to_fd" in sections and from_run is None:
+        if only:
             raise InputError("perf section time_to_fd needs --from-run RUN (a run with learning curves)")
-        if from_run is None:
-            sections.remove("time_to_fd")
-            skipped.append("time_to_fd skipped: it reads a run's learning curves (--from-run RUN)")
-        else:
-            from bench.perf.fd_time import load
+        sections.remove("time_to_fd")
+        skipped.append("time_to_fd skipped: it reads a run's learning curves (--from-run RUN)")
+    if from_run is not None:
+        from bench.perf.fd_time import measure
 
-            load(from_run)  # bad input before any work
+        measured = measure(from_run)  # bad input before any work (and cheap: it reads rows.csv)
     if device not in (None, "cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got {device!r}")
     from bench.env import enable_tf32, pick_device
@@ -405,8 +411,8 @@ def run_perf(out: Path, quick: bool = False, only: str | None = None, device: st
     if dev.type == "cuda":
         enable_tf32()
     ctx = Ctx(device=dev, quick=quick, reps=reps or (2 if quick else 5), threads=torch.get_num_threads(),
-              notes=skipped, from_run=from_run)
-    target = Path(out) / device_slug(dev)
+              notes=skipped, from_run=from_run, from_run_measured=measured)
+    target = Path(out) / ("time_to_fd/" + Path(from_run).resolve().name if sections == ["time_to_fd"] else device_slug(dev))
     target.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     t0 = time.time()

@@ -4,15 +4,18 @@ given score, read from the run's learning curves (``bench perf --only time_to_fd
 Images/s says how fast a model trains, not how fast it learns: a wider UNet, a larger learning rate
 or a smaller batch changes both. The number that decides a budget is the training wall time to a
 fixed FD. Each trial's learning curve (``eval_at``) and final evaluation carry ``train_seconds``, the
-training wall time to that step without the evaluations (``bench.train``); ``time_to_reach``
-interpolates the time at which the curve first falls to the target.
+training wall time to that step (optimizer steps, checkpoints and logs; not the evaluations;
+``bench.train``); ``bench.report.curves.time_to_reach`` interpolates the time at which a curve first
+falls to a target.
 
-Targets: the baseline arm's (the run's first arm) mean score at the end of its training and at its
-curve point nearest half of it — "the time to reach what the baseline reaches". Per arm and target:
-the seconds over seeds (median, min-max, how many seeds reached it) and the speed-up, baseline
-seconds / arm seconds, per seed (paired: the same training seed in both arms) and its median. The
-trials of a run share the machine as the runner packed them, so the times are comparable within a
-run, not across machines; the table says which run and machine they come from.
+Targets, per training seed: the baseline arm's (the run's first arm) score at the end of its training
+and at its curve step nearest half of it, in that seed — "the time to reach what the baseline reaches".
+Per arm and target: the seconds over seeds (median, min-max, how many seeds reached it) and the
+speed-up, baseline seconds / arm seconds to the same seed's target (paired: same training seed, same
+target; the baseline's own speed-up is 1 by construction), with its median and min-max. The score is
+a lower-is-better one (FD); the curves are the baseline's curve evaluation (sampler, steps). The
+trials of a run share the machine as the runner packed them, so times compare within a run, not
+across machines; the notes say which run, machine and dataset they come from.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pandas as pd
 from bench.registry import InputError
 
 SECTION = "time_to_fd"
-#: a metric of the learning curves, in order of preference
+#: a lower-is-better metric of the learning curves, in order of preference
 METRICS = ("fd_mnist_clf", "fid", "fd_pixels")
 
 
@@ -45,86 +48,106 @@ def load(run_dir: Path):
     return run
 
 
-def pick_metric(run) -> tuple[str, str]:
-    """(dataset, metric): the first dataset with curve points of the preferred metric."""
+def pick_metric(run) -> tuple[str, str, list[str]]:
+    """(dataset, metric, other datasets): the first dataset with curve points of the preferred
+    lower-is-better metric (time_to_reach counts a curve as arrived when it falls to the target)."""
     from bench.report.curves import curve_datasets, curve_metrics
+    from bench.report.tables import higher_is_better
 
-    have = curve_metrics(run)
+    have = [m for m in curve_metrics(run) if not higher_is_better(m)]
     for metric in [m for m in METRICS if m in have] + have:
         datasets = curve_datasets(run, metric)
         if datasets:
-            return datasets[0], metric
-    raise InputError(f"--from-run {run.dir}: its learning curves score no metric")
+            return datasets[0], metric, datasets[1:]
+    raise InputError(f"--from-run {run.dir}: its learning curves score no lower-is-better metric (an FD)")
 
 
-def targets(points: pd.DataFrame, baseline: str) -> list[tuple[str, float]]:
-    """The baseline arm's mean score at its end and at its curve step nearest half of its training."""
-    base = points[points["label"] == baseline]
-    end = base[base["final"].astype(bool)]
-    out = [("its end", float(end["value"].mean()))] if len(end) else []
+def goals(base: pd.DataFrame) -> list[tuple[str, dict[Any, float]]]:
+    """Per point of the baseline's training (its end; its curve step nearest half of it): the baseline's
+    score there in each seed. The easier target (higher mean score) first."""
+    final = base[base["final"].astype(bool)]
+    out = [("its end", dict(zip(final["seed"], final["value"])))] if len(final) else []
     curve = base[~base["final"].astype(bool)]
-    if len(curve) and len(end):
-        half = float(end["train_step"].max()) / 2
+    if len(curve) and len(final):
+        half = float(final["train_step"].max()) / 2
         step = min(curve["train_step"].unique(), key=lambda s: abs(s - half))
-        out.append((f"step {int(step)}", float(curve.loc[curve["train_step"] == step, "value"].mean())))
-    return sorted(out, key=lambda t: -t[1])  # the easier target first
+        at = curve[curve["train_step"] == step]
+        out.append((f"step {int(step)}", dict(zip(at["seed"], at["value"]))))
+    return sorted(out, key=lambda g: -statistics.mean(g[1].values()))
 
 
 def measure(run_dir: Path) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str]]:
-    """Rows for perf.csv (one per arm and target, one per arm for images/s), the points behind them
-    (for the figure) and notes for perf.md."""
+    """Rows for perf.csv (per arm: training images/s, and the seconds to each target), the points
+    behind them (for the figure) and notes for perf.md. Bad input (no curves, no finished baseline):
+    InputError, so ``run_perf`` can call this before any other section runs."""
     from bench.report.curves import time_to_reach, trial_points
 
     run = load(run_dir)
-    dataset, metric = pick_metric(run)
+    dataset, metric, others = pick_metric(run)
     pts = trial_points(run, dataset, metric)
-    labels = list(dict.fromkeys(pts["label"]))
-    baseline = labels[0]
-    goals = targets(pts, baseline)
+    baseline = run.labels[0]
+    base = pts[pts["label"] == baseline]
+    if not (~base["final"].astype(bool)).any():
+        raise InputError(f"--from-run {run_dir}: the run's first arm ({baseline}) has no finished trial with a "
+                         f"learning curve of {metric} on {dataset}: it is the baseline of the speed-ups")
+    curve_eval = base[~base["final"].astype(bool)].iloc[0]
+    pts = pts[(pts["sampler"] == curve_eval["sampler"]) & (pts["sample_steps"] == curve_eval["sample_steps"])]
+    base = pts[pts["label"] == baseline]
+    targets = goals(base)
+    base_times = {what: {seed: time_to_reach(*_series(base, seed), goal[seed])[0] for seed in goal}
+                  for what, goal in targets}
+    common = {"run": run.id, "dataset": dataset, "score": metric, "baseline": baseline,
+              "evaluation": f"{curve_eval['sampler']}:{int(curve_eval['sample_steps'])}"}
+    rows: list[dict[str, Any]] = []
+    for label in run.labels:
+        mine = pts[pts["label"] == label]
+        seeds = list(dict.fromkeys(mine["seed"]))
+        rate = [r for r in (_images_per_s(mine, seed) for seed in seeds) if math.isfinite(r)]
+        rows.append(_spread_row(f"{label}: training images/s", "images/s", rate, arm=label, target_of="",
+                                seeds=len(seeds), **common))
+        for what, goal in targets:
+            reach = {seed: time_to_reach(*_series(mine, seed), goal[seed]) for seed in seeds if seed in goal}
+            rows.append(_time_row(label, what, goal, reach, base_times[what], len(seeds), common))
     env = run.env if isinstance(run.env, dict) else {}
     machine = (f"{env.get('platform', '?')}, {env.get('cpu_count', '?')} CPU cores, runner {env.get('runner', '?')}, "
                f"{env.get('cpus_per_trial') or 'all'} CPU(s) per trial")
-    common = {"run": run.id, "dataset": dataset, "score": metric, "baseline": baseline}
-    rows: list[dict[str, Any]] = []
-    for label in labels:
-        per_seed = {seed: g.sort_values("train_step") for seed, g in pts[pts["label"] == label].groupby("seed")}
-        rate = [float(g["images"].iloc[-1] / g["train_seconds"].iloc[-1]) for g in per_seed.values()
-                if g["train_seconds"].iloc[-1] > 0]
-        rows.append(_spread_row(f"{label}: training images/s", "images/s", rate, arm=label, target_of="", **common))
-        for what, goal in goals:
-            secs = {seed: time_to_reach(g["train_seconds"], g["value"], goal) for seed, g in per_seed.items()}
-            rows.append(_time_row(label, what, goal, secs, _baseline_times(pts, baseline, goal), common))
-    notes = [f"time_to_fd: run {run.id} ({machine}), {metric} on {dataset}; targets = "
-             f"the baseline arm ({baseline})'s mean {metric} at " + ", ".join(f"{w} ({g:.4g})" for w, g in goals)]
+    notes = [f"time_to_fd: run {run.id} ({machine}); {metric} at {common['evaluation']} on {dataset}"
+             + (f" (not measured: {', '.join(others)})" if others else "")
+             + f"; targets per seed = the baseline arm ({baseline})'s {metric} at "
+             + ", ".join(f"{w} (mean {statistics.mean(g.values()):.4g})" for w, g in targets)]
     return rows, pts, notes
 
 
-def _baseline_times(pts: pd.DataFrame, baseline: str, goal: float) -> dict[Any, tuple[float, bool]]:
-    from bench.report.curves import time_to_reach
+def _series(points: pd.DataFrame, seed) -> tuple[pd.Series, pd.Series]:
+    """(train_seconds, value) of one trial's curve and final point, in order of training."""
+    t = points[points["seed"] == seed].sort_values("train_step")
+    return t["train_seconds"], t["value"]
 
-    base = pts[pts["label"] == baseline]
-    return {seed: time_to_reach(g.sort_values("train_step")["train_seconds"], g.sort_values("train_step")["value"], goal)
-            for seed, g in base.groupby("seed")}
+
+def _images_per_s(points: pd.DataFrame, seed) -> float:
+    end = points[(points["seed"] == seed)].sort_values("train_step").iloc[-1]
+    return float(end["images"] / end["train_seconds"]) if end["train_seconds"] > 0 else math.nan
 
 
 def _spread_row(case: str, metric: str, values: list[float], **extra) -> dict[str, Any]:
     v = [x for x in values if math.isfinite(x)]
-    med = statistics.median(v) if v else math.nan
-    return {"section": SECTION, "case": case, "metric": metric, "median": med, "lo": min(v, default=math.nan),
-            "hi": max(v, default=math.nan), "reps": len(v), **extra}
+    return {"section": SECTION, "case": case, "metric": metric, "median": statistics.median(v) if v else math.nan,
+            "lo": min(v, default=math.nan), "hi": max(v, default=math.nan), "reps": len(v), **extra}
 
 
-def _time_row(label: str, what: str, goal: float, secs: dict, base: dict, common: dict) -> dict[str, Any]:
-    """Seconds to ``goal`` over seeds, and the speed-up baseline / arm per seed where both reached it."""
-    reached = [s for s, (t, _) in secs.items() if math.isfinite(t)]
-    speedups = [base[s][0] / secs[s][0] for s in reached if s in base and math.isfinite(base[s][0]) and secs[s][0] > 0]
-    bound = any(secs[s][1] for s in reached)
-    row = _spread_row(f"{label}: seconds to {common['score']} <= {goal:.4g} (baseline's value at {what})",
-                      "training seconds", [secs[s][0] for s in reached], arm=label, target_of=what, target=goal, **common)
-    row.update(seeds=len(secs), ratio=statistics.median(speedups) if speedups else math.nan,
-               ratio_lo=min(speedups, default=math.nan), ratio_hi=max(speedups, default=math.nan),
-               note=f"reached by {len(reached)} of {len(secs)} seeds" + ("; first curve point already there (an upper "
-                                                                       "bound)" if bound else ""))
+def _time_row(label: str, what: str, goal: dict, reach: dict, base: dict, n_seeds: int, common: dict) -> dict[str, Any]:
+    """Seconds to the per-seed target over seeds, and the speed-up baseline / arm per seed where both got there."""
+    reached = [s for s, (t, _) in reach.items() if math.isfinite(t)]
+    paired = [s for s in reached if math.isfinite(base.get(s, math.nan)) and reach[s][0] > 0]
+    speedups = [base[s] / reach[s][0] for s in paired]
+    bound = [s for s in reached if reach[s][1]]
+    note = f"reached by {len(reached)} of {n_seeds} seeds"
+    note += f"; {len(bound)} already there at the first curve point (an upper bound on the time)" if bound else ""
+    row = _spread_row(f"{label}: seconds to {common['score']} <= the baseline's at {what}", "training seconds",
+                      [reach[s][0] for s in reached], arm=label, target_of=what,
+                      target=statistics.mean(goal.values()), seeds=n_seeds, **common)
+    row.update(ratio=statistics.median(speedups) if speedups else math.nan, ratio_lo=min(speedups, default=math.nan),
+               ratio_hi=max(speedups, default=math.nan), paired=len(speedups), bounds=len(bound), note=note)
     return row
 
 

@@ -92,26 +92,30 @@ def train_table(df: pd.DataFrame) -> list[str]:
 
 
 def time_to_fd_table(df: pd.DataFrame) -> list[str]:
-    """Arm | training images/s | per target: seconds and speed-up (baseline / arm, per seed)."""
+    """Arm | training images/s | per target: seconds, and the speed-up baseline / arm paired by seed.
+
+    A time marked <= rests on a seed that was at the target at its first curve point (so that time is
+    an upper bound and the speed-up a lower bound, marked >=)."""
     arms = list(dict.fromkeys(df["arm"]))
     goals = list(dict.fromkeys(df.loc[df["metric"] == "training seconds", "target_of"]))
     score = df["score"].iloc[0]
     head = ["arm", "training images/s"] + [c for g in goals for c in (
-        f"seconds to {score} <= {fmt(df.loc[df['target_of'] == g, 'target'].iloc[0])} (baseline at {g})", "speed-up")]
+        f"seconds to {score} <= the baseline's at {g} (mean {fmt(df.loc[df['target_of'] == g, 'target'].iloc[0])})",
+        "speed-up (paired seeds)")]
     lines = []
     for arm in arms:
         sub = df[df["arm"] == arm]
         line = [arm, rate(sub[sub["metric"] == "images/s"].iloc[0])]
         for g in goals:
             r = sub[(sub["metric"] == "training seconds") & (sub["target_of"] == g)].iloc[0]
-            bound = "<= " if "upper bound" in r["note"] else ""
-            line.append(bound + rate(r) + ("" if r["reps"] == r["seeds"] else f" — {r['note']}") if r["reps"]
-                        else f"not reached ({r['note']})")
-            line.append("" if pd.isna(r["ratio"]) else f"**{r['ratio']:.2f}x**" if r["ratio_lo"] == r["ratio_hi"]
-                        else f"**{r['ratio']:.2f}x** ({r['ratio_lo']:.2f}-{r['ratio_hi']:.2f})")
+            mark = "<= " if r["bounds"] else ""
+            line.append(f"not reached ({r['note']})" if not r["reps"]
+                        else mark + rate(r) + ("" if r["reps"] == r["seeds"] and not r["bounds"] else f" — {r['note']}"))
+            spread = "" if r["ratio_lo"] == r["ratio_hi"] else f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}, "
+            line.append("" if pd.isna(r["ratio"]) else
+                        f"{'>= ' if r['bounds'] else ''}**{r['ratio']:.2f}x** ({spread}n={int(r['paired'])})")
         lines.append(line)
-    out = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    return out + ["| " + " | ".join(line) + " |" for line in lines]
+    return _table(head, lines)
 
 
 def generic_table(df: pd.DataFrame, section: str) -> list[str]:
@@ -154,6 +158,15 @@ def environment(ctx, sections: list[str], wall_s: float) -> dict[str, Any]:
     }
 
 
+def command_options(ctx, sections: list[str]) -> str:
+    """The options of the ``bench perf`` command that measured this (to repeat it)."""
+    from bench.perf import ORDER
+
+    opts = " --quick" if ctx.quick else ""
+    opts += "" if set(sections) >= set(ORDER) - {"time_to_fd"} else f" --only {','.join(sections)}"
+    return opts + (f" --from-run {ctx.from_run}" if ctx.from_run else "")
+
+
 def write_outputs(target: Path, rows: list[dict[str, Any]], ctx, sections: list[str], wall_s: float) -> None:
     df = pd.DataFrame(rows)
     env = environment(ctx, sections, wall_s)
@@ -161,7 +174,7 @@ def write_outputs(target: Path, rows: list[dict[str, Any]], ctx, sections: list[
     write_text_atomic(target / "env.json", json.dumps(env, indent=1))
     git = env["git"]
     md = [f"# bench perf — {env['device']}", "",
-          f"Measured by `python -m bench perf{' --quick' if ctx.quick else ''}` on {env['finished'][:10]}: "
+          f"Measured by `python -m bench perf{command_options(ctx, sections)}` on {env['finished'][:10]}: "
           f"{env['device']}, {env['cpu_count']} CPU cores, {ctx.threads} torch threads, torch {env['versions']['torch']}, "
           f"diffusers {env['versions']['diffusers'] or '(not installed)'}, commit {git.get('commit', '?')[:7]}"
           f"{' (dirty)' if git.get('dirty') else ''}; {wall_s / 60:.1f} min in all. Every rate is the median over "

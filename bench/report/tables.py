@@ -31,7 +31,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 KEYS = ["dataset", "label", "sampler", "sample_steps"]
-#: config fields never shown in an arm's label: replicates, panels and paths.
 FLOOR_LABEL = "real vs real (floor)"
 
 
