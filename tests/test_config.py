@@ -92,6 +92,6 @@ def test_trial_labels_name_the_fields_that_vary_within_an_arm():
     budget = load_grid("budget").trials()
     labels = trial_labels(budget)
     assert len(set(labels.values())) == len(budget) == 8
-    assert labels[trial_id(budget[0])] == "cosine / gaussian [model=tiny, batch_size=32, lr=0.001] | mnist | seed 0"
+    assert labels[trial_id(budget[0])] == "cosine / gaussian / v, none [model=tiny, batch_size=32, lr=0.001] | mnist | seed 0"
     quick = load_grid("schedules", "quick").trials()
     assert trial_labels(quick)[trial_id(quick[0])] == "linear / gaussian | mnist | seed 0"
