@@ -305,10 +305,17 @@ def n_params(run: Run) -> str:
     return ", ".join(f"{int(p):,}" for p in run.rows["params"].dropna().unique()) if "params" in run.rows else "?"
 
 
+#: the training and evaluation budget a report states; the sentence says which of them a grid varies
+BUDGET_FIELDS = ("train_steps", "batch_size", "lr", "model", "timesteps", "n_samples")
+
+
 def budget(run: Run) -> str:
     wall = run.env.get("wall_s")
     took = f"{duration(wall)} of wall-clock time" if wall else "an unrecorded wall-clock time (env.json has no wall_s)"
-    return (f"**Budget** (the same for every arm): {values(run, 'train_steps')} training steps at batch size "
+    varying = [c for c in BUDGET_FIELDS if c in run.rows.columns and run.rows[c].nunique() > 1]
+    scope = ("the same for every arm" if not varying else
+             f"the grid varies {join([f'`{c}`' for c in varying])} between arms; the rest is the same for every arm")
+    return (f"**Budget** ({scope}): {values(run, 'train_steps')} training steps at batch size "
             f"{values(run, 'batch_size')}, UNet preset `{values(run, 'model')}` ({n_params(run) or '?'} "
             f"parameters), T = {values(run, 'timesteps')} diffusion steps, {values(run, 'n_samples')} generated "
             f"images per evaluation, on {values(run, 'device')}. The run took "
