@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train, sample and score every trial of a grid")
     run.add_argument("--grid", required=True, help="grid name (experiments/NAME.toml) or path to a .toml")
     run.add_argument("--preset", default=None,
-                     help="full (as written, GPU scale) | quick (2-core CPU, ~30 min) | smoke (seconds); "
+                     help="full (as written, GPU scale) | standard (schedules, noise: models that learn MNIST, "
+                          "~2-3 h on a 2-core CPU) | quick (2-core CPU, ~30-45 min) | smoke (seconds); "
                           "default: full where CUDA is available, else quick")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
     run.add_argument("--out", type=Path, help="run directory (default results/GRID/PRESET-TIMESTAMP)")
@@ -174,6 +175,7 @@ def cmd_run(args) -> int:
 
     from bench.config import parse_set
     from bench.dryrun import check_data, estimate, print_plan
+    from bench.grid import preset_names
     from bench.progress import duration
     from bench.runner import Fanout, plan_grid, run_grid
     from bench.tracking import parse_track
@@ -187,7 +189,7 @@ def cmd_run(args) -> int:
     if args.preset is None:
         why = ("CUDA is available" if cuda else "no CUDA GPU here; full is GPU scale" if preset == "quick"
                else "no CUDA GPU here, and the grid has no quick preset: it runs as written")
-        _say(f"no --preset given: using {preset} ({why}); choose with --preset full|quick|smoke")
+        _say(f"no --preset given: using {preset} ({why}); choose with --preset {'|'.join(preset_names(args.grid))}")
     sizes = check_data(plan.trials)
     threads, at_once = fanout.slots()
     if args.dry_run:

@@ -124,6 +124,11 @@ def find_grid(name_or_path: str) -> Path:
     return candidate
 
 
+def preset_names(name_or_path: str) -> list[str]:
+    """The presets a grid file defines, ``full`` (the file as written) first."""
+    return ["full", *read_toml(find_grid(name_or_path)).get("presets", {})]
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())

@@ -4,14 +4,13 @@ and every trial validates before any work (a generated test: a new grid file is 
 import pytest
 
 from bench import claims
-from bench.grid import check_params_apply, find_grid, grid_names, load_grid, read_toml, validate_trials
+from bench.grid import check_params_apply, grid_names, load_grid, preset_names, validate_trials
 from bench.runner import check_late_failures
 
 
 def _cases():
     for name in grid_names():
-        presets = ["full", *read_toml(find_grid(name)).get("presets", {})]
-        for preset in presets:
+        for preset in preset_names(name):
             yield name, preset
 
 
