@@ -127,6 +127,7 @@ def test_only_time_to_fd_writes_beside_not_over_the_device_measurement(tmp_path)
     assert target == tmp_path / "perf" / "time_to_fd" / "fd-run"
     md = (target / "perf.md").read_text()
     assert f"--only time_to_fd --from-run {run}" in md and "## Wall time to a fixed FD" in md
+    assert md.startswith("# bench perf — time to a fixed FD in run `fd-run`") and "torch threads" not in md
     assert (target / "time_to_fd.png").exists()
     with pytest.raises(InputError, match="--from-run is read by the time_to_fd section only"):
         run_perf(tmp_path / "perf", only="sample", from_run=run)

@@ -173,12 +173,19 @@ def write_outputs(target: Path, rows: list[dict[str, Any]], ctx, sections: list[
     write_text_atomic(target / "perf.csv", df.to_csv(index=False))
     write_text_atomic(target / "env.json", json.dumps(env, indent=1))
     git = env["git"]
-    md = [f"# bench perf — {env['device']}", "",
-          f"Measured by `python -m bench perf{command_options(ctx, sections)}` on {env['finished'][:10]}: "
-          f"{env['device']}, {env['cpu_count']} CPU cores, {ctx.threads} torch threads, torch {env['versions']['torch']}, "
-          f"diffusers {env['versions']['diffusers'] or '(not installed)'}, commit {git.get('commit', '?')[:7]}"
-          f"{' (dirty)' if git.get('dirty') else ''}; {wall_s / 60:.1f} min in all. Every rate is the median over "
-          f"repetitions, with min-max and the number of repetitions; compared cases alternate within a repetition.", ""]
+    command = f"`python -m bench perf{command_options(ctx, sections)}` on {env['finished'][:10]}"
+    if sections == ["time_to_fd"]:  # nothing measured here: the numbers are the run's own
+        md = [f"# bench perf — time to a fixed FD in run `{Path(ctx.from_run).resolve().name}`", "",
+              f"Read by {command} (commit {git.get('commit', '?')[:7]}{' (dirty)' if git.get('dirty') else ''}) from "
+              f"the run's learning curves: the times are the run's trials' own, on the machine the notes name; "
+              f"every number is over the run's training seeds (n = seeds).", ""]
+    else:
+        md = [f"# bench perf — {env['device']}", "",
+              f"Measured by {command}: "
+              f"{env['device']}, {env['cpu_count']} CPU cores, {ctx.threads} torch threads, torch {env['versions']['torch']}, "
+              f"diffusers {env['versions']['diffusers'] or '(not installed)'}, commit {git.get('commit', '?')[:7]}"
+              f"{' (dirty)' if git.get('dirty') else ''}; {wall_s / 60:.1f} min in all. Every rate is the median over "
+              f"repetitions, with min-max and the number of repetitions; compared cases alternate within a repetition.", ""]
     for section in [s for s in sections if len(df) and s in set(df["section"])]:
         title, what = HEADINGS.get(section, (section, ""))
         part = df[df["section"] == section]
