@@ -99,7 +99,7 @@ class RunConfig:
     eval_at: str = ""  # comma-separated fractions of train_steps (0.25) or step counts (200) to evaluate the EMA at
     curve_metrics: str = ""  # metrics of those evaluations ("" -> metrics), with the first of evals
     # --- evaluation-only trials (bench.trained) ---------------------------------------------------
-    reuse_training: bool = False  # adopt the model of a finished trial whose training is identical instead of training
+    reuse_training: bool = False  # adopt the model (and curve) of a finished trial whose training is identical instead of training
 
     # ---------------------------------------------------------------------------------------------
     def replace(self, **changes) -> "RunConfig":
@@ -399,9 +399,6 @@ def validate(cfg: RunConfig) -> None:
     for k in ("lr", "grad_clip"):
         if getattr(cfg, k) <= 0:
             raise InputError(f"{k} must be > 0, got {getattr(cfg, k)}")
-    if cfg.reuse_training and cfg.curve_steps:
-        raise InputError("reuse_training adopts a finished model, so the trial has no learning curve: "
-                         f"leave eval_at empty (got {cfg.eval_at!r})")
     if not 0 <= cfg.dropout < 1 or not 0 <= cfg.ema_decay < 1 or cfg.ddim_eta < 0:
         raise InputError("dropout and ema_decay must lie in [0, 1) and ddim_eta must be >= 0")
     if cfg.image_seeds not in IMAGE_SEEDS:
@@ -462,7 +459,8 @@ FIELD_HELP = {
     "image_seeds": "shared = the same image seeds in every trial; per_seed = the same in every arm, new per training seed",
     "eval_at": "learning-curve points: fractions of train_steps or step counts, comma-separated",
     "curve_metrics": "metrics of the learning-curve points; '' = metrics",
-    "reuse_training": "evaluation only: adopt the final model of a finished trial with identical training fields (bench.trained)",
+    "reuse_training": "adopt the final model (and, with eval_at, the same learning curve) of a finished trial with "
+                      "identical training fields instead of training (bench.trained)",
 }
 
 

@@ -18,6 +18,12 @@ trial with ``reuse_training`` trains, it takes ``<key>.lock`` (so two trials of 
 train once: the second waits, then adopts) and copies the checkpoint and loss logs into its work
 dir, where the trainer resumes at the last step and does nothing. A pointer whose checkpoint is gone,
 unreadable, of another training config or not at the end of training is ignored.
+
+A reusing trial *with* a learning curve (``eval_at``: e.g. the noise grid's Gaussian arm, trained
+exactly as the schedules grid's) adopts only a source whose curve is the one it would have drawn
+(``curve_key``: the same curve steps, sampler and steps, images, image seeds, reference and curve
+metrics), and copies the source's curve.json and curve sample grids with the model; where no such
+source exists it trains, curve included.
 """
 
 from __future__ import annotations
@@ -46,6 +52,15 @@ LOGS = ("loss.csv", "loss_by_t.csv")
 def train_key(cfg: RunConfig) -> str:
     """16 hex digits of SHA-256 over the training fields (sorted JSON)."""
     fields = {k: v for k, v in sorted(cfg.to_dict().items()) if k not in EVAL_ONLY}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def curve_key(cfg: RunConfig) -> str:
+    """What a learning-curve point depends on beyond the training: its steps, its evaluation (the first
+    of ``evals``) and how it is scored. Two trials with equal train and curve keys draw the same curve."""
+    fields = {"steps": cfg.curve_steps, "metrics": cfg.curve_metric_names, "eval": cfg.evaluations[0],
+              **{k: getattr(cfg, k) for k in ("n_samples", "sample_seed", "image_seeds", "n_reference", "ddim_eta",
+                                             "var_type", "skip_start")}}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -94,11 +109,27 @@ def adopt(cfg: RunConfig, workdir: Path) -> str:
     if (workdir / CHECKPOINT).exists():
         return ""  # its own (resumed) training comes first
     src = find(cfg)
-    if src is None:
+    if src is None or (cfg.curve_steps and not _same_curve(cfg, src.parent)):
         return ""
     workdir.mkdir(parents=True, exist_ok=True)
     for name in LOGS:
         if (src.parent / name).exists():
             shutil.copyfile(src.parent / name, workdir / name)
+    if cfg.curve_steps:  # the curve's rows and its sample grids, before the model (the adopted state is complete)
+        (workdir / "samples").mkdir(exist_ok=True)
+        for png in (src.parent / "samples").glob("*-step*.png"):
+            shutil.copyfile(png, workdir / "samples" / png.name)
+        copy_atomic(src.parent / "curve.json", workdir / "curve.json")
     copy_atomic(src, workdir / CHECKPOINT)
     return str(src.parent)
+
+
+def _same_curve(cfg: RunConfig, src_dir: Path) -> bool:
+    """Whether the source trial in ``src_dir`` drew, at every curve step, the curve ``cfg`` would draw."""
+    try:
+        theirs = RunConfig(**{k: v for k, v in json.loads((src_dir / "config.json").read_text()).items()
+                              if k in RunConfig.__dataclass_fields__})
+        done = {r["train_step"] for r in json.loads((src_dir / "curve.json").read_text())}
+    except Exception:  # noqa: BLE001 - a source without its config or curve: train instead
+        return False
+    return curve_key(theirs) == curve_key(cfg) and set(cfg.curve_steps) <= done

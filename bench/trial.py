@@ -52,11 +52,11 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     # The only two things that differ between arms: the schedule and the noise.
     betas, diffusion, noise = build_process(cfg, data)  # data: for a corruption whose start is fitted to it
 
-    curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device)
     trained_in = ""
     with trained.training_lock(cfg) if cfg.reuse_training else contextlib.nullcontext():
         if cfg.reuse_training:  # an evaluation-only trial: a finished model of the same training, if there is one
             trained_in = trained.adopt(cfg, workdir)
+        curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device)  # after adoption: it may bring the curve
         _log_attempt(workdir, trained_in)  # after adoption: the step it resumes from is the adopted model's
         result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress,
                             report=report, evaluate=curve)

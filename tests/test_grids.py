@@ -41,3 +41,15 @@ def test_probe_grids_train_as_the_schedules_grid_so_its_models_are_adopted():
             trials = load_grid(probe, preset).trials()
             assert all(c.reuse_training and not c.eval_at for c in trials)
             assert {train_key(c) for c in trials} <= schedules, (probe, preset)
+
+
+def test_the_standard_noise_grids_gaussian_arm_adopts_the_standard_schedules_models_and_curves():
+    """Its Gaussian trials have the training key and the curve key of the schedules grid's standard
+    cosine trials (bench.trained), so where that run is on the machine they train nothing again."""
+    from bench.trained import curve_key, train_key
+
+    schedules = {(train_key(c), curve_key(c)) for c in load_grid("schedules", "standard").trials()}
+    noise = load_grid("noise", "standard").trials()
+    gaussian = [c for c in noise if c.noise == "gaussian"]
+    assert len(gaussian) == 5 and all(c.reuse_training for c in noise)
+    assert {(train_key(c), curve_key(c)) for c in gaussian} <= schedules

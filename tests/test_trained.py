@@ -9,7 +9,6 @@ import torch
 
 from bench import trained
 from bench.config import RunConfig, validate
-from bench.registry import InputError
 from bench.train import load_ema
 from bench.trial import run_trial
 
@@ -89,6 +88,22 @@ def test_without_a_finished_model_the_trial_trains_and_a_stale_pointer_is_ignore
     assert rows[0]["trained_in"] == ""
 
 
-def test_reuse_training_with_a_learning_curve_is_bad_input():
-    with pytest.raises(InputError, match="reuse_training adopts a finished model"):
-        validate(SMOKE.replace(reuse_training=True, eval_at="0.5"))
+def test_a_reusing_trial_with_a_learning_curve_adopts_the_curve_it_would_draw_or_trains(tmp_path):
+    """The noise grid's Gaussian arm trains as the schedules grid's: with eval_at it adopts a source whose
+    curve has the same steps, evaluation and scoring (rows equal to the source's, its training seconds
+    included, and the curve's sample grids), and trains itself where the curve would differ."""
+    src = SMOKE.replace(eval_at="6", evals="ddim:3,ddim:5")
+    src_rows = run_trial(src, tmp_path / "src", device="cpu", progress=False)
+    twin = SMOKE.replace(eval_at="6", evals="ddim:3,ddpm:4", reuse_training=True)
+    validate(twin)
+    rows = run_trial(twin, tmp_path / "twin", device="cpu", progress=False)
+    assert {r["trained_in"] for r in rows} == {str((tmp_path / "src").resolve())}
+    curve = [r for r in rows if r["train_step"] == 6]
+    src_curve = [r for r in src_rows if r["train_step"] == 6]
+    assert len(curve) == len(src_curve) == 1
+    assert (curve[0]["fd_pixels"], curve[0]["train_seconds"]) == (src_curve[0]["fd_pixels"], src_curve[0]["train_seconds"])
+    assert (tmp_path / "twin" / "samples" / "ddim-3-step6.png").read_bytes() == \
+        (tmp_path / "src" / "samples" / "ddim-3-step6.png").read_bytes()
+    other = run_trial(SMOKE.replace(eval_at="4", reuse_training=True), tmp_path / "other", device="cpu", progress=False)
+    assert {r["trained_in"] for r in other} == {""}  # its curve step is not the source's: it trains, curve included
+    assert sorted(r["train_step"] for r in other) == [4, 12]
