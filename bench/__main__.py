@@ -196,7 +196,7 @@ def cmd_run(args) -> int:
         print_plan(plan.grid, plan.trials, plan.run_dir, threads, at_once, ray=not args.local, sizes=sizes)
         return 0
     if not cuda and preset == "full":
-        has_quick = _default_preset(args.grid, False) == "quick"  # then full is the GPU-scale version of the grid
+        has_quick = "quick" in preset_names(args.grid)  # then full is the GPU-scale version of the grid
         _say(f"preset full{' is GPU scale' if has_quick else ''} ({len(plan.trials)} trials as the grid file is written); "
              f"timing this CPU for an estimate (seconds)...")
         est = estimate(plan.trials, threads, at_once, ray=not args.local, sizes=sizes)
@@ -217,15 +217,9 @@ def _interrupt(signum, frame):
 
 def _default_preset(grid: str, cuda: bool) -> str:
     """full with CUDA; else quick where the grid has it (a grid file without presets runs as written)."""
-    from bench.grid import load_grid
+    from bench.grid import preset_names
 
-    if cuda:
-        return "full"
-    try:
-        load_grid(grid, "quick")
-    except InputError:
-        return "full"
-    return "quick"
+    return "quick" if not cuda and "quick" in preset_names(grid) else "full"
 
 
 def _say(msg: str) -> None:

@@ -79,7 +79,7 @@ class Ctx:
     ceiling_gflops: float = math.nan  # set by the ceiling section
     notes: list[str] = field(default_factory=list)  # what was skipped and why (goes into perf.md)
     from_run: Path | None = None  # the run whose learning curves time_to_fd reads
-    from_run_measured: tuple | None = None  # fd_time.measure(from_run), computed before any section runs
+    from_run_measured: tuple | None = None  # fd_time.measure(from_run): run_perf reads the run before any section
     figures: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # file name -> writer, for sections' plots
 
 
@@ -344,7 +344,7 @@ def time_to_fd(ctx: Ctx) -> list[dict[str, Any]]:
     """Training seconds to a fixed FD per arm of ``ctx.from_run`` (``bench.perf.fd_time``)."""
     from bench.perf import fd_time
 
-    rows, points, notes = ctx.from_run_measured or fd_time.measure(ctx.from_run)
+    rows, points, notes = ctx.from_run_measured
     ctx.notes += notes
     ctx.figures["time_to_fd.png"] = lambda path: fd_time.plot(points, rows[0]["score"], path)
     return rows
