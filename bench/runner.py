@@ -382,26 +382,45 @@ class Collector:
 class Progress:
     """What the driver says while trials run: a line per finished trial with its time and the grid's
     ETA, and, between them, at most one line every ``PROGRESS_EVERY_S`` seconds (on a terminal the
-    trainer's bar shows the steps instead under --local). ETA = trials left x the time per trial
-    finished in this session, divided by the trials that run at once."""
+    trainer's bar shows the steps instead under --local).
+
+    ETA = (pending trials x T + the running trials' time left) / trials at once. T is the mean
+    duration of the trials this session ran from their start; a running trial's time left is its
+    step fraction left x T. A --resume restarts trials from their checkpoints, so a trial first seen
+    past ``FRESH`` of its steps does not count in T. Until one fresh trial has finished, T is the
+    running trials' step rate (measured since this session first saw them) x their steps: training
+    only, so the ETA is a lower bound."""
+
+    FRESH = 0.05  # a trial first seen at most this far into its steps ran from its start
 
     def __init__(self, total: int, done_before: int, at_once: int):
         self.total, self.done_before, self.at_once = total, done_before, max(1, at_once)
         self.t0 = self.last = time.time()
         self.finished: list[str] = []  # statuses of trials finished in this session
+        self.durations: list[float] = []  # seconds of the trials finished in this session that ran from their start
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
+        self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
+
+    def _training_s(self, tid: str, step: int, steps: int) -> float | None:
+        """A running trial's whole training time at its step rate since first seen (None: no rate yet)."""
+        s0, t0 = self.first_seen.get(tid, (0, self.t0))
+        rate = (step - s0) / max(time.time() - t0, 1e-9)
+        return steps / rate if rate > 0 else None
 
     def eta(self) -> str:
         left = self.total - self.done_before - len(self.finished)
-        if not self.finished:  # from the training progress of the running trials (training only: a lower bound)
-            fractions = [s / n for s, n in self.running.values() if n]
-            f = sum(fractions) / len(fractions) if fractions else 0.0
-            if f <= 0:
+        if not left:
+            return "all finished"
+        if self.durations:
+            per_trial, bound = sum(self.durations) / len(self.durations), ""
+        else:
+            estimates = [t for tid, (s, n) in self.running.items() if (t := self._training_s(tid, s, n))]
+            if not estimates:
                 return "ETA after the first trial"
-            per_trial = (time.time() - self.t0) / f
-            waves = -(-left // self.at_once)
-            return f"ETA > {duration(per_trial * (waves - f))} (training only, until a trial finishes)"
-        return f"ETA {duration((time.time() - self.t0) / len(self.finished) * left)}" if left else "all finished"
+            per_trial, bound = sum(estimates) / len(estimates), "> "
+        todo = left - sum(s / n for s, n in self.running.values() if n)
+        eta = f"ETA {bound}{duration(todo * per_trial / self.at_once)}"
+        return eta + (" (training only, until a trial finishes)" if bound else "")
 
     def counts(self) -> str:
         failed = sum(s == "error" for s in self.finished)
@@ -411,9 +430,12 @@ class Progress:
     def trial_done(self, label: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
         status = rows[0]["status"]
         tid = rows[0]["trial_id"]
-        self.running.pop(tid, None)
+        _, steps = self.running.pop(tid, (0, 0))
+        first_step, _ = self.first_seen.pop(tid, (0, 0.0))
         self.finished.append(status)
         seconds = seconds if seconds is not None else max((r.get("trial_s") or 0 for r in rows), default=0)
+        if status == "ok" and seconds > 0 and first_step <= self.FRESH * steps:
+            self.durations.append(seconds)
         extra = f": {str(rows[0].get('error', ''))[:160]}" if status == "error" else ""
         _say(f"[{self.done_before + len(self.finished)}/{self.total}] {label}: {status} in {duration(seconds)}{extra}; "
              f"{self.counts()}; {self.eta()}")
@@ -421,6 +443,7 @@ class Progress:
 
     def step(self, tid: str, label: str, step: int, steps: int, rate: float | None = None, force: bool = False) -> None:
         self.running[tid] = (step, steps)
+        self.first_seen.setdefault(tid, (step, time.time()))
         if not force and time.time() - self.last < PROGRESS_EVERY_S:
             return
         self.last = time.time()

@@ -417,13 +417,31 @@ def test_progress_line_format(capsys):
     p.step("b", "cosine / gaussian | mnist | seed 0", 250, 500, 105.0, force=True)
     err = capsys.readouterr().err
     assert "[3/12] linear / gaussian | mnist | seed 0: ok in 2.0 min; 3 finished (0 failed), 0 running of 12" in err
-    assert "ETA 36.0 min" in err  # 9 left x 4 min per finished trial (two at a time are already in the rate)
+    assert "ETA 9.0 min" in err  # 9 left x 2 min a trial / 2 at a time
     assert "step 250/500, 105 img/s" in err
 
     early = runner.Progress(total=4, done_before=0, at_once=2)  # before any trial finished: from the steps
     early.t0 -= 100
     early.running = {"a": (50, 100), "b": (50, 100)}
     assert early.eta() == "ETA > 5.0 min (training only, until a trial finishes)"  # 200 s a trial, 1.5 waves left
+
+
+def test_progress_eta_after_a_resume_counts_only_what_this_session_ran():
+    """A --resume restarts the running trials from their checkpoints near the end: their few steps
+    and short durations must not set the rate (before: 16 trials of 18 min each were announced as
+    27 min away; once they finished, as a few minutes)."""
+    p = runner.Progress(total=20, done_before=4, at_once=2)
+    now = time.time()
+    p.first_seen = {"a": (4250, now - 60), "b": (4300, now - 60)}  # resumed: 250 and 200 steps in 60 s
+    p.running = {"a": (4500, 4500), "b": (4500, 4500)}
+    per_trial = (4500 / (250 / 60) + 4500 / (200 / 60)) / 2  # their whole training at their rates: 18 and 22.5 min
+    assert p.eta() == f"ETA > {runner.duration(14 * per_trial / 2)} (training only, until a trial finishes)"  # 14 to start
+    p.trial_done("a", [{"trial_id": "a", "status": "ok", "trial_s": 300.0}])
+    p.trial_done("b", [{"trial_id": "b", "status": "ok", "trial_s": 280.0}])
+    assert not p.durations  # both resumed: their 5 minutes are not a trial's duration
+    p.step("c", "c", 45, 4500)  # a fresh trial, first seen at its first report
+    p.trial_done("c", [{"trial_id": "c", "status": "ok", "trial_s": 1100.0}])
+    assert p.durations == [1100.0] and p.eta() == f"ETA {runner.duration(13 * 1100.0 / 2)}"
 
 
 # --- 7. the dry run is bounded ------------------------------------------------------------------------
