@@ -594,6 +594,11 @@ def test_floors_state_their_own_n(tmp_path):
     assert floor_phrase(run, "fid", "mnist") == "floor at this sample size (n = 256)"
     assert floor_phrase(run, "fid", "craters") == "floor at n = 200 (arms at n = 256)"
     assert "`on `mnist`" not in floor_sample_size(run)[0] and "`fid` on `mnist`" not in floor_sample_size(run)[0]
+    # the best arm against the floor: only at the same n, only for a lower-is-better metric with a positive floor
+    from bench.report import _times_floor
+    assert _times_floor(run, "fid", "mnist", 5.0, 2.5) == "; the best arm's mean is 2.0x the floor"
+    assert _times_floor(run, "fid", "craters", 51.0, 30.5) == ""  # floor at n = 200, arms at 256
+    assert _times_floor(run, "fid", "mnist", 5.0, -0.1) == ""
 
 
 def test_learning_curve_rows_change_no_table(built, tmp_path):

@@ -42,9 +42,11 @@ from bench.report.plots import (
 from bench.report.tables import (
     Run,
     aggregate,
+    arm_n,
     datasets_with,
     decimals,
     direction,
+    floor_n,
     floor_phrase,
     floor_value,
     higher_is_better,
@@ -214,7 +216,17 @@ def verdict(run: Run, agg: pd.DataFrame, table: pd.DataFrame, metric: str, ds: s
         text += "." + (" With a single seed of the best arm its rank is indicative only." if b["n"] < 2 else "")
         text += "".join(f"\n  - {sentence(r, metric)}." for _, r in rows.iterrows())
     phrase, fv = floor_phrase(run, metric, ds), floor_value(run, metric, ds)
-    return text + (f"\n  - Real-vs-real {phrase}: {stats.fmt(fv)}." if phrase else "")
+    return text + (f"\n  - Real-vs-real {phrase}: {stats.fmt(fv)}{_times_floor(run, metric, ds, b['mean'], fv)}."
+                   if phrase else "")
+
+
+def _times_floor(run: Run, metric: str, ds: str, best: float, floor: float) -> str:
+    """'; the best arm is 9.5x the floor' for a lower-is-better metric whose floor is positive and at the
+    arms' sample size (a distance's bias depends on n: a ratio across sample sizes would mislead)."""
+    same_n = floor_n(run, metric, ds) is not None and arm_n(run, metric, ds) == [floor_n(run, metric, ds)]
+    if higher_is_better(metric) or not same_n or not floor > 0:
+        return ""
+    return f"; the best arm's mean is {best / floor:.1f}x the floor"
 
 
 def _ms(r, d: int = 2) -> str:
