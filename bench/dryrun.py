@@ -120,7 +120,9 @@ def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path, threads: int 
         print(f"  {grid.description}", file=out)
     for k, v in grid.axes.items():
         print(f"  axis {k:<14} {len(v)} x {v}", file=out)
-    varying = set(grid.axes)
+    for i, arm in enumerate(grid.arms, 1):
+        print(f"  arm {i:<15} " + ", ".join(f"{k}={v}" for k, v in arm.items()), file=out)
+    varying = set(grid.varied())
     fixed = {k: v for k, v in trials[0].to_dict().items() if k not in varying}
     budget = ("train_steps", "batch_size", "model", "timesteps", "evals", "n_samples", "metrics")
     print("  budget per trial: " + ", ".join(f"{k}={fixed[k]}" for k in budget if k in fixed), file=out)

@@ -5,6 +5,11 @@ Cartesian product (each axis is a RunConfig field), and ``[presets.<name>.base]`
 ``[presets.<name>.axes]`` overrides (``full`` is the file as written). The evaluation list is the
 ``evals`` field (SAMPLER:STEPS, ...) with ``n_samples`` images each.
 
+Arms that are not a product of axes (a published model against the best combination found
+elsewhere, which differ in several fields at once) are ``[[arms]]`` tables of fields, each crossed
+with the axes (``[[presets.<name>.arms]]`` replaces them in a preset); a field is an arm field or an
+axis, not both.
+
     name = "schedules"
     description = "..."
     [base]
@@ -48,19 +53,23 @@ class Grid:
     axes: dict[str, list[Any]]
     notes: list[str] = field(default_factory=list)  # what the preset changed, for the report
     claims: list[claims_mod.Claim] = field(default_factory=list)  # published results the run is checked against
+    arms: list[dict[str, Any]] = field(default_factory=list)  # [[arms]]: field settings, each crossed with the axes
 
     def trials(self) -> list[RunConfig]:
-        """The Cartesian product of the axes over the base, in file order. Parameters that do not
-        apply to a trial's schedule or noise are dropped and the resulting duplicates removed
-        (gaussian x three theta_0 values is one gaussian trial)."""
+        """Each arm (in file order) x the Cartesian product of the axes over the base. Parameters
+        that do not apply to a trial's schedule or noise are dropped and the resulting duplicates
+        removed (gaussian x three theta_0 values is one gaussian trial)."""
         keys = list(self.axes)
-        combos = itertools.product(*(self.axes[k] for k in keys)) if keys else [()]
         unique: dict[str, RunConfig] = {}
-        for combo in combos:
-            cfg = from_dict({**self.base, **dict(zip(keys, combo))})
-            cfg = cfg.canonical()
-            unique.setdefault(trial_id(cfg), cfg)
+        for arm in self.arms or [{}]:
+            for combo in itertools.product(*(self.axes[k] for k in keys)) if keys else [()]:
+                cfg = from_dict({**self.base, **arm, **dict(zip(keys, combo))}).canonical()
+                unique.setdefault(trial_id(cfg), cfg)
         return list(unique.values())
+
+    def varied(self) -> list[str]:
+        """The fields that can differ between trials: the axes, then the arms' fields."""
+        return [*self.axes, *(k for k in dict.fromkeys(k for a in self.arms for k in a) if k not in self.axes)]
 
     def to_toml(self) -> str:
         """The resolved grid (preset and --set applied), from which the run can be repeated."""
@@ -68,6 +77,7 @@ class Grid:
                  f"preset = {_toml(self.preset)}", "", "[base]"]
         lines += [f"{k} = {_toml(v)}" for k, v in self.base.items() if v is not None]
         lines += ["", "[axes]"] + [f"{k} = {_toml(v)}" for k, v in self.axes.items()]
+        lines += [line for a in self.arms for line in ["", "[[arms]]", *(f"{k} = {_toml(v)}" for k, v in a.items())]]
         lines += [line for c in self.claims for line in ["", *_claim_toml(c)]]
         return "\n".join(lines) + "\n"
 
@@ -142,9 +152,10 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
     An override of an axis field fixes that axis to the one value."""
     path = find_grid(name_or_path)
     raw = read_toml(path)
-    unknown = set(raw) - {"name", "description", "base", "axes", "presets", "preset", "claims"}
+    unknown = set(raw) - {"name", "description", "base", "axes", "arms", "presets", "preset", "claims"}
     if unknown:
-        raise InputError(f"{path}: unknown top-level keys {sorted(unknown)} (expected name, description, base, axes, presets, claims)")
+        raise InputError(f"{path}: unknown top-level keys {sorted(unknown)} (expected name, description, base, axes, "
+                         f"arms, presets, claims)")
     presets = raw.get("presets", {})
     if preset not in PRESETS and preset not in presets:
         raise InputError(f"unknown preset {preset!r}: known {', '.join(sorted(set(PRESETS) | set(presets)))}")
@@ -152,29 +163,51 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
         raise InputError(f"{path}: grid has no [presets.{preset}]")
     base = {k: coerce(k, v) for k, v in raw.get("base", {}).items()}
     axes = {k: _axis(path, k, v) for k, v in raw.get("axes", {}).items()}
+    arms = _arms(path, raw.get("arms"))
     notes: list[str] = []
     if preset != "full":
         p = presets[preset]
-        bad = set(p) - {"base", "axes", "note"}
+        bad = set(p) - {"base", "axes", "arms", "note"}
         if bad:
-            raise InputError(f"{path}: [presets.{preset}] has unknown keys {sorted(bad)} (expected base, axes, note)")
-        for k, v in p.get("base", {}).items():  # like --set: a preset value fixes an axis of the file
+            raise InputError(f"{path}: [presets.{preset}] has unknown keys {sorted(bad)} (expected base, axes, arms, note)")
+        arms = _arms(path, p["arms"]) if "arms" in p else arms
+        for k, v in p.get("base", {}).items():  # like --set: a preset value fixes an axis or arm field of the file
             axes.pop(k, None)
+            arms = [{f: x for f, x in a.items() if f != k} for a in arms]
             base[k] = coerce(k, v)
         axes.update({k: _axis(path, k, v) for k, v in p.get("axes", {}).items()})
+        notes += [f"preset {preset} sets the arms to {arms}"] if "arms" in p else []
         notes += [p["note"]] if "note" in p else []
         notes += [f"preset {preset} sets {k} = {v}" for k, v in p.get("base", {}).items()]
         notes += [f"preset {preset} sets axis {k} = {v}" for k, v in p.get("axes", {}).items()]
+    both = sorted({k for a in arms for k in a} & set(axes))
+    if both:
+        raise InputError(f"{path}: {both[0]} is both an axis and a field of [[arms]]; make it one or the other")
     for k in list(base):
-        if k in axes:  # in the file itself an axis wins over a [base] value of the same field
+        if k in axes or any(k in a for a in arms):  # in the file itself an axis or arm wins over [base]
             del base[k]
-    for k, v in (overrides or {}).items():  # --set fixes an axis to one value
+    for k, v in (overrides or {}).items():  # --set fixes an axis or arm field to one value
         axes.pop(k, None)
+        arms = [{f: x for f, x in a.items() if f != k} for a in arms]
         base[k] = v
         notes.append(f"--set {k}={v}")
-    grid = Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes,
-                claims_mod.parse_claims(raw.get("claims"), str(path)))
-    return grid
+    return Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes,
+                claims_mod.parse_claims(raw.get("claims"), str(path)), arms)
+
+
+def grid_of_record(g: dict[str, Any]) -> Grid:
+    """The Grid a run's grid.toml (as a dict) describes, without claims."""
+    return Grid(g["name"], g.get("description", ""), g.get("preset", "full"), g.get("base", {}), g.get("axes", {}),
+                arms=g.get("arms", []))
+
+
+def _arms(path: Path, arms: Any) -> list[dict[str, Any]]:
+    """[[arms]]: a non-empty list of non-empty tables of RunConfig fields (type-checked)."""
+    if arms is None:
+        return []
+    if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a for a in arms):
+        raise InputError(f"{path}: [[arms]] must be one or more tables of fields, e.g. [[arms]] schedule = \"linear\"")
+    return [{k: coerce(k, v) for k, v in a.items()} for a in arms]
 
 
 def _axis(path: Path, key: str, values: Any) -> list[Any]:
@@ -205,7 +238,7 @@ def check_params_apply(grid: Grid, trials: list[RunConfig], overrides: dict[str,
 
     set_here = named(overrides or {})
     if grid.preset == "full":
-        set_here |= named(grid.base) | named(grid.axes)
+        set_here |= named(grid.base) | named(grid.axes) | {k for a in grid.arms for k in named(a)}
     used = {k for cfg in trials for k in COMPONENT_PARAMS if getattr(cfg, k) is not None}
     unused = sorted(set_here - used)
     if unused:

@@ -138,6 +138,11 @@ def finish(run_dir: Path, env: dict[str, Any], wall_s: float, fanout_s: float) -
     return out
 
 
+def real_grid(dataset: str) -> str:
+    """The file name (under samples/) of a run's grid of held-out real images of ``dataset``."""
+    return f"real_{dataset}.png"
+
+
 def trial_dir(run_dir: Path, cfg) -> Path:
     return run_dir / "_work" / "trials" / trial_id(cfg)
 

@@ -32,10 +32,11 @@ import torch
 
 from bench import claims, rundir, tracking, trained
 from bench.config import RunConfig, from_dict, trial_id, trial_labels
-from bench.data import DATASETS
+from bench.data import DATASETS, load_dataset
 from bench.features import FEATURES
 from bench.files import copy_atomic, save_npz_atomic, write_text_atomic
 from bench.grid import Grid, check_params_apply, load_grid, validate_trials
+from bench.images import save_grid
 from bench.metrics import METRICS, floor, reference_stats, release_extractors
 from bench.progress import PROGRESS_EVERY_S, duration
 from bench.registry import InputError
@@ -149,8 +150,8 @@ def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str
     """Load and validate every trial of a grid and check its run directory: all bad input raises
     InputError here, before any work."""
     grid = grid if isinstance(grid, Grid) else load_grid(str(grid), preset, overrides)
-    if not grid.base and not grid.axes:
-        raise InputError(f"grid {grid.name!r} has neither [base] nor [axes]: it would run one trial of the defaults; "
+    if not grid.base and not grid.axes and not grid.arms:
+        raise InputError(f"grid {grid.name!r} has neither [base] nor [axes] nor [[arms]]: it would run one trial of the defaults; "
                          f"see experiments/schedules.toml for the format")
     trials = grid.trials()
     check_params_apply(grid, trials, overrides)
@@ -337,9 +338,20 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t1})
     write_text_atomic(run_dir / rundir.FLOORS, pd.DataFrame(rows).to_csv(index=False))
     write_references(run_dir, trials)
+    write_real_grids(run_dir, trials)
     release_extractors()
     _say(f"real-vs-real floors and reference statistics ready ({time.time() - t0:.0f} s)")
 
+
+
+def write_real_grids(run_dir: Path, trials: list[RunConfig]) -> None:
+    """samples/real_<dataset>.png: the first 64 held-out images of each dataset at the trials' size,
+    the report's "by eye" reference beside the arms' samples (``bench.report.montage``)."""
+    for dataset, root, size in dict.fromkeys((c.dataset, c.data_root, c.image_size) for c in trials):
+        path = run_dir / "samples" / rundir.real_grid(dataset)
+        if not path.exists():  # the first size of a dataset (grids of one dataset at two sizes are rare)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_grid(load_dataset(dataset, "heldout", root, size)[:64], path)
 
 
 class Collector:
@@ -386,12 +398,13 @@ class Progress:
 
     ETA = (pending trials x T + the running trials' time left) / trials at once. T is the mean
     duration of the trials this session ran from their start; a running trial's time left is its
-    step fraction left x T. A --resume restarts trials from their checkpoints, so a trial first seen
-    past ``FRESH`` of its steps does not count in T. Until one fresh trial has finished, T is the
-    running trials' step rate (measured since this session first saw them) x their steps: training
-    only, so the ETA is a lower bound."""
+    step fraction left x T. A --resume restarts trials from their checkpoints, so a trial whose
+    attempt began past ``FRESH`` of its steps (the trainer's ``start_step``; else the first step
+    seen) does not count in T. Until one fresh trial has finished, T is the running trials' step
+    rate (measured since this session first saw them) x their steps: training only, so the ETA is
+    a lower bound."""
 
-    FRESH = 0.05  # a trial first seen at most this far into its steps ran from its start
+    FRESH = 0.05  # a trial whose attempt began at most this far into its steps ran from its start
 
     def __init__(self, total: int, done_before: int, at_once: int):
         self.total, self.done_before, self.at_once = total, done_before, max(1, at_once)
@@ -400,6 +413,7 @@ class Progress:
         self.durations: list[float] = []  # seconds of the trials finished in this session that ran from their start
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
         self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
+        self.start: dict[str, int] = {}  # trial id -> the step its attempt in this session began at
 
     def _training_s(self, tid: str, step: int, steps: int) -> float | None:
         """A running trial's whole training time at its step rate since first seen (None: no rate yet)."""
@@ -431,19 +445,22 @@ class Progress:
         status = rows[0]["status"]
         tid = rows[0]["trial_id"]
         _, steps = self.running.pop(tid, (0, 0))
-        first_step, _ = self.first_seen.pop(tid, (0, 0.0))
+        self.first_seen.pop(tid, None)
+        start = self.start.pop(tid, 0)
         self.finished.append(status)
         seconds = seconds if seconds is not None else max((r.get("trial_s") or 0 for r in rows), default=0)
-        if status == "ok" and seconds > 0 and first_step <= self.FRESH * steps:
+        if status == "ok" and seconds > 0 and start <= self.FRESH * steps:
             self.durations.append(seconds)
         extra = f": {str(rows[0].get('error', ''))[:160]}" if status == "error" else ""
         _say(f"[{self.done_before + len(self.finished)}/{self.total}] {label}: {status} in {duration(seconds)}{extra}; "
              f"{self.counts()}; {self.eta()}")
         self.last = time.time()
 
-    def step(self, tid: str, label: str, step: int, steps: int, rate: float | None = None, force: bool = False) -> None:
+    def step(self, tid: str, label: str, step: int, steps: int, rate: float | None = None, force: bool = False,
+             start: int | None = None) -> None:
         self.running[tid] = (step, steps)
         self.first_seen.setdefault(tid, (step, time.time()))
+        self.start.setdefault(tid, step if start is None else int(start))
         if not force and time.time() - self.last < PROGRESS_EVERY_S:
             return
         self.last = time.time()
@@ -494,7 +511,7 @@ def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, thre
         t0 = time.time()
         if rows is None:
             def report(m: dict[str, Any], tid=tid, label=label, steps=cfg.train_steps) -> None:
-                progress.step(tid, label, int(m.get("step", 0)), steps, m.get("images_per_s"))
+                progress.step(tid, label, int(m.get("step", 0)), steps, m.get("images_per_s"), start=m.get("start_step"))
 
             rows = run_trial_safe(cfg, wd, progress=None, report=None if show_bar else report)
         collector.add(rows)
@@ -587,7 +604,8 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
                 collector.add(rows)
                 progress.trial_done(labels.get(rows[0]["trial_id"], rows[0]["trial_id"]), rows)
             elif tid in labels and "step" in result:
-                progress.step(tid, labels[tid], int(result["step"]), steps[tid], result.get("images_per_s"))
+                progress.step(tid, labels[tid], int(result["step"]), steps[tid], result.get("images_per_s"),
+                              start=result.get("start_step"))
 
     # "local": always a fresh cluster of this machine (with the cores Fanout.check counted), never
     # one that another run happens to have started
@@ -603,13 +621,11 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
             if cpus_per_trial > have.get("CPU", 0) or gpus_per_trial > have.get("GPU", 0):
                 raise InputError(f"the Ray cluster at {address} has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} "
                                  f"GPUs in all; a trial asks for {cpus_per_trial:g} and {gpus_per_trial:g}")
-        # Each axis is a param_space key; the trials are the grid's own deduplicated list, given as
-        # points to evaluate (a plain grid_search would also run gaussian x every theta_0). A point
-        # leaves out parameters that do not apply to it; whatever Tune puts there is dropped again
-        # by RunConfig.canonical() in the trainable.
-        param_space = {**grid.base, **{k: tune.choice(v) for k, v in grid.axes.items()}}
+        # The trials are the grid's own deduplicated list, given as points to evaluate (a plain
+        # grid_search would also run gaussian x every theta_0); see search_space.
         pending = [cfg for cfg in trials if trial_id(cfg) not in collector.rows]  # --resume skips the finished
-        points = [{k: getattr(cfg, k) for k in grid.axes if getattr(cfg, k) is not None} for cfg in pending]
+        base, choices, points = search_space(grid, trials, pending)
+        param_space = {**base, **{k: tune.choice(v) for k, v in choices.items()}}
         if not points:
             return
         trainable = tune.with_resources(
@@ -641,6 +657,17 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
         rows = finished_rows(wd) or error_rows(cfg, RuntimeError(f"Ray trial failed; see {wd} and {run_dir / '_work' / 'ray'}"))
         collector.add(rows)
         progress.trial_done(labels[trial_id(cfg)], rows, 0.0)
+
+
+def search_space(grid: Grid, trials: list[RunConfig], pending: list[RunConfig]) -> tuple[dict, dict, list[dict]]:
+    """Tune's view of a grid: (fixed fields, {varied field: its values over ``trials``}, one point per
+    pending trial with its varied fields). A point leaves out the fields that are None for its trial
+    (parameters of components it does not use); whatever Tune puts there is dropped again by
+    ``RunConfig.canonical()`` in the trainable, so each point resolves to its trial."""
+    varied = grid.varied()  # the axes and the [[arms]] fields
+    choices = {k: list(dict.fromkeys(v for c in trials if (v := getattr(c, k)) is not None)) or [None] for k in varied}
+    points = [{k: getattr(cfg, k) for k in varied if getattr(cfg, k) is not None} for cfg in pending]
+    return grid.base, choices, points
 
 
 def preload_finished(trials: list[RunConfig], run_dir: Path, collector: Collector) -> int:

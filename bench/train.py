@@ -74,7 +74,7 @@ def train(cfg, data: torch.Tensor, diffusion, noise, workdir: Path, device="cpu"
 
     Returns the result and the EMA model (eval mode). A loss that becomes NaN/inf ends training with
     status "diverged" (no exception). ``report(metrics)`` is called every ``report_every`` steps
-    (0 = about 100 times a run) with {step, loss, images_per_s}. ``progress`` shows a tqdm bar
+    (0 = about 100 times a run) with {step, loss, images_per_s, start_step}. ``progress`` shows a tqdm bar
     (default: when stderr is a terminal). ``num_threads`` sets torch's CPU threads (global) if given.
     ``evaluate(step, ema, train_seconds)`` is called after each step of ``cfg.curve_steps`` (the
     learning curve); it must leave the EMA model as it found it. ``train_seconds``: the wall time spent
@@ -323,7 +323,8 @@ class Trainer:
                     self.save()
                 if self.status == "ok" and due_report and report is not None:
                     recent = list(self.recent)[-report_every:]
-                    report({"step": self.step, "loss": sum(recent) / len(recent), "images_per_s": readback.last_rate})
+                    report({"step": self.step, "loss": sum(recent) / len(recent), "images_per_s": readback.last_rate,
+                            "start_step": start_step})  # where this attempt began (a resumed trial: its checkpoint)
                 if self.status == "ok" and due_eval and evaluate is not None:
                     with torch.random.fork_rng(devices=self.cuda_devices):  # evaluations never move training's RNG
                         evaluate(self.step, self.ema, self.train_seconds)

@@ -431,9 +431,11 @@ def test_progress_eta_after_a_resume_counts_only_what_this_session_ran():
     and short durations must not set the rate (before: 16 trials of 18 min each were announced as
     27 min away; once they finished, as a few minutes)."""
     p = runner.Progress(total=20, done_before=4, at_once=2)
-    now = time.time()
-    p.first_seen = {"a": (4250, now - 60), "b": (4300, now - 60)}  # resumed: 250 and 200 steps in 60 s
-    p.running = {"a": (4500, 4500), "b": (4500, 4500)}
+    p.step("a", "a", 4250, 4500, start=4250)  # resumed from their checkpoints ...
+    p.step("b", "b", 4300, 4500, start=4250)
+    p.first_seen = {tid: (s, t - 60) for tid, (s, t) in p.first_seen.items()}  # ... a minute ago
+    p.step("a", "a", 4500, 4500, start=4250)  # 250 and 200 steps in 60 s
+    p.step("b", "b", 4500, 4500, start=4250)
     per_trial = (4500 / (250 / 60) + 4500 / (200 / 60)) / 2  # their whole training at their rates: 18 and 22.5 min
     assert p.eta() == f"ETA > {runner.duration(14 * per_trial / 2)} (training only, until a trial finishes)"  # 14 to start
     p.trial_done("a", [{"trial_id": "a", "status": "ok", "trial_s": 300.0}])
@@ -442,6 +444,11 @@ def test_progress_eta_after_a_resume_counts_only_what_this_session_ran():
     p.step("c", "c", 45, 4500)  # a fresh trial, first seen at its first report
     p.trial_done("c", [{"trial_id": "c", "status": "ok", "trial_s": 1100.0}])
     assert p.durations == [1100.0] and p.eta() == f"ETA {runner.duration(13 * 1100.0 / 2)}"
+    p.step("d", "d", 10, 10, start=0)  # a short trial whose one report is its last step: fresh by its start_step
+    p.step("e", "e", 4500, 4500, start=4250)  # resumed at 4250
+    p.trial_done("d", [{"trial_id": "d", "status": "ok", "trial_s": 900.0}])
+    p.trial_done("e", [{"trial_id": "e", "status": "ok", "trial_s": 60.0}])
+    assert p.durations == [1100.0, 900.0]
 
 
 # --- 7. the dry run is bounded ------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Every grid file under experiments/, in every preset it defines: it loads, its parameters apply,
 and every trial validates before any work (a generated test: a new grid file is picked up)."""
 
+import re
+
 import pytest
 
 from bench import claims
@@ -53,3 +55,87 @@ def test_the_standard_noise_grids_gaussian_arm_adopts_the_standard_schedules_mod
     gaussian = [c for c in noise if c.noise == "gaussian"]
     assert len(gaussian) == 5 and all(c.reuse_training for c in noise)
     assert {(train_key(c), curve_key(c)) for c in gaussian} <= schedules
+
+
+# --- [[arms]]: arms that differ in several fields at once ----------------------------------------------
+ARMS_GRID = '''name = "armed"
+[base]
+dataset = "synthetic"
+schedule = "cosine"
+train_steps = 10
+[axes]
+seed = [0, 1]
+[[arms]]
+schedule = "linear"
+[[arms]]
+schedule = "sigmoid"
+prediction = "v"
+[presets.one.base]
+prediction = "x0"
+[[presets.one.arms]]
+schedule = "exponential"
+'''
+
+
+def _armed(tmp_path, text=ARMS_GRID):
+    path = tmp_path / "armed.toml"
+    path.write_text(text)
+    return path
+
+
+def test_arms_are_crossed_with_the_axes_in_file_order(tmp_path):
+    grid = load_grid(str(_armed(tmp_path)))
+    got = [(c.schedule, c.prediction, c.seed, c.train_steps) for c in grid.trials()]
+    assert got == [("linear", "eps", 0, 10), ("linear", "eps", 1, 10), ("sigmoid", "v", 0, 10), ("sigmoid", "v", 1, 10)]
+    assert grid.varied() == ["seed", "schedule", "prediction"] and "schedule" not in grid.base  # an arm field wins over [base]
+    # grid.toml (what a run records) makes the same trials, and the report's reading of it too
+    from bench.config import trial_id
+    from bench.grid import grid_of_record, read_toml
+
+    recorded = _write(tmp_path, grid.to_toml())
+    again, record = load_grid(str(recorded)), grid_of_record(read_toml(recorded))
+    ids = [trial_id(c) for c in grid.trials()]
+    assert [trial_id(c) for c in again.trials()] == ids == [trial_id(c) for c in record.trials()]
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "recorded.toml"
+    path.write_text(text)
+    return path
+
+
+def test_arms_in_presets_and_set(tmp_path):
+    one = load_grid(str(_armed(tmp_path)), "one")  # the preset's arms replace the file's; its base applies to them
+    assert [(c.schedule, c.prediction, c.seed) for c in one.trials()] == [("exponential", "x0", 0), ("exponential", "x0", 1)]
+    assert any("sets the arms" in n for n in one.notes)
+    fixed = load_grid(str(_armed(tmp_path)), overrides={"prediction": "x0"})  # --set fixes an arm field for every arm
+    assert [(c.schedule, c.prediction) for c in fixed.trials()] == [("linear", "x0")] * 2 + [("sigmoid", "x0")] * 2
+
+
+@pytest.mark.parametrize("text,message", [
+    (ARMS_GRID.replace('[[arms]]\nschedule = "linear"', '[[arms]]\nseed = 3'), "seed is both an axis and a field of [[arms]]"),
+    (ARMS_GRID.replace('prediction = "v"', 'prediction = 2'), "prediction must be str"),
+    (ARMS_GRID.replace('prediction = "v"', 'predicton = "v"'), "unknown config key 'predicton'"),
+    ('name = "x"\narms = [1]\n', "[[arms]] must be one or more tables of fields"),
+])
+def test_bad_arms_are_one_clear_error(tmp_path, text, message):
+    from bench.registry import InputError
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_grid(str(_armed(tmp_path, text)))
+
+
+def test_tune_points_resolve_to_their_trials(tmp_path):
+    """run_ray's search space: every pending trial is a point that, whatever Tune draws for the fields
+    it leaves out, resolves to that trial (arms fields included; gaussian's theta_0 left out)."""
+    from bench.config import from_dict, trial_id
+    from bench.runner import search_space
+
+    for grid in (load_grid(str(_armed(tmp_path))), load_grid("noise", "quick")):
+        trials = grid.trials()
+        base, choices, points = search_space(grid, trials, trials[1:])
+        assert len(points) == len(trials) - 1
+        for cfg, point in zip(trials[1:], points):
+            for pick in (0, -1):
+                drawn = {k: v[pick] for k, v in choices.items()}
+                assert trial_id(from_dict({**base, **drawn, **point}).canonical()) == trial_id(cfg)

@@ -64,6 +64,13 @@ def test_local_smoke_writes_the_run_directory(local_run):
     again = bench("report", str(local_run))
     assert again.returncode == 0, again.stderr[-2000:]
     assert (local_run / "REPORT.md").read_text() == text
+    # held-out real images beside the samples: the first 64 of the held-out split (synthetic: 64 discs),
+    # 8 x 8 tiles of 16 px with make_grid's 2-pixel padding
+    from PIL import Image
+
+    with Image.open(local_run / "samples" / "real_synthetic.png") as im:
+        assert im.size == (8 * 18 + 2, 8 * 18 + 2)
+    assert "after held-out real images for comparison by eye" in text
 
 
 def test_env_records_the_fan_out_time_that_perf_compares(local_run):

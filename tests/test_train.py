@@ -95,11 +95,14 @@ def test_resume_equals_uninterrupted_bitwise(setup, full, tmp_path):
     with pytest.raises(Preempted):
         run(CFG, setup, tmp_path, report=report_then_die, report_every=25)
     assert [r["step"] for r in reports] == [25, 50]
-    assert set(reports[0]) == {"step", "loss", "images_per_s"} and math.isfinite(reports[0]["loss"])
+    assert set(reports[0]) == {"step", "loss", "images_per_s", "start_step"} and math.isfinite(reports[0]["loss"])
+    assert reports[0]["start_step"] == 0
     at50 = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert at50["step"] == 50 and at50["train_seconds"] > 0
 
-    result, ema = run(CFG, setup, tmp_path)  # resumes from step 50
+    resumed = []
+    result, ema = run(CFG, setup, tmp_path, report=resumed.append, report_every=25)  # resumes from step 50
+    assert resumed[0]["step"] == 75 and {r["start_step"] for r in resumed} == {50}  # the driver's ETA reads it
     ref_result, ref_ema, ref_dir = full
     assert result.status == "ok" and result.steps == CFG.train_steps
     assert result.final_loss == ref_result.final_loss

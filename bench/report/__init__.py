@@ -125,15 +125,18 @@ def compared(run: Run) -> str:
     axes = run.grid.get("axes") or {}
     seeds = sorted(int(s) for s in run.rows["seed"].dropna().unique())
     axis_text = "; ".join(f"`{k}` = {', '.join(map(str, v))}" for k, v in axes.items())
+    arms = run.grid.get("arms") or []
+    arm_text = " Arms ([[arms]], each crossed with the axes): " + "; ".join(
+        f"{i}. " + ", ".join(f"`{k}` = {v}" for k, v in a.items()) for i, a in enumerate(arms, 1)) + "." if arms else ""
     intro = (run.grid.get("description", "").strip() + " ").lstrip()
     return (f"## What was compared\n\n{intro}This run (preset "
             f"`{run.grid.get('preset', '?')}`) trains one model per arm, dataset and seed: {plural(len(run.labels), 'arm')} "
             f"({join([f'`{lb}`' for lb in run.labels])}) on {join([f'`{d}`' for d in run.datasets])}, with "
             f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) as replicates, "
             f"{plural(run.rows['trial_id'].nunique(), 'trial')} in all. "
-            f"Grid axes: {axis_text or 'none recorded'}. Everything else (model, training budget, data, sampling "
+            f"Grid axes: {axis_text or 'none recorded'}.{arm_text} Everything else (model, training budget, data, sampling "
             f"seeds, number of samples) is identical across arms, so differences between arms come from the "
-            f"axes, and the seeds measure how much of a difference is luck. Every model is sampled with "
+            f"{'arms and axes' if arms else 'axes'}, and the seeds measure how much of a difference is luck. Every model is sampled with "
             f"{join([f'`{ev_name(e)}`' for e in run.evals])} (sampler:steps), {values(run, 'n_samples')} images "
             f"each, image i starting from the same seed in every arm, and scored with "
             f"{join([f'`{m}` ({direction(m)})' for m in run.metrics])}." + curve_intro(run))

@@ -34,11 +34,9 @@ def warnings_section(run: Run, notes: list[str]) -> str:
 def incomplete(run: Run) -> list[str]:
     """rows.csv has fewer trials than grid.toml defines (a run that was interrupted or is still going)."""
     try:
-        from bench.grid import Grid
+        from bench.grid import grid_of_record
 
-        g = run.grid
-        expected = len(Grid(g["name"], g.get("description", ""), g.get("preset", "full"), g.get("base", {}),
-                            g.get("axes", {})).trials())
+        expected = len(grid_of_record(run.grid).trials())
     except Exception:  # noqa: BLE001 - no or an old grid.toml: nothing to compare with
         return []
     have = run.rows["trial_id"].nunique()
@@ -141,11 +139,10 @@ def _preset_notes(run: Run, preset: str) -> list[str]:
     """The preset's note from experiments/<grid>.toml, if that file is still there and its preset still
     makes this run's trials (best effort); a preset changed since the run is said, not quoted."""
     try:
-        from bench.grid import Grid, find_grid, load_grid, read_toml, trial_id
+        from bench.grid import find_grid, grid_of_record, load_grid, read_toml, trial_id
 
         note = read_toml(find_grid(run.name))["presets"][preset]["note"]
-        g = run.grid
-        ran = Grid(g["name"], g.get("description", ""), preset, g.get("base", {}), g.get("axes", {}))
+        ran = grid_of_record({**run.grid, "preset": preset})
         same = {trial_id(c) for c in load_grid(run.name, preset).trials()} == {trial_id(c) for c in ran.trials()}
     except Exception:  # noqa: BLE001
         return []

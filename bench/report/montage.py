@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.tables import Run, labels_of
+from bench.rundir import real_grid
 from bench.style import Plot, figure, safe, save, theme, wrap
 
 
@@ -26,17 +27,25 @@ def _first_seed(run: Run, ds: str, label: str) -> pd.Series:
 
 
 def _image_montage(run: Run, ds: str, png: Path, name: Callable[[pd.Series], str], ncols: int, w: float, h: float,
-                   notes: list[str]) -> None:
-    """One panel per arm of dataset ``ds``: the arm's first-seed image ``samples/<name(trial)>``."""
+                   notes: list[str], real: Path | None = None) -> None:
+    """One panel per arm of dataset ``ds``: the arm's first-seed image ``samples/<name(trial)>``; first,
+    where ``real`` is given, a panel of held-out real images."""
     from PIL import Image
 
     labels = labels_of(run, ds)
-    ncols = min(ncols, len(labels))
+    n = len(labels) + (real is not None)
+    ncols = min(ncols, n)
     with theme():
-        fig, axes = figure(-(-len(labels) // ncols), ncols, w, h)
+        fig, axes = figure(-(-n // ncols), ncols, w, h)
         for ax in axes.ravel():
             ax.axis("off")
-        for ax, lb in zip(axes.ravel(), labels):
+        panels = iter(axes.ravel())
+        if real is not None:
+            ax = next(panels)
+            with Image.open(real) as im:
+                ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
+            ax.set_title("held-out real images", fontsize=8)
+        for ax, lb in zip(panels, labels):
             t = _first_seed(run, ds, lb)
             path = run.dir / "samples" / name(t)
             if path.exists():
@@ -56,9 +65,12 @@ def montage_samples(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     out = []
     for ds in run.datasets if ev else []:
         png = out_dir / f"samples_{safe(ds)}.png"
-        _image_montage(run, ds, png, lambda t: f"{t['trial_id']}_{ev[0]}-{ev[1]}.png", 4, 2.6, 2.9, notes)
+        real = run.dir / "samples" / real_grid(ds)
+        real = real if real.exists() else None  # runs before the runner wrote it have none
+        _image_montage(run, ds, png, lambda t: f"{t['trial_id']}_{ev[0]}-{ev[1]}.png", 4, 2.6, 2.9, notes, real)
         out.append(Plot(png, f"{ds}: samples of every arm ({ev[0]}, {ev[1]} steps; the first seed's model; image i "
-                             f"starts from the same seed in every arm)."))
+                             f"starts from the same seed in every arm)"
+                             + (", after held-out real images for comparison by eye." if real else ".")))
     return out
 
 
