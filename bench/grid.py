@@ -163,17 +163,22 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
         raise InputError(f"{path}: grid has no [presets.{preset}]")
     base = {k: coerce(k, v) for k, v in raw.get("base", {}).items()}
     axes = {k: _axis(path, k, v) for k, v in raw.get("axes", {}).items()}
-    arms = _arms(path, raw.get("arms"))
+    arms = _arms(path, raw.get("arms"), "[[arms]]")
     notes: list[str] = []
     if preset != "full":
         p = presets[preset]
         bad = set(p) - {"base", "axes", "arms", "note"}
         if bad:
             raise InputError(f"{path}: [presets.{preset}] has unknown keys {sorted(bad)} (expected base, axes, arms, note)")
-        arms = _arms(path, p["arms"]) if "arms" in p else arms
+        if "arms" in p:
+            arms = _arms(path, p["arms"], f"[[presets.{preset}.arms]]")
+            both = sorted(set(p.get("base", {})) & {k for a in arms for k in a})
+            if both:
+                raise InputError(f"{path}: [presets.{preset}] sets {both[0]} both in its base and in its arms; "
+                                 f"make it one or the other")
         for k, v in p.get("base", {}).items():  # like --set: a preset value fixes an axis or arm field of the file
             axes.pop(k, None)
-            arms = [{f: x for f, x in a.items() if f != k} for a in arms]
+            arms = _without(arms, k)
             base[k] = coerce(k, v)
         axes.update({k: _axis(path, k, v) for k, v in p.get("axes", {}).items()})
         notes += [f"preset {preset} sets the arms to {arms}"] if "arms" in p else []
@@ -184,11 +189,11 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
     if both:
         raise InputError(f"{path}: {both[0]} is both an axis and a field of [[arms]]; make it one or the other")
     for k in list(base):
-        if k in axes or any(k in a for a in arms):  # in the file itself an axis or arm wins over [base]
-            del base[k]
+        if k in axes:  # in the file itself an axis wins over a [base] value of the same field (an arm
+            del base[k]  # field over [base] in the arms that set it: Grid.trials)
     for k, v in (overrides or {}).items():  # --set fixes an axis or arm field to one value
         axes.pop(k, None)
-        arms = [{f: x for f, x in a.items() if f != k} for a in arms]
+        arms = _without(arms, k)
         base[k] = v
         notes.append(f"--set {k}={v}")
     return Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes,
@@ -201,13 +206,23 @@ def grid_of_record(g: dict[str, Any]) -> Grid:
                 arms=g.get("arms", []))
 
 
-def _arms(path: Path, arms: Any) -> list[dict[str, Any]]:
-    """[[arms]]: a non-empty list of non-empty tables of RunConfig fields (type-checked)."""
+def _arms(path: Path, arms: Any, where: str) -> list[dict[str, Any]]:
+    """``where`` ([[arms]] or a preset's): a non-empty list of non-empty tables of RunConfig fields (type-checked)."""
     if arms is None:
         return []
     if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a for a in arms):
-        raise InputError(f"{path}: [[arms]] must be one or more tables of fields, e.g. [[arms]] schedule = \"linear\"")
+        raise InputError(f"{path}: {where} must be one or more tables of fields, e.g. {where} schedule = \"linear\"")
     return [{k: coerce(k, v) for k, v in a.items()} for a in arms]
+
+
+def _without(arms: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The arms with field ``key`` fixed elsewhere (a preset's base, --set): arms left empty or equal to
+    an earlier one are dropped, so grid.toml never holds an empty [[arms]] table."""
+    out: list[dict[str, Any]] = []
+    for a in ({f: x for f, x in arm.items() if f != key} for arm in arms):
+        if a and a not in out:
+            out.append(a)
+    return out
 
 
 def _axis(path: Path, key: str, values: Any) -> list[Any]:

@@ -228,6 +228,7 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
         for note in plan.unmeasured:
             _say(note)
         _guarded("floors", run_dir, lambda: write_floors(run_dir, trials))
+        _guarded("held-out image grids", run_dir, lambda: write_real_grids(run_dir, trials))
         t_fan = time.time()
         progress = Progress(len(trials), done, fanout.slots()[1])
         try:
@@ -338,7 +339,6 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t1})
     write_text_atomic(run_dir / rundir.FLOORS, pd.DataFrame(rows).to_csv(index=False))
     write_references(run_dir, trials)
-    write_real_grids(run_dir, trials)
     release_extractors()
     _say(f"real-vs-real floors and reference statistics ready ({time.time() - t0:.0f} s)")
 
@@ -396,13 +396,13 @@ class Progress:
     ETA, and, between them, at most one line every ``PROGRESS_EVERY_S`` seconds (on a terminal the
     trainer's bar shows the steps instead under --local).
 
-    ETA = (pending trials x T + the running trials' time left) / trials at once. T is the mean
-    duration of the trials this session ran from their start; a running trial's time left is its
-    step fraction left x T. A --resume restarts trials from their checkpoints, so a trial whose
-    attempt began past ``FRESH`` of its steps (the trainer's ``start_step``; else the first step
-    seen) does not count in T. Until one fresh trial has finished, T is the running trials' step
-    rate (measured since this session first saw them) x their steps: training only, so the ETA is
-    a lower bound."""
+    ETA = (pending trials x T + the running trials' step fraction left x T) / trials at once, and at
+    least the longest running trial's time left (T once any trial is pending). T is the mean
+    duration of the trials this session trained from their start: a --resume restarts trials from
+    their checkpoints, and an adopted (``reuse_training``) trial only evaluates, so a trial counts
+    in T only if its attempt began at most ``FRESH`` into its steps (the trainer's ``start_step``,
+    or ``begin``) and it trained here. Until one such trial has finished, T is the running trials'
+    step rate (since this session first saw them) x their steps: training only, a lower bound."""
 
     FRESH = 0.05  # a trial whose attempt began at most this far into its steps ran from its start
 
@@ -410,10 +410,15 @@ class Progress:
         self.total, self.done_before, self.at_once = total, done_before, max(1, at_once)
         self.t0 = self.last = time.time()
         self.finished: list[str] = []  # statuses of trials finished in this session
-        self.durations: list[float] = []  # seconds of the trials finished in this session that ran from their start
+        self.durations: list[float] = []  # seconds of the trials finished in this session that trained from their start
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
         self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
-        self.start: dict[str, int] = {}  # trial id -> the step its attempt in this session began at
+        self.start: dict[str, int] = {}  # trial id -> the step its latest attempt began at
+
+    def begin(self, tid: str, start: int, steps: int) -> None:
+        """A trial's attempt starts at step ``start`` (its checkpoint's; 0 for a new trial), silently."""
+        self.running[tid], self.start[tid] = (start, steps), start
+        self.first_seen[tid] = (start, time.time())
 
     def _training_s(self, tid: str, step: int, steps: int) -> float | None:
         """A running trial's whole training time at its step rate since first seen (None: no rate yet)."""
@@ -430,10 +435,12 @@ class Progress:
         else:
             estimates = [t for tid, (s, n) in self.running.items() if (t := self._training_s(tid, s, n))]
             if not estimates:
-                return "ETA after the first trial"
+                return "ETA after the first trial trained from its start" if self.finished else "ETA after the first trial"
             per_trial, bound = sum(estimates) / len(estimates), "> "
-        todo = left - sum(s / n for s, n in self.running.values() if n)
-        eta = f"ETA {bound}{duration(todo * per_trial / self.at_once)}"
+        fractions_left = [1 - s / n for s, n in self.running.values() if n]
+        todo = left - sum(1 - f for f in fractions_left)
+        longest = max([*fractions_left, 1.0 if left > len(self.running) else 0.0])  # a slot cannot split a trial
+        eta = f"ETA {bound}{duration(max(todo / self.at_once, longest) * per_trial)}"
         return eta + (" (training only, until a trial finishes)" if bound else "")
 
     def counts(self) -> str:
@@ -446,10 +453,11 @@ class Progress:
         tid = rows[0]["trial_id"]
         _, steps = self.running.pop(tid, (0, 0))
         self.first_seen.pop(tid, None)
-        start = self.start.pop(tid, 0)
+        start = self.start.pop(tid, None)  # None: never seen starting or training (adopted, failed early, ...)
         self.finished.append(status)
         seconds = seconds if seconds is not None else max((r.get("trial_s") or 0 for r in rows), default=0)
-        if status == "ok" and seconds > 0 and start <= self.FRESH * steps:
+        trained_here = start is not None and steps > 0 and start <= self.FRESH * steps and not rows[0].get("trained_in")
+        if status == "ok" and seconds > 0 and trained_here:
             self.durations.append(seconds)
         extra = f": {str(rows[0].get('error', ''))[:160]}" if status == "error" else ""
         _say(f"[{self.done_before + len(self.finished)}/{self.total}] {label}: {status} in {duration(seconds)}{extra}; "
@@ -458,9 +466,14 @@ class Progress:
 
     def step(self, tid: str, label: str, step: int, steps: int, rate: float | None = None, force: bool = False,
              start: int | None = None) -> None:
+        """A progress report of a running trial; ``start``: where its attempt began (the latest attempt
+        wins: a Ray retry from a checkpoint is not a trial trained from its start)."""
         self.running[tid] = (step, steps)
         self.first_seen.setdefault(tid, (step, time.time()))
-        self.start.setdefault(tid, step if start is None else int(start))
+        if start is not None:
+            self.start[tid] = int(start)
+        else:
+            self.start.setdefault(tid, step)
         if not force and time.time() - self.last < PROGRESS_EVERY_S:
             return
         self.last = time.time()
@@ -510,6 +523,7 @@ def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, thre
         _say(f"[{i}/{len(trials)}] {label} | {'done already' if rows else 'running'}")
         t0 = time.time()
         if rows is None:
+            progress.begin(tid, checkpoint_step(wd / CHECKPOINT), cfg.train_steps)
             def report(m: dict[str, Any], tid=tid, label=label, steps=cfg.train_steps) -> None:
                 progress.step(tid, label, int(m.get("step", 0)), steps, m.get("images_per_s"), start=m.get("start_step"))
 
@@ -661,12 +675,12 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
 
 def search_space(grid: Grid, trials: list[RunConfig], pending: list[RunConfig]) -> tuple[dict, dict, list[dict]]:
     """Tune's view of a grid: (fixed fields, {varied field: its values over ``trials``}, one point per
-    pending trial with its varied fields). A point leaves out the fields that are None for its trial
-    (parameters of components it does not use); whatever Tune puts there is dropped again by
-    ``RunConfig.canonical()`` in the trainable, so each point resolves to its trial."""
+    pending trial). A point sets every varied field, None included: a field left to Tune would be
+    drawn from the choices, and an arm that leaves a parameter at its default (None) would then run
+    with another arm's value."""
     varied = grid.varied()  # the axes and the [[arms]] fields
-    choices = {k: list(dict.fromkeys(v for c in trials if (v := getattr(c, k)) is not None)) or [None] for k in varied}
-    points = [{k: getattr(cfg, k) for k in varied if getattr(cfg, k) is not None} for cfg in pending]
+    choices = {k: list(dict.fromkeys(getattr(c, k) for c in trials)) for k in varied}
+    points = [{k: getattr(cfg, k) for k in varied} for cfg in pending]
     return grid.base, choices, points
 
 

@@ -413,6 +413,7 @@ def test_full_on_a_cpu_is_refused_with_its_estimate_unless_yes(monkeypatch, caps
 def test_progress_line_format(capsys):
     p = runner.Progress(total=12, done_before=2, at_once=2)
     p.t0 -= 240  # 4 minutes into the fan-out
+    p.begin("a", 0, 500)
     p.trial_done("linear / gaussian | mnist | seed 0", [{"trial_id": "a", "status": "ok", "trial_s": 120.0}])
     p.step("b", "cosine / gaussian | mnist | seed 0", 250, 500, 105.0, force=True)
     err = capsys.readouterr().err
@@ -449,6 +450,19 @@ def test_progress_eta_after_a_resume_counts_only_what_this_session_ran():
     p.trial_done("d", [{"trial_id": "d", "status": "ok", "trial_s": 900.0}])
     p.trial_done("e", [{"trial_id": "e", "status": "ok", "trial_s": 60.0}])
     assert p.durations == [1100.0, 900.0]
+    p.begin("f", 0, 4500)  # adopted a finished model (reuse_training): it only evaluated
+    p.trial_done("f", [{"trial_id": "f", "status": "ok", "trial_s": 200.0, "trained_in": "../other/trial"}])
+    p.trial_done("g", [{"trial_id": "g", "status": "ok", "trial_s": 30.0}])  # never seen training (e.g. killed in evaluation)
+    assert p.durations == [1100.0, 900.0]
+
+
+def test_progress_eta_is_never_less_than_the_longest_running_trial():
+    """The last trial of a grid runs on one slot however many there are: 90% of a 1000 s trial is
+    left, so 15 min, not that time spread over 4 slots (3.8 min)."""
+    p = runner.Progress(total=5, done_before=4, at_once=4)
+    p.durations = [1000.0]
+    p.running = {"z": (100, 1000)}
+    assert p.eta() == "ETA 15.0 min"
 
 
 # --- 7. the dry run is bounded ------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_arms_are_crossed_with_the_axes_in_file_order(tmp_path):
     grid = load_grid(str(_armed(tmp_path)))
     got = [(c.schedule, c.prediction, c.seed, c.train_steps) for c in grid.trials()]
     assert got == [("linear", "eps", 0, 10), ("linear", "eps", 1, 10), ("sigmoid", "v", 0, 10), ("sigmoid", "v", 1, 10)]
-    assert grid.varied() == ["seed", "schedule", "prediction"] and "schedule" not in grid.base  # an arm field wins over [base]
+    assert grid.varied() == ["seed", "schedule", "prediction"]  # every arm sets schedule: [base]'s cosine runs nowhere
     # grid.toml (what a run records) makes the same trials, and the report's reading of it too
     from bench.config import trial_id
     from bench.grid import grid_of_record, read_toml
@@ -110,6 +110,12 @@ def test_arms_in_presets_and_set(tmp_path):
     assert any("sets the arms" in n for n in one.notes)
     fixed = load_grid(str(_armed(tmp_path)), overrides={"prediction": "x0"})  # --set fixes an arm field for every arm
     assert [(c.schedule, c.prediction) for c in fixed.trials()] == [("linear", "x0")] * 2 + [("sigmoid", "x0")] * 2
+    # --set of every arm field leaves no arm: grid.toml must not hold an empty [[arms]] (it would not load again)
+    both = load_grid(str(_armed(tmp_path)), overrides={"prediction": "x0", "schedule": "cosine"})
+    assert both.arms == [] and len(both.trials()) == 2 and "[[arms]]" not in both.to_toml()
+    # a [base] value stays for the arms that do not set the field
+    kept = load_grid(str(_armed(tmp_path, ARMS_GRID.replace('train_steps = 10', 'train_steps = 10\nprediction = "x0"'))))
+    assert [c.prediction for c in kept.trials()] == ["x0", "x0", "v", "v"]
 
 
 @pytest.mark.parametrize("text,message", [
@@ -117,12 +123,14 @@ def test_arms_in_presets_and_set(tmp_path):
     (ARMS_GRID.replace('prediction = "v"', 'prediction = 2'), "prediction must be str"),
     (ARMS_GRID.replace('prediction = "v"', 'predicton = "v"'), "unknown config key 'predicton'"),
     ('name = "x"\narms = [1]\n', "[[arms]] must be one or more tables of fields"),
+    (ARMS_GRID.replace('[[presets.one.arms]]\nschedule = "exponential"', '[[presets.one.arms]]\nprediction = "v"'),
+     "[presets.one] sets prediction both in its base and in its arms"),
 ])
 def test_bad_arms_are_one_clear_error(tmp_path, text, message):
     from bench.registry import InputError
 
     with pytest.raises(InputError, match=re.escape(message)):
-        load_grid(str(_armed(tmp_path, text)))
+        load_grid(str(_armed(tmp_path, text)), "one" if "presets.one] sets" in message else "full")
 
 
 def test_tune_points_resolve_to_their_trials(tmp_path):
@@ -131,11 +139,14 @@ def test_tune_points_resolve_to_their_trials(tmp_path):
     from bench.config import from_dict, trial_id
     from bench.runner import search_space
 
-    for grid in (load_grid(str(_armed(tmp_path))), load_grid("noise", "quick")):
+    # two arms of one schedule, one with a parameter at its default (None): Tune must not draw the other's
+    defaults = _armed(tmp_path, ARMS_GRID.replace('schedule = "linear"', 'schedule = "linear"\nbeta_end = 0.03')
+                      .replace('schedule = "sigmoid"\nprediction = "v"', 'schedule = "linear"\nprediction = "v"'))
+    for grid in (load_grid(str(_armed(tmp_path))), load_grid("noise", "quick"), load_grid(str(defaults))):
         trials = grid.trials()
         base, choices, points = search_space(grid, trials, trials[1:])
-        assert len(points) == len(trials) - 1
+        assert len(points) == len(trials) - 1 and all(set(p) == set(grid.varied()) for p in points)
         for cfg, point in zip(trials[1:], points):
-            for pick in (0, -1):
-                drawn = {k: v[pick] for k, v in choices.items()}
-                assert trial_id(from_dict({**base, **drawn, **point}).canonical()) == trial_id(cfg)
+            assert all(point[k] in choices[k] for k in point)  # Tune warns about a preset value outside its domain
+            assert trial_id(from_dict({**base, **point}).canonical()) == trial_id(cfg)
+        assert len({trial_id(from_dict({**base, **p}).canonical()) for p in points}) == len(points)

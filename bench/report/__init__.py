@@ -134,7 +134,7 @@ def compared(run: Run) -> str:
             f"({join([f'`{lb}`' for lb in run.labels])}) on {join([f'`{d}`' for d in run.datasets])}, with "
             f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) as replicates, "
             f"{plural(run.rows['trial_id'].nunique(), 'trial')} in all. "
-            f"Grid axes: {axis_text or 'none recorded'}.{arm_text} Everything else (model, training budget, data, sampling "
+            f"Grid axes: {axis_text or ('none' if arms else 'none recorded')}.{arm_text} Everything else (model, training budget, data, sampling "
             f"seeds, number of samples) is identical across arms, so differences between arms come from the "
             f"{'arms and axes' if arms else 'axes'}, and the seeds measure how much of a difference is luck. Every model is sampled with "
             f"{join([f'`{ev_name(e)}`' for e in run.evals])} (sampler:steps), {values(run, 'n_samples')} images "
@@ -227,7 +227,7 @@ def _times_floor(run: Run, metric: str, ds: str, best: float, floor: float) -> s
     """'; the best arm is 9.5x the floor' for a lower-is-better metric whose floor is positive and at the
     arms' sample size (a distance's bias depends on n: a ratio across sample sizes would mislead)."""
     same_n = floor_n(run, metric, ds) is not None and arm_n(run, metric, ds) == [floor_n(run, metric, ds)]
-    if higher_is_better(metric) or not same_n or not floor > 0:
+    if higher_is_better(metric) or not same_n or not floor > 0 or not best > 0:
         return ""
     return f"; the best arm's mean is {best / floor:.1f}x the floor"
 
