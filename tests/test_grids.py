@@ -38,7 +38,7 @@ def test_probe_grids_train_as_the_schedules_grid_so_its_models_are_adopted():
     from bench.trained import train_key
 
     for probe in ("probe_sampler_steps", "probe_skip_start"):
-        for preset in ("full", "quick"):
+        for preset in {"full", "quick", "standard"} & set(preset_names(probe)):
             schedules = {train_key(c) for c in load_grid("schedules", preset).trials()}
             trials = load_grid(probe, preset).trials()
             assert all(c.reuse_training and not c.eval_at for c in trials)
