@@ -414,11 +414,18 @@ class Progress:
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
         self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
         self.start: dict[str, int] = {}  # trial id -> the step its latest attempt began at
+        self.started: set[str] = set()  # trials started and not finished, training or only evaluating
 
     def begin(self, tid: str, start: int, steps: int) -> None:
         """A trial's attempt starts at step ``start`` (its checkpoint's; 0 for a new trial), silently."""
         self.running[tid], self.start[tid] = (start, steps), start
         self.first_seen[tid] = (start, time.time())
+        self.started.add(tid)
+
+    def launched(self, tid: str) -> None:
+        """A trial started whose steps are not known yet (Ray: before its first report; an adopted
+        trial never reports steps, it only evaluates): counted as running, not in the ETA."""
+        self.started.add(tid)
 
     def _training_s(self, tid: str, step: int, steps: int) -> float | None:
         """A running trial's whole training time at its step rate since first seen (None: no rate yet)."""
@@ -446,13 +453,14 @@ class Progress:
     def counts(self) -> str:
         failed = sum(s == "error" for s in self.finished)
         done = self.done_before + len(self.finished)
-        return f"{done} finished ({failed} failed), {len(self.running)} running of {self.total}"
+        return f"{done} finished ({failed} failed), {len(self.started | set(self.running))} running of {self.total}"
 
     def trial_done(self, label: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
         status = rows[0]["status"]
         tid = rows[0]["trial_id"]
         _, steps = self.running.pop(tid, (0, 0))
         self.first_seen.pop(tid, None)
+        self.started.discard(tid)
         start = self.start.pop(tid, None)  # None: never seen starting or training (adopted, failed early, ...)
         self.finished.append(status)
         seconds = seconds if seconds is not None else max((r.get("trial_s") or 0 for r in rows), default=0)
@@ -611,6 +619,9 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
     steps = {trial_id(c): c.train_steps for c in trials}
 
     class Collect(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            progress.launched(trial_id(from_dict(trial.config).canonical()))
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
             tid = trial_id(from_dict(trial.config).canonical()) if "rows_json" not in result else None
             if "rows_json" in result:

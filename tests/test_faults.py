@@ -456,6 +456,19 @@ def test_progress_eta_after_a_resume_counts_only_what_this_session_ran():
     assert p.durations == [1100.0, 900.0]
 
 
+def test_progress_counts_trials_that_only_evaluate_as_running(capsys):
+    """Under Ray an adopted trial never reports steps: it still runs (before: '0 running of 15' while
+    two adopted trials were evaluating), and it does not enter the ETA's step fractions."""
+    p = runner.Progress(total=15, done_before=0, at_once=2)
+    p.launched("a")
+    p.launched("b")
+    assert p.counts() == "0 finished (0 failed), 2 running of 15" and not p.running
+    p.step("b", "b", 10, 100)  # b turns out to train: still one trial
+    assert p.counts() == "0 finished (0 failed), 2 running of 15"
+    p.trial_done("a", [{"trial_id": "a", "status": "ok", "trial_s": 180.0, "trained_in": "../x"}])
+    assert "1 finished (0 failed), 1 running of 15" in capsys.readouterr().err
+
+
 def test_progress_eta_is_never_less_than_the_longest_running_trial():
     """The last trial of a grid runs on one slot however many there are: 90% of a 1000 s trial is
     left, so 15 min, not that time spread over 4 slots (3.8 min)."""
