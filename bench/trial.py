@@ -58,6 +58,8 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
             trained_in = trained.adopt(cfg, workdir)
         curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device)  # after adoption: it may bring the curve
         _log_attempt(workdir, trained_in)  # after adoption: the step it resumes from is the adopted model's
+        # an attempt stopped after adopting resumes from the adopted checkpoint: the model is still the source's
+        trained_in = trained_in or adopted_before(workdir)
         result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress,
                             report=report, evaluate=curve)
     if result.status == "ok" and result.steps == cfg.train_steps:
@@ -206,6 +208,23 @@ def finished_rows(workdir: Path) -> list[dict[str, Any]] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return rows if rows and all(r.get("status") in ("ok", "diverged") for r in rows) else None
+
+
+def adopted_before(workdir: Path) -> str:
+    """The work dir whose model an earlier attempt of this trial adopted ("" if none did): adoption
+    copies a finished checkpoint, so a later attempt resumes from it and trains no step of its own."""
+    try:
+        lines = (workdir / "attempts.jsonl").read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if entry.get("adopted_from"):
+            return str(entry["adopted_from"])
+    return ""
 
 
 def _log_attempt(workdir: Path, adopted_from: str = "") -> None:

@@ -52,6 +52,21 @@ def test_an_evaluation_only_trial_adopts_the_model_and_samples_as_the_trainer_wo
     assert [(a["resumed_from_step"], a["adopted_from"]) for a in attempt] == [(12, str((tmp_path / "src").resolve()))]
 
 
+def test_a_trial_stopped_after_adopting_still_says_whose_model_it_scores(tmp_path):
+    """A trial killed while evaluating an adopted model resumes from the copied checkpoint; its rows
+    must still name the source (before: trained_in was "", the report counted it as trained here and
+    the ETA took its evaluation time for a trial's)."""
+    run_trial(SMOKE, tmp_path / "src", device="cpu", progress=False)
+    probe = SMOKE.replace(evals="ddim:5", reuse_training=True)
+    first = run_trial(probe, tmp_path / "probe", device="cpu", progress=False)
+    (tmp_path / "probe" / "result.json").unlink()  # as if killed before its rows were written
+    again = run_trial(probe, tmp_path / "probe", device="cpu", progress=False)
+    src = str((tmp_path / "src").resolve())
+    assert {r["trained_in"] for r in again} == {src} and again[0]["fd_pixels"] == first[0]["fd_pixels"]
+    attempt = [json.loads(line) for line in (tmp_path / "probe" / "attempts.jsonl").read_text().splitlines()]
+    assert [(a["resumed_from_step"], a.get("adopted_from")) for a in attempt] == [(12, src), (12, None)]
+
+
 def test_the_learning_curve_does_not_change_the_weights(tmp_path):
     """eval_at is an evaluation field: with dropout on (masks from the global RNG), training with an
     evaluation hook that itself draws from the global RNG ends at the same weights as training
