@@ -121,7 +121,7 @@ def plot_claims(run: Run, out_dir: Path) -> list[Plot]:
             names = [wrap(f"{r['claim']}" + (f" ({r['group']})" if r["group"] else ""), 60) for _, r in part.iterrows()]
             ax.set_yticks(range(len(part)), names, fontsize=6)
             ax.set_ylim(len(part) - 0.5, -0.5)
-            ax.set_xlabel(wrap(f"{metric}: contrast, positive where the claim holds (mean over seeds, 95% t-interval)", 70))
+            ax.set_xlabel(wrap(f"{metric}: contrast, positive where the claim holds (mean over seeds, 95% t-interval)", 45))
             ax.margins(x=0.15)
             png = save(fig, Path(out_dir) / f"claims_{safe(metric)}.png")
         plots.append(Plot(png, f"The published claims measured in {metric}: each contrast (positive where the claim "
