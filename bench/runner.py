@@ -414,7 +414,7 @@ class Progress:
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
         self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
         self.start: dict[str, int] = {}  # trial id -> the step its latest attempt began at
-        self.started: set[str] = set()  # trials started and not finished, training or only evaluating
+        self.started: set[str] = set()  # trials started and not finished, training or only evaluating (⊇ running)
 
     def begin(self, tid: str, start: int, steps: int) -> None:
         """A trial's attempt starts at step ``start`` (its checkpoint's; 0 for a new trial), silently."""
@@ -453,7 +453,7 @@ class Progress:
     def counts(self) -> str:
         failed = sum(s == "error" for s in self.finished)
         done = self.done_before + len(self.finished)
-        return f"{done} finished ({failed} failed), {len(self.started | set(self.running))} running of {self.total}"
+        return f"{done} finished ({failed} failed), {len(self.started)} running of {self.total}"
 
     def trial_done(self, label: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
         status = rows[0]["status"]
@@ -477,6 +477,7 @@ class Progress:
         """A progress report of a running trial; ``start``: where its attempt began (the latest attempt
         wins: a Ray retry from a checkpoint is not a trial trained from its start)."""
         self.running[tid] = (step, steps)
+        self.started.add(tid)
         self.first_seen.setdefault(tid, (step, time.time()))
         if start is not None:
             self.start[tid] = int(start)
