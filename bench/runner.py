@@ -472,6 +472,28 @@ class Progress:
              f"{self.counts()}; {self.eta()}")
         self.last = time.time()
 
+    def note(self, tid: str, label: str, steps: int, m: dict[str, Any]) -> None:
+        """A running trial's report (the trainer's or, while it samples, ``bench.trial.sampling_ticks``'),
+        to ``step`` or ``evaluating``; anything else (Tune's own results) is ignored."""
+        if "eval_step" in m:
+            self.evaluating(tid, label, str(m.get("eval", "")), int(m["eval_step"]), int(m["eval_steps"]),
+                            float(m.get("eval_s") or 0.0))
+        elif "step" in m:
+            self.step(tid, label, int(m["step"]), steps, m.get("images_per_s"), start=m.get("start_step"))
+
+    def evaluating(self, tid: str, label: str, what: str, done: int, total: int, seconds: float) -> None:
+        """A running trial samples for an evaluation (``what``, e.g. ddpm:1000; ``done`` of ``total``
+        sampler steps over all batches, ``seconds`` in): at most one line per ``PROGRESS_EVERY_S`` with the
+        rate and this sampling's ETA = (total - done) / rate; scoring follows it."""
+        self.started.add(tid)
+        if time.time() - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = time.time()
+        rate = done / seconds if seconds > 0 else 0.0
+        left = f"ETA {duration((total - done) / rate)}" if rate > 0 else "ETA unknown"
+        _say(f"running {label}: sampling {what}, step {done}/{total}, {rate:.2f} steps/s, {left}; {self.counts()}; "
+             f"{self.eta()}")
+
     def step(self, tid: str, label: str, step: int, steps: int, rate: float | None = None, force: bool = False,
              start: int | None = None) -> None:
         """A progress report of a running trial; ``start``: where its attempt began (the latest attempt
@@ -534,7 +556,7 @@ def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, thre
         if rows is None:
             progress.begin(tid, checkpoint_step(wd / CHECKPOINT), cfg.train_steps)
             def report(m: dict[str, Any], tid=tid, label=label, steps=cfg.train_steps) -> None:
-                progress.step(tid, label, int(m.get("step", 0)), steps, m.get("images_per_s"), start=m.get("start_step"))
+                progress.note(tid, label, steps, m)
 
             rows = run_trial_safe(cfg, wd, progress=None, report=None if show_bar else report)
         collector.add(rows)
@@ -582,7 +604,7 @@ class _Reporter:
         from ray import tune
 
         stamp = self.ckpt.stat().st_mtime if self.ckpt.exists() else 0.0
-        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}  # str: "eval"
         if stamp <= self.last:
             tune.report(clean)
             return
@@ -629,9 +651,8 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
                 rows = json.loads(result["rows_json"])
                 collector.add(rows)
                 progress.trial_done(labels.get(rows[0]["trial_id"], rows[0]["trial_id"]), rows)
-            elif tid in labels and "step" in result:
-                progress.step(tid, labels[tid], int(result["step"]), steps[tid], result.get("images_per_s"),
-                              start=result.get("start_step"))
+            elif tid in labels:
+                progress.note(tid, labels[tid], steps[tid], result)
 
     # "local": always a fresh cluster of this machine (with the cores Fanout.check counted), never
     # one that another run happens to have started

@@ -56,8 +56,9 @@ noise with finite coefficients throughout.
 Add a sampler: write a function ``fn(model, diffusion, noise, shape, steps, generators, device="cpu",
 *, clip_x0=True, progress=False, <options>)`` whose keyword-only options are RunConfig fields with
 defaults (each needs a value check in ``OPTION_CHECKS``; add one for a new field), get (x_0, eps) from
-``diffusion.split``, and decorate it with ``@register_sampler("name", options=(...), evals_per_step=k,
-needs_posterior=...)`` (False when it uses only ``q_sample`` and ``split``, as ``cold``).
+``diffusion.split``, loop over the steps with ``_loop(indices, progress, desc)`` (a bar or ticks: ``Ticks``),
+and decorate it with ``@register_sampler("name", options=(...), evals_per_step=k, needs_posterior=...)``
+(needs_posterior False when it uses only ``q_sample`` and ``split``, as ``cold``).
 Registration checks that the declared options are exactly the function's keyword-only options.
 """
 
@@ -66,7 +67,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -147,7 +148,7 @@ class Sampler:
                              f"process ({type(diffusion).__name__}) does not have: sample it with {works}")
 
     def __call__(self, model, diffusion: Diffusion, noise: Noise, shape, steps: int,
-                 generators: Sequence[torch.Generator], device="cpu", *, clip_x0: bool = True, progress: bool = False,
+                 generators: Sequence[torch.Generator], device="cpu", *, clip_x0: bool = True, progress: Ticks = False,
                  **options) -> torch.Tensor:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
@@ -260,8 +261,25 @@ def _start(diffusion: Diffusion, noise: Noise, shape, generators, device, skip_s
     return noise.sample_per_item(shape, T1 - 1, generators, device).float()
 
 
-def _loop(indices, progress: bool, desc: str):
-    return tqdm(list(indices), desc=desc, unit="step", leave=False, disable=not progress)
+#: A sampler's ``progress``: True for a bar on the terminal, False for none, or ``tick(done, total)``
+#: (a trial's evaluation reports through it to the driver, bench.trial). A sampler's loop ticks the
+#: steps done before each step after the first; ``sample_images`` ticks the last one when the sampler
+#: returns (DDIM returns from inside its loop: a generator never hears that its last step ended).
+Ticks = Union[bool, Callable[[int, int], None]]
+
+
+def _loop(indices, progress: Ticks, desc: str):
+    indices = list(indices)
+    if callable(progress):
+        return _ticking(indices, progress)
+    return tqdm(indices, desc=desc, unit="step", leave=False, disable=not progress)
+
+
+def _ticking(indices: list, tick: Callable[[int, int], None]):
+    for k, i in enumerate(indices):
+        if k:
+            tick(k, len(indices))  # k steps done: the loop asks for the next index
+        yield i
 
 
 def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor:
@@ -276,7 +294,7 @@ def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor
 @register_sampler("ddpm", options=("var_type", "skip_start"), evals_per_step=1)
 @torch.no_grad()
 def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-         device="cpu", *, clip_x0: bool = True, progress: bool = False, var_type: str = "small",
+         device="cpu", *, clip_x0: bool = True, progress: Ticks = False, var_type: str = "small",
          skip_start: float = 0.0) -> torch.Tensor:
     """Ancestral sampling (Ho, Jain, Abbeel 2020, Algorithm 2) on ``steps`` evenly spaced timesteps.
 
@@ -311,7 +329,7 @@ def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
 @register_sampler("ddim", options=("ddim_eta", "skip_start"), evals_per_step=1)
 @torch.no_grad()
 def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-         device="cpu", *, clip_x0: bool = True, progress: bool = False, ddim_eta: float = 0.0,
+         device="cpu", *, clip_x0: bool = True, progress: Ticks = False, ddim_eta: float = 0.0,
          skip_start: float = 0.0) -> torch.Tensor:
     """DDIM (Song, Meng, Ermon 2021, eq. 12) on ``steps`` evenly spaced timesteps, eta = ``ddim_eta``.
 
@@ -346,7 +364,7 @@ def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
 @register_sampler("cold", options=(), evals_per_step=1, needs_posterior=False)
 @torch.no_grad()
 def cold(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-         device="cpu", *, clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+         device="cpu", *, clip_x0: bool = True, progress: Ticks = False) -> torch.Tensor:
     """Cold Diffusion's improved sampling (Bansal et al. 2022, Algorithm 2) on ``steps`` evenly spaced timesteps.
 
     With the degradation D(x_0, t) = ``diffusion.q_sample(x_0, t, eps)`` (cold_blur: the blur applied
@@ -379,14 +397,15 @@ def cold(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
 
 def sample_images(model, diffusion: Diffusion, noise: Noise, sampler: str, steps: int, n: int, shape_chw,
                   seed0: int, batch_size: int, device, options: dict[str, Any] | None = None,
-                  progress: bool = False, clip_x0: bool = True) -> torch.Tensor:
+                  progress: Ticks = False, clip_x0: bool = True) -> torch.Tensor:
     """``n`` samples [n, C, H, W] (float32, CPU; in [-1, 1] when ``clip_x0``) in batches of ``batch_size``.
 
     ``options``: sampler options by RunConfig field name (``sampler_options(sampler, cfg)``); the
     sampler gets the ones it declares, its defaults for the rest; a key that is no sampler's option is
     an InputError. Image i always comes from generator seed ``seed0 + i``, whatever ``batch_size`` and
     the device, so every arm of a grid starts image i from the same seed. ``progress`` shows a bar over
-    images (rate, ETA) and a per-batch bar over steps.
+    images (rate, ETA) and a per-batch bar over steps; a ``tick(done, total)`` instead counts the
+    steps of all batches together (total = batches x steps).
     """
     smp = SAMPLERS.get(sampler)
     options = dict(options or {})
@@ -399,11 +418,21 @@ def sample_images(model, diffusion: Diffusion, noise: Noise, sampler: str, steps
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise InputError(f"{name} must be an integer >= 1, got {v!r}")
     out = []
-    with tqdm(total=n, desc=f"sampling {sampler}:{steps}", unit="img", disable=not progress) as bar:
-        for start in range(0, n, batch_size):
+    batches = range(0, n, batch_size)
+    with tqdm(total=n, desc=f"sampling {sampler}:{steps}", unit="img", disable=progress is not True) as bar:
+        for j, start in enumerate(batches):
             b = min(batch_size, n - start)
             x = smp(model, diffusion, noise, (b, *shape_chw), steps, image_generators(b, seed0, start),
-                    device=device, clip_x0=clip_x0, progress=progress, **mine)
+                    device=device, clip_x0=clip_x0, progress=_batch_ticks(progress, j, len(batches)), **mine)
+            if callable(progress):
+                progress((j + 1) * steps, len(batches) * steps)  # the batch's last step (see Ticks)
             out.append(x.float().cpu())
             bar.update(b)
     return torch.cat(out)
+
+
+def _batch_ticks(progress: Ticks, j: int, batches: int) -> Ticks:
+    """Batch ``j``'s ticks as steps of the whole call: tick(j * total + done, batches * total)."""
+    if not callable(progress):
+        return progress
+    return lambda done, total: progress(j * total + done, batches * total)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -56,7 +58,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     with trained.training_lock(cfg) if cfg.reuse_training else contextlib.nullcontext():
         if cfg.reuse_training:  # an evaluation-only trial: a finished model of the same training, if there is one
             trained_in = trained.adopt(cfg, workdir)
-        curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device)  # after adoption: it may bring the curve
+        curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device, report)  # after adoption: it may bring the curve
         _log_attempt(workdir, trained_in)  # after adoption: the step it resumes from is the adopted model's
         # an attempt stopped after adopting resumes from the adopted checkpoint: the model is still the source's
         trained_in = trained_in or adopted_before(workdir)
@@ -88,7 +90,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         row = {**base, "sampler": sampler, "sample_steps": steps, "train_step": result.steps}
         if result.status == "ok":
             row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress,
-                                 cfg.metric_names, f"{sampler}-{steps}.png"))
+                                 cfg.metric_names, f"{sampler}-{steps}.png", report))
         rows.append(row)
     for row in rows:
         row["trial_s"] = time.time() - t_start
@@ -101,17 +103,17 @@ class _Curve:
     first evaluation of ``evals`` and scores with ``curve_metrics``; rows are kept in curve.json, so a
     resumed trial neither loses nor repeats them."""
 
-    def __init__(self, cfg, diffusion, noise, chw, workdir: Path, device):
-        self.args, self.cfg, self.path = (diffusion, noise, chw, workdir, device), cfg, workdir / "curve.json"
+    def __init__(self, cfg, diffusion, noise, chw, workdir: Path, device, report=None):
+        self.args, self.cfg, self.path = (diffusion, noise, chw, workdir, device, report), cfg, workdir / "curve.json"
         self.done = {r["train_step"]: r for r in _read_json_list(self.path)}
 
     def __call__(self, step: int, ema, train_seconds: float = float("nan")) -> None:
         if step in self.done:
             return
         sampler, steps = self.cfg.evaluations[0]
-        diffusion, noise, chw, workdir, device = self.args
+        diffusion, noise, chw, workdir, device, report = self.args
         scores = _evaluate(self.cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, False,
-                           self.cfg.curve_metric_names, f"{sampler}-{steps}-step{step}.png")
+                           self.cfg.curve_metric_names, f"{sampler}-{steps}-step{step}.png", report)
         self.done[step] = {"sampler": sampler, "sample_steps": steps, "train_step": step, "train_seconds": train_seconds,
                            **scores}
         write_json_atomic(self.path, self.rows())
@@ -129,23 +131,40 @@ def _read_json_list(path: Path) -> list[dict[str, Any]]:
 
 
 def _evaluate(cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, progress, metrics,
-              grid_name: str) -> dict[str, Any]:
+              grid_name: str, report: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Sample ``n_samples`` images (image i from seed ``cfg.image_seed0`` + i: the same in every arm)
-    and score them with ``metrics``; the first 64 go to samples/``grid_name``."""
+    and score them with ``metrics``; the first 64 go to samples/``grid_name``. With ``report``, the
+    sampling's progress goes there (``sampling_ticks``) instead of a bar."""
     t0 = time.time()
+    progress = sys.stderr.isatty() if progress is None else bool(progress)  # None: a bar on a terminal, as training's
+    ticks = sampling_ticks(report, f"{sampler}:{steps}") if report else progress
     x = sample_images(ema, diffusion, noise, sampler, steps, cfg.n_samples, tuple(chw), cfg.image_seed0,
                       batch_size=min(cfg.n_samples, 256), device=device, options=sampler_options(sampler, cfg),
-                      progress=bool(progress))
+                      progress=ticks)
     sample_s = time.time() - t0
     images = to_uint8(x.cpu())
     save_grid(x[:64].cpu(), workdir / "samples" / grid_name)
     t1 = time.time()
     features: dict[str, torch.Tensor] = {}
     scores = score(list(metrics), images, cfg.dataset, data_root=cfg.data_root, image_size=chw[-1],
-                   n_reference=cfg.n_reference or None, progress=bool(progress), device=device, features_out=features)
+                   n_reference=cfg.n_reference or None, progress=progress, device=device, features_out=features)
     save_per_image(workdir / "per_image" / grid_name.replace(".png", ".npz"), features)
     return {**scores, "sample_s": sample_s, "score_s": time.time() - t1,
             "sample_images_per_s": cfg.n_samples / max(sample_s, 1e-9)}
+
+
+def sampling_ticks(report: Callable[[dict], None], what: str, reports: int = 100) -> Callable[[int, int], None]:
+    """A sampler's ``tick(done, total)`` that sends ``{"eval": what, "eval_step": done, "eval_steps": total,
+    "eval_s": seconds since sampling began}`` to ``report`` about ``reports`` times per evaluation
+    (every ceil(total / reports) steps, and at the last): the driver's progress line while a trial samples
+    (``Progress.note``); the trainer's reports stop at its last step."""
+    t0 = time.time()
+
+    def tick(done: int, total: int) -> None:
+        if done % math.ceil(total / reports) == 0 or done == total:
+            report({"eval": what, "eval_step": done, "eval_steps": total, "eval_s": time.time() - t0})
+
+    return tick
 
 
 PER_IMAGE_MAX_DIM = 256  # Inception's 2048-d features are too large to commit for every image

@@ -469,6 +469,40 @@ def test_progress_counts_trials_that_only_evaluate_as_running(capsys):
     assert "1 finished (0 failed), 1 running of 15" in capsys.readouterr().err
 
 
+def test_progress_says_what_a_trial_samples_at_which_rate_and_how_long_it_has_left(capsys):
+    """Before: after a trial's last training step the driver said nothing for the 30+ min of a ddpm:1000
+    evaluation (the crater grid); now a trial's sampling reports reach it (bench.trial.sampling_ticks,
+    through Tune or run_local) as a line with the rate and that sampling's ETA."""
+    p = runner.Progress(total=6, done_before=0, at_once=2)
+    p.last -= runner.PROGRESS_EVERY_S
+    p.note("a", "linear / gaussian | craters | seed 0", 3063, {"eval": "ddpm:1000", "eval_step": 250,
+                                                                "eval_steps": 1000, "eval_s": 500.0})
+    err = capsys.readouterr().err
+    assert ("running linear / gaussian | craters | seed 0: sampling ddpm:1000, step 250/1000, 0.50 steps/s, "
+            "ETA 25.0 min; 0 finished (0 failed), 1 running of 6") in err  # 750 steps left at 0.5/s
+    p.note("a", "x", 3063, {"eval": "ddpm:1000", "eval_step": 260, "eval_steps": 1000, "eval_s": 520.0})
+    p.note("a", "x", 3063, {"training_iteration": 7})  # Tune's bookkeeping: neither steps nor sampling
+    assert capsys.readouterr().err == ""  # within 30 s of the last line: quiet
+    p.note("b", "y", 3063, {"step": 100, "images_per_s": 20.0, "start_step": 0})  # the trainer's reports still count
+    assert p.running["b"] == (100, 3063) and p.start["b"] == 0
+
+
+def test_sampling_ticks_report_about_a_hundred_times_and_always_the_last_step(monkeypatch):
+    from bench import trial
+
+    seen = []
+    tick = trial.sampling_ticks(seen.append, "ddpm:1000")
+    for k in range(1, 1001):
+        tick(k, 1000)
+    assert [r["eval_step"] for r in seen] == list(range(10, 1001, 10))
+    assert {(r["eval"], r["eval_steps"]) for r in seen} == {("ddpm:1000", 1000)} and seen[-1]["eval_s"] >= 0
+    seen.clear()
+    tick = trial.sampling_ticks(seen.append, "ddim:7")
+    for k in range(1, 15):  # two batches of 7 steps: total 14 < 100, every step
+        tick(k, 14)
+    assert [r["eval_step"] for r in seen] == list(range(1, 15))
+
+
 def test_progress_eta_is_never_less_than_the_longest_running_trial():
     """The last trial of a grid runs on one slot however many there are: 90% of a 1000 s trial is
     left, so 15 min, not that time spread over 4 slots (3.8 min)."""

@@ -498,6 +498,19 @@ def test_sample_images_with_progress(capsys):
     assert out.shape == (3, 1, 2, 2) and out.abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_sample_images_ticks_count_every_step_of_every_batch_and_change_no_image(sampler):
+    """A callable progress (a trial's evaluation reporting to the driver) hears tick(done, total) after
+    each step, counted over all batches (3 images in batches of 2: 2 batches x 7 steps), and the images
+    are bitwise those of a silent run."""
+    d = diff("linear", 100)
+    model, noise = GaussOracle(d, MU, SD), noise_for(d, "gaussian")
+    ticks = []
+    got = sample_images(model, d, noise, sampler, 7, 3, (1, 4, 4), 5, 2, "cpu", progress=lambda k, n: ticks.append((k, n)))
+    assert ticks == [(k, 14) for k in range(1, 15)]
+    assert torch.equal(got, sample_images(model, d, noise, sampler, 7, 3, (1, 4, 4), 5, 2, "cpu"))
+
+
 # ---------------------------------------------------------------------------------------------
 # skip_start (Nichol & Dhariwal 2021's probe: skip the first fraction of the reverse process)
 
