@@ -402,7 +402,8 @@ class Progress:
     their checkpoints, and an adopted (``reuse_training``) trial only evaluates, so a trial counts
     in T only if its attempt began at most ``FRESH`` into its steps (the trainer's ``start_step``,
     or ``begin``) and it trained here. Until one such trial has finished, T is the running trials'
-    step rate (since this session first saw them) x their steps: training only, a lower bound."""
+    step rate (from when this session first saw them to their latest step, so that a trial's
+    evaluations do not slow it) x their steps: training only, a lower bound."""
 
     FRESH = 0.05  # a trial whose attempt began at most this far into its steps ran from its start
 
@@ -413,6 +414,7 @@ class Progress:
         self.durations: list[float] = []  # seconds of the trials finished in this session that trained from their start
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
         self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
+        self.stepped_at: dict[str, float] = {}  # trial id -> when its step last advanced (its evaluations take no steps)
         self.start: dict[str, int] = {}  # trial id -> the step its latest attempt began at
         self.started: set[str] = set()  # trials started and not finished, training or only evaluating (⊇ running)
 
@@ -430,7 +432,7 @@ class Progress:
     def _training_s(self, tid: str, step: int, steps: int) -> float | None:
         """A running trial's whole training time at its step rate since first seen (None: no rate yet)."""
         s0, t0 = self.first_seen.get(tid, (0, self.t0))
-        rate = (step - s0) / max(time.time() - t0, 1e-9)
+        rate = (step - s0) / max(self.stepped_at.get(tid, time.time()) - t0, 1e-9)
         return steps / rate if rate > 0 else None
 
     def eta(self) -> str:
@@ -460,6 +462,7 @@ class Progress:
         tid = rows[0]["trial_id"]
         _, steps = self.running.pop(tid, (0, 0))
         self.first_seen.pop(tid, None)
+        self.stepped_at.pop(tid, None)
         self.started.discard(tid)
         start = self.start.pop(tid, None)  # None: never seen starting or training (adopted, failed early, ...)
         self.finished.append(status)
@@ -501,6 +504,7 @@ class Progress:
         self.running[tid] = (step, steps)
         self.started.add(tid)
         self.first_seen.setdefault(tid, (step, time.time()))
+        self.stepped_at[tid] = time.time()  # the trainer reports only as its steps advance
         if start is not None:
             self.start[tid] = int(start)
         else:

@@ -487,6 +487,18 @@ def test_progress_says_what_a_trial_samples_at_which_rate_and_how_long_it_has_le
     assert p.running["b"] == (100, 3063) and p.start["b"] == 0
 
 
+def test_progress_training_rate_stops_at_the_last_step_while_a_trial_evaluates():
+    """Before: a resumed crater trial sampling for 30 min after its last step kept lowering its own
+    'training rate' (steps / time since first seen), and the bound said 3.6 h where training took 1.2."""
+    p = runner.Progress(total=3, done_before=0, at_once=1)
+    p.step("a", "a", 2000, 3000, start=2000)
+    p.first_seen["a"] = (2000, time.time() - 1800)  # first seen 30 min ago at step 2000 ...
+    p.step("a", "a", 3000, 3000)
+    p.stepped_at["a"] -= 900  # ... its last step 15 min ago, sampling since
+    # 1000 steps in 900 s: 2700 s a trial; 2 trials to train (the running one has none left)
+    assert p.eta() == f"ETA > {runner.duration(2 * 2700)} (training only, until a trial finishes)"
+
+
 def test_sampling_ticks_report_about_a_hundred_times_and_always_the_last_step(monkeypatch):
     from bench import trial
 
