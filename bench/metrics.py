@@ -75,6 +75,11 @@ class Metric:
     higher_is_better: bool = False  # tables, bold, plots, floors and words read this, never assume
     frechet: bool = False  # a Fréchet distance: biased at n < feature dimension (the report warns)
     needs_heldout: bool = False  # compute also gets ref["heldout_features"] (the held-out split's, e.g. memorization)
+    # The real split that stands in for generated images in the floor (``floor``): "heldout", or "train"
+    # where the metric's reference is the held-out split itself (a small held-out split would be scored
+    # against itself: sharpness_gap = 0 by construction)
+    floor_split: str = "heldout"
+    warns_below: float | None = None  # the report warns when a trial scores below this (memorization: 1)
 
     @property
     def direction(self) -> str:
@@ -94,9 +99,13 @@ METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(name: str, feature: str, description: str, higher_is_better: bool = False, frechet: bool = False,
-                    needs_heldout: bool = False):
+                    needs_heldout: bool = False, floor_split: str = "heldout", warns_below: float | None = None):
+    if floor_split not in ("heldout", "train"):
+        raise ValueError(f"metric {name}: floor_split must be 'heldout' or 'train', got {floor_split!r}")
+
     def deco(fn):
-        METRICS.register(name)(Metric(feature, fn, description, higher_is_better, frechet, needs_heldout))
+        METRICS.register(name)(Metric(feature, fn, description, higher_is_better, frechet, needs_heldout, floor_split,
+                                      warns_below))
         return fn
 
     return deco
@@ -155,11 +164,13 @@ for _feature, _suffix, _what in (("inception", "inception", "Inception pool3"), 
                                  ("pixels", "pixels", "8x8-pooled pixel")):
     register_metric(f"memorization_{_suffix}", _feature,
                     f"memorization ratio in {_what} features: median NN distance to the training set, samples / "
-                    f"held-out real images (< 1 warns)", higher_is_better=True, needs_heldout=True)(_memorization)
+                    f"held-out real images (< 1 warns)", higher_is_better=True, needs_heldout=True,
+                    warns_below=1.0)(_memorization)
 
 
 @register_metric("sharpness_gap", "laplacian", "|log| of the samples' median Laplacian variance over held-out real "
-                 "images' (0 = as sharp as real images; the _ratio column says which way)", needs_heldout=True)
+                 "images' (0 = as sharp as real images; the _ratio column says which way)", needs_heldout=True,
+                 floor_split="train")
 def _sharpness_gap(fake: torch.Tensor, ref: dict) -> dict:
     """Sharpness against real images (issue 17: "rough structures, no sharp contours"): ratio =
     median Laplacian variance of the samples / that of the held-out real images (features.laplacian_variance);
@@ -300,18 +311,27 @@ def score(metric_names: list[str], fake_uint8: torch.Tensor, dataset: str, data_
 def floor(metric_names: list[str], dataset: str, n_generated: int, data_root: str = "", image_size: int = 0,
           n_reference: int | None = None, progress: bool = False, device="cpu") -> dict[str, float | int | str]:
     """The real-vs-real floor: the same metrics and reference as :func:`score`, with ``n_generated``
-    held-out images (MNIST test; craters valid+test) in place of generated ones (all of them when
-    fewer exist; ``n_generated`` in the result is the number actually used). Same columns as score."""
+    real images of each metric's ``floor_split`` in place of generated ones: held-out images (MNIST
+    test; craters valid+test) against the training reference, or, for a metric whose reference is the
+    held-out split (sharpness_gap), the first training images against it; all of a split's images
+    when fewer exist. Same columns as score, plus ``<metric>_floor_split`` and ``<metric>_n_real``
+    (the images used); ``n_generated`` is the held-out count (as before floor_split existed)."""
     from bench.data import DATASETS, load_dataset
 
-    metrics = {name: METRICS.get(name) for name in metric_names}
     size = image_size or DATASETS.get(dataset).size
-    n_used = min(n_generated, len(load_dataset(dataset, "heldout", data_root, size)))
+    out: dict[str, float | int | str] = {}
+    for split in ("train", "heldout"):  # heldout last: its n_generated and score_seconds are the row's
+        metrics = {name: METRICS.get(name) for name in metric_names if METRICS.get(name).floor_split == split}
+        n_used = min(n_generated, len(load_dataset(dataset, split, data_root, size)))
+        if not metrics and split == "train":
+            continue
 
-    def heldout_features(feature: str) -> torch.Tensor:
-        return reference_stats(dataset, "heldout", feature, n_used, data_root, size, progress, device)["features"]
+        def real_features(feature: str, split=split, n_used=n_used) -> torch.Tensor:
+            return reference_stats(dataset, split, feature, n_used, data_root, size, progress, device)["features"]
 
-    return _evaluate(metrics, heldout_features, n_used, dataset, data_root, size, n_reference, progress, device)
+        out.update(_evaluate(metrics, real_features, n_used, dataset, data_root, size, n_reference, progress, device))
+        out.update({k: v for name in metrics for k, v in ((f"{name}_floor_split", split), (f"{name}_n_real", n_used))})
+    return out
 
 
 def _evaluate(metrics: dict[str, Metric], fake_features, n_generated: int, dataset: str, data_root: str, size: int,

@@ -69,11 +69,35 @@ def test_memorization_warning_in_the_report():
     from bench.report.tables import Run
 
     rows = pd.DataFrame({"label": ["a", "a", "b", "b"], "sampler": "ddim", "sample_steps": 10, "seed": [0, 1, 0, 1],
-                         "metrics": "memorization_pixels", "memorization_pixels": [0.4, 1.2, 1.1, 1.3],
+                         "metrics": "memorization_pixels,sharpness_gap", "memorization_pixels": [0.4, 1.2, 1.1, 1.3],
+                         "sharpness_gap": [0.44, 0.2, 1.5, 0.1],  # held-out-based too, but no memorization ratio
                          "trial_id": ["t0", "t1", "t2", "t3"], "dataset": "craters"})
     run = Run(dir=None, rows=rows, floors=None, grid={}, env={})
-    (line,) = memorization(run)
+    (line,) = memorization(run)  # before: sharpness_gap < 1 was also read as memorization
     assert line.startswith("**Memorization?** `a` (ddim:10): `memorization_pixels` < 1 in 1 of 2 seeds (min 0.4)")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sharpness_floor_scores_training_craters_against_the_held_out_ones():
+    """The craters' held-out split (45) is sharpness_gap's reference: scoring it against itself gave a
+    floor of 0 by construction. The floor is the first 98 training craters' |log| median Laplacian
+    variance over the held-out craters' (computed here from the images), at the arms' n."""
+    import math
+
+    from bench.data import load_dataset
+    from bench.features import laplacian_variance
+
+    def median_lv(split):
+        x = ((load_dataset("craters", split, "", 64) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return float(laplacian_variance(x)[:, 0].median()), len(x)
+
+    (train, n_train), (held, n_held) = median_lv("train"), median_lv("heldout")
+    got = floor(["sharpness_gap", "memorization_pixels"], "craters", 98, image_size=64)
+    assert (n_train, n_held) == (98, 45)
+    assert got["sharpness_gap"] == pytest.approx(abs(math.log(train / held)), rel=1e-5) and got["sharpness_gap"] > 0
+    assert (got["sharpness_gap_floor_split"], got["sharpness_gap_n_real"]) == ("train", 98)
+    assert (got["memorization_pixels_floor_split"], got["memorization_pixels_n_real"], got["n_generated"]) == ("heldout", 45, 45)
+    assert got["memorization_pixels"] == 1.0  # held-out against itself: 1 by definition
 
 
 def test_laplacian_variance_closed_forms():

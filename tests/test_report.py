@@ -599,6 +599,16 @@ def test_floors_state_their_own_n(tmp_path):
     assert _times_floor(run, "fid", "mnist", 5.0, 2.5) == "; the best arm's mean is 2.0x the floor"
     assert _times_floor(run, "fid", "craters", 51.0, 30.5) == ""  # floor at n = 200, arms at 256
     assert _times_floor(run, "fid", "mnist", 5.0, -0.1) == ""
+    # a floor of training images against a held-out reference (Metric.floor_split, sharpness_gap) says so, with its n
+    assert "held-out vs training images, 256, 200 held-out images" in caption(run, "fid")
+    floors["fid_floor_split"], floors["fid_n_real"] = "train", 256
+    floors.loc[floors["dataset"] == "craters", "fid_n_real"] = 98
+    floors.to_csv(path / "floors.csv", index=False)
+    run = load_run(path)
+    assert "training images scored as the samples are, against the held-out images, 256, 98 training images" in caption(
+        run, "fid")
+    assert floor_phrase(run, "fid", "craters") == "floor at n = 98 (arms at n = 256)"  # its own n, not n_generated's 200
+    assert floor_phrase(run, "fid", "mnist") == "floor at this sample size (n = 256)"
 
 
 def test_learning_curve_rows_change_no_table(built, tmp_path):

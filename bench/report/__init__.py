@@ -49,6 +49,7 @@ from bench.report.tables import (
     floor_n,
     floor_phrase,
     floor_value,
+    floor_words,
     higher_is_better,
     join,
     labels_of,
@@ -436,7 +437,7 @@ def _floor_method(run: Run, metric: str) -> str:
     phrases = [f"{ds}: {ph}" for ds in run.datasets for ph in [floor_phrase(run, metric, ds)] if ph]
     if not phrases:
         return "No real-vs-real floor recorded."
-    return ("Floor: the same metric between held-out and training real images (" + "; ".join(phrases) + ").")
+    return (f"Floor: the same metric between real images, {floor_words(run, metric)} (" + "; ".join(phrases) + ").")
 
 
 def _data_line(run: Run, ds: str) -> str:

@@ -159,15 +159,17 @@ def few_seeds(run: Run) -> list[str]:
 
 
 def memorization(run: Run) -> list[str]:
-    """Memorization metrics (``memorization_*``, bench.fidelity.nearest_neighbour_ratio) below 1 in
-    some trial: its samples sit closer to the training images than held-out real images do."""
+    """Metrics with a warning threshold (``Metric.warns_below``: the ``memorization_*`` ratios of
+    bench.fidelity.nearest_neighbour_ratio, 1) below it in some trial: its samples sit closer to the
+    training images than held-out real images do."""
     out = []
-    for m in (m for m in run.metrics if METRICS.get(m).needs_heldout):
-        low = run.rows[run.rows[m] < 1].dropna(subset=[m])
+    for m in (m for m in run.metrics if METRICS.get(m).warns_below is not None):
+        low = run.rows[run.rows[m] < METRICS.get(m).warns_below].dropna(subset=[m])
         for (label, sampler, steps), g in low.groupby(["label", "sampler", "sample_steps"], sort=False):
             of = int(run.rows[(run.rows["label"] == label) & (run.rows["sampler"] == sampler)
                               & (run.rows["sample_steps"] == steps)][m].notna().sum())
-            out.append(f"**Memorization?** `{label}` ({sampler}:{steps}): `{m}` < 1 in {len(g)} of {of} seeds "
+            out.append(f"**Memorization?** `{label}` ({sampler}:{steps}): `{m}` < {METRICS.get(m).warns_below:g} in "
+                       f"{len(g)} of {of} seeds "
                        f"(min {g[m].min():.3g}): its samples sit closer to the training images than held-out real "
                        f"images do (median nearest-neighbour distances); look at the samples beside their nearest "
                        f"training images before trusting its scores.")

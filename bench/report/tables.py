@@ -260,11 +260,28 @@ def floor_value(run: Run, metric: str, dataset: str) -> float | None:
 
 
 def floor_n(run: Run, metric: str, dataset: str) -> int | None:
-    """The number of held-out real images the floor of ``metric`` on ``dataset`` was computed from
-    (floors.csv ``n_generated``: fewer than asked where the held-out split is smaller); None if unknown."""
+    """The number of real images that stood in for generated ones in the floor of ``metric`` on
+    ``dataset`` (floors.csv ``<metric>_n_real``, or ``n_generated`` in runs from before it: held-out
+    images, fewer than asked where the held-out split is smaller); None if unknown."""
     r = floor_row(run, metric, dataset)
-    n = None if r is None or "n_generated" not in r.index else pd.to_numeric(r["n_generated"], errors="coerce")
+    col = next((c for c in (f"{metric}_n_real", "n_generated") if r is not None and c in r.index and pd.notna(r[c])), None)
+    n = None if col is None else pd.to_numeric(r[col], errors="coerce")
     return None if n is None or not np.isfinite(n) else int(n)
+
+
+def floor_is_train(run: Run, metric: str) -> bool:
+    """Whether the floor of ``metric`` scored training images against a held-out reference
+    (``Metric.floor_split``: metrics whose reference is the held-out split, as sharpness_gap) rather
+    than held-out images against the training reference; from floors.csv, so a run reads as it ran."""
+    col = f"{metric}_floor_split"
+    return run.floors is not None and col in run.floors.columns and "train" in set(run.floors[col].dropna())
+
+
+def floor_words(run: Run, metric: str) -> str:
+    """What the floor row of ``metric`` compares, for captions and the method."""
+    if floor_is_train(run, metric):
+        return "training images scored as the samples are, against the held-out images"
+    return "held-out vs training images"
 
 
 def arm_n(run: Run, metric: str, dataset: str) -> list[int]:
@@ -303,7 +320,9 @@ def metric_meta(run: Run, metric: str) -> dict[str, str]:
 
     gen = "n_generated" if "n_generated" in run.rows.columns else "n_samples"
     return {"features": values(run.rows, f"{metric}_features"), "n_generated": values(run.rows, gen),
-            "n_reference": values(run.rows, f"{metric}_n_ref"), "floor_n": values(run.floors, "n_generated")}
+            "n_reference": values(run.rows, f"{metric}_n_ref"),
+            "floor_n": values(run.floors, f"{metric}_n_real" if run.floors is not None and f"{metric}_n_real" in
+                              run.floors.columns else "n_generated")}
 
 
 def decimals(values) -> int:
@@ -332,7 +351,8 @@ def caption(run: Run, metric: str) -> str:
     m = metric_meta(run, metric)
     floors = [(ds, floor_phrase(run, metric, ds)) for ds in run.datasets]
     floors = [f"{ds}: {ph}" for ds, ph in floors if ph]
-    floor = (f" the floor row is real vs real: held-out vs training images, {m['floor_n']} held-out images; "
+    real = "training" if floor_is_train(run, metric) else "held-out"
+    floor = (f" the floor row is real vs real: {floor_words(run, metric)}, {m['floor_n']} {real} images; "
              f"{'; '.join(floors)}." if floors else " no real-vs-real floor was recorded (floors.csv).")
     best = "highest" if higher_is_better(metric) else "lowest"
     return (f"{metric} ({direction(metric)}). Feature extractor: {m['features']}. n_generated = {m['n_generated']} "
