@@ -221,15 +221,22 @@ def fd_infinity(fake_features, mu_ref, sigma_ref, ns=None, seed: int = 0, sigma_
 
 # --- memorization ------------------------------------------------------------------------------
 def nearest_neighbour_distances(queries, points, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
-    """For each row of ``queries``, the L2 distance to its nearest row of ``points`` (float64 [Q]).
-    The neighbour is found with the matmul form; its distance is then recomputed as ||q - p|| so
-    that exact copies give exactly 0."""
+    """For each row of ``queries``, the L2 distance to its nearest row of ``points`` (float64 [Q])."""
+    return nearest_neighbours(queries, points, chunk_elements)[0]
+
+
+def nearest_neighbours(queries, points, chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of ``queries``: the L2 distance to its nearest row of ``points`` (float64 [Q]) and
+    that row's index (long [Q]). The neighbour is found with the matmul form; its distance is then
+    recomputed as ||q - p|| so that exact copies give exactly 0."""
     q, p = _pair(queries, points, ("queries", "points"))
-    out = torch.empty(len(q), dtype=torch.float64, device=q.device)
+    dist = torch.empty(len(q), dtype=torch.float64, device=q.device)
+    index = torch.empty(len(q), dtype=torch.long, device=q.device)
     for start, d in _distance_blocks(q, p, chunk_elements):
         j = d.argmin(1)
-        out[start:start + len(d)] = (q[start:start + len(d)] - p[j]).norm(dim=1)
-    return out
+        index[start:start + len(d)] = j
+        dist[start:start + len(d)] = (q[start:start + len(d)] - p[j]).norm(dim=1)
+    return dist, index
 
 
 @dataclass(frozen=True)

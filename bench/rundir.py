@@ -168,7 +168,7 @@ def read_rows(run_dir: Path) -> pd.DataFrame:
         raise InputError(f"{problem or next(iter(bad.values()))}: `python -m bench run ... --out {run_dir} --resume` "
                          f"rebuilds it from the trials' results (or restore it from git)")
     try:
-        rows = pd.read_csv(path, keep_default_na=True)
+        rows = pd.read_csv(path, dtype={"trial_id": str}, keep_default_na=True)  # "7e05622055" is no number
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
         raise InputError(f"{path} is not a readable rows table ({str(e).splitlines()[0][:100]})") from None
     return rows

@@ -23,7 +23,7 @@ from bench.report import claims as claims_report
 from bench.report import curves, perimage
 from bench.report.caveats import warnings_section
 from bench.report.forward import plot_run_forward
-from bench.report.montage import montage_denoise, montage_samples
+from bench.report.montage import montage_denoise, montage_nearest, montage_samples
 from bench.report.paired import fmt_seeds, paired_table, sentence, vs_best, write_paired
 from bench.report.plots import (
     Plot,
@@ -46,6 +46,7 @@ from bench.report.tables import (
     datasets_with,
     decimals,
     direction,
+    floor_is_train,
     floor_n,
     floor_phrase,
     floor_value,
@@ -97,7 +98,7 @@ def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None =
     plots += [plot_brightness(run, m, out_dir) for m in brightness_metrics(run)]
     plots += [plot_run_schedules(run, out_dir), plot_run_forward(run, out_dir, notes), plot_loss_curves(run, out_dir, notes),
               plot_loss_by_t(run, out_dir, notes)]
-    plots += montage_samples(run, out_dir, notes) + montage_denoise(run, out_dir, notes)
+    plots += montage_samples(run, out_dir, notes) + montage_denoise(run, out_dir, notes) + montage_nearest(run, out_dir, notes)
     return [p for p in plots if p is not None], list(dict.fromkeys(notes))
 
 
@@ -437,7 +438,9 @@ def _floor_method(run: Run, metric: str) -> str:
     phrases = [f"{ds}: {ph}" for ds in run.datasets for ph in [floor_phrase(run, metric, ds)] if ph]
     if not phrases:
         return "No real-vs-real floor recorded."
-    return (f"Floor: the same metric between real images, {floor_words(run, metric)} (" + "; ".join(phrases) + ").")
+    if floor_is_train(run, metric):
+        return f"Floor: the same metric between real images, {floor_words(run, metric)} (" + "; ".join(phrases) + ")."
+    return "Floor: the same metric between held-out and training real images (" + "; ".join(phrases) + ")."
 
 
 def _data_line(run: Run, ds: str) -> str:

@@ -1,4 +1,4 @@
-"""The report's montages of a run's images (sample grids and denoising strips), one panel per arm."""
+"""The report's montages of a run's images (sample grids, denoising strips, nearest training images), one panel per arm."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from bench.report.tables import Run, labels_of
 from bench.rundir import real_grid
@@ -92,3 +93,95 @@ def montage_denoise(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
         out.append(Plot(png, f"{ds}: denoising strip of every arm: held-out x_0, then x_t and the model's predicted "
                              f"x_0 at several t (same images and noise seeds in every arm)."))
     return out
+
+
+# --- the memorization check by eye ----------------------------------------------------------------------
+NEAREST_SHOWN = 8  # samples per arm (and held-out images) shown above their nearest training images
+
+
+def grid_tiles(png: Path, size: int, n: int) -> torch.Tensor:
+    """The first ``n`` images (uint8 [n, 3, size, size]) of a grid written by ``bench.images.save_grid``
+    (ceil(sqrt(N)) per row for its N <= 64 images, 2-pixel padding): image k sits at row k // nrow,
+    column k % nrow, its corner at 2 + (size + 2) * (row, column). nrow is read off the grid's width;
+    slots past the grid's N images are blank, so ``n`` should not exceed N."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        a = np.asarray(im.convert("RGB"))
+    nrow = (a.shape[1] - 2) // (size + 2)
+    if nrow < 1 or (a.shape[1] - 2) % (size + 2):
+        raise ValueError(f"{png.name}: {a.shape[1]} pixels wide is no grid of {size}-pixel images")
+    n = min(n, nrow * ((a.shape[0] - 2) // (size + 2)))
+    tiles = [a[2 + (size + 2) * (k // nrow):][:size, 2 + (size + 2) * (k % nrow):][:, :size] for k in range(n)]
+    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+
+
+def nearest_training(images: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distance, index) of each uint8 image's nearest training image (uint8) in memorization_pixels'
+    space (8x8-pooled pixels, ``bench.fidelity.nearest_neighbours``); grey and colour are compared in RGB."""
+    from bench.features import extract_features
+    from bench.fidelity import nearest_neighbours
+
+    def rgb(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    return nearest_neighbours(extract_features("pixels", rgb(images)), extract_features("pixels", rgb(train)))
+
+
+def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
+    """Per dataset of a run scored with a ``memorization_*`` metric: held-out real images, then each
+    arm's first samples (the montage's evaluation, first seed), each above its nearest training image
+    and their distance. Copies show as identical pairs; a model that generalizes pairs its samples as
+    loosely as the held-out images are paired. Needs the training images (``BENCH_DATA_ROOT``)."""
+    from bench.data import DATASETS, load_dataset
+    from bench.images import to_uint8
+
+    ev = main_eval(run)
+    if not ev or not any(m.startswith("memorization_") for m in run.metrics):
+        return []
+    out = []
+    for ds in run.datasets:
+        rows = run.rows[run.rows["dataset"] == ds]
+        size = int(rows["image_size"].iloc[0] or 0) or DATASETS.get(ds).size
+        shown = min(NEAREST_SHOWN, int(rows["n_samples"].min()))
+        root = str(rows["data_root"].iloc[0]) if "data_root" in rows and pd.notna(rows["data_root"].iloc[0]) else ""
+        try:
+            train = to_uint8(load_dataset(ds, "train", root, size))
+        except Exception as e:  # noqa: BLE001 - a report rebuilt without the data keeps every other figure
+            notes.append(f"no nearest-training-image montage for {ds}: its training images cannot be loaded ({e})")
+            continue
+        groups = []
+        real = run.dir / "samples" / real_grid(ds)
+        if real.exists():
+            groups.append(("held-out real images", grid_tiles(real, size, shown)))
+        for lb in labels_of(run, ds):
+            png = run.dir / "samples" / f"{_first_seed(run, ds, lb)['trial_id']}_{ev[0]}-{ev[1]}.png"
+            if png.exists():
+                groups.append((f"{lb} (seed {_first_seed(run, ds, lb)['seed']})", grid_tiles(png, size, shown)))
+        if not groups:
+            continue
+        png = out_dir / f"nearest_{safe(ds)}.png"
+        _pairs_figure(groups, train, png, ds)
+        out.append(Plot(png, f"{ds}: the memorization check by eye: held-out real images, then each arm's first "
+                             f"{shown} samples ({ev[0]}, {ev[1]} steps; the first seed's model), each above its "
+                             f"nearest of the {len(train)} training images in 8x8-pooled pixels (memorization_pixels' "
+                             f"space) with their distance; copies would show as identical pairs."))
+    return out
+
+
+def _pairs_figure(groups: list[tuple[str, torch.Tensor]], train: torch.Tensor, png: Path, ds: str) -> None:
+    cols = max(len(x) for _, x in groups)
+    with theme():
+        fig, axes = figure(2 * len(groups), cols, 1.1, 1.25)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for g, (title, x) in enumerate(groups):
+            dist, idx = nearest_training(x, train)
+            for k in range(len(x)):
+                for r, img in ((2 * g, x[k]), (2 * g + 1, train[idx[k]])):
+                    rgb = img.expand(3, -1, -1).permute(1, 2, 0).numpy()  # uint8 RGB: shown as stored, never rescaled
+                    axes[r, k].imshow(rgb, interpolation="nearest")
+                axes[2 * g + 1, k].set_title(f"{dist[k]:.2f}", fontsize=7)
+            axes[2 * g, 0].set_title(wrap(title, 60), fontsize=8, loc="left")
+        fig.suptitle(f"{ds}: each image above its nearest training image (L2 in 8x8-pooled pixels)", fontsize=10)
+        save(fig, png)
