@@ -155,9 +155,10 @@ def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
         if real.exists():
             groups.append(("held-out real images", grid_tiles(real, size, shown)))
         for lb in labels_of(run, ds):
-            png = run.dir / "samples" / f"{_first_seed(run, ds, lb)['trial_id']}_{ev[0]}-{ev[1]}.png"
+            t = _first_seed(run, ds, lb)
+            png = run.dir / "samples" / f"{t['trial_id']}_{ev[0]}-{ev[1]}.png"
             if png.exists():
-                groups.append((f"{lb} (seed {_first_seed(run, ds, lb)['seed']})", grid_tiles(png, size, shown)))
+                groups.append((f"{lb} (seed {t['seed']})", grid_tiles(png, size, shown)))
         if not groups:
             continue
         png = out_dir / f"nearest_{safe(ds)}.png"
