@@ -481,8 +481,11 @@ def test_progress_says_what_a_trial_samples_at_which_rate_and_how_long_it_has_le
     assert ("running linear / gaussian | craters | seed 0: sampling ddpm:1000, step 250/1000, 0.50 steps/s, "
             "ETA 25.0 min; 0 finished (0 failed), 1 running of 6") in err  # 750 steps left at 0.5/s
     p.note("a", "x", 3063, {"eval": "ddpm:1000", "eval_step": 260, "eval_steps": 1000, "eval_s": 520.0})
-    p.note("a", "x", 3063, {"training_iteration": 7})  # Tune's bookkeeping: neither steps nor sampling
     assert capsys.readouterr().err == ""  # within 30 s of the last line: quiet
+    p.last -= runner.PROGRESS_EVERY_S
+    before = (dict(p.running), set(p.started))
+    p.note("a", "x", 3063, {"training_iteration": 7})  # Tune's bookkeeping: neither steps nor sampling
+    assert capsys.readouterr().err == "" and (p.running, p.started) == before  # ignored, though a line was due
     p.note("b", "y", 3063, {"step": 100, "images_per_s": 20.0, "start_step": 0})  # the trainer's reports still count
     assert p.running["b"] == (100, 3063) and p.start["b"] == 0
 

@@ -197,6 +197,22 @@ def test_fresh_draws_give_ratio_one_and_near_copies_below():
     assert r.ratio < 0.1
 
 
+def test_ratio_interval_closed_forms_and_coverage():
+    """Constant distances: every replicate is the ratio itself. Fresh draws (ratio ~1): the interval
+    holds 1 and is as wide as 45 held-out images make it; near copies: it lies far below 1. The same
+    distances give the same interval (a fixed seed)."""
+    assert F.ratio_interval(np.full(98, 2.0), np.full(45, 4.0)) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in F.ratio_interval(np.ones(5), np.zeros(5)))  # no replicate has a held-out median
+    rng = np.random.default_rng(30)
+    train, heldout, generated = _images(rng, 98), _images(rng, 45), _images(rng, 64)
+    r = F.nearest_neighbour_ratio(torch.from_numpy(generated), train, heldout)
+    assert r.lo < 1 < r.hi and r.lo < r.ratio < r.hi and r.hi - r.lo > 0.005
+    again = F.nearest_neighbour_ratio(torch.from_numpy(generated), train, heldout)
+    assert (again.lo, again.hi) == (r.lo, r.hi)
+    near = F.nearest_neighbour_ratio(train[:64] + 0.1 * rng.standard_normal(train[:64].shape), train, heldout)
+    assert near.hi < 0.1
+
+
 def test_ratio_when_heldout_is_in_train():
     x = np.random.default_rng(11).standard_normal((10, 4))
     assert math.isnan(F.nearest_neighbour_ratio(x[:3], x, x[3:6]).ratio)

@@ -75,6 +75,30 @@ def test_memorization_warning_in_the_report():
     run = Run(dir=None, rows=rows, floors=None, grid={}, env={})
     (line,) = memorization(run)  # before: sharpness_gap < 1 was also read as memorization
     assert line.startswith("**Memorization?** `a` (ddim:10): `memorization_pixels` < 1 in 1 of 2 seeds (min 0.4)")
+    # with the ratio's bootstrap interval (rows since it exists): the lowest one's, and how many exclude 1
+    rows = rows.assign(memorization_pixels=[0.4, 0.9, 1.1, 0.95], memorization_pixels_lo=[0.3, 0.8, 0.9, 0.85],
+                       memorization_pixels_hi=[0.5, 1.05, 1.3, 1.06], memorization_pixels_n_heldout=45)
+    a, b = memorization(Run(dir=None, rows=rows, floors=None, grid={}, env={}))
+    assert a.startswith("**Memorization?** `a` (ddim:10): `memorization_pixels` < 1 in 2 of 2 seeds (min 0.4 [0.3, 0.5]; "
+                        "the 95% bootstrap interval over the samples and 45 held-out images lies below 1 in 1 of these 2)")
+    assert "< 1 in 1 of 2 seeds (min 0.95 [0.85, 1.06]; " in b and "lies below 1 in 0 of these 1)" in b
+
+
+def test_floor_words_say_when_the_floor_is_a_metrics_value_by_definition():
+    """memorization_*'s floor scores the held-out images against themselves as its held-out comparison:
+    1 by definition, and the captions say so; a floor of held-out images against the training
+    reference alone (fid) keeps its words; sharpness_gap's is training images against held-out ones."""
+    import pandas as pd
+
+    from bench.report.tables import Run, floor_words
+
+    floors = pd.DataFrame({"dataset": ["craters"], "memorization_pixels": [1.0], "fid": [213.0], "sharpness_gap": [0.02],
+                           "memorization_pixels_floor_split": ["heldout"], "sharpness_gap_floor_split": ["train"]})
+    run = Run(dir=None, rows=pd.DataFrame({"dataset": ["craters"]}), floors=floors, grid={}, env={})
+    assert floor_words(run, "memorization_pixels") == ("held-out vs training images (the held-out images are also this "
+                                                       "metric's held-out comparison: its value by definition)")
+    assert floor_words(run, "fid") == "held-out vs training images"
+    assert floor_words(run, "sharpness_gap") == "training images scored as the samples are, against the held-out images"
 
 
 @pytest.mark.usefixtures("one_thread")

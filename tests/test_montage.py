@@ -1,6 +1,7 @@
 """The report's nearest-training-image montage (the memorization check by eye): its two helpers
 against what they invert or find, and the figure from a run's files."""
 
+import pytest
 import torch
 
 from bench.images import save_grid
@@ -22,13 +23,19 @@ def test_grid_tiles_inverts_save_grid(tmp_path):
 
 
 def test_nearest_training_finds_copies_at_distance_zero_and_the_closest_otherwise():
+    """Grey images read back from a grid as 3 equal channels are compared in their own channel: the
+    distances are memorization_pixels' (an image 3/255 brighter everywhere is 3/255 * sqrt(64) from
+    its original in 8x8-pooled grey pixels, not sqrt(3) times that)."""
     g = torch.Generator().manual_seed(1)
-    train = torch.randint(0, 256, (20, 1, 16, 16), generator=g, dtype=torch.uint8)
+    train = torch.randint(0, 250, (20, 1, 16, 16), generator=g, dtype=torch.uint8)
     copies = train[[7, 3]]
-    near = (train[[12]].int() + 3).clamp(0, 255).to(torch.uint8)  # every pixel of image 12 a little brighter
+    near = train[[12]] + 3  # every pixel of image 12 a little brighter (no clamping below 250 + 3)
     dist, idx = nearest_training(torch.cat([copies, near]).expand(-1, 3, -1, -1), train)
     assert idx.tolist() == [7, 3, 12]
-    assert dist[:2].tolist() == [0.0, 0.0] and 0 < dist[2] < 3 / 255 * (3 * 64) ** 0.5 + 1e-9  # <= 3/255 per pooled cell
+    assert dist[:2].tolist() == [0.0, 0.0] and dist[2].item() == pytest.approx(3 / 255 * 8, rel=1e-6)
+    colour = torch.randint(0, 250, (5, 3, 16, 16), generator=g, dtype=torch.uint8)
+    dist, idx = nearest_training(colour[[4]] + 3, colour)  # colour: all 3 channels, 3 * 64 pooled cells
+    assert idx.tolist() == [4] and dist.item() == pytest.approx(3 / 255 * (3 * 64) ** 0.5, rel=1e-6)
 
 
 def test_trial_ids_that_look_like_numbers_stay_names(tmp_path):

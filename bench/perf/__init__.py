@@ -329,12 +329,12 @@ def fanout(ctx: Ctx) -> list[dict[str, Any]]:
 
 def fanout_times(run_dir: Path, runner: str) -> dict[str, float]:
     """Seconds spent by a finished run: its fan-out (env.json) and, for --local, its trials (rows.csv)."""
-    import pandas as pd
+    from bench.rundir import read_rows
 
     env = json.loads((run_dir / "env.json").read_text())
     if runner == "ray":
         return {"ray fan-out": float(env["fanout_s"])}
-    rows = pd.read_csv(run_dir / "rows.csv")
+    rows = read_rows(run_dir)  # trial ids as text: "7e05622055" and "7e05622056" are not both inf
     return {"local fan-out": float(env["fanout_s"]),
             "local sum of trials": float(rows.groupby("trial_id")["trial_s"].max().sum())}
 

@@ -46,7 +46,6 @@ from bench.report.tables import (
     datasets_with,
     decimals,
     direction,
-    floor_is_train,
     floor_n,
     floor_phrase,
     floor_value,
@@ -438,9 +437,10 @@ def _floor_method(run: Run, metric: str) -> str:
     phrases = [f"{ds}: {ph}" for ds in run.datasets for ph in [floor_phrase(run, metric, ds)] if ph]
     if not phrases:
         return "No real-vs-real floor recorded."
-    if floor_is_train(run, metric):
-        return f"Floor: the same metric between real images, {floor_words(run, metric)} (" + "; ".join(phrases) + ")."
-    return "Floor: the same metric between held-out and training real images (" + "; ".join(phrases) + ")."
+    words, phrases = floor_words(run, metric), "; ".join(phrases)
+    if words == "held-out vs training images":  # the committed runs' wording, kept byte for byte
+        return f"Floor: the same metric between held-out and training real images ({phrases})."
+    return f"Floor: the same metric between real images, {words} ({phrases})."
 
 
 def _data_line(run: Run, ds: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 
 from bench.metrics import METRICS
 from bench.report.tables import Run, arm_n, floor_n, floor_phrase, is_fd_infinity, join, metric_meta, values
@@ -161,19 +162,33 @@ def few_seeds(run: Run) -> list[str]:
 def memorization(run: Run) -> list[str]:
     """Metrics with a warning threshold (``Metric.warns_below``: the ``memorization_*`` ratios of
     bench.fidelity.nearest_neighbour_ratio, 1) below it in some trial: its samples sit closer to the
-    training images than held-out real images do."""
+    training images than held-out real images do. Where the rows carry the ratio's bootstrap interval
+    (``<metric>_lo``/``_hi``), the warning says in how many of those seeds it excludes the threshold."""
     out = []
     for m in (m for m in run.metrics if METRICS.get(m).warns_below is not None):
-        low = run.rows[run.rows[m] < METRICS.get(m).warns_below].dropna(subset=[m])
+        below = METRICS.get(m).warns_below
+        low = run.rows[run.rows[m] < below].dropna(subset=[m])
         for (label, sampler, steps), g in low.groupby(["label", "sampler", "sample_steps"], sort=False):
             of = int(run.rows[(run.rows["label"] == label) & (run.rows["sampler"] == sampler)
                               & (run.rows["sample_steps"] == steps)][m].notna().sum())
-            out.append(f"**Memorization?** `{label}` ({sampler}:{steps}): `{m}` < {METRICS.get(m).warns_below:g} in "
-                       f"{len(g)} of {of} seeds "
-                       f"(min {g[m].min():.3g}): its samples sit closer to the training images than held-out real "
-                       f"images do (median nearest-neighbour distances); look at the samples beside their nearest "
-                       f"training images before trusting its scores.")
+            out.append(f"**Memorization?** `{label}` ({sampler}:{steps}): `{m}` < {below:g} in {len(g)} of {of} seeds "
+                       f"(min {g[m].min():.3g}{_resolved(g, m, below)}): its samples sit closer to the training images "
+                       f"than held-out real images do (median nearest-neighbour distances); look at the samples beside "
+                       f"their nearest training images before trusting its scores.")
     return out
+
+
+def _resolved(low: pd.DataFrame, m: str, below: float) -> str:
+    """The lowest ratio's bootstrap interval and how many of the seeds below the threshold have one
+    that excludes it ('' where the rows predate the interval)."""
+    if f"{m}_hi" not in low.columns or low[f"{m}_hi"].isna().all():
+        return ""
+    r = low.loc[low[m].idxmin()]
+    col = f"{m}_n_heldout"
+    n_held = pd.to_numeric(low[col], errors="coerce").max() if col in low.columns else np.nan
+    held = f" and {n_held:.0f} held-out images" if np.isfinite(n_held) else ""
+    return (f" [{r[f'{m}_lo']:.3g}, {r[f'{m}_hi']:.3g}]; the 95% bootstrap interval over the samples{held} lies "
+            f"below {below:g} in {int((low[f'{m}_hi'] < below).sum())} of these {len(low)}")
 
 
 def git_warnings(run: Run) -> list[str]:

@@ -118,14 +118,13 @@ def grid_tiles(png: Path, size: int, n: int) -> torch.Tensor:
 
 def nearest_training(images: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distance, index) of each uint8 image's nearest training image (uint8) in memorization_pixels'
-    space (8x8-pooled pixels, ``bench.fidelity.nearest_neighbours``); grey and colour are compared in RGB."""
+    space (8x8-pooled pixels, ``bench.fidelity.nearest_neighbours``), in the training images' channels:
+    grid tiles of grey images come back as 3 equal channels (``grid_tiles``), of which the first is
+    compared, so the distances are the metric's (not sqrt(3) times them)."""
     from bench.features import extract_features
     from bench.fidelity import nearest_neighbours
 
-    def rgb(x: torch.Tensor) -> torch.Tensor:
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-    return nearest_neighbours(extract_features("pixels", rgb(images)), extract_features("pixels", rgb(train)))
+    return nearest_neighbours(extract_features("pixels", images[:, :train.shape[1]]), extract_features("pixels", train))
 
 
 def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
@@ -150,15 +149,16 @@ def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
         except Exception as e:  # noqa: BLE001 - a report rebuilt without the data keeps every other figure
             notes.append(f"no nearest-training-image montage for {ds}: its training images cannot be loaded ({e})")
             continue
-        groups = []
-        real = run.dir / "samples" / real_grid(ds)
-        if real.exists():
-            groups.append(("held-out real images", grid_tiles(real, size, shown)))
+        grids = [("held-out real images", run.dir / "samples" / real_grid(ds))]
         for lb in labels_of(run, ds):
             t = _first_seed(run, ds, lb)
-            png = run.dir / "samples" / f"{t['trial_id']}_{ev[0]}-{ev[1]}.png"
-            if png.exists():
-                groups.append((f"{lb} (seed {t['seed']})", grid_tiles(png, size, shown)))
+            grids.append((f"{lb} (seed {t['seed']})", run.dir / "samples" / f"{t['trial_id']}_{ev[0]}-{ev[1]}.png"))
+        groups = []
+        for title, png in (g for g in grids if g[1].exists()):
+            try:
+                groups.append((title, grid_tiles(png, size, shown)))
+            except ValueError as e:  # not a grid of this size (one image, another image_size): leave it out, say so
+                notes.append(f"nearest-training-image montage without {title}: {e}")
         if not groups:
             continue
         png = out_dir / f"nearest_{safe(ds)}.png"

@@ -281,6 +281,9 @@ def floor_words(run: Run, metric: str) -> str:
     """What the floor row of ``metric`` compares, for captions and the method."""
     if floor_is_train(run, metric):
         return "training images scored as the samples are, against the held-out images"
+    m = metric_obj(metric)
+    if m is not None and m.needs_heldout:  # the stand-ins are the metric's own held-out comparison (memorization)
+        return "held-out vs training images (the held-out images are also this metric's held-out comparison: its value by definition)"
     return "held-out vs training images"
 
 
