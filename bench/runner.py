@@ -418,6 +418,7 @@ class Progress:
         self.stepped_at: dict[str, float] = {}  # trial id -> when its step last advanced (its evaluations take no steps)
         self.start: dict[str, int] = {}  # trial id -> the step its latest attempt began at
         self.started: set[str] = set()  # trials started and not finished, training or only evaluating (⊇ running)
+        self.sampled_by: dict[str, float] = {}  # trial id -> when its sampling under way should end, at its rate
 
     def begin(self, tid: str, start: int, steps: int) -> None:
         """A trial's attempt starts at step ``start`` (its checkpoint's; 0 for a new trial), silently."""
@@ -450,8 +451,13 @@ class Progress:
         fractions_left = [1 - s / n for s, n in self.running.values() if n]
         todo = left - sum(1 - f for f in fractions_left)
         longest = max([*fractions_left, 1.0 if left > len(self.running) else 0.0])  # a slot cannot split a trial
-        eta = f"ETA {bound}{duration(max(todo / self.at_once, longest) * per_trial)}"
-        return eta + (" (training only, until a trial finishes)" if bound else "")
+        eta_s = max(todo / self.at_once, longest) * per_trial
+        if not bound:
+            return f"ETA {duration(eta_s)}"
+        sampling_s = max((t - time.time() for t in self.sampled_by.values()), default=0.0)
+        if sampling_s > eta_s:  # every running trial has trained: what is known is the sampling under way
+            return f"ETA > {duration(sampling_s)} (the sampling under way only, until a trial finishes)"
+        return f"ETA > {duration(eta_s)} (training only, until a trial finishes)"
 
     def counts(self) -> str:
         failed = sum(s == "error" for s in self.finished)
@@ -464,6 +470,7 @@ class Progress:
         _, steps = self.running.pop(tid, (0, 0))
         self.first_seen.pop(tid, None)
         self.stepped_at.pop(tid, None)
+        self.sampled_by.pop(tid, None)
         self.started.discard(tid)
         start = self.start.pop(tid, None)  # None: never seen starting or training (adopted, failed early, ...)
         self.finished.append(status)
@@ -490,10 +497,12 @@ class Progress:
         sampler steps over all batches, ``seconds`` in): at most one line per ``PROGRESS_EVERY_S`` with the
         rate and this sampling's ETA = (total - done) / rate; scoring follows it."""
         self.started.add(tid)
+        rate = done / seconds if seconds > 0 else 0.0
+        if rate > 0:
+            self.sampled_by[tid] = time.time() + (total - done) / rate
         if time.time() - self.last < PROGRESS_EVERY_S:
             return
         self.last = time.time()
-        rate = done / seconds if seconds > 0 else 0.0
         left = f"ETA {duration((total - done) / rate)}" if rate > 0 else "ETA unknown"
         _say(f"running {label}: sampling {what}, step {done}/{total}, {rate:.2f} steps/s, {left}; {self.counts()}; "
              f"{self.eta()}")

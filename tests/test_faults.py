@@ -502,6 +502,21 @@ def test_progress_training_rate_stops_at_the_last_step_while_a_trial_evaluates()
     assert p.eta() == f"ETA > {runner.duration(2 * 2700)} (training only, until a trial finishes)"
 
 
+def test_progress_eta_counts_the_sampling_under_way_when_every_trial_has_trained():
+    """Before: the crater grid's last two trials, both trained and sampling ddpm:1000 for 20 more
+    minutes, read 'ETA > 0 s (training only, ...)'. The bound is now the longest sampling's time left."""
+    p = runner.Progress(total=6, done_before=4, at_once=2)
+    for tid in ("a", "b"):
+        p.step(tid, tid, 2000, 3063, start=2000)
+        p.first_seen[tid] = (2000, time.time() - 1800)
+        p.step(tid, tid, 3063, 3063)
+    p.evaluating("a", "a", "ddpm:1000", 400, 1000, 800.0)  # 0.5 steps/s, 600 left: 20 min
+    p.evaluating("b", "b", "ddpm:1000", 100, 1000, 100.0)  # 1 step/s, 900 left: 15 min
+    assert p.eta() == "ETA > 20.0 min (the sampling under way only, until a trial finishes)"
+    p.trial_done("a", [{"status": "ok", "trial_id": "a", "trial_s": 4000.0}])
+    assert "b" in p.sampled_by and "a" not in p.sampled_by
+
+
 def test_sampling_ticks_report_about_a_hundred_times_and_always_the_last_step(monkeypatch):
     from bench import trial
 
