@@ -209,6 +209,9 @@ def write_env(run_dir: Path, extra: dict[str, Any] | None = None, resume: bool =
         sessions = list(earlier.get("sessions") or [])
         if not sessions and earlier.get("started"):
             sessions = [{k: earlier.get(k) for k in ("started", "finished", "wall_s", "fanout_s", "command", "git")}]
+        if earlier.get("session_started"):  # a resume killed before finish(): keep it, with no end
+            sessions.append({"started": earlier["session_started"], "finished": None, "wall_s": None, "fanout_s": None,
+                             "command": earlier.get("command"), "git": earlier.get("git")})
         env = {**env, "session_started": env["started"], "started": earlier.get("started", env["started"]),
                "sessions": sessions}
     write_text_atomic(run_dir / ENV, json.dumps(env, indent=1))

@@ -602,3 +602,18 @@ def test_a_parameter_that_applies_to_some_trials_is_accepted():
     check_params_apply(grid, trials, {"tau": 0.5})
     assert {c.schedule for c in trials if c.tau == 0.5} == {"sigmoid"}
     assert all(c.tau is None for c in trials if c.schedule != "sigmoid")
+
+
+def test_every_interrupted_resume_stays_in_the_sessions(tmp_path):
+    """Before: a --resume killed before it finished left only ``session_started`` in env.json, and the
+    next --resume dropped it (the crater run's 3-hour middle session vanished from its provenance)."""
+    from bench import rundir
+
+    rundir.write_env(tmp_path, {"command": "first"})  # killed
+    rundir.write_env(tmp_path, {"command": "second"}, resume=True)  # killed too
+    env = rundir.write_env(tmp_path, {"command": "third"}, resume=True)
+    out = rundir.finish(tmp_path, env, wall_s=10.0, fanout_s=9.0)
+    assert [s["command"] for s in out["sessions"]] == ["first", "second", "third"]
+    assert [s["finished"] for s in out["sessions"]][:2] == [None, None] and out["sessions"][2]["finished"]
+    assert out["wall_s"] == 10.0 and "session_started" not in out
+    assert json.loads((tmp_path / "env.json").read_text()) == out
