@@ -328,6 +328,9 @@ BUDGET_FIELDS = ("train_steps", "batch_size", "lr", "model", "timesteps", "n_sam
 def budget(run: Run) -> str:
     wall = run.env.get("wall_s")
     took = f"{duration(wall)} of wall-clock time" if wall else "an unrecorded wall-clock time (env.json has no wall_s)"
+    cut = sum(s.get("finished") is None for s in run.env.get("sessions") or [])
+    if wall and cut:  # sessions killed before they finished recorded no end: their time is unknown, not 0
+        took += f" in the sessions that finished ({cut} interrupted session{'s' * (cut > 1)} not counted: see Provenance)"
     varying = [c for c in BUDGET_FIELDS if c in run.rows.columns and run.rows[c].nunique() > 1]
     scope = ("the same for every arm" if not varying else
              f"the grid varies {join([f'`{c}`' for c in varying])} between arms; the rest is the same for every arm")
