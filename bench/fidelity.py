@@ -260,8 +260,9 @@ def ratio_interval(d_gen: np.ndarray, d_held: np.ndarray, n_boot: int = RATIO_BO
                    seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of median(d_gen) / median(d_held): both samples resampled
     independently with replacement (``n_boot`` replicates, a fixed seed: the same distances give the
-    same interval). On the craters set the held-out median rests on 45 images, so a ratio of 0.96
-    is within its noise; the interval says how far from 1 a trial's ratio is. Replicates whose
+    same interval). On the craters set the held-out median rests on 45 images: alone, its 95%
+    bootstrap interval spans 0.87-1.14x it in 8x8-pooled pixels and 0.94-1.04x in Inception
+    features, so a ratio of 0.96 can be noise; the interval says how far from 1 a trial's ratio is. Replicates whose
     held-out median is 0 are left out; (nan, nan) when none remain."""
     rng = np.random.default_rng(seed)
     g = np.median(d_gen[rng.integers(0, len(d_gen), (n_boot, len(d_gen)))], axis=1)

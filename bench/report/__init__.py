@@ -40,6 +40,7 @@ from bench.report.plots import (
     plot_schedules,
 )
 from bench.report.tables import (
+    HELDOUT_FLOOR,
     Run,
     aggregate,
     arm_n,
@@ -441,7 +442,7 @@ def _floor_method(run: Run, metric: str) -> str:
     if not phrases:
         return "No real-vs-real floor recorded."
     words, phrases = floor_words(run, metric), "; ".join(phrases)
-    if words == "held-out vs training images":  # the committed runs' wording, kept byte for byte
+    if words == HELDOUT_FLOOR:  # the committed runs' wording, kept byte for byte
         return f"Floor: the same metric between held-out and training real images ({phrases})."
     return f"Floor: the same metric between real images, {words} ({phrases})."
 

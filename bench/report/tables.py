@@ -277,14 +277,17 @@ def floor_is_train(run: Run, metric: str) -> bool:
     return run.floors is not None and col in run.floors.columns and "train" in set(run.floors[col].dropna())
 
 
+HELDOUT_FLOOR = "held-out vs training images"  # floor_words of a floor of held-out images against the training reference
+
+
 def floor_words(run: Run, metric: str) -> str:
     """What the floor row of ``metric`` compares, for captions and the method."""
     if floor_is_train(run, metric):
         return "training images scored as the samples are, against the held-out images"
     m = metric_obj(metric)
     if m is not None and m.needs_heldout:  # the stand-ins are the metric's own held-out comparison (memorization)
-        return "held-out vs training images (the held-out images are also this metric's held-out comparison: its value by definition)"
-    return "held-out vs training images"
+        return f"{HELDOUT_FLOOR} (the held-out images are also this metric's held-out comparison: its value by definition)"
+    return HELDOUT_FLOOR
 
 
 def arm_n(run: Run, metric: str, dataset: str) -> list[int]:
