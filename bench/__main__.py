@@ -7,6 +7,7 @@ still ran, the report is still written), 2 bad input found before any work (one 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -175,17 +176,22 @@ def cmd_run(args) -> int:
 
     from bench.config import parse_set
     from bench.dryrun import check_data, estimate, print_plan
+    from bench.files import absolute_path_settings
     from bench.grid import preset_names
     from bench.progress import duration
     from bench.runner import Fanout, plan_grid, run_grid
     from bench.tracking import parse_track
 
+    absolute_path_settings()
+    overrides = parse_set(args.set)
+    if overrides.get("data_root"):  # the same rule for the field as for $BENCH_DATA_ROOT
+        overrides["data_root"] = os.path.abspath(os.path.expanduser(overrides["data_root"]))
     fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                     parse_track(args.track))
     fanout.check()
     cuda = torch.cuda.is_available()
     preset = args.preset or _default_preset(args.grid, cuda)
-    plan = plan_grid(args.grid, preset, parse_set(args.set), args.out, args.resume)
+    plan = plan_grid(args.grid, preset, overrides, args.out, args.resume)
     if args.preset is None:
         why = ("CUDA is available" if cuda else "no CUDA GPU here; full is GPU scale" if preset == "quick"
                else "no CUDA GPU here, and the grid has no quick preset: it runs as written")

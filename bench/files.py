@@ -168,6 +168,27 @@ def check_writable(folder: Path, what: str) -> str:
     return ""
 
 
+#: environment settings that name folders; a Ray worker inherits them but runs in another directory
+PATH_SETTINGS = ("BENCH_DATA_ROOT", "BENCH_CACHE", "BENCH_TRAINED", "TORCH_HOME")
+
+
+def absolute_path_settings(environ: dict | None = None) -> dict[str, str]:
+    """Make every relative folder in ``PATH_SETTINGS`` absolute, against the driver's working
+    directory, once, before any check or fan-out: what the dry run validated is then exactly what
+    every worker uses (Ray starts its workers in a session directory of its own, where the README's
+    ``BENCH_DATA_ROOT=../shared/data`` named nothing and every trial failed). Returns the changed
+    settings {name: absolute path}; ``~`` is expanded too."""
+    environ = os.environ if environ is None else environ
+    changed = {}
+    for name in PATH_SETTINGS:
+        value = environ.get(name, "")
+        if value and not os.path.isabs(os.path.expanduser(value)):
+            changed[name] = environ[name] = os.path.abspath(os.path.expanduser(value))
+        elif value.startswith("~"):
+            changed[name] = environ[name] = os.path.expanduser(value)
+    return changed
+
+
 def cache_dir(create: bool = True) -> Path:
     """Derived files (decompressed MNIST, reference statistics, the classifier): $BENCH_CACHE, else
     ~/.cache/bench (made unless ``create`` is False)."""

@@ -1,0 +1,32 @@
+"""Folders named by the environment are resolved once, in the driver (issue 31): Ray workers run in a
+directory of their own, where a relative data root or cache names nothing."""
+
+import os
+
+from bench.files import PATH_SETTINGS, absolute_path_settings
+
+
+def test_relative_settings_become_absolute_against_the_driver_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {"BENCH_DATA_ROOT": "../shared/data", "BENCH_CACHE": "cache", "BENCH_TRAINED": "/abs/trained",
+           "TORCH_HOME": "~/torch", "OTHER": "rel"}
+    changed = absolute_path_settings(env)
+    assert env["BENCH_DATA_ROOT"] == str(tmp_path.parent / "shared" / "data")
+    assert env["BENCH_CACHE"] == str(tmp_path / "cache")
+    assert env["BENCH_TRAINED"] == "/abs/trained" and env["OTHER"] == "rel"  # absolute and unrelated: untouched
+    assert env["TORCH_HOME"] == os.path.expanduser("~/torch")
+    assert set(changed) == {"BENCH_DATA_ROOT", "BENCH_CACHE", "TORCH_HOME"}
+    assert absolute_path_settings(env) == {}  # once resolved, nothing left to change
+    assert set(PATH_SETTINGS) >= {"BENCH_DATA_ROOT", "BENCH_CACHE", "BENCH_TRAINED"}
+
+
+def test_the_cli_resolves_before_planning(tmp_path, monkeypatch):
+    """`bench run --dry-run` from another directory: the environment the dry run checked is absolute."""
+    from bench.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_CACHE", "rel-cache")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert main(["run", "--grid", os.path.join(root, "experiments", "noise.toml"), "--preset", "smoke", "--dry-run",
+                 "--local", "--out", str(tmp_path / "run")]) == 0
+    assert os.environ["BENCH_CACHE"] == str(tmp_path / "rel-cache")
