@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.files import cache_dir, file_lock, save_torch_atomic, write_text_atomic
+from bench.files import cache_dir, file_lock, load_torch_checked, save_torch_atomic, write_text_atomic
 
 CLASSIFIER_VERSION = "mnist-cnn-v1"  # bump when the architecture or the recipe changes
 FEATURE_DIM = 128
@@ -150,7 +150,7 @@ def classifier_fingerprint() -> str:
 
 def _load(path: Path) -> MnistCNN | None:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_checked(path, map_location="cpu", weights_only=True)
         assert obj["version"] == CLASSIFIER_VERSION
         model = MnistCNN()
         model.load_state_dict(obj["state_dict"])

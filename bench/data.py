@@ -20,6 +20,8 @@ import gzip
 import hashlib
 import os
 import shutil
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,7 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.files import cache_dir, save_torch_atomic
+from bench.files import cache_dir, load_torch_checked, save_torch_atomic
 from bench.registry import InputError, Registry
 
 SPLITS = ("train", "heldout")
@@ -118,12 +120,17 @@ def _decompress_mnist(src: Path, dst: Path) -> None:
         if out.exists() and _md5(out) == md5:
             continue
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        with gzip.open(src / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        if _md5(tmp) != md5:
-            tmp.unlink()
-            raise DataError(f"{src / name}.gz does not decompress to the official MNIST file (MD5 mismatch)")
-        os.replace(tmp, out)
+        try:
+            with gzip.open(src / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            if _md5(tmp) != md5:
+                raise DataError(f"{src / name}.gz does not decompress to the official MNIST file (MD5 mismatch)")
+            os.replace(tmp, out)
+        except (EOFError, OSError, zlib.error) as e:  # truncated or damaged .gz (gzip.BadGzipFile is an OSError)
+            raise DataError(f"{src / name}.gz cannot be decompressed ({type(e).__name__}: {e}): the file is truncated "
+                            f"or damaged; replace it with the official MNIST file") from None
+        finally:
+            tmp.unlink(missing_ok=True)  # no temporary file left in the cache, whatever happened
 
 
 def _md5(path: Path) -> str:
@@ -156,7 +163,10 @@ def craters(root: Path, split: str, image_size: int) -> torch.Tensor:
     key = hashlib.sha1("\n".join(f"{f}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:16]
     cached = cache_dir() / "craters" / f"{split}-{image_size}-{key}.pt"
     if cached.exists():
-        return torch.load(cached)
+        try:
+            return load_torch_checked(cached)
+        except Exception as e:  # noqa: BLE001 - damaged or torn: rebuilt from the images, said once
+            warnings.warn(f"rebuilding cached craters {cached.name}: {type(e).__name__}: {str(e)[:200]}", stacklevel=2)
     x = torch.stack([_read_image(f, image_size) for f in files])
     save_torch_atomic(x, cached)
     return x

@@ -10,6 +10,7 @@ a failure never leaves a partial file behind to fill the disk. Temp files are na
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -43,14 +44,71 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=1, default=_json_default, allow_nan=True))
 
 
+class CorruptFile(ValueError):
+    """A file whose bytes no longer match the checksum written with it (a flipped bit, a torn copy)."""
+
+
+def checksum_path(path: Path) -> Path:
+    """The sidecar ``NAME.sha256`` that holds the SHA-256 of ``NAME`` as it was written."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_checked(path: Path, write: Callable[[Path], None]) -> Path:
+    """``atomic_write`` plus the sidecar checksum of the bytes written. The sidecar is written before
+    the rename: a kill between the two leaves a file that fails ``verify`` (read as corrupt: rebuilt or
+    restarted), never a corrupt file that passes."""
+    def write_and_sum(tmp: Path) -> None:
+        write(tmp)
+        write_text_atomic(checksum_path(path), f"{sha256_file(tmp)}  {Path(path).name}\n")
+
+    return atomic_write(path, write_and_sum)
+
+
+def verify(path: Path) -> None:
+    """Raise ``CorruptFile`` when ``path`` disagrees with its sidecar checksum. A file without one
+    (written before bench kept checksums) passes: there is nothing to check it against."""
+    path = Path(path)
+    try:
+        expected = checksum_path(path).read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CorruptFile(f"{path} does not match its checksum ({checksum_path(path).name}: sha256 {expected[:12]}..., "
+                          f"file: {actual[:12]}...): changed or damaged after it was written")
+
+
 def save_torch_atomic(obj: Any, path: Path) -> Path:
-    """torch.save through a temp file + rename."""
+    """torch.save through a temp file + rename, with its sidecar checksum (``load_torch_checked``)."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write_checked(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch_checked(path: Path, **kwargs) -> Any:
+    """torch.load after ``verify``: a flipped byte raises ``CorruptFile`` instead of loading numbers
+    that are silently wrong (torch's zip container does not check its CRCs on read)."""
+    import torch
+
+    verify(path)
+    return torch.load(path, **kwargs)
 
 
 def copy_atomic(src: Path, dst: Path) -> Path:
+    """Copy through a temp file + rename. A file with a sidecar checksum is verified first (a corrupt
+    source raises ``CorruptFile``, nothing is copied) and travels with its sidecar."""
+    if checksum_path(src).exists():
+        verify(src)
+        return atomic_write_checked(dst, lambda tmp: shutil.copyfile(src, tmp))
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import shlex
-import shutil
 import signal
 import socket
 import sys
@@ -624,7 +623,7 @@ class _Reporter:
             return
         self.last = stamp
         with tempfile.TemporaryDirectory() as d:
-            shutil.copyfile(self.ckpt, Path(d) / CHECKPOINT)
+            copy_atomic(self.ckpt, Path(d) / CHECKPOINT)  # with its checksum
             tune.report(clean, checkpoint=tune.Checkpoint.from_directory(d))
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from bench.config import FIELD_TYPES, RunConfig, build_process, from_dict
-from bench.files import atomic_write, save_torch_atomic
+from bench.files import atomic_write, load_torch_checked, save_torch_atomic
 from bench.unet import build_model, count_params
 
 CHECKPOINT = "checkpoint.pt"
@@ -125,7 +125,7 @@ def checkpoint_path(path) -> Path:
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch_checked(path, map_location="cpu", weights_only=True)  # CorruptFile on a flipped byte
 
 
 def _seeds(seed: int) -> list[int]:
@@ -199,7 +199,7 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same case
             aside = path.with_name(f"{CHECKPOINT}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             path.replace(aside)
-            print(f"bench: warning: {path} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
+            print(f"bench: warning: {path} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
                   f"moved aside to {aside.name}, the trial starts again from step 0", file=sys.stderr, flush=True)
             return False
         if ck.get("format") != CHECKPOINT_FORMAT:

@@ -37,10 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import torch
-
 from bench.config import RunConfig
-from bench.files import cache_dir, copy_atomic, file_lock, write_json_atomic
+from bench.files import cache_dir, copy_atomic, file_lock, load_torch_checked, write_json_atomic
 from bench.train import CHECKPOINT, NOT_TRAINING_FIELDS
 
 #: fields that never change the trained weights (train_steps does: it is part of the key)
@@ -84,7 +82,7 @@ def find(cfg: RunConfig) -> Path | None:
     """The checkpoint of a finished trial with ``cfg``'s training key, verified; None if there is none."""
     try:
         ckpt = Path(json.loads((_index() / f"{train_key(cfg)}.json").read_text())["checkpoint"])
-        ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+        ck = load_torch_checked(ckpt, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - no pointer, a torn one, or a checkpoint gone or unreadable: train instead
         return None
     theirs = RunConfig(**{k: v for k, v in ck.get("cfg", {}).items() if k in RunConfig.__dataclass_fields__})

@@ -24,7 +24,7 @@ from bench.config import RunConfig, build_process, from_dict, trial_id
 from bench.corruptions import CORRUPTIONS
 from bench.data import DATASETS, load_dataset
 from bench.env import device_name, enable_tf32, pick_device
-from bench.files import save_npz_atomic, write_json_atomic
+from bench.files import load_torch_checked, save_npz_atomic, write_json_atomic
 from bench.images import save_grid, to_uint8
 from bench.metrics import score
 from bench.registry import InputError
@@ -258,7 +258,7 @@ def _log_attempt(workdir: Path, adopted_from: str = "") -> None:
 def checkpoint_step(path: Path) -> int:
     """The optimizer step a training checkpoint file is at (0 if there is none or it is unreadable)."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+        return int(load_torch_checked(path, map_location="cpu", weights_only=True)["step"])
     except Exception:  # noqa: BLE001 - missing, truncated or corrupt: the trainer moves a corrupt one aside
         return 0
 

@@ -350,6 +350,29 @@ def test_corrupt_checkpoint_of_an_unfinished_trial_is_moved_aside_and_the_trial_
     assert set(df["status"]) == {"ok"} and df["fd_pixels"].notna().all()
 
 
+def test_a_flipped_byte_in_a_checkpoint_is_never_a_result(copy, capsys):
+    """Issue 31: a checkpoint with one byte flipped in its middle (not truncated) loaded, went NaN two
+    steps later and was reported as a *diverged* trial (rc 0). Its sidecar checksum now fails: the
+    file is moved aside and the trial trains again from step 0, with the same scores as before."""
+    wd = trial_dirs(copy)[0]
+    before = pd.read_csv(copy / "rows.csv")
+    (wd / "result.json").unlink()  # unfinished
+    ckpt = wd / "checkpoint.pt"
+    assert (wd / "checkpoint.pt.sha256").exists()
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", copy, "--resume")
+    assert code == 0, err[-3000:]
+    assert "does not match its checksum" in err and "moved aside" in err and "Traceback" not in err
+    assert attempts(wd)[-1]["resumed_from_step"] == 0
+    after = pd.read_csv(copy / "rows.csv")
+    assert set(after["status"]) == {"ok"}
+    key = ["trial_id", "sampler", "sample_steps"]
+    merged = before.merge(after, on=key, suffixes=("_a", "_b"))
+    assert len(merged) == len(before) and (merged["fd_pixels_a"] == merged["fd_pixels_b"]).all()  # same machine, same seeds
+
+
 def test_bench_sample_without_or_with_a_corrupt_checkpoint_is_one_line(copy, capsys, tmp_path):
     wd = trial_dirs(copy)[0]
     ckpt = wd / "checkpoint.pt"

@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
-pytestmark = pytest.mark.slow(reason="whole grids in subprocesses (Ray Tune, --local, kills, an external cluster): the fan-out, resume and fault paths that unit tests stub out")
+pytestmark = pytest.mark.slow(reason="whole grids in subprocesses (Ray Tune, --local, kills, an external cluster): "
+                                     "the fan-out, resume and fault paths that unit tests stub out")
 SHARED = os.environ.get("BENCH_DATA_ROOT", "")
 
 

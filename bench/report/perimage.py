@@ -95,7 +95,7 @@ def per_image(run: Run, trial_id: str, ev: tuple[str, int], feature: str) -> np.
             try:
                 with np.load(path) as z:
                     arr = np.asarray(z[feature], dtype=np.float64) if feature in z.files else None
-            except (OSError, ValueError, KeyError):
+            except Exception:  # noqa: BLE001 - unreadable or failing its zip CRC (BadZipFile): treated as missing
                 arr = None
         run.cache[key] = None if arr is None else arr.reshape(len(arr), -1)
     return run.cache[key]
@@ -143,7 +143,7 @@ def reference(run: Run, dataset: str, feature: str, n_ref: int | None) -> dict |
         try:
             with np.load(path) as z:
                 mu, sigma = np.asarray(z["mu"], np.float64), np.atleast_2d(np.asarray(z["sigma"], np.float64))
-        except (OSError, ValueError, KeyError):  # unreadable: treated as missing (the notes say so)
+        except Exception:  # noqa: BLE001 - unreadable or failing its zip CRC: treated as missing (the notes say so)
             run.cache[key] = None
             return None
         ok = mu.ndim == 1 and sigma.shape == (len(mu), len(mu)) and np.isfinite(mu).all() and np.isfinite(sigma).all()
