@@ -103,6 +103,8 @@ def _parse_one(c: dict, where: str) -> Claim:
     better, than = _side(c["better"], f"{where}: better"), _side(c["than"], f"{where}: than")
     if len(better) != len(than):
         raise InputError(f"{where}: better and than must both be one cell or both a list of two cells")
+    if better == than or (len(better) == 2 and (better[0] == better[1] or than[0] == than[1])):  # a contrast of a cell with itself is 0
+        raise InputError(f"{where}: better and than name the same cell(s) {list(better)}: the claim compares a cell with itself")
     margin = c.get("margin")
     if margin is not None and (len(better) != 1 or not isinstance(margin, (int, float)) or not 0 < margin <= 1):
         raise InputError(f"{where}: margin must be a fraction in (0, 1] and needs single cells, got {margin!r}")

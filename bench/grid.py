@@ -54,6 +54,7 @@ class Grid:
     notes: list[str] = field(default_factory=list)  # what the preset changed, for the report
     claims: list[claims_mod.Claim] = field(default_factory=list)  # published results the run is checked against
     arms: list[dict[str, Any]] = field(default_factory=list)  # [[arms]]: field settings, each crossed with the axes
+    source: str = ""  # how to name it again on the command line: a registered name, or its file's absolute path
 
     def trials(self) -> list[RunConfig]:
         """Each arm (in file order) x the Cartesian product of the axes over the base. Parameters
@@ -196,8 +197,9 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
         arms = _without(arms, k)
         base[k] = v
         notes.append(f"--set {k}={v}")
+    source = name_or_path if path == EXPERIMENTS / f"{name_or_path}.toml" else str(path.resolve())
     return Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes,
-                claims_mod.parse_claims(raw.get("claims"), str(path)), arms)
+                claims_mod.parse_claims(raw.get("claims"), str(path)), arms, source)
 
 
 def grid_of_record(g: dict[str, Any]) -> Grid:
@@ -212,7 +214,11 @@ def _arms(path: Path, arms: Any, where: str) -> list[dict[str, Any]]:
         return []
     if not isinstance(arms, list) or not arms or not all(isinstance(a, dict) and a for a in arms):
         raise InputError(f"{path}: {where} must be one or more tables of fields, e.g. {where} schedule = \"linear\"")
-    return [{k: coerce(k, v) for k, v in a.items()} for a in arms]
+    out = [{k: coerce(k, v) for k, v in a.items()} for a in arms]
+    for i, a in enumerate(out):
+        if a in out[:i]:  # would be merged into one arm in silence
+            raise InputError(f"{path}: {where} number {i + 1} repeats number {out.index(a) + 1} ({a}): remove one")
+    return out
 
 
 def _without(arms: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -228,7 +234,11 @@ def _without(arms: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 def _axis(path: Path, key: str, values: Any) -> list[Any]:
     if not isinstance(values, list) or not values:
         raise InputError(f"{path}: axis {key} must be a non-empty list, got {values!r}")
-    return [coerce(key, v) for v in values]
+    out = [coerce(key, v) for v in values]
+    repeated = [v for i, v in enumerate(out) if v in out[:i]]
+    if repeated:  # would be merged into one trial in silence
+        raise InputError(f"{path}: axis {key} lists {repeated[0]!r} more than once: remove the repeat")
+    return out
 
 
 def validate_trials(trials: list[RunConfig]) -> None:

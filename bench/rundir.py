@@ -75,6 +75,9 @@ def check(run_dir: Path, grid: Grid, resume: bool, probe_lock: bool = True) -> N
             raise InputError(f"{run_dir} already holds a run of {grid.name!r}: add --resume to continue it, or use another --out")
     elif run_dir.exists() and any(p.name != "_work" for p in run_dir.iterdir()):
         raise InputError(f"{run_dir} exists and is not a bench run directory: use another --out")
+    elif resume and not run_dir.exists():  # a mistyped --out would otherwise start a fresh run in silence
+        raise InputError(f"--resume: {run_dir} does not exist, so there is nothing to resume: check --out, "
+                         f"or drop --resume to start a new run there")
 
 
 def without_claims(grid_toml: str) -> str:

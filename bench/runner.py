@@ -283,7 +283,7 @@ def _finish(run_dir: Path, env: dict, t0: float, t_fan: float, plan: Plan) -> No
 def resume_command(plan: Plan) -> str:
     """The command that continues this run (the same grid, preset and --set; the run dir)."""
     sets = [shlex.quote(n[len("--set "):]) for n in plan.grid.notes if n.startswith("--set ")]
-    return " ".join(["python -m bench run --grid", shlex.quote(plan.grid.name), "--preset", plan.grid.preset,
+    return " ".join(["python -m bench run --grid", shlex.quote(plan.grid.source or plan.grid.name), "--preset", plan.grid.preset,
                      *[f"--set {x}" for x in sets], "--out", shlex.quote(str(plan.run_dir)), "--resume"])
 
 

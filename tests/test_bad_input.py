@@ -1,0 +1,85 @@
+"""Nothing silently merged or reinterpreted (issue 31): duplicate axis values or arms, a claim that
+compares a cell with itself, --resume of a directory that does not exist, the resume hint of a grid
+given by path, and the mode of a run's files. Each is one line and exit 2 before work (or a correct
+hint)."""
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+from bench.claims import parse_claims
+from bench.files import write_text_atomic
+from bench.grid import load_grid
+from bench.registry import InputError
+from bench.runner import plan_grid, resume_command
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID = '''name = "mine"
+[base]
+dataset = "synthetic"
+train_steps = 2
+[axes]
+schedule = ["linear", "cosine"]
+'''
+
+
+def grid_file(tmp_path, text=GRID) -> Path:
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("bench: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("text, message", [
+    (GRID.replace('["linear", "cosine"]', '["linear", "cosine", "linear"]'), "axis schedule lists 'linear' more than once"),
+    (GRID + '[[arms]]\nprediction = "v"\n[[arms]]\nprediction = "eps"\n[[arms]]\nprediction = "v"\n',
+     "[[arms]] number 3 repeats number 1"),
+])
+def test_repeats_are_refused_not_merged(tmp_path, capsys, text, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_grid(str(grid_file(tmp_path, text)))
+    assert main(["run", "--grid", str(grid_file(tmp_path, text)), "--local", "--dry-run", "--out", str(tmp_path / "r")]) == 2
+    assert message in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("better, than", [
+    ({"schedule": "cosine"}, {"schedule": "cosine"}),
+    ([{"schedule": "cosine"}, {"schedule": "cosine"}], [{"schedule": "linear"}, {"schedule": "sigmoid"}]),
+])
+def test_a_claim_that_compares_a_cell_with_itself_is_refused(better, than):
+    with pytest.raises(InputError, match="compares a cell with itself"):
+        parse_claims([{"claim": "c", "source": "s", "metric": "fd_pixels", "better": better, "than": than}], "grid x")
+
+
+def test_resume_of_a_directory_that_does_not_exist_is_refused(tmp_path, capsys):
+    """Before: a mistyped --out with --resume silently started a fresh run."""
+    code = main(["run", "--grid", str(grid_file(tmp_path)), "--local", "--dry-run", "--out", str(tmp_path / "typo"), "--resume"])
+    assert code == 2 and "nothing to resume" in one_error_line(capsys)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_the_resume_hint_of_a_grid_given_by_path_names_the_path(tmp_path):
+    """Before: it named the grid ('mine'), and that command failed with 'unknown grid'."""
+    path = grid_file(tmp_path)
+    plan = plan_grid(str(path), "full", None, tmp_path / "run")
+    assert f"--grid {path.resolve()} " in resume_command(plan)
+    assert "--grid noise " in resume_command(plan_grid("noise", "smoke", None, tmp_path / "run2"))
+
+
+def test_run_files_get_the_ordinary_mode(tmp_path):
+    """Before: rows.csv, REPORT.md and env.json were 0600 (mkstemp's mode)."""
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "REPORT.md", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
