@@ -41,12 +41,13 @@ class DatasetSpec:
     channels: int
     size: int  # native resolution
     description: str
+    images: int = 0  # training images at most (the memory bound of bench.resources); 0 = unknown
 
 
 class _DatasetRegistry(Registry):
-    def register(self, name: str, channels: int = 1, size: int = 28):  # type: ignore[override]
+    def register(self, name: str, channels: int = 1, size: int = 28, images: int = 0):  # type: ignore[override]
         def deco(fn):
-            Registry.register(self, name)(DatasetSpec(fn, channels, size, (fn.__doc__ or "").strip().split("\n")[0]))
+            Registry.register(self, name)(DatasetSpec(fn, channels, size, (fn.__doc__ or "").strip().split("\n")[0], images))
             return fn
 
         return deco
@@ -137,7 +138,7 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-@DATASETS.register("mnist", channels=1, size=28)
+@DATASETS.register("mnist", channels=1, size=28, images=60_000)
 def mnist(root: Path, split: str, image_size: int) -> torch.Tensor:
     """MNIST digits (LeCun et al.), 60k train / 10k test (= heldout), 28x28 grey, via torchvision."""
     ds = mnist_tv(root, split)
@@ -149,7 +150,7 @@ def mnist(root: Path, split: str, image_size: int) -> torch.Tensor:
 CRATER_SPLITS = {"train": ("train",), "heldout": ("valid", "test")}
 
 
-@DATASETS.register("craters", channels=3, size=64)
+@DATASETS.register("craters", channels=3, size=64, images=98)
 def craters(root: Path, split: str, image_size: int) -> torch.Tensor:
     """Martian/Lunar crater images (Kaggle "lincolnzh"): 98 train, 45 heldout (valid+test), RGB."""
     folders = [root / "craters" / s / "images" for s in CRATER_SPLITS[split]]
@@ -185,7 +186,7 @@ def _read_image(path: Path, size: int) -> torch.Tensor:
 
 
 # --- synthetic ---------------------------------------------------------------------------------
-@DATASETS.register("synthetic", channels=1, size=16)
+@DATASETS.register("synthetic", channels=1, size=16, images=512)
 def synthetic(root: Path, split: str, image_size: int) -> torch.Tensor:
     """Bright discs of random centre and radius on a dark background: 512 train / 256 heldout,
     generated from a fixed seed (no files), for fast end-to-end tests."""

@@ -40,6 +40,7 @@ from bench.metrics import METRICS, floor, reference_stats, release_extractors
 from bench.progress import PROGRESS_EVERY_S, duration
 from bench.registry import InputError
 from bench.report import build_report
+from bench.resources import check_memory
 from bench.rundir import trial_dir, write_rows
 from bench.train import CHECKPOINT
 from bench.trial import PER_IMAGE_MAX_DIM, checkpoint_step, error_rows, finished_rows, run_trial_safe
@@ -153,6 +154,7 @@ def plan_grid(grid: str | Path | Grid, preset: str = "full", overrides: dict[str
         raise InputError(f"grid {grid.name!r} has neither [base] nor [axes] nor [[arms]]: it would run one trial of the defaults; "
                          f"see experiments/schedules.toml for the format")
     trials = grid.trials()
+    check_memory(trials)  # before anything allocates what the config implies (validation builds schedules)
     check_params_apply(grid, trials, overrides)
     validate_trials(trials)
     # the smaller presets narrow the evaluations on purpose: claims they cannot measure are left out

@@ -83,3 +83,29 @@ def test_run_files_get_the_ordinary_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("setting, part", [("image_size=100000", "activations"), ("timesteps=4000000000", "schedule")])
+def test_a_config_that_cannot_fit_in_memory_is_refused_before_anything_allocates(tmp_path, capsys, setting, part):
+    """Before: image_size=100000 was an allocator traceback (rc 1); a huge timesteps grew a dry run to
+    22 GB until it was killed (rc 137, no message)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code = main(["run", "--grid", "noise", "--preset", "smoke", "--local", "--dry-run", "--set", setting, "--out", str(tmp_path / "r")])
+    line = one_error_line(capsys)
+    assert code == 2 and "of memory, mostly " + part in line and "this machine has" in line
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000  # KiB: nothing large was allocated
+
+
+def test_the_memory_bound_of_the_committed_grids_fits_a_small_machine():
+    """Every CPU preset of every grid file fits 8 GiB by the estimate, and the GPU-scale full presets 64 GiB
+    (the bound refuses only what cannot run)."""
+    from bench.grid import grid_names, preset_names
+    from bench.resources import check_memory, trial_bytes
+
+    for name in grid_names():
+        for preset in preset_names(name):
+            check_memory(load_grid(name, preset).trials(), available=(64 if preset == "full" else 8) * 2**30)
+    mnist = load_grid("schedules", "quick").trials()[0]
+    assert trial_bytes(mnist)["training images"] == 2 * 60_000 * 28 * 28 * 4

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bench"
 LAYERS = [
     {"registry", "files", "env", "timing", "style", "images", "progress", "tracking"},  # leaves: no bench imports but registry, files
     {"schedules", "noise", "distances", "unet", "data", "classifier", "features", "stats"},  # components
+    {"resources"},  # what a config implies (memory), from the dataset registry
     {"diffusion", "corruptions", "fidelity"},  # corruptions: Diffusion subclasses (the forward processes)
     {"sample", "metrics", "snapshots"},
     {"config"},  # RunConfig, identity, the one builder
