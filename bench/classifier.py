@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.files import cache_dir, file_lock, load_torch_checked, save_torch_atomic, write_text_atomic
+from bench.progress import bar as progress_bar
 
 CLASSIFIER_VERSION = "mnist-cnn-v1"  # bump when the architecture or the recipe changes
 FEATURE_DIM = 128
@@ -79,8 +80,6 @@ def accuracy(model: MnistCNN, images: torch.Tensor, labels: torch.Tensor, batch_
 def train_classifier(data_root: str = "", progress: bool = False, seed: int = RECIPE["seed"],
                      epochs: int = RECIPE["epochs"]) -> tuple[MnistCNN, dict]:
     """Train MnistCNN on the MNIST training set (deterministic given the seed); returns (model, info)."""
-    from tqdm.auto import tqdm
-
     x, y = mnist_tensors(data_root, "train")
     x_test, y_test = mnist_tensors(data_root, "heldout")
     torch.manual_seed(seed)
@@ -93,7 +92,8 @@ def train_classifier(data_root: str = "", progress: bool = False, seed: int = RE
     xf = MnistCNN.prepare(x)
     t0 = time.time()
     model.train()
-    with tqdm(total=steps, desc="MNIST classifier", unit="step", disable=not progress) as bar:
+    # a bar on a terminal, a line with rate and ETA every 30 s in a log (a first run trains it for minutes)
+    with progress_bar(steps, "training the MNIST classifier (first run only; cached)", "step", enabled=progress) as bar:
         for _ in range(epochs):
             perm = torch.randperm(len(x), generator=g)
             for i in range(len(x) // bs):  # drop the last partial batch: fixed step count
@@ -119,6 +119,11 @@ def train_classifier(data_root: str = "", progress: bool = False, seed: int = RE
         "test_images": len(x_test),
     }
     return model, info
+
+
+def classifier_ready() -> bool:
+    """Whether the cache holds a classifier file (not verified: the dry run's question, which must not train it)."""
+    return classifier_path().exists()
 
 
 def load_classifier(data_root: str = "", progress: bool = False, device="cpu") -> MnistCNN:

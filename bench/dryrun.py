@@ -106,7 +106,8 @@ class Estimate:
     def line(self) -> str:
         lo, hi = (duration(min(self.trial_s)), duration(max(self.trial_s))) if self.trial_s else ("-", "-")
         per = lo if lo == hi else f"{lo} to {hi}"
-        refs = f"; reference statistics not cached yet: {duration(self.references_s)}" if self.references_s >= 1 else ""
+        refs = (f"; first-run work not cached yet (reference statistics, the MNIST classifier's training; estimated, "
+                f"not run): {duration(self.references_s)}" if self.references_s >= 1 else "")
         n = len(self.trial_s)
         return (f"estimate on this machine ({self.device}): {duration(self.total_s)} in all — {n} trial{'s' if n != 1 else ''} "
                 f"of {per} each at {self.threads} thread{'s' if self.threads > 1 else ''}, {self.concurrent} at a time{refs}")
@@ -239,8 +240,11 @@ def _scoring_s(metric_names, n: int, channels: int, size: int) -> float:
 
 
 def _references_s(trials: list[RunConfig], sizes: dict) -> float:
-    """Single-thread CPU seconds of the reference statistics and floors not in the cache yet."""
+    """Single-thread CPU seconds of the reference statistics and floors not in the cache yet, and of
+    preparing the extractors a first run prepares (training the MNIST classifier): estimated, never run."""
     todo: set[tuple] = set()
+    prepare = {f for c in trials for f in {METRICS.get(m).feature for m in (*c.metric_names, *c.curve_metric_names)}
+               if not FEATURES.get(f).ready()}
     for c in trials:
         spec = DATASETS.get(c.dataset)
         size = c.image_size or spec.size
@@ -252,4 +256,5 @@ def _references_s(trials: list[RunConfig], sizes: dict) -> float:
             for split, n, avail in (("train", c.n_reference or None, n_train), ("heldout", min(c.n_samples, n_held), n_held)):
                 if not reference_cached(c.dataset, split, f, n, size, avail):
                     todo.add((c.dataset, split, f, min(n or DEFAULT_N_REFERENCE, avail)))
-    return sum(n / FEATURES.get(f).cpu_images_per_s for _, _, f, n in todo)
+    return (sum(n / FEATURES.get(f).cpu_images_per_s for _, _, f, n in todo)
+            + sum(FEATURES.get(f).prepare_cpu_s for f in prepare))

@@ -239,7 +239,11 @@ def _stats_path(dataset: str, split: str, feature: str, n_images: int | None, si
 
 
 def reference_cached(dataset: str, split: str, feature: str, n_images: int | None, size: int, available: int) -> bool:
-    """Whether these reference statistics have a cache file (not verified: the dry run's estimate)."""
+    """Whether these reference statistics have a cache file (not verified: the dry run's estimate).
+    An extractor that is not ready (the MNIST classifier before its first training) has none, and is
+    not prepared here: the dry run never trains or computes anything."""
+    if not FEATURES.get(feature).ready():
+        return False
     return _stats_path(dataset, split, feature, n_images, size, available)[0].exists()
 
 

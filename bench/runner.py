@@ -331,8 +331,10 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
     t0 = time.time()
     rows = []
     keys = sorted({(c.dataset, c.data_root, c.image_size, c.n_samples, c.metric_names, c.n_reference) for c in trials})
-    _say(f"real-vs-real floors and reference statistics ({len(keys)} set{'s' if len(keys) > 1 else ''}; the first run "
-         f"computes and caches the reference features, which takes minutes for Inception on a CPU)")
+    first = sorted({FEATURES.get(METRICS.get(m).feature).label for k in keys for m in k[4]})
+    _say(f"real-vs-real floors and reference statistics ({len(keys)} set{'s' if len(keys) > 1 else ''}, features: "
+         f"{', '.join(first)}; a first run computes and caches them, and trains the MNIST classifier if it uses it: "
+         f"minutes on a CPU, with progress below)")
     for dataset, root, size, n, metrics, n_ref in keys:
         t1 = time.time()
         res = floor(list(metrics), dataset, n, data_root=root, image_size=size, n_reference=n_ref or None,

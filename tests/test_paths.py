@@ -30,3 +30,26 @@ def test_the_cli_resolves_before_planning(tmp_path, monkeypatch):
     assert main(["run", "--grid", os.path.join(root, "experiments", "noise.toml"), "--preset", "smoke", "--dry-run",
                  "--local", "--out", str(tmp_path / "run")]) == 0
     assert os.environ["BENCH_CACHE"] == str(tmp_path / "rel-cache")
+
+
+def test_a_dry_run_on_a_fresh_cache_trains_nothing_and_estimates_the_first_run(tmp_path, monkeypatch, capsys):
+    """Issue 31: a first `--dry-run` took 6 minutes, silently training the MNIST classifier. It now
+    estimates that training (and the reference statistics) and says so."""
+    import pytest
+
+    from bench import classifier
+    from bench.__main__ import main
+
+    data = os.environ.get("BENCH_DATA_ROOT", "")
+    if not data or not os.path.isdir(os.path.join(data, "MNIST", "raw")):
+        pytest.skip("MNIST raw files absent (set BENCH_DATA_ROOT)")
+
+    def refuse(*a, **k):
+        raise AssertionError("the dry run trained the classifier")
+
+    monkeypatch.setattr(classifier, "train_classifier", refuse)
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "fresh-cache"))
+    assert main(["run", "--grid", "schedules", "--preset", "quick", "--dry-run", "--local", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "first-run work not cached yet" in out and "estimated, not run" in out, out
+    assert not classifier.classifier_path().exists() and not (tmp_path / "fresh-cache" / "refstats").exists()
