@@ -238,6 +238,13 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
             else:
                 run_ray(plan.grid, trials, run_dir, collector, fanout.address, cpus, gpus, fanout.max_concurrent,
                         progress=progress, track=fanout.track)
+        except SharedFailure as e:
+            collector.flush()
+            _finish(run_dir, env, t0, t_fan, plan)
+            plan.problems.append(f"stopped: the first trials failed alike ({e})")
+            _say(f"error: stopped after the first {SHARED_AFTER} trials failed with the same error, which every trial would "
+                 f"meet: {e}. No report was written. Fix the cause, then continue with: {resume_command(plan)}")
+            return [r for cfg in trials for r in collector.rows.get(trial_id(cfg), [])]
         except KeyboardInterrupt:
             collector.flush()
             _finish(run_dir, env, t0, t_fan, plan)
@@ -247,7 +254,10 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
             raise
         _finish(run_dir, env, t0, t_fan, plan)
         index_trained(trials, run_dir, collector)
-        _guarded("report", run_dir, lambda: build_report(run_dir))
+        if any(r.get("status") in ("ok", "diverged") for rs in collector.rows.values() for r in rs):
+            _guarded("report", run_dir, lambda: build_report(run_dir))
+        else:  # a report "scored with none" would read as a run
+            _say("no trial finished: no report written (the errors are in rows.csv and each trial's error.txt)")
         if collector.unsaved:
             collector.flush()
         if collector.unsaved:
@@ -394,6 +404,14 @@ class Collector:
         return [cfg for cfg in self.trials if trial_id(cfg) not in self.rows]
 
 
+SHARED_AFTER = 2  # trials failing alike before the grid stops
+SHARED_CAUSES = ("DataError", "ModuleNotFoundError", "ImportError", "PermissionError", "FileNotFoundError")
+
+
+class SharedFailure(RuntimeError):
+    """Every trial so far failed with the same data or environment error (``Progress.shared_failure``)."""
+
+
 class Progress:
     """What the driver says while trials run: a line per finished trial with its time and the grid's
     ETA, and, between them, at most one line every ``PROGRESS_EVERY_S`` seconds (on a terminal the
@@ -415,6 +433,7 @@ class Progress:
         self.total, self.done_before, self.at_once = total, done_before, max(1, at_once)
         self.t0 = self.last = time.time()
         self.finished: list[str] = []  # statuses of trials finished in this session
+        self.errors: list[str] = []  # their error messages ("" for a trial that did not raise)
         self.durations: list[float] = []  # seconds of the trials finished in this session that trained from their start
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
         self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
@@ -462,6 +481,16 @@ class Progress:
             return f"ETA > {duration(sampling_s)} (the sampling under way only, until a trial finishes)"
         return f"ETA > {duration(eta_s)} (training only, until a trial finishes)"
 
+    def shared_failure(self) -> str:
+        """The error every trial of this session has met so far, when it is one that every other
+        trial would meet too (``SHARED_CAUSES``: data, environment) and at least ``SHARED_AFTER``
+        trials met it; else "". Then the grid stops instead of failing each trial after its minutes
+        of work (issue 31: 20 trials failed one by one on a data root the workers could not see)."""
+        if len(self.errors) < SHARED_AFTER or len(set(self.errors)) != 1:
+            return ""
+        error = self.errors[0]
+        return error if error.split(":", 1)[0] in SHARED_CAUSES else ""
+
     def counts(self) -> str:
         failed = sum(s == "error" for s in self.finished)
         done = self.done_before + len(self.finished)
@@ -477,11 +506,12 @@ class Progress:
         self.started.discard(tid)
         start = self.start.pop(tid, None)  # None: never seen starting or training (adopted, failed early, ...)
         self.finished.append(status)
+        self.errors.append(str(rows[0].get("error", "")) if status == "error" else "")
         seconds = seconds if seconds is not None else max((r.get("trial_s") or 0 for r in rows), default=0)
         trained_here = start is not None and steps > 0 and start <= self.FRESH * steps and not rows[0].get("trained_in")
         if status == "ok" and seconds > 0 and trained_here:
             self.durations.append(seconds)
-        extra = f": {str(rows[0].get('error', ''))[:160]}" if status == "error" else ""
+        extra = f": {rows[0].get('error', '')}" if status == "error" else ""  # whole: a cut message hides its cause
         _say(f"[{self.done_before + len(self.finished)}/{self.total}] {label}: {status} in {duration(seconds)}{extra}; "
              f"{self.counts()}; {self.eta()}")
         self.last = time.time()
@@ -578,6 +608,8 @@ def run_local(trials: list[RunConfig], run_dir: Path, collector: Collector, thre
             rows = run_trial_safe(cfg, wd, progress=None, report=None if show_bar else report)
         collector.add(rows)
         progress.trial_done(label, rows, time.time() - t0)
+        if progress.shared_failure():
+            raise SharedFailure(progress.shared_failure())
 
 
 # --- Ray Tune --------------------------------------------------------------------------------
@@ -705,6 +737,7 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
             tune_config=tune.TuneConfig(search_alg=search, num_samples=len(points), reuse_actors=False),
             run_config=tune.RunConfig(
                 name="tune",
+                stop=shared_failure_stopper(progress),
                 storage_path=str((run_dir / "_work" / "ray").resolve()),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 # a retried trial needs only Ray's newest checkpoint; keeping every one filled the disk
@@ -716,11 +749,27 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
         tuner.fit()
     finally:
         ray.shutdown()
+    if progress.shared_failure():  # the trials it stopped are left to --resume, not recorded as failed
+        raise SharedFailure(progress.shared_failure())
     for cfg in collector.missing():  # Ray gave up on it (e.g. the worker died more than max_failures times)
         wd = trial_dir(run_dir, cfg)
         rows = finished_rows(wd) or error_rows(cfg, RuntimeError(f"Ray trial failed; see {wd} and {run_dir / '_work' / 'ray'}"))
         collector.add(rows)
         progress.trial_done(labels[trial_id(cfg)], rows, 0.0)
+
+
+def shared_failure_stopper(progress: Progress):
+    """A Tune stopper that ends the whole grid once ``progress.shared_failure()`` says so."""
+    from ray.tune.stopper import Stopper
+
+    class _Stop(Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return bool(progress.shared_failure())
+
+    return _Stop()
 
 
 def search_space(grid: Grid, trials: list[RunConfig], pending: list[RunConfig]) -> tuple[dict, dict, list[dict]]:

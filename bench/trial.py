@@ -190,7 +190,7 @@ def _denoise_strip(cfg, ema, diffusion, noise, workdir, device, k: int = 6):
 def error_rows(cfg: RunConfig, exc: BaseException) -> list[dict[str, Any]]:
     """The rows of a trial that raised: status error and the message, one per evaluation."""
     msg = f"{type(exc).__name__}: {exc}"
-    base = {**cfg.to_dict(), "trial_id": trial_id(cfg), "arm": cfg.arm(), "status": "error", "error": msg[:500]}
+    base = {**cfg.to_dict(), "trial_id": trial_id(cfg), "arm": cfg.arm(), "status": "error", "error": msg[:4000]}
     try:
         evals = cfg.evaluations
     except Exception:

@@ -640,3 +640,44 @@ def test_every_interrupted_resume_stays_in_the_sessions(tmp_path):
     assert [s["finished"] for s in out["sessions"]][:2] == [None, None] and out["sessions"][2]["finished"]
     assert out["wall_s"] == 10.0 and "session_started" not in out
     assert json.loads((tmp_path / "env.json").read_text()) == out
+
+
+# --- 7. a cause every trial shares (issue 31) --------------------------------------------------------
+def test_trials_failing_alike_on_data_stop_the_grid_with_one_whole_message(tmp_path, monkeypatch, capsys, threads):
+    """Before: 20 trials failed one by one (546 s), each line cut mid-word, then a report 'scored with
+    none' and rc 1. Now the grid stops after two, says the whole message once, and writes no report."""
+    from bench import trial
+    from bench.data import DataError
+
+    message = "MNIST not found: looked for ../shared/data/MNIST/raw/train-images-idx3-ubyte[.gz] " + "x" * 300 + " END"
+
+    def fail(cfg, workdir, **kw):
+        raise DataError(message)
+
+    monkeypatch.setattr(trial, "run_trial", fail)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", out)
+    assert code == 1 and "Traceback" not in err
+    stop = [line for line in err.splitlines() if "stopped after the first 2 trials failed with the same error" in line]
+    assert len(stop) == 1 and stop[0].count(message) == 1 and "--resume" in stop[0]
+    assert not (out / "REPORT.md").exists()
+    df = pd.read_csv(out / "rows.csv")
+    assert df["trial_id"].nunique() == 2 and set(df["status"]) == {"error"} and (df["error"] == f"DataError: {message}").all()
+
+
+def test_different_or_trial_specific_errors_do_not_stop_the_grid():
+    p = runner.Progress(total=6, done_before=0, at_once=1)
+    rows = lambda tid, status, error="": [{"trial_id": tid, "status": status, "error": error}]  # noqa: E731
+    p.trial_done("a", rows("a", "error", "DataError: no data"))
+    assert not p.shared_failure()  # one is not a pattern
+    p.trial_done("b", rows("b", "error", "DataError: no data"))
+    assert p.shared_failure() == "DataError: no data"
+    q = runner.Progress(total=6, done_before=0, at_once=1)
+    q.trial_done("a", rows("a", "error", "ValueError: diverged weights"))
+    q.trial_done("b", rows("b", "error", "ValueError: diverged weights"))
+    assert not q.shared_failure()  # a trial's own failure: the others may well succeed
+    r = runner.Progress(total=6, done_before=0, at_once=1)
+    r.trial_done("a", rows("a", "ok"))
+    r.trial_done("b", rows("b", "error", "DataError: no data"))
+    r.trial_done("c", rows("c", "error", "DataError: no data"))
+    assert not r.shared_failure()  # one trial got through: not every trial meets it
