@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="experiment tracking through Ray Tune callbacks: mlflow (local file store RUN_DIR/mlruns), "
                           "wandb (offline into RUN_DIR/wandb), comma-separated; TensorBoard files are always written "
                           "(bench ls trackers)")
+    run.add_argument("--verbose", action="store_true",
+                     help="also show Ray Tune's own status tables (off by default: bench's progress lines say the same, "
+                          "and Ray's tables buried them)")
     run.add_argument("--yes", action="store_true",
                      help=f"run even where the estimate exceeds {CPU_CONFIRM_HOURS:g} h on a machine without CUDA")
     run.set_defaults(func=cmd_run)
@@ -187,7 +190,7 @@ def cmd_run(args) -> int:
     if overrides.get("data_root"):  # the same rule for the field as for $BENCH_DATA_ROOT
         overrides["data_root"] = os.path.abspath(os.path.expanduser(overrides["data_root"]))
     fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
-                    parse_track(args.track))
+                    parse_track(args.track), args.verbose)
     fanout.check()
     cuda = torch.cuda.is_available()
     preset = args.preset or _default_preset(args.grid, cuda)

@@ -66,6 +66,7 @@ class Fanout:
     gpus_per_trial: float | None = None  # default: 1 when CUDA is visible, else 0
     max_concurrent: int | None = None
     track: tuple[str, ...] = ()  # experiment trackers (bench.tracking): Ray Tune callbacks
+    verbose: bool = False  # Ray Tune's status tables too (bench's own progress lines always)
 
     def check(self) -> None:
         """Resources that cannot be had are bad input (exit 2) here, before any work: a Ray trial
@@ -237,7 +238,7 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
                 run_local(trials, run_dir, collector, threads=fanout.slots()[0], progress=progress)
             else:
                 run_ray(plan.grid, trials, run_dir, collector, fanout.address, cpus, gpus, fanout.max_concurrent,
-                        progress=progress, track=fanout.track)
+                        progress=progress, track=fanout.track, verbose=fanout.verbose)
         except SharedFailure as e:
             collector.flush()
             _finish(run_dir, env, t0, t_fan, plan)
@@ -676,7 +677,7 @@ def _restore_checkpoint(checkpoint, workdir: Path) -> None:
 
 def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Collector, address: str | None,
             cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None, max_failures: int = 2,
-            progress: Progress | None = None, track: tuple[str, ...] = ()) -> None:
+            progress: Progress | None = None, track: tuple[str, ...] = (), verbose: bool = False) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     # Ctrl-C: a KeyboardInterrupt here (ray.shutdown, then run_grid says --resume), not Tune's own
@@ -743,7 +744,7 @@ def run_ray(grid: Grid, trials: list[RunConfig], run_dir: Path, collector: Colle
                 # a retried trial needs only Ray's newest checkpoint; keeping every one filled the disk
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[Collect(), *tracking.callbacks(track, run_dir, grid.name)],
-                verbose=1,
+                verbose=1 if verbose else 0,  # 0: Tune's tables off, so bench's progress lines stand out
             ),
         )
         tuner.fit()
