@@ -101,6 +101,7 @@ def wait_for(cond, proc, timeout=120.0, what="the condition"):
 
 
 # --- 1. one run per run directory ------------------------------------------------------------------
+@pytest.mark.slow(reason="real subprocess grids: a second run into a busy directory, Ctrl-C, and --resume, ~15 s")
 def test_second_run_is_refused_naming_the_first_and_ctrl_c_leaves_a_resumable_run(tmp_path, capsys, threads):
     """Before: both runs proceeded (rows of one, grid.toml of the other; trials trained twice), and
     Ctrl-C printed a 43-line traceback. Now the second exits 2 before any work, naming the first;
@@ -566,6 +567,7 @@ def test_progress_eta_is_never_less_than_the_longest_running_trial():
 
 
 # --- 7. the dry run is bounded ------------------------------------------------------------------------
+@pytest.mark.slow(reason="times the dry run of every full (GPU-scale) grid on this CPU, ~75 s: the estimate's own bounds")
 def test_dry_run_of_the_full_grid_on_a_cpu_is_bounded_in_memory_and_time():
     """Before: killed by the kernel at ~22 GB after ~9 minutes (base UNet, 64x64, batch 128)."""
     code = ("import resource, sys, time\nfrom bench.__main__ import main\nt = time.time()\n"

@@ -26,6 +26,7 @@ def test_best_follows_the_direction():
     assert METRICS.get("precision_clf").best(v) == 0.9 and METRICS.get("fd_mnist_clf").best(v) == 0.2
 
 
+@pytest.mark.slow(reason="needs the trained MNIST classifier (trained on a fresh cache: ~85 s on one thread) and scores real digits")
 @pytest.mark.usefixtures("one_thread")
 def test_fidelity_metrics_on_mnist_real_and_noise():
     names = ["precision_clf", "recall_clf", "coverage_clf", "brightness_gap", "fd_mnist_clf", "fd_mnist_clf_inf"]
@@ -41,6 +42,7 @@ def test_fidelity_metrics_on_mnist_real_and_noise():
     assert 0 < real["fd_mnist_clf_inf"] < real["fd_mnist_clf"] and noise["fd_mnist_clf_inf"] > 100 * real["fd_mnist_clf"]
 
 
+@pytest.mark.slow(reason="needs the trained MNIST classifier (trained on a fresh cache: ~85 s on one thread) and scores real digits")
 @pytest.mark.usefixtures("one_thread")
 def test_memorization_on_mnist_copies_heldout_and_noise():
     """Held-out digits sit as far from the training set as held-out digits: ratio 1; copies of

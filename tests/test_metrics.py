@@ -168,7 +168,7 @@ def test_reference_stats_cache_hits_recomputes_on_key_change_and_rebuilds_corrup
 
 
 # --- the MNIST classifier -----------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.slow(reason="the classifier's accuracy on all 10k held-out digits, trained in the user's cache if missing")
 def test_mnist_classifier_reaches_99_percent(mnist_classifier):
     from bench.classifier import accuracy, classifier_info, classifier_path, mnist_tensors
 
@@ -180,6 +180,7 @@ def test_mnist_classifier_reaches_99_percent(mnist_classifier):
     torch.load(classifier_path(), weights_only=True)  # loadable safely: never retrained by accident
 
 
+@pytest.mark.slow(reason="needs the trained MNIST classifier (trained on a fresh cache: ~85 s on one thread) and scores real digits")
 def test_fd_mnist_clf_score_and_floor(mnist_classifier):
     test = load_dataset("mnist", "heldout", str(SHARED))
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(M.ORDER_SEED))
@@ -225,7 +226,7 @@ def test_unknown_names_say_did_you_mean():
 
 
 # --- cross-check with torch-fidelity ---------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.slow(reason="Inception through two implementations (ours and torch-fidelity) on PNG folders")
 def test_fid_matches_torch_fidelity_on_image_folders(tmp_path):
     """Same PNGs, two implementations: ours (torchmetrics' Inception, our statistics and Fréchet
     distance) vs torch_fidelity.calculate_metrics, on the 64-d tap (full-rank covariances with 100

@@ -166,6 +166,7 @@ def test_perf_quick_writes_tables_csv_env_and_plot(tmp_path, one_thread):
     assert (target / "train.png").stat().st_size > 1000
 
 
+@pytest.mark.slow(reason="starts concurrent training processes to measure packing, ~37 s")
 def test_packing_runs_concurrent_processes(tmp_path):
     target = perf.run_perf(tmp_path, quick=True, only="packing", device="cpu", reps=1)
     df = pd.read_csv(target / "perf.csv")

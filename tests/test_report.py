@@ -318,6 +318,7 @@ def test_report_figures_provenance_and_citation(built):
     assert "year         = {2026}" in text
 
 
+@pytest.mark.slow(reason="builds a whole report a second time through the CLI and compares every file's bytes, ~25 s")
 def test_build_report_is_idempotent_and_the_cli_rebuilds_it(built, capsys):
     from bench.__main__ import main
 
@@ -465,7 +466,7 @@ def real_run(tmp_path):
     return Path(shutil.copytree(src, tmp_path / src.name, ignore=shutil.ignore_patterns("_work", "tables", "plots")))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a whole report of a real committed run (per-image bootstraps, every figure) built twice: ~100 s")
 def test_report_on_a_real_run(real_run):
     from bench.report import build_report
     from bench.rundir import read_rows

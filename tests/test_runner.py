@@ -15,8 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
-pytestmark = pytest.mark.slow(reason="whole grids in subprocesses (Ray Tune, --local, kills, an external cluster): "
-                                     "the fan-out, resume and fault paths that unit tests stub out")
+pytestmark = [pytest.mark.slow(reason="whole grids in subprocesses (Ray Tune, --local, kills, an external cluster): "
+                                      "the fan-out, resume and fault paths that unit tests stub out"),
+              pytest.mark.xdist_group("ray")]  # one Ray cluster at a time under `-n 2 --dist loadgroup`
 SHARED = os.environ.get("BENCH_DATA_ROOT", "")
 
 
