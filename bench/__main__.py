@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grid", required=True, help="grid name (experiments/NAME.toml) or path to a .toml")
     run.add_argument("--preset", default=None,
                      help="full (as written, GPU scale) | standard (schedules, noise: models that learn MNIST, "
-                          "~2-3 h on a 2-core CPU) | quick (2-core CPU, ~30-45 min) | smoke (seconds); "
+                          "~2-3 h on a 2-core CPU) | quick (2-core CPU, ~45 min) | smoke (seconds); "
                           "default: full where CUDA is available, else quick")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (repeatable)")
     run.add_argument("--out", type=Path, help="run directory (default results/GRID/PRESET-TIMESTAMP)")
@@ -209,7 +209,7 @@ def cmd_run(args) -> int:
         _say(f"preset full{' is GPU scale' if has_quick else ''} ({len(plan.trials)} trials as the grid file is written); "
              f"timing this CPU for an estimate (seconds)...")
         est = estimate(plan.trials, threads, at_once, ray=not args.local, sizes=sizes)
-        advice = (f"`python -m bench run --grid {args.grid} --preset quick` fits a 2-core CPU in ~30-45 min" if has_quick
+        advice = (f"`python -m bench run --grid {args.grid} --preset quick` fits a 2-core CPU in ~45 min (its --dry-run estimates yours)" if has_quick
                   else "the grid has no smaller preset but smoke")
         if est.total_s > CPU_CONFIRM_HOURS * 3600 and not args.yes:
             raise InputError(f"preset full on this CPU: estimated {duration(est.total_s)} ({len(plan.trials)} trials, "
