@@ -109,3 +109,10 @@ def test_the_memory_bound_of_the_committed_grids_fits_a_small_machine():
             check_memory(load_grid(name, preset).trials(), available=(64 if preset == "full" else 8) * 2**30)
     mnist = load_grid("schedules", "quick").trials()[0]
     assert trial_bytes(mnist)["training images"] == 2 * 60_000 * 28 * 28 * 4
+
+
+def test_a_preset_a_custom_grid_lacks_names_the_presets_it_has(tmp_path, capsys):
+    """Before: the refusal listed smoke among the known presets, then refused --preset smoke."""
+    code = main(["run", "--grid", str(grid_file(tmp_path)), "--preset", "smoke", "--dry-run", "--local", "--out", str(tmp_path / "r")])
+    line = one_error_line(capsys)
+    assert code == 2 and "grid has no [presets.smoke]; its presets: full" in line and "quick" not in line

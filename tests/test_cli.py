@@ -38,7 +38,7 @@ def assert_one_clear_line(err: str, *needles: str):
         (["--grid", "schedules", "--set", "evals=ddim"], ["SAMPLER:STEPS"]),
         (["--grid", "schedules", "--set", "evals=ddim:5000"], ["more steps than timesteps"]),
         (["--grid", "schedules", "--set", "noise=gamma", "--set", "theta_0=0"], ["theta_0 must be"]),
-        (["--grid", "schedules", "--preset", "huge"], ["unknown preset 'huge'"]),
+        (["--grid", "schedules", "--preset", "huge"], ["grid has no [presets.huge]; its presets: full, "]),
         (["--grid", "schedules", "--set", "schedule=sigmoid", "--set", "tau=-1"], ["tau must be > 0"]),
         (["--grid", "schedules", "--cpus-per-trial", "0"], ["--cpus-per-trial must be > 0"]),
         # issue 15: these hung (Ray waits for ever for resources it cannot have) or raised a traceback
