@@ -86,11 +86,14 @@ def test_run_files_get_the_ordinary_mode(tmp_path):
 
 
 @pytest.mark.parametrize("setting, part", [("image_size=100000", "activations"), ("timesteps=4000000000", "schedule")])
-def test_a_config_that_cannot_fit_in_memory_is_refused_before_anything_allocates(tmp_path, capsys, setting, part):
+def test_a_config_that_cannot_fit_in_memory_is_refused_before_anything_allocates(tmp_path, capsys, monkeypatch, setting, part):
     """Before: image_size=100000 was an allocator traceback (rc 1); a huge timesteps grew a dry run to
     22 GB until it was killed (rc 137, no message)."""
     import resource
 
+    from bench import resources
+
+    monkeypatch.setattr(resources, "physical_memory", lambda: 16 * 2**30)  # the same refusal on a 1 TB server
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     code = main(["run", "--grid", "noise", "--preset", "smoke", "--local", "--dry-run", "--set", setting, "--out", str(tmp_path / "r")])
     line = one_error_line(capsys)

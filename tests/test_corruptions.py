@@ -357,7 +357,8 @@ def test_cold_blur_is_their_conv_applied_t_times(shape):
     with torch.no_grad():
         for t in range(21):
             got = d.degrade(x, torch.full((shape[0],), t))
-            assert (got - ref).abs().max().item() < 2e-6, (t, (got - ref).abs().max().item())
+            # float32 FFT blur vs t direct convolutions: CPU-dependent kernels, ~1e-6 apart (issue 29: 1e-5)
+            assert (got - ref).abs().max().item() < 1e-5, (t, (got - ref).abs().max().item())
             ref = conv(ref)
     assert torch.equal(d.degrade(x, torch.zeros(shape[0], dtype=torch.long)), x)  # D(x, 0) = x exactly
     # q_sample at 0-based index i is the blur applied i + 1 times; per-image counts in one batch

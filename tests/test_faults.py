@@ -580,7 +580,7 @@ def test_dry_run_of_the_full_grid_on_a_cpu_is_bounded_in_memory_and_time():
     _, rc, wall, rss_kb = result[0].split()
     print(f"full schedules dry run: {float(wall):.1f} s, peak RSS {int(rss_kb) / 2**20:.2f} GB")
     assert rc == "0" and int(rss_kb) < 4 * 2**20  # < 4 GB (it was ~22)
-    assert float(wall) < 180
+    assert float(wall) < 600  # ~75 s here; the bound is against the old ~9 minutes, on any machine
     assert "days" in proc.stdout or " h in all" in proc.stdout  # the full grid on a CPU: hours to days
 
 

@@ -39,8 +39,8 @@ def test_measure_alternates_and_gives_units_per_second():
     assert timed == ["a", "a", "b", "b", "b", "b", "a", "a"] * 2  # A B, B A, A B, B A
     for name, secs in (("a", 0.02), ("b", 0.04)):
         assert len(rates[name]) == 4
-        for r in rates[name]:  # 10 units a call, sleep-bound: slightly below 10 / secs
-            assert 0.75 * 10 / secs < r <= 10 / secs
+        for r in rates[name]:  # 10 units a call, sleep-bound: below 10 / secs (sleep never returns early);
+            assert 0.2 * 10 / secs < r <= 10 / secs  # how far below depends on the machine's load (issue 29)
 
 
 def test_spread_and_paired_ratios_exact():

@@ -85,7 +85,7 @@ def test_env_records_the_fan_out_time_that_perf_compares(local_run):
     got = fanout_times(local_run, "local")
     trial_s = pd.read_csv(local_run / "rows.csv").groupby("trial_id")["trial_s"].max()
     assert got["local sum of trials"] == pytest.approx(trial_s.sum())
-    assert trial_s.sum() <= got["local fan-out"] <= env["wall_s"] + 0.1
+    assert trial_s.sum() <= got["local fan-out"] + 0.01 <= env["wall_s"] + 0.11  # fanout_s is rounded to 0.01 s
     assert got["local fan-out"] == env["fanout_s"]
 
 

@@ -288,7 +288,7 @@ def test_bootstrap_is_fast_for_a_mean():
     a, b = rng.normal(size=(5, 200)), rng.normal(size=(5, 200))
     t0 = time.perf_counter()
     bootstrap_two_level(a, b, n_boot=2000)
-    assert time.perf_counter() - t0 < 1.0  # ~0.1 s on one core
+    assert time.perf_counter() - t0 < 5.0  # ~0.1 s on one core; a generous bound on a loaded machine (issue 29)
 
 
 # --- words -------------------------------------------------------------------------------------------
