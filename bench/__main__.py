@@ -7,7 +7,6 @@ still ran, the report is still written), 2 bad input found before any work (one 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -187,8 +186,6 @@ def cmd_run(args) -> int:
 
     absolute_path_settings()
     overrides = parse_set(args.set)
-    if overrides.get("data_root"):  # the same rule for the field as for $BENCH_DATA_ROOT
-        overrides["data_root"] = os.path.abspath(os.path.expanduser(overrides["data_root"]))
     fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                     parse_track(args.track), args.verbose)
     fanout.check()

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.files import cache_dir, file_lock, load_torch_checked, save_torch_atomic, write_text_atomic
+from bench.files import CorruptFile, cache_dir, file_lock, load_torch_checked, save_torch_atomic, verify, write_text_atomic
 from bench.progress import bar as progress_bar
 
 CLASSIFIER_VERSION = "mnist-cnn-v1"  # bump when the architecture or the recipe changes
@@ -122,8 +122,13 @@ def train_classifier(data_root: str = "", progress: bool = False, seed: int = RE
 
 
 def classifier_ready() -> bool:
-    """Whether the cache holds a classifier file (not verified: the dry run's question, which must not train it)."""
-    return classifier_path().exists()
+    """Whether the cache holds a classifier file that matches its checksum: the dry run's question,
+    which must not train it (a damaged file is not ready: the run will retrain it)."""
+    try:
+        verify(classifier_path())
+        return classifier_path().exists()
+    except (OSError, CorruptFile):
+        return False
 
 
 def load_classifier(data_root: str = "", progress: bool = False, device="cpu") -> MnistCNN:

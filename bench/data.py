@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.files import cache_dir, load_torch_checked, save_torch_atomic
+from bench.files import cache_dir, file_lock, load_torch_checked, resolve_from_driver, save_torch_atomic
 from bench.registry import InputError, Registry
 
 SPLITS = ("train", "heldout")
@@ -61,7 +61,10 @@ class DataError(InputError):
 
 
 def data_root(configured: str = "") -> Path:
-    return Path(configured or os.environ.get("BENCH_DATA_ROOT") or Path.home() / ".cache" / "bench" / "data").expanduser()
+    """``configured`` (a config's ``data_root``), else $BENCH_DATA_ROOT, else ~/.cache/bench/data; a
+    relative path is taken from the driver's working directory (``bench.files.resolve_from_driver``:
+    Ray's workers run elsewhere, and the field must keep its text, which is part of a trial's id)."""
+    return resolve_from_driver(configured or os.environ.get("BENCH_DATA_ROOT") or Path.home() / ".cache" / "bench" / "data")
 
 
 def load_dataset(name: str, split: str = "train", root: str = "", image_size: int = 0) -> torch.Tensor:
@@ -127,7 +130,7 @@ def _decompress_mnist(src: Path, dst: Path) -> None:
             if _md5(tmp) != md5:
                 raise DataError(f"{src / name}.gz does not decompress to the official MNIST file (MD5 mismatch)")
             os.replace(tmp, out)
-        except (EOFError, OSError, zlib.error) as e:  # truncated or damaged .gz (gzip.BadGzipFile is an OSError)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # truncated or damaged .gz (a full disk is not this)
             raise DataError(f"{src / name}.gz cannot be decompressed ({type(e).__name__}: {e}): the file is truncated "
                             f"or damaged; replace it with the official MNIST file") from None
         finally:
@@ -163,14 +166,16 @@ def craters(root: Path, split: str, image_size: int) -> torch.Tensor:
         )
     key = hashlib.sha1("\n".join(f"{f}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:16]
     cached = cache_dir() / "craters" / f"{split}-{image_size}-{key}.pt"
-    if cached.exists():
-        try:
-            return load_torch_checked(cached)
-        except Exception as e:  # noqa: BLE001 - damaged or torn: rebuilt from the images, said once
-            warnings.warn(f"rebuilding cached craters {cached.name}: {type(e).__name__}: {str(e)[:200]}", stacklevel=2)
-    x = torch.stack([_read_image(f, image_size) for f in files])
-    save_torch_atomic(x, cached)
-    return x
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(cached.with_suffix(".lock")):  # Ray's workers fill it at once: one writer, file and checksum as a pair
+        if cached.exists():
+            try:
+                return load_torch_checked(cached)
+            except Exception as e:  # noqa: BLE001 - damaged or torn: rebuilt from the images, said once
+                warnings.warn(f"rebuilding cached craters {cached.name}: {type(e).__name__}: {str(e)[:200]}", stacklevel=2)
+        x = torch.stack([_read_image(f, image_size) for f in files])
+        save_torch_atomic(x, cached)
+        return x
 
 
 def _read_image(path: Path, size: int) -> torch.Tensor:

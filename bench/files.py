@@ -36,11 +36,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def current_umask() -> int:
+def _read_umask() -> int:
     """The process umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once, at import: setting it from several threads at once could leave it changed
+
+
+def current_umask() -> int:
+    return _UMASK
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -70,28 +77,42 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def listed_checksums(path: Path) -> list[str]:
+    """The SHA-256 digests the sidecar of ``path`` accepts (one per line; two while a write is under way)."""
+    try:
+        return [line.split()[0] for line in checksum_path(path).read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
 def atomic_write_checked(path: Path, write: Callable[[Path], None]) -> Path:
-    """``atomic_write`` plus the sidecar checksum of the bytes written. The sidecar is written before
-    the rename: a kill between the two leaves a file that fails ``verify`` (read as corrupt: rebuilt or
-    restarted), never a corrupt file that passes."""
+    """``atomic_write`` plus the sidecar checksum of the bytes written. A kill at any instant leaves a
+    pair that verifies: the sidecar first lists the new digest and the old one, then the file is
+    renamed into place, then the sidecar is rewritten with the new digest alone."""
+    path = Path(path)
+
     def write_and_sum(tmp: Path) -> None:
         write(tmp)
-        write_text_atomic(checksum_path(path), f"{sha256_file(tmp)}  {Path(path).name}\n")
+        digest = sha256_file(tmp)
+        old = [d for d in listed_checksums(path)[:1] if d != digest] if path.exists() else []
+        write_text_atomic(checksum_path(path), "".join(f"{d}  {path.name}\n" for d in [digest, *old]))
+        write_and_sum.digest = digest
 
-    return atomic_write(path, write_and_sum)
+    atomic_write(path, write_and_sum)
+    write_text_atomic(checksum_path(path), f"{write_and_sum.digest}  {path.name}\n")
+    return path
 
 
 def verify(path: Path) -> None:
     """Raise ``CorruptFile`` when ``path`` disagrees with its sidecar checksum. A file without one
     (written before bench kept checksums) passes: there is nothing to check it against."""
     path = Path(path)
-    try:
-        expected = checksum_path(path).read_text().split()[0]
-    except (FileNotFoundError, IndexError):
+    expected = listed_checksums(path)
+    if not expected:
         return
     actual = sha256_file(path)
-    if actual != expected:
-        raise CorruptFile(f"{path} does not match its checksum ({checksum_path(path).name}: sha256 {expected[:12]}..., "
+    if actual not in expected:
+        raise CorruptFile(f"{path} does not match its checksum ({checksum_path(path).name}: sha256 {expected[0][:12]}..., "
                           f"file: {actual[:12]}...): changed or damaged after it was written")
 
 
@@ -117,6 +138,7 @@ def copy_atomic(src: Path, dst: Path) -> Path:
     if checksum_path(src).exists():
         verify(src)
         return atomic_write_checked(dst, lambda tmp: shutil.copyfile(src, tmp))
+    checksum_path(dst).unlink(missing_ok=True)  # a sidecar of what dst held before would not match the copy
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
@@ -236,6 +258,15 @@ def check_writable(folder: Path, what: str) -> str:
 
 #: environment settings that name folders; a Ray worker inherits them but runs in another directory
 PATH_SETTINGS = ("BENCH_DATA_ROOT", "BENCH_CACHE", "BENCH_TRAINED", "TORCH_HOME")
+#: the driver's working directory, for paths a config gives relative (``data_root``): the field keeps
+#: the text the user typed (it is part of a trial's identity), and is resolved against this where used
+DRIVER_CWD = "BENCH_DRIVER_CWD"
+
+
+def resolve_from_driver(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded and, when relative, taken from the driver's working directory."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(os.environ.get(DRIVER_CWD) or os.getcwd()) / p
 
 
 def absolute_path_settings(environ: dict | None = None) -> dict[str, str]:
@@ -245,6 +276,7 @@ def absolute_path_settings(environ: dict | None = None) -> dict[str, str]:
     ``BENCH_DATA_ROOT=../shared/data`` named nothing and every trial failed). Returns the changed
     settings {name: absolute path}; ``~`` is expanded too."""
     environ = os.environ if environ is None else environ
+    environ[DRIVER_CWD] = os.getcwd()
     changed = {}
     for name in PATH_SETTINGS:
         value = environ.get(name, "")

@@ -19,6 +19,7 @@ from bench.data import DATASETS
 from bench.registry import InputError
 
 ACTIVATIONS_PER_PIXEL = 1000  # float32 values kept per input pixel in one forward + backward (order of magnitude)
+INFERENCE_PER_PIXEL = 100  # the same for a sampling forward pass (no gradients: only the live tensors)
 SCHEDULE_ARRAYS = 12  # float64 arrays of length timesteps (betas, alpha_bar, their roots, posterior terms)
 SAMPLE_BATCH = 256  # the samplers' batch (bench.trial)
 
@@ -37,20 +38,27 @@ def trial_bytes(cfg) -> dict[str, int]:
     size = cfg.image_size or spec.size
     pixels = spec.channels * size * size
     images = min(cfg.max_train_images or spec.images, spec.images) if spec.images else cfg.max_train_images
-    batch = max(cfg.batch_size, min(cfg.n_samples, SAMPLE_BATCH))
+    activations = max(cfg.batch_size * ACTIVATIONS_PER_PIXEL, min(cfg.n_samples, SAMPLE_BATCH) * INFERENCE_PER_PIXEL)
     return {"training images": 2 * images * pixels * 4,
             "schedule": SCHEDULE_ARRAYS * cfg.timesteps * 8,
-            "activations": batch * pixels * 4 * ACTIVATIONS_PER_PIXEL}
+            "activations": activations * pixels * 4}
 
 
-def check_memory(trials, available: int | None = None) -> None:
+def check_memory(trials, available: int | None = None, on_gpu: bool | None = None) -> None:
     """InputError (one line) naming the first trial whose estimate exceeds ``available`` bytes
-    (default: physical memory)."""
+    (default: physical memory). With a CUDA GPU (``on_gpu``, default: one is visible) the activations
+    live in its memory, not the host's, and are left out."""
     available = physical_memory() if available is None else available
+    if on_gpu is None:
+        import torch
+
+        on_gpu = torch.cuda.is_available()
     if not available:
         return
     for i, cfg in enumerate(trials):
         parts = trial_bytes(cfg)
+        if on_gpu:
+            parts.pop("activations")
         total = sum(parts.values())
         if total > available:
             biggest = max(parts, key=parts.get)

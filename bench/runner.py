@@ -435,6 +435,7 @@ class Progress:
         self.t0 = self.last = time.time()
         self.finished: list[str] = []  # statuses of trials finished in this session
         self.errors: list[str] = []  # their error messages ("" for a trial that did not raise)
+        self.stopped_by = ""  # the shared error that stopped the grid (shared_failure)
         self.durations: list[float] = []  # seconds of the trials finished in this session that trained from their start
         self.running: dict[str, tuple[int, int]] = {}  # trial id -> (step, of steps)
         self.first_seen: dict[str, tuple[int, float]] = {}  # trial id -> (step, time) when this session first saw it
@@ -487,10 +488,10 @@ class Progress:
         trial would meet too (``SHARED_CAUSES``: data, environment) and at least ``SHARED_AFTER``
         trials met it; else "". Then the grid stops instead of failing each trial after its minutes
         of work (issue 31: 20 trials failed one by one on a data root the workers could not see)."""
-        if len(self.errors) < SHARED_AFTER or len(set(self.errors)) != 1:
-            return ""
-        error = self.errors[0]
-        return error if error.split(":", 1)[0] in SHARED_CAUSES else ""
+        if not self.stopped_by and len(self.errors) >= SHARED_AFTER and len(set(self.errors)) == 1:
+            error = self.errors[0]
+            self.stopped_by = error if error.split(":", 1)[0] in SHARED_CAUSES else ""
+        return self.stopped_by  # latched: a trial finishing after the stop does not undo it
 
     def counts(self) -> str:
         failed = sum(s == "error" for s in self.finished)

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from bench.config import FIELD_TYPES, RunConfig, build_process, from_dict
-from bench.files import atomic_write, load_torch_checked, save_torch_atomic
+from bench.files import atomic_write, checksum_path, load_torch_checked, save_torch_atomic
 from bench.unet import build_model, count_params
 
 CHECKPOINT = "checkpoint.pt"
@@ -199,6 +199,8 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same case
             aside = path.with_name(f"{CHECKPOINT}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
             path.replace(aside)
+            if checksum_path(path).exists():  # its checksum goes with it: the next checkpoint writes its own
+                checksum_path(path).replace(checksum_path(aside))
             print(f"bench: warning: {path} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
                   f"moved aside to {aside.name}, the trial starts again from step 0", file=sys.stderr, flush=True)
             return False

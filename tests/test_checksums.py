@@ -120,3 +120,26 @@ def test_a_truncated_mnist_gz_is_one_line_and_leaves_no_temp_file(tmp_path):
     assert "\n" not in str(e.value)
     assert not [p for p in (tmp_path / "out").iterdir()]  # no .tmp, no partial file
     shutil.rmtree(src)
+
+
+def test_a_kill_between_the_checksum_and_the_rename_leaves_a_pair_that_verifies(tmp_path, monkeypatch):
+    """The sidecar lists the new and the old digest while the file is renamed into place: a kill at that
+    instant keeps the old checkpoint resumable instead of reading it as corrupt."""
+    import bench.files as files
+
+    path = tmp_path / "c.pt"
+    save_torch_atomic({"step": 1}, path)
+    real_replace = os.replace
+
+    def killed(src, dst):
+        if Path(dst) == path:
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_torch_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert len(files.listed_checksums(path)) == 2 and load_torch_checked(path)["step"] == 1
+    save_torch_atomic({"step": 3}, path)
+    assert len(files.listed_checksums(path)) == 1 and load_torch_checked(path)["step"] == 3

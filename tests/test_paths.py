@@ -2,6 +2,7 @@
 directory of their own, where a relative data root or cache names nothing."""
 
 import os
+from pathlib import Path
 
 from bench.files import PATH_SETTINGS, absolute_path_settings
 
@@ -53,3 +54,14 @@ def test_a_dry_run_on_a_fresh_cache_trains_nothing_and_estimates_the_first_run(t
     out = capsys.readouterr().out
     assert "first-run work not cached yet" in out and "estimated, not run" in out, out
     assert not classifier.classifier_path().exists() and not (tmp_path / "fresh-cache" / "refstats").exists()
+
+
+def test_a_relative_data_root_field_keeps_its_text_and_resolves_from_the_driver(tmp_path, monkeypatch):
+    """`--set data_root=../x` is part of the trial id as typed; workers resolve it against the driver's directory."""
+    from bench.data import data_root
+    from bench.files import DRIVER_CWD
+
+    monkeypatch.setenv(DRIVER_CWD, str(tmp_path / "driver"))
+    monkeypatch.chdir(tmp_path)  # a worker's own directory
+    assert data_root("../data") == tmp_path / "driver" / "../data"
+    assert data_root("/abs") == Path("/abs")
