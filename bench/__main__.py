@@ -134,8 +134,8 @@ def _list_grids():
 def _list_config():
     from bench.config import describe_fields
 
-    for name, tp, default, phrase in describe_fields():
-        print(f"  {name:<18} {tp:<6} {default!r:<9} {phrase}")
+    for name, tp, default, role, phrase in describe_fields():
+        print(f"  {name:<18} {tp:<6} {default!r:<9} {role:<14} {phrase}")
 
 
 LISTERS = {

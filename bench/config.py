@@ -34,72 +34,93 @@ from bench.sample import SAMPLERS, sampler_options, start_T
 from bench.schedules import SCHEDULES, make_betas, schedule_params
 from bench.unet import MODELS
 
+# --- each field's role, declared once with the field (issue 30) ------------------------------------
+# Every list of fields that behave alike (the training key, what a resume must match, the curve key,
+# what arm labels leave out) is derived from these; tests/test_config.py requires one role per field.
+TRAINS = "trains"  # changes the trained weights: in the training key, and a resumed checkpoint must match it
+BUDGET = "budget"  # how long training runs: in the training key, but a resume may continue to more steps
+EVALUATIONS = "evaluations"  # which evaluations the final model gets (a learning curve has its own)
+SCORING = "scoring"  # how every evaluation, curve points included, draws its images and scores them
+SAMPLER_OPTION = "sampler option"  # an option samplers declare (bench ls samplers): read by every evaluation
+CURVE = "curve"  # the learning-curve points
+BOOKKEEPING = "bookkeeping"  # where files are, how often to checkpoint, whether to adopt: never changes a number
+ROLES = (TRAINS, BUDGET, EVALUATIONS, SCORING, SAMPLER_OPTION, CURVE, BOOKKEEPING)
+
+
+def role(kind: str, default: Any, label: bool = True) -> Any:
+    """A RunConfig field's default with its role (``ROLES``) and whether arm labels may name it
+    (``label=False``: the seed and dataset are named on their own, the rest never differ between the
+    arms of one comparison)."""
+    if kind not in ROLES:
+        raise ValueError(f"unknown field role {kind!r}: one of {ROLES}")
+    return dataclasses.field(default=default, metadata={"role": kind, "label": label})
+
 
 @dataclass(frozen=True)
 class RunConfig:
     # --- data -------------------------------------------------------------------------------
-    dataset: str = "mnist"
-    data_root: str = ""  # "" -> $BENCH_DATA_ROOT, else ~/.cache/bench/data
-    image_size: int = 0  # 0 -> the dataset's native size (mnist 28, craters 64)
-    max_train_images: int = 0  # 0 -> the whole training split
+    dataset: str = role(TRAINS, "mnist", label=False)
+    data_root: str = role(BOOKKEEPING, "", label=False)  # "" -> $BENCH_DATA_ROOT, else ~/.cache/bench/data
+    image_size: int = role(TRAINS, 0)  # 0 -> the dataset's native size (mnist 28, craters 64)
+    max_train_images: int = role(TRAINS, 0)  # 0 -> the whole training split
     # --- forward process: schedule -------------------------------------------------------------
-    schedule: str = "linear"
-    timesteps: int = 1000
-    zero_terminal_snr: bool = False
-    beta_start: Optional[float] = None
-    beta_end: Optional[float] = None
-    cosine_s: Optional[float] = None
-    tau: Optional[float] = None
-    sigmoid_start: Optional[float] = None
-    sigmoid_end: Optional[float] = None
-    sigma_min: Optional[float] = None
-    sigma_max: Optional[float] = None
-    laplace_mu: Optional[float] = None
-    laplace_b: Optional[float] = None
+    schedule: str = role(TRAINS, "linear")
+    timesteps: int = role(TRAINS, 1000)
+    zero_terminal_snr: bool = role(TRAINS, False)
+    beta_start: Optional[float] = role(TRAINS, None)
+    beta_end: Optional[float] = role(TRAINS, None)
+    cosine_s: Optional[float] = role(TRAINS, None)
+    tau: Optional[float] = role(TRAINS, None)
+    sigmoid_start: Optional[float] = role(TRAINS, None)
+    sigmoid_end: Optional[float] = role(TRAINS, None)
+    sigma_min: Optional[float] = role(TRAINS, None)
+    sigma_max: Optional[float] = role(TRAINS, None)
+    laplace_mu: Optional[float] = role(TRAINS, None)
+    laplace_b: Optional[float] = role(TRAINS, None)
     # --- forward process: noise ----------------------------------------------------------------
-    noise: str = "gaussian"
-    theta_0: Optional[float] = None
+    noise: str = role(TRAINS, "gaussian")
+    theta_0: Optional[float] = role(TRAINS, None)
     # --- forward process: corruption of x_0 by an operator (DESIGN.md section 3, "Mild corruptions";
     # bench ls corruptions). "none" is x_t = a x_0 + s eps; blur = Blurring Diffusion (Hoogeboom & Salimans
     # 2023); cold_blur = Cold Diffusion's blur (Bansal et al. 2022: prediction x0, sampler cold, T = 20, l1)
-    corruption: str = "none"
-    sigma_blur_max: Optional[float] = None  # blur: sigma_B,max (None -> 20, the paper's default; 0 = no blur)
+    corruption: str = role(TRAINS, "none")
+    sigma_blur_max: Optional[float] = role(TRAINS, None)  # blur: sigma_B,max (None -> 20, the paper's default; 0 = no blur)
     # --- objective (DESIGN.md section 3: prediction target, loss weighting) ---------------------
-    prediction: str = "eps"  # eps | x0 | v: what the network predicts and the loss is on
-    weighting: str = "none"  # none | min_snr | p2: per-example weight w(SNR_t) of the loss
-    min_snr_gamma: Optional[float] = None
-    p2_k: Optional[float] = None
-    p2_gamma: Optional[float] = None
+    prediction: str = role(TRAINS, "eps")  # eps | x0 | v: what the network predicts and the loss is on
+    weighting: str = role(TRAINS, "none")  # none | min_snr | p2: per-example weight w(SNR_t) of the loss
+    min_snr_gamma: Optional[float] = role(TRAINS, None)
+    p2_k: Optional[float] = role(TRAINS, None)
+    p2_gamma: Optional[float] = role(TRAINS, None)
     # --- model ----------------------------------------------------------------------------------
-    model: str = "tiny"  # a UNet size preset (bench ls models)
-    dropout: float = 0.1
+    model: str = role(TRAINS, "tiny")  # a UNet size preset (bench ls models)
+    dropout: float = role(TRAINS, 0.1)
     # --- training -------------------------------------------------------------------------------
-    train_steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-4
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    loss: str = "mse"  # mse | l1
-    checkpoint_every: int = 500
-    seed: int = 0
+    train_steps: int = role(BUDGET, 2000)
+    batch_size: int = role(TRAINS, 64)
+    lr: float = role(TRAINS, 2e-4)
+    warmup_steps: int = role(TRAINS, 100)
+    grad_clip: float = role(TRAINS, 1.0)
+    ema_decay: float = role(TRAINS, 0.999)
+    loss: str = role(TRAINS, "mse")  # mse | l1
+    checkpoint_every: int = role(BOOKKEEPING, 500)
+    seed: int = role(TRAINS, 0, label=False)
     # --- evaluation -----------------------------------------------------------------------------
-    evals: str = "ddim:50"  # comma-separated SAMPLER:STEPS, e.g. "ddim:10,ddim:50,ddpm:1000"
-    n_samples: int = 256
-    ddim_eta: float = 0.0
-    var_type: str = "small"  # ddpm reverse variance: small (posterior) | large (beta_t)
-    skip_start: float = 0.0  # ddpm/ddim: skip this fraction of the reverse process, start at t = T - round(f T) from noise
-    metrics: str = "fid,kid"  # comma-separated metric names (bench ls metrics)
-    n_reference: int = 0  # reference (training) images for the metrics; 0 -> min(train size, 10000)
-    sample_seed: int = 0  # image i of every evaluation starts from seed sample_seed + i ("shared" image_seeds)
+    evals: str = role(EVALUATIONS, "ddim:50")  # comma-separated SAMPLER:STEPS, e.g. "ddim:10,ddim:50,ddpm:1000"
+    n_samples: int = role(SCORING, 256)
+    ddim_eta: float = role(SAMPLER_OPTION, 0.0)
+    var_type: str = role(SAMPLER_OPTION, "small")  # ddpm reverse variance: small (posterior) | large (beta_t)
+    skip_start: float = role(SAMPLER_OPTION, 0.0)  # ddpm/ddim: skip this fraction of the reverse process, start at t = T - round(f T) from noise
+    metrics: str = role(EVALUATIONS, "fid,kid")  # comma-separated metric names (bench ls metrics)
+    n_reference: int = role(SCORING, 0)  # reference (training) images for the metrics; 0 -> min(train size, 10000)
+    sample_seed: int = role(SCORING, 0, label=False)  # image i of every evaluation starts from seed sample_seed + i ("shared" image_seeds)
     # image seeds: "shared" = the same for every trial (the first release); "per_seed" = derived from
     # (sample_seed, seed, i): identical in every arm, different across training seeds (DESIGN.md section 5)
-    image_seeds: str = "shared"
+    image_seeds: str = role(SCORING, "shared")
     # --- learning curves ------------------------------------------------------------------------
-    eval_at: str = ""  # comma-separated fractions of train_steps (0.25) or step counts (200) to evaluate the EMA at
-    curve_metrics: str = ""  # metrics of those evaluations ("" -> metrics), with the first of evals
+    eval_at: str = role(CURVE, "")  # comma-separated fractions of train_steps (0.25) or step counts (200) to evaluate the EMA at
+    curve_metrics: str = role(CURVE, "")  # metrics of those evaluations ("" -> metrics), with the first of evals
     # --- evaluation-only trials (bench.trained) ---------------------------------------------------
-    reuse_training: bool = False  # adopt the model (and curve) of a finished trial whose training is identical instead of training
+    reuse_training: bool = role(BOOKKEEPING, False)  # adopt the model (and curve) of a finished trial whose training is identical instead of training
 
     # ---------------------------------------------------------------------------------------------
     def replace(self, **changes) -> "RunConfig":
@@ -243,9 +264,18 @@ def trial_id(cfg) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
-#: fields a trial's name leaves out: the seed and dataset are named on their own, the rest never differ
-#: between the arms of one comparison
-NOT_IN_LABEL = frozenset({"seed", "dataset", "data_root", "sample_seed"})
+def undeclared_roles(cls: type = RunConfig) -> list[str]:
+    """Fields of ``cls`` declared without ``role(...)`` (tests/test_config.py requires none)."""
+    return [f.name for f in fields(cls) if f.metadata.get("role") not in ROLES]
+
+
+def fields_with(*roles: str) -> frozenset[str]:
+    """The RunConfig fields whose declared role is one of ``roles``."""
+    return frozenset(f.name for f in fields(RunConfig) if f.metadata.get("role") in roles)
+
+
+#: fields a trial's name leaves out (declared with ``label=False``)
+NOT_IN_LABEL = frozenset(f.name for f in fields(RunConfig) if not f.metadata.get("label", True))
 
 
 def trial_labels(cfgs: list) -> dict[str, str]:
@@ -486,11 +516,11 @@ def _init_defaults(registry, names_of):
     return params
 
 
-def describe_fields() -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, phrase) of every field, for ``bench ls config``."""
+def describe_fields() -> list[tuple[str, str, Any, str, str]]:
+    """(name, type, default, role, phrase) of every field, for ``bench ls config``."""
     owners = param_owners()
     out = []
     for f in fields(RunConfig):
         phrase = FIELD_HELP.get(f.name) or "parameter of " + ", ".join(owners.get(f.name, [])) + "; None = the component's default"
-        out.append((f.name, getattr(_base_type(FIELD_TYPES[f.name]), "__name__", str(f.type)), f.default, phrase))
+        out.append((f.name, getattr(_base_type(FIELD_TYPES[f.name]), "__name__", str(f.type)), f.default, f.metadata["role"], phrase))
     return out

@@ -55,7 +55,9 @@ noise with finite coefficients throughout.
 
 Add a sampler: write a function ``fn(model, diffusion, noise, shape, steps, generators, device="cpu",
 *, clip_x0=True, progress=False, <options>)`` whose keyword-only options are RunConfig fields with
-defaults (each needs a value check in ``OPTION_CHECKS``; add one for a new field), get (x_0, eps) from
+defaults, declared in ``bench.config.RunConfig`` with the ``SAMPLER_OPTION`` role (which keeps it out
+of the training key and puts it in the learning-curve key), each with a value check in
+``OPTION_CHECKS``; get (x_0, eps) from
 ``diffusion.split``, loop over the steps with ``_loop(indices, progress, desc)`` (a bar or ticks: ``Ticks``),
 and decorate it with ``@register_sampler("name", options=(...), evals_per_step=k, needs_posterior=...)``
 (needs_posterior False when it uses only ``q_sample`` and ``split``, as ``cold``).

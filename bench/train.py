@@ -38,7 +38,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.config import FIELD_TYPES, RunConfig, build_process, from_dict
+from bench.config import (
+    BOOKKEEPING,
+    BUDGET,
+    CURVE,
+    EVALUATIONS,
+    FIELD_TYPES,
+    SAMPLER_OPTION,
+    SCORING,
+    RunConfig,
+    build_process,
+    fields_with,
+    from_dict,
+)
 from bench.files import atomic_write, checksum_path, load_torch_checked, save_torch_atomic
 from bench.unet import build_model, count_params
 
@@ -49,9 +61,8 @@ FINAL_LOSS_WINDOW = 100  # final_loss = mean loss of the last this-many steps
 MAX_LOG_ROWS = 5000  # loss.csv gets at most ~this many rows (one row = mean over log_every steps)
 # RunConfig fields that do not change what training computes: a checkpoint stays valid across them
 # (train_steps may grow to extend a run).
-NOT_TRAINING_FIELDS = {"train_steps", "checkpoint_every", "data_root", "evals", "n_samples", "ddim_eta", "var_type",
-                       "metrics", "sample_seed", "n_reference", "image_seeds", "skip_start", "eval_at", "curve_metrics",
-                       "reuse_training"}
+# what a resumed checkpoint need not match: every field but those declared TRAINS (bench.config roles)
+NOT_TRAINING_FIELDS = fields_with(BUDGET, EVALUATIONS, SCORING, SAMPLER_OPTION, CURVE, BOOKKEEPING)
 
 
 @dataclass

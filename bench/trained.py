@@ -6,8 +6,8 @@ when the first 20% of its reverse process is skipped?" changes only evaluation f
 finished trial with the same **training key** and goes straight to sampling.
 
 Training key: SHA-256 of every RunConfig field that can change the trained weights, i.e. all but
-``EVAL_ONLY`` (sampling, scoring, curve and bookkeeping fields; ``train.NOT_TRAINING_FIELDS`` plus
-the later evaluation fields, minus ``train_steps``, which must match exactly here). Learning-curve
+``EVAL_ONLY`` (the fields declared with the evaluations, scoring, sampler option, curve and
+bookkeeping roles in ``bench.config``; ``train_steps``, the budget, must match exactly here). Learning-curve
 evaluations run under a forked RNG (``train.Trainer.run``), so ``eval_at`` does not change the weights
 either; a reusing trial itself cannot have ``eval_at`` (it does not train, so it has no curve).
 
@@ -37,13 +37,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bench.config import RunConfig
+from bench.config import BOOKKEEPING, CURVE, EVALUATIONS, SAMPLER_OPTION, SCORING, RunConfig, fields_with
 from bench.files import cache_dir, copy_atomic, file_lock, load_torch_checked, write_json_atomic
-from bench.train import CHECKPOINT, NOT_TRAINING_FIELDS
+from bench.train import CHECKPOINT
 
-#: fields that never change the trained weights (train_steps does: it is part of the key)
-EVAL_ONLY = (NOT_TRAINING_FIELDS - {"train_steps"}) | {"n_reference", "image_seeds", "skip_start", "eval_at",
-                                                       "curve_metrics", "reuse_training"}
+#: fields that never change the trained weights (the BUDGET, train_steps, does: it is part of the key)
+EVAL_ONLY = fields_with(EVALUATIONS, SCORING, SAMPLER_OPTION, CURVE, BOOKKEEPING)
+#: what every evaluation, a curve point included, reads beyond its own steps, evaluation and metrics
+CURVE_FIELDS = fields_with(SCORING, SAMPLER_OPTION)
 LOGS = ("loss.csv", "loss_by_t.csv")
 
 
@@ -57,8 +58,7 @@ def curve_key(cfg: RunConfig) -> str:
     """What a learning-curve point depends on beyond the training: its steps, its evaluation (the first
     of ``evals``) and how it is scored. Two trials with equal train and curve keys draw the same curve."""
     fields = {"steps": cfg.curve_steps, "metrics": cfg.curve_metric_names, "eval": cfg.evaluations[0],
-              **{k: getattr(cfg, k) for k in ("n_samples", "sample_seed", "image_seeds", "n_reference", "ddim_eta",
-                                             "var_type", "skip_start")}}
+              **{k: getattr(cfg, k) for k in CURVE_FIELDS}}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

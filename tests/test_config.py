@@ -58,7 +58,7 @@ def _v1_id(cfg) -> str:
 def test_ls_config_has_a_phrase_per_field_and_names_the_components_of_each_parameter():
     from bench.config import COMPONENT_PARAMS, describe_fields
 
-    rows = {name: (tp, default, phrase) for name, tp, default, phrase in describe_fields()}
+    rows = {name: (tp, default, phrase) for name, tp, default, _, phrase in describe_fields()}
     assert set(rows) == {f.name for f in dataclasses.fields(RunConfig)}
     assert all(len(phrase) > 10 for _, _, phrase in rows.values())
     assert rows["tau"][2].startswith("parameter of schedule sigmoid (default 1);")
@@ -95,3 +95,39 @@ def test_trial_labels_name_the_fields_that_vary_within_an_arm():
     assert labels[trial_id(budget[0])] == "cosine / gaussian / v, none [model=tiny, batch_size=32, lr=0.001] | mnist | seed 0"
     quick = load_grid("schedules", "quick").trials()
     assert trial_labels(quick)[trial_id(quick[0])] == "linear / gaussian | mnist | seed 0"
+
+
+def test_every_field_declares_exactly_one_role_and_the_derived_lists_are_the_historical_ones():
+    """Issue 30: a field's role is declared once (bench.config.role); the lists that were written by hand
+    in four modules are derived from it, and must stay what they were, or committed runs would resume,
+    adopt and label differently."""
+    from bench import trained
+    from bench.config import NOT_IN_LABEL, ROLES, SAMPLER_OPTION, describe_fields, fields_with, undeclared_roles
+    from bench.sample import SAMPLERS
+    from bench.train import NOT_TRAINING_FIELDS
+
+    assert undeclared_roles() == []
+    roles = {f.name: f.metadata["role"] for f in dataclasses.fields(RunConfig)}
+    assert sum(len(fields_with(r)) for r in ROLES) == len(roles)  # exactly one each
+    assert NOT_TRAINING_FIELDS == {"train_steps", "checkpoint_every", "data_root", "evals", "n_samples", "ddim_eta",
+                                   "var_type", "metrics", "sample_seed", "n_reference", "image_seeds", "skip_start",
+                                   "eval_at", "curve_metrics", "reuse_training"}
+    assert trained.EVAL_ONLY == NOT_TRAINING_FIELDS - {"train_steps"}
+    assert trained.CURVE_FIELDS == {"n_samples", "sample_seed", "image_seeds", "n_reference", "ddim_eta", "var_type",
+                                    "skip_start"}
+    assert NOT_IN_LABEL == {"seed", "dataset", "data_root", "sample_seed"}
+    assert fields_with(SAMPLER_OPTION) == {o for _, s in SAMPLERS.items() for o in s.options}  # what samplers declare
+    assert {name: role for name, _, _, role, _ in describe_fields()} == roles  # bench ls config shows them
+
+
+def test_a_field_without_a_role_is_caught():
+    @dataclasses.dataclass(frozen=True)
+    class Later(RunConfig):
+        new_knob: int = 0  # declared without role(): no metadata
+
+    from bench.config import role, undeclared_roles
+
+    assert undeclared_roles(Later) == ["new_knob"]
+
+    with pytest.raises(ValueError, match="unknown field role"):
+        role("trainz", 0)

@@ -411,7 +411,14 @@ def test_bad_input():
 # the sampler contract as data
 
 
-OPTION_DEFAULTS = {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0}
+def _option_defaults() -> dict:
+    """Every sampler option's RunConfig default (the fields declared with the sampler-option role)."""
+    from bench.config import SAMPLER_OPTION, RunConfig, fields_with
+
+    return {k: RunConfig.__dataclass_fields__[k].default for k in sorted(fields_with(SAMPLER_OPTION))}
+
+
+OPTION_DEFAULTS = _option_defaults()
 
 
 def test_sampler_contract():
@@ -421,6 +428,7 @@ def test_sampler_contract():
     assert SAMPLERS.get("cold").options == () and not SAMPLERS.get("cold").needs_posterior
     assert SAMPLERS.get("ddpm").needs_posterior and SAMPLERS.get("ddim").needs_posterior
     assert set(OPTION_DEFAULTS) == set(OPTION_CHECKS)
+    assert OPTION_DEFAULTS == {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0}
     for name, smp in SAMPLERS.items():
         assert isinstance(smp, Sampler) and smp.name == name and smp.evals_per_step == 1
         assert set(smp.options) <= set(OPTION_CHECKS)
