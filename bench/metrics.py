@@ -80,6 +80,9 @@ class Metric:
     # against itself: sharpness_gap = 0 by construction)
     floor_split: str = "heldout"
     warns_below: float | None = None  # the report warns when a trial scores below this (memorization: 1)
+    # a Fréchet distance extrapolated to n = infinity (FD-infinity): its small-n bias is removed, so the
+    # report's n < dimension warning does not apply; per-image bootstraps cannot recompute it
+    extrapolated: bool = False
 
     @property
     def direction(self) -> str:
@@ -99,13 +102,14 @@ METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(name: str, feature: str, description: str, higher_is_better: bool = False, frechet: bool = False,
-                    needs_heldout: bool = False, floor_split: str = "heldout", warns_below: float | None = None):
+                    needs_heldout: bool = False, floor_split: str = "heldout", warns_below: float | None = None,
+                    extrapolated: bool = False):
     if floor_split not in ("heldout", "train"):
         raise ValueError(f"metric {name}: floor_split must be 'heldout' or 'train', got {floor_split!r}")
 
     def deco(fn):
         METRICS.register(name)(Metric(feature, fn, description, higher_is_better, frechet, needs_heldout, floor_split,
-                                      warns_below))
+                                      warns_below, extrapolated))
         return fn
 
     return deco
@@ -146,8 +150,9 @@ for _feature, _suffix, _dim in (("mnist-classifier", "clf", "128-d MNIST-classif
         register_metric(f"{_key}_{_suffix}", _feature, f"{_key} (k = {_k}) in {_dim} features (higher is better)",
                         higher_is_better=True)(_prdc_metric(_key, _k))
 register_metric("fid_inf", "inception", "FD-infinity of Inception pool3 features (Chong & Forsyth 2020)",
-                frechet=True)(_fd_infinity)
-register_metric("fd_mnist_clf_inf", "mnist-classifier", "FD-infinity in MNIST-classifier features", frechet=True)(_fd_infinity)
+                frechet=True, extrapolated=True)(_fd_infinity)
+register_metric("fd_mnist_clf_inf", "mnist-classifier", "FD-infinity in MNIST-classifier features", frechet=True,
+                extrapolated=True)(_fd_infinity)
 
 
 def _memorization(fake: torch.Tensor, ref: dict) -> dict:

@@ -49,6 +49,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def find(self, name: str) -> T | None:
+        """The component registered as ``name``, or None (e.g. a name a past run used and that is retired)."""
+        return self._items.get(name)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

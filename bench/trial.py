@@ -51,7 +51,8 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     # Data: the whole training split in memory, on the device (no DataLoader per step).
     data = train_images(cfg)
 
-    # The only two things that differ between arms: the schedule and the noise.
+    # The forward process the config's TRAINS fields describe (schedule, noise, corruption, objective);
+    # everything after it is the one shared trainer and sampler.
     betas, diffusion, noise = build_process(cfg, data)  # data: for a corruption whose start is fitted to it
 
     trained_in = ""

@@ -77,3 +77,30 @@ def test_no_circular_import():
 def test_the_check_can_fail():
     assert LAYER["runner"] > LAYER["report"] > LAYER["trial"] > LAYER["config"] > LAYER["registry"]
     assert "report" not in GRAPH["trial"] and "perf" not in GRAPH["dryrun"]  # the imports this issue removed
+
+
+def submodule_imports(path: Path, package: str) -> set[str]:
+    """The modules of ``bench.<package>`` that ``path`` imports ("__init__" for the package itself)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[:2] == ["bench", package]:
+                out.add(parts[2] if len(parts) > 2 else "__init__")
+    return out
+
+
+@pytest.mark.parametrize("package", ["perf", "report"])
+def test_no_cycle_inside_a_subpackage(package):
+    """Issue 30: perf/__init__.py and perf/report.py imported each other inside functions, which the
+    package-level graph above cannot see."""
+    graph = {p.stem: submodule_imports(p, package) - {p.stem} for p in (PACKAGE / package).glob("*.py")}
+
+    def visit(node, path):
+        for nxt in graph.get(node, ()):
+            if nxt in path:
+                raise AssertionError(f"bench/{package}: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            visit(nxt, path + [nxt])
+
+    for start in graph:
+        visit(start, [start])

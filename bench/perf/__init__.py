@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -53,13 +52,14 @@ from typing import Any, Callable
 
 import torch
 
+from bench.env import cpu_model
+from bench.perf.sections import ORDER
 from bench.registry import InputError, Registry
 from bench.timing import measure, ratios, spread, sync  # noqa: F401 (sections use them)
 from bench.train import TRAIN_DROPOUT, BenchStep  # noqa: F401 (the train section)
 from bench.unet import MODELS, build_model, count_params
 
 SECTIONS: Registry = Registry("perf section")
-ORDER = ("ceiling", "train", "sample", "features", "packing", "fanout", "time_to_fd")
 TRAIN_SHAPES = ((1, 28), (1, 32), (3, 64))  # (channels, size): MNIST, MNIST padded to 32, craters
 CPU_TRAIN_BATCH = {"tiny": 32, "tiny_wide": 32, "small": 16, "base": 8}  # ~0.2-3 s a step on 2 cores; GPUs use GPU_BATCH
 GPU_BATCH = 128  # the full grids' batch
@@ -356,18 +356,8 @@ def device_slug(device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"cpu {_cpu_model()} {os.cpu_count()}c"
+        name = f"cpu {cpu_model()} {os.cpu_count()}c"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_sections(only: str | None) -> list[str]:

@@ -141,7 +141,7 @@ def environment(ctx, sections: list[str], wall_s: float) -> dict[str, Any]:
 
     import torch
 
-    from bench.perf import _cpu_model
+    from bench.env import cpu_model
 
     versions = {}
     for pkg in ("bench", "torch", "diffusers", "ray", "torchmetrics"):
@@ -150,7 +150,7 @@ def environment(ctx, sections: list[str], wall_s: float) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     return {
-        "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else f"cpu: {_cpu_model()}",
+        "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else f"cpu: {cpu_model()}",
         "cpu_count": __import__("os").cpu_count(), "torch_threads": ctx.threads, "python": sys.version.split()[0],
         "platform": f"{platform.system()} {platform.machine()}", "versions": versions, "git": git_info(),
         "sections": sections, "quick": ctx.quick, "reps": ctx.reps, "wall_s": round(wall_s, 1),
@@ -160,7 +160,7 @@ def environment(ctx, sections: list[str], wall_s: float) -> dict[str, Any]:
 
 def command_options(ctx, sections: list[str]) -> str:
     """The options of the ``bench perf`` command that measured this (to repeat it)."""
-    from bench.perf import ORDER
+    from bench.perf.sections import ORDER
 
     opts = " --quick" if ctx.quick else ""
     opts += "" if set(sections) >= set(ORDER) - {"time_to_fd"} else f" --only {','.join(sections)}"

@@ -16,8 +16,6 @@ import pandas as pd
 from bench.metrics import METRICS
 from bench.report.tables import Run, arm_n, floor_n, floor_phrase, is_fd_infinity, join, metric_meta, values
 
-#: Fréchet distances (FID, fd_*): their covariance estimates need more images than feature dimensions
-FRECHET_PREFIXES = ("fid", "fd")
 #: feature dimension assumed for a Fréchet metric whose extractor does not state one (Inception pool3)
 DEFAULT_FEATURE_DIM = 2048
 
@@ -122,7 +120,7 @@ def floor_sample_size(run: Run) -> list[str]:
 
 def _feature_dim(metric: str) -> int | None:
     """Feature dimension of a registered Fréchet metric (its contract), else None."""
-    m = METRICS._items.get(metric)
+    m = METRICS.find(metric)
     return m.dim if m is not None and m.frechet else None
 
 

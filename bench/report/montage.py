@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.report.tables import Run, labels_of
+from bench.report.tables import Run, labels_of, metric_obj
 from bench.rundir import real_grid
 from bench.style import Plot, figure, safe, save, theme, wrap
 
@@ -128,7 +128,8 @@ def nearest_training(images: torch.Tensor, train: torch.Tensor) -> tuple[torch.T
 
 
 def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
-    """Per dataset of a run scored with a ``memorization_*`` metric: held-out real images, then each
+    """Per dataset of a run scored with a metric that warns below a value (``Metric.warns_below``: the
+    memorization ratios, whose warning asks to look at this figure): held-out real images, then each
     arm's first samples (the montage's evaluation, first seed), each above its nearest training image
     and their distance. Copies show as identical pairs; a model that generalizes pairs its samples as
     loosely as the held-out images are paired. Needs the training images (``BENCH_DATA_ROOT``)."""
@@ -136,7 +137,7 @@ def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     from bench.images import to_uint8
 
     ev = main_eval(run)
-    if not ev or not any(m.startswith("memorization_") for m in run.metrics):
+    if not ev or not any((mo := metric_obj(m)) is not None and mo.warns_below is not None for m in run.metrics):
         return []
     out = []
     for ds in run.datasets:

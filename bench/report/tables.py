@@ -204,15 +204,13 @@ def metric_obj(metric: str):
     """The registered ``bench.metrics.Metric`` of ``metric``, or None (a name retired since the run)."""
     from bench.metrics import METRICS
 
-    return METRICS._items.get(metric)
+    return METRICS.find(metric)
 
 
 def is_fd_infinity(metric: str) -> bool:
-    """A registered FD-infinity (Chong & Forsyth 2020) variant of a Fréchet distance."""
-    from bench.metrics import _fd_infinity
-
+    """A registered FD-infinity (Chong & Forsyth 2020) variant of a Fréchet distance (declared ``extrapolated``)."""
     m = metric_obj(metric)
-    return m is not None and m.compute is _fd_infinity
+    return m is not None and m.extrapolated
 
 
 def direction(metric: str) -> str:
