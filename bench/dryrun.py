@@ -243,8 +243,8 @@ def _references_s(trials: list[RunConfig], sizes: dict) -> float:
     """Single-thread CPU seconds of the reference statistics and floors not in the cache yet, and of
     preparing the extractors a first run prepares (training the MNIST classifier): estimated, never run."""
     todo: set[tuple] = set()
-    prepare = {f for c in trials for f in {METRICS.get(m).feature for m in (*c.metric_names, *c.curve_metric_names)}
-               if not FEATURES.get(f).ready()}
+    used = {METRICS.get(m).feature for c in trials for m in (*c.metric_names, *c.curve_metric_names)}
+    prepare = {f for f in used if not FEATURES.get(f).ready()}  # once per extractor (ready() may read a file)
     for c in trials:
         spec = DATASETS.get(c.dataset)
         size = c.image_size or spec.size

@@ -90,16 +90,16 @@ def atomic_write_checked(path: Path, write: Callable[[Path], None]) -> Path:
     pair that verifies: the sidecar first lists the new digest and the old one, then the file is
     renamed into place, then the sidecar is rewritten with the new digest alone."""
     path = Path(path)
+    digests: list[str] = []
 
     def write_and_sum(tmp: Path) -> None:
         write(tmp)
-        digest = sha256_file(tmp)
-        old = [d for d in listed_checksums(path)[:1] if d != digest] if path.exists() else []
-        write_text_atomic(checksum_path(path), "".join(f"{d}  {path.name}\n" for d in [digest, *old]))
-        write_and_sum.digest = digest
+        digests.append(sha256_file(tmp))
+        old = [d for d in listed_checksums(path)[:1] if d != digests[0]] if path.exists() else []
+        write_text_atomic(checksum_path(path), "".join(f"{d}  {path.name}\n" for d in [*digests, *old]))
 
     atomic_write(path, write_and_sum)
-    write_text_atomic(checksum_path(path), f"{write_and_sum.digest}  {path.name}\n")
+    write_text_atomic(checksum_path(path), f"{digests[0]}  {path.name}\n")
     return path
 
 
