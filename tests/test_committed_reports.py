@@ -42,6 +42,30 @@ def differences(run: Path, copy: Path) -> dict[str, list]:
     return out
 
 
+def tracked(folder: Path) -> list[Path] | None:
+    """The files git tracks under ``folder`` (None outside a git checkout)."""
+    import subprocess
+
+    proc = subprocess.run(["git", "ls-files", "-z", str(folder)], cwd=RESULTS.parent, capture_output=True, text=True)
+    return [RESULTS.parent / p for p in proc.stdout.split("\0") if p] if proc.returncode == 0 else None
+
+
+def test_committed_runs_keep_the_samples_the_report_reads_and_no_others():
+    """A committed run is compact (issue 32): of samples/ only what the montages read (report_samples),
+    no PDF twins (bench report rebuilds them). Every first-seed grid the report reads is there."""
+    from bench.report.montage import report_samples
+    from bench.report.tables import load_run
+
+    if tracked(RESULTS) is None:
+        pytest.skip("not a git checkout: nothing to say about what is committed")
+    for run in RUNS:
+        need = report_samples(load_run(run))
+        kept = {p.name for p in tracked(run / "samples")}
+        assert kept <= need, (run, sorted(kept - need)[:3])
+        assert {n for n in need if not n.startswith("real_")} <= kept, (run, sorted(need - kept)[:3])  # real_* came later
+        assert not [p for p in tracked(run / "plots") if p.suffix == ".pdf"], run
+
+
 def test_committed_runs_are_found():
     assert len(RUNS) >= 18 and SMALL in RUNS
     for run in RUNS:

@@ -60,6 +60,20 @@ def _image_montage(run: Run, ds: str, png: Path, name: Callable[[pd.Series], str
         save(fig, png)
 
 
+def report_samples(run: Run) -> set[str]:
+    """The files of ``samples/`` the report reads (what a committed run keeps of them): per dataset the
+    held-out grid, and each arm's first-seed grid at the main evaluation and its denoising strip (the
+    montages), plus the strip of the run's first trial (``montage_denoise`` sizes its figures by it)."""
+    ev = main_eval(run)
+    keep = {f"{run.rows['trial_id'].iloc[0]}_denoise.png"} if len(run.rows) else set()
+    for ds in run.datasets:
+        keep.add(real_grid(ds))
+        for lb in labels_of(run, ds):
+            tid = _first_seed(run, ds, lb)["trial_id"]
+            keep |= {f"{tid}_denoise.png", *([f"{tid}_{ev[0]}-{ev[1]}.png"] if ev else [])}
+    return keep
+
+
 def montage_samples(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     """Per dataset: the main evaluation's sample grid of every arm, side by side."""
     ev = main_eval(run)
