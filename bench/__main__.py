@@ -117,14 +117,14 @@ def _registry_lister(module: str, attr: str):
 
 
 def _list_models():
-    from bench.unet import MODELS, describe_model
+    from bench.models.unet import MODELS, describe_model
 
     for name in MODELS.names():
         print(f"  {name:<16} {describe_model(name)}")
 
 
 def _list_grids():
-    from bench.grid import grid_names, load_grid
+    from bench.experiment.grid import grid_names, load_grid
 
     for name in grid_names():
         g = load_grid(name)
@@ -132,24 +132,24 @@ def _list_grids():
 
 
 def _list_config():
-    from bench.config import describe_fields
+    from bench.experiment.config import describe_fields
 
     for name, tp, default, role, phrase in describe_fields():
         print(f"  {name:<18} {tp:<6} {default!r:<9} {role:<14} {phrase}")
 
 
 LISTERS = {
-    "schedules": _registry_lister("bench.schedules", "SCHEDULES"),
-    "noises": _registry_lister("bench.noise", "NOISES"),
-    "corruptions": _registry_lister("bench.corruptions", "CORRUPTIONS"),
-    "samplers": _registry_lister("bench.sample", "SAMPLERS"),
-    "predictions": _registry_lister("bench.diffusion", "PREDICTIONS"),
-    "weightings": _registry_lister("bench.diffusion", "WEIGHTINGS"),
-    "datasets": _registry_lister("bench.data", "DATASETS"),
+    "schedules": _registry_lister("bench.process.schedules", "SCHEDULES"),
+    "noises": _registry_lister("bench.process.noise", "NOISES"),
+    "corruptions": _registry_lister("bench.process.corruptions", "CORRUPTIONS"),
+    "samplers": _registry_lister("bench.sampling.sample", "SAMPLERS"),
+    "predictions": _registry_lister("bench.process.diffusion", "PREDICTIONS"),
+    "weightings": _registry_lister("bench.process.diffusion", "WEIGHTINGS"),
+    "datasets": _registry_lister("bench.data.datasets", "DATASETS"),
     "models": _list_models,
-    "metrics": _registry_lister("bench.metrics", "METRICS"),
+    "metrics": _registry_lister("bench.scoring.metrics", "METRICS"),
     "grids": _list_grids,
-    "trackers": _registry_lister("bench.tracking", "TRACKERS"),
+    "trackers": _registry_lister("bench.run.tracking", "TRACKERS"),
     "config": _list_config,
 }
 
@@ -176,13 +176,13 @@ def cmd_run(args) -> int:
     that in seconds, not after hours of silence."""
     import torch
 
-    from bench.config import parse_set
-    from bench.dryrun import check_data, estimate, print_plan
+    from bench.experiment.config import parse_set
+    from bench.experiment.grid import preset_names
     from bench.files import absolute_path_settings
-    from bench.grid import preset_names
     from bench.progress import duration
-    from bench.runner import Fanout, plan_grid, run_grid
-    from bench.tracking import parse_track
+    from bench.run.dryrun import check_data, estimate, print_plan
+    from bench.run.runner import Fanout, plan_grid, run_grid
+    from bench.run.tracking import parse_track
 
     absolute_path_settings()
     overrides = parse_set(args.set)
@@ -223,7 +223,7 @@ def _interrupt(signum, frame):
 
 def _default_preset(grid: str, cuda: bool) -> str:
     """full with CUDA; else quick where the grid has it (a grid file without presets runs as written)."""
-    from bench.grid import preset_names
+    from bench.experiment.grid import preset_names
 
     return "quick" if not cuda and "quick" in preset_names(grid) else "full"
 
@@ -234,8 +234,8 @@ def _say(msg: str) -> None:
 
 # --- the rest ----------------------------------------------------------------------------------
 def cmd_report(args) -> int:
+    from bench.experiment.rundir import check_readable
     from bench.report import build_report
-    from bench.rundir import check_readable
 
     check_readable(args.run_dir)  # a garbled input file: one line, exit 2
     build_report(args.run_dir)
@@ -244,8 +244,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_plot_schedules(args) -> int:
+    from bench.process.schedules import SCHEDULES
     from bench.report import plot_schedules
-    from bench.schedules import SCHEDULES
 
     names = args.schedules or SCHEDULES.names()
     for n in names:
@@ -264,8 +264,8 @@ def cmd_plot_noises(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from bench.train import read_config
-    from bench.trial import sample_from_workdir
+    from bench.run.trial import sample_from_workdir
+    from bench.training.train import read_config
 
     workdir = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     if (workdir / "config.json").exists():  # a trial work dir: its checkpoint must be there and readable

@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def trained_index(tmp_path_factory):
-    """The trained-model index (bench.trained) of every trial the tests run goes to a temporary
+    """The trained-model index (bench.training.trained) of every trial the tests run goes to a temporary
     folder, never into the user's cache (subprocesses inherit it)."""
     before = os.environ.get("BENCH_TRAINED")
     os.environ["BENCH_TRAINED"] = str(tmp_path_factory.mktemp("trained-index"))

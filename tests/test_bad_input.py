@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.claims import parse_claims
+from bench.experiment.claims import parse_claims
+from bench.experiment.grid import load_grid
 from bench.files import write_text_atomic
-from bench.grid import load_grid
 from bench.registry import InputError
-from bench.runner import plan_grid, resume_command
+from bench.run.runner import plan_grid, resume_command
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = '''name = "mine"
@@ -89,7 +89,7 @@ def test_a_config_that_cannot_fit_in_memory_is_refused_before_anything_allocates
     22 GB until it was killed (rc 137, no message)."""
     import resource
 
-    from bench import resources
+    from bench.run import resources
 
     monkeypatch.setattr(resources, "physical_memory", lambda: 16 * 2**30)  # the same refusal on a 1 TB server
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # and on a GPU host (activations would not count)
@@ -103,8 +103,8 @@ def test_a_config_that_cannot_fit_in_memory_is_refused_before_anything_allocates
 def test_the_memory_bound_of_the_committed_grids_fits_a_small_machine():
     """Every preset of every grid file fits 8 GiB by the estimate, the GPU-scale full presets included
     (the bound refuses only what cannot run); on a GPU the activations do not count against the host."""
-    from bench.grid import grid_names, preset_names
-    from bench.resources import check_memory, trial_bytes
+    from bench.experiment.grid import grid_names, preset_names
+    from bench.run.resources import check_memory, trial_bytes
 
     for name in grid_names():
         for preset in preset_names(name):

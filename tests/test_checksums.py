@@ -52,7 +52,7 @@ def test_a_file_without_a_checksum_passes_and_a_copy_carries_and_checks_it(tmp_p
 
 def test_a_flipped_classifier_is_retrained_not_used(tmp_path, monkeypatch):
     """Before: a bit-flipped cached classifier gave FD 2,284,048 instead of 4,740, rc 0."""
-    from bench import classifier as C
+    from bench.scoring import classifier as C
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
     path = C.classifier_path()
@@ -65,8 +65,8 @@ def test_a_flipped_classifier_is_retrained_not_used(tmp_path, monkeypatch):
 
 
 def test_a_flipped_trained_model_is_not_adopted(tmp_path, monkeypatch):
-    from bench import trained
-    from bench.config import RunConfig
+    from bench.experiment.config import RunConfig
+    from bench.training import trained
 
     monkeypatch.setenv("BENCH_TRAINED", str(tmp_path / "index"))
     cfg = RunConfig(dataset="synthetic", train_steps=3)
@@ -94,7 +94,7 @@ def test_a_flipped_per_image_file_is_treated_as_missing(tmp_path):
 
 @pytest.mark.skipif(SHARED is None or not (SHARED / "craters").is_dir(), reason="craters absent (set BENCH_DATA_ROOT)")
 def test_a_flipped_craters_cache_is_rebuilt(tmp_path, monkeypatch):
-    from bench.data import load_dataset
+    from bench.data.datasets import load_dataset
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
     x = load_dataset("craters", "heldout", str(SHARED), 16)
@@ -106,7 +106,7 @@ def test_a_flipped_craters_cache_is_rebuilt(tmp_path, monkeypatch):
 
 
 def test_a_truncated_mnist_gz_is_one_line_and_leaves_no_temp_file(tmp_path):
-    from bench.data import MNIST_MD5, DataError, _decompress_mnist
+    from bench.data.datasets import MNIST_MD5, DataError, _decompress_mnist
 
     src = tmp_path / "raw"
     src.mkdir()

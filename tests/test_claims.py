@@ -1,4 +1,4 @@
-"""Published claims (bench.claims): parsing, the exit-2 checks, the contrasts against scipy and hand
+"""Published claims (bench.experiment.claims): parsing, the exit-2 checks, the contrasts against scipy and hand
 arithmetic, the verdicts, the grid.toml round trip, a --resume that updates claims only, and the
 report section."""
 
@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from bench import claims
-from bench.claims import AGREES, DISAGREES, UNRESOLVED, Claim, evaluate, parse_claims
-from bench.config import from_dict
-from bench.grid import Grid, read_toml
+from bench.experiment import claims
+from bench.experiment.claims import AGREES, DISAGREES, UNRESOLVED, Claim, evaluate, parse_claims
+from bench.experiment.config import from_dict
+from bench.experiment.grid import Grid, read_toml
 from bench.registry import InputError
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -177,7 +177,7 @@ def test_check_before_work():
 
 
 def test_grid_toml_round_trip_and_resume_may_update_claims_only(tmp_path):
-    from bench import rundir
+    from bench.experiment import rundir
 
     c = [claim(better=[{"sampler": "ddim", "sample_steps": 5}, {"sampler": "ddpm", "sample_steps": 5}],
                than=[{"schedule": "cosine"}, {"schedule": "linear"}], for_each="seed", setting="x \"quoted\" \U0001d703 \x7f \u00d7"),
@@ -223,7 +223,7 @@ def test_report_section_words_and_figure(tmp_path):
 def test_a_preset_that_cannot_measure_a_claim_says_so(tmp_path):
     """The smoke preset scores fd_pixels only: every claim of the probe (fd_mnist_clf) is left out of
     the run, and the plan carries one line per claim for the run and the dry run to print."""
-    from bench.runner import plan_grid
+    from bench.run.runner import plan_grid
 
     plan = plan_grid("probe_sampler_steps", "smoke", out=tmp_path / "run")
     assert plan.grid.claims == [] and len(plan.unmeasured) == 5

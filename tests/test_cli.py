@@ -146,7 +146,7 @@ def test_dry_run_prints_plan_and_writes_nothing(capsys, tmp_path):
 
 
 def test_full_grids_expand_as_specified(capsys):
-    from bench.grid import load_grid
+    from bench.experiment.grid import load_grid
 
     sched = load_grid("schedules").trials()
     assert len(sched) == 4 * 2 * 3 and {c.schedule for c in sched} == {"linear", "cosine", "sigmoid", "exponential"}

@@ -7,7 +7,7 @@ from typing import Optional
 import pandas as pd
 import pytest
 
-from bench.config import ID_FIELDS_V1, RunConfig, config_from_row, trial_id
+from bench.experiment.config import ID_FIELDS_V1, RunConfig, config_from_row, trial_id
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(RESULTS.rglob("rows.csv"))
@@ -56,7 +56,7 @@ def _v1_id(cfg) -> str:
 
 
 def test_ls_config_has_a_phrase_per_field_and_names_the_components_of_each_parameter():
-    from bench.config import COMPONENT_PARAMS, describe_fields
+    from bench.experiment.config import COMPONENT_PARAMS, describe_fields
 
     rows = {name: (tp, default, phrase) for name, tp, default, _, phrase in describe_fields()}
     assert set(rows) == {f.name for f in dataclasses.fields(RunConfig)}
@@ -74,7 +74,7 @@ def test_a_row_written_before_a_field_existed_reads_as_its_default():
     rows with it: the old rows must keep their config, hence their trial id."""
     import math
 
-    from bench.config import config_from_row
+    from bench.experiment.config import config_from_row
 
     cfg = RunConfig(schedule="cosine", image_seeds="per_seed", eval_at="0.5")
     row = {**cfg.to_dict(), "skip_start": math.nan, "reuse_training": math.nan, "corruption": math.nan,
@@ -86,8 +86,8 @@ def test_a_row_written_before_a_field_existed_reads_as_its_default():
 def test_trial_labels_name_the_fields_that_vary_within_an_arm():
     """Progress lines of the budget grid tell its 8 trials apart (all one arm, one seed); a grid whose
     arms differ only by their axes keeps the short name."""
-    from bench.config import trial_labels
-    from bench.grid import load_grid
+    from bench.experiment.config import trial_labels
+    from bench.experiment.grid import load_grid
 
     budget = load_grid("budget").trials()
     labels = trial_labels(budget)
@@ -98,13 +98,13 @@ def test_trial_labels_name_the_fields_that_vary_within_an_arm():
 
 
 def test_every_field_declares_exactly_one_role_and_the_derived_lists_are_the_historical_ones():
-    """Issue 30: a field's role is declared once (bench.config.role); the lists that were written by hand
+    """Issue 30: a field's role is declared once (bench.experiment.config.role); the lists that were written by hand
     in four modules are derived from it, and must stay what they were, or committed runs would resume,
     adopt and label differently."""
-    from bench import trained
-    from bench.config import NOT_IN_LABEL, ROLES, SAMPLER_OPTION, describe_fields, fields_with, undeclared_roles
-    from bench.sample import SAMPLERS
-    from bench.train import NOT_TRAINING_FIELDS
+    from bench.experiment.config import NOT_IN_LABEL, ROLES, SAMPLER_OPTION, describe_fields, fields_with, undeclared_roles
+    from bench.sampling.sample import SAMPLERS
+    from bench.training import trained
+    from bench.training.train import NOT_TRAINING_FIELDS
 
     assert undeclared_roles() == []
     roles = {f.name: f.metadata["role"] for f in dataclasses.fields(RunConfig)}
@@ -125,7 +125,7 @@ def test_a_field_without_a_role_is_caught():
     class Later(RunConfig):
         new_knob: int = 0  # declared without role(): no metadata
 
-    from bench.config import role, undeclared_roles
+    from bench.experiment.config import role, undeclared_roles
 
     assert undeclared_roles(Later) == ["new_knob"]
 

@@ -1,4 +1,4 @@
-"""Corruptions (bench/corruptions.py) against closed forms and independent oracles.
+"""Corruptions (bench/process/corruptions.py) against closed forms and independent oracles.
 
 * the DCT: orthonormal, equal to scipy.fft.dctn(norm="ortho"), its round trip exact to float precision;
 * blur: the frequency scaling as DESIGN.md writes it; sigma_blur_max = 0 is the Gaussian diffusion (x_t,
@@ -23,8 +23,8 @@ import scipy.fft
 import torch
 import torch.nn as nn
 
-from bench.config import RunConfig, build_process, trial_id, validate
-from bench.corruptions import (
+from bench.experiment.config import RunConfig, build_process, trial_id, validate
+from bench.process.corruptions import (
     CORRUPTIONS,
     BlurDiffusion,
     ChannelMeanPrior,
@@ -35,11 +35,11 @@ from bench.corruptions import (
     idct2,
     make_process,
 )
-from bench.diffusion import PREDICTIONS, Diffusion
-from bench.noise import make_noise
+from bench.process.diffusion import PREDICTIONS, Diffusion
+from bench.process.noise import make_noise
+from bench.process.schedules import make_betas
 from bench.registry import InputError
-from bench.sample import SAMPLERS, image_generators, sample_images, timestep_subsequence
-from bench.schedules import make_betas
+from bench.sampling.sample import SAMPLERS, image_generators, sample_images, timestep_subsequence
 
 PREDS = PREDICTIONS.names()
 
@@ -556,7 +556,7 @@ def test_forward_picture(tmp_path):
 
 def test_cold_blur_arm_label_names_neither_schedule_nor_noise():
     """cold_blur uses no betas and no noise: its label is the corruption with its T (issue 14)."""
-    from bench.config import RunConfig
+    from bench.experiment.config import RunConfig
 
     cold = RunConfig(corruption="cold_blur", timesteps=20, prediction="x0", loss="l1", evals="cold:20")
     assert cold.arm() == "cold_blur(T=20) / x0, none"
@@ -569,7 +569,7 @@ def test_report_draws_the_forward_processes_of_a_run_that_varies_them(tmp_path):
     schedules of a noise grid do not multiply its rows); a run that varies only the schedule gets none."""
     import pandas as pd
 
-    from bench.config import RunConfig, trial_id
+    from bench.experiment.config import RunConfig, trial_id
     from bench.report.forward import plot_run_forward, run_forward_rows
     from bench.report.tables import Run
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from bench.config import RunConfig, trial_id
+from bench.experiment.config import RunConfig, trial_id
 from bench.registry import InputError
-from bench.trial import run_trial
+from bench.run.trial import run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +56,7 @@ def test_learning_curve_rows_and_resume(tmp_path):
 
 
 def test_sampled_images_follow_image_seed0(tmp_path, monkeypatch):
-    import bench.trial as trial
+    import bench.run.trial as trial
 
     seen = []
     real = trial.sample_images
@@ -75,16 +75,16 @@ def test_sampled_images_follow_image_seed0(tmp_path, monkeypatch):
 def test_per_image_features_are_kept_for_the_bootstrap(tmp_path):
     import numpy as np
 
-    from bench.features import extract_features
+    from bench.scoring.features import extract_features
 
     run_trial(SMOKE, tmp_path, device="cpu", progress=False)
     kept = np.load(tmp_path / "per_image" / "ddim-3.npz")
     assert list(kept) == ["pixels"] and kept["pixels"].shape == (8, 64) and kept["pixels"].dtype == np.float16
     # row i is image i: the features of the final EMA's samples re-drawn with the same image seeds
-    from bench.config import build_process
+    from bench.experiment.config import build_process
     from bench.images import to_uint8
-    from bench.sample import sample_images, sampler_options
-    from bench.train import load_ema
+    from bench.sampling.sample import sample_images, sampler_options
+    from bench.training.train import load_ema
 
     _, diffusion, noise = build_process(SMOKE)
     ema = load_ema(tmp_path, SMOKE, 1, 16)

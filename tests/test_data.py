@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.data import DATASETS, DataError, load_dataset
+from bench.data.datasets import DATASETS, DataError, load_dataset
 
 SHARED = Path(os.environ.get("BENCH_DATA_ROOT", "")) if os.environ.get("BENCH_DATA_ROOT") else None
 needs_mnist = pytest.mark.skipif(

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from bench.diffusion import Diffusion
-from bench.noise import make_noise
+from bench.process.diffusion import Diffusion
+from bench.process.noise import make_noise
+from bench.process.schedules import make_betas
 from bench.registry import InputError
-from bench.schedules import make_betas
 
 
 @pytest.fixture(scope="module")

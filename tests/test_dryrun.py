@@ -3,8 +3,8 @@
 
 import pytest
 
-from bench import dryrun
-from bench.grid import load_grid
+from bench.experiment.grid import load_grid
+from bench.run import dryrun
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import dryrun, runner
 from bench.__main__ import main
+from bench.run import dryrun, runner
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = ["--set", "train_steps=6", "--set", "checkpoint_every=3", "--set", "evals=ddim:2"]
@@ -152,10 +152,10 @@ def test_second_run_is_refused_naming_the_first_and_ctrl_c_leaves_a_resumable_ru
 
 def test_a_lock_left_by_a_killed_run_is_not_stale(tmp_path):
     """kill -9 of the holder frees the lock (flock dies with its process): a rerun is not refused."""
+    from bench.experiment.rundir import LOCK
     from bench.files import lock_holder
-    from bench.rundir import LOCK
 
-    code = ("import sys, time; from pathlib import Path; from bench.rundir import locked\n"
+    code = ("import sys, time; from pathlib import Path; from bench.experiment.rundir import locked\n"
             "with locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -170,7 +170,7 @@ def test_a_lock_left_by_a_killed_run_is_not_stale(tmp_path):
 # --- 2. reference statistics with a checksum --------------------------------------------------------
 def test_a_flipped_bit_in_cached_reference_statistics_is_rebuilt(tmp_path, monkeypatch):
     """Before: one flipped bit inside a cached tensor shifted every metric without a word."""
-    from bench import metrics as M
+    from bench.scoring import metrics as M
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path))
     M.compute_count.clear()
@@ -326,7 +326,7 @@ def test_disk_full_for_rows_csv_keeps_running_and_says_where_results_are(tmp_pat
 
 
 def test_too_little_free_space_is_found_before_work(tmp_path, monkeypatch, capsys):
-    from bench import rundir
+    from bench.experiment import rundir
 
     monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**30, 2**30 - 2**21, 2**21))
     out = tmp_path / "run"
@@ -495,7 +495,7 @@ def test_progress_counts_trials_that_only_evaluate_as_running(capsys):
 
 def test_progress_says_what_a_trial_samples_at_which_rate_and_how_long_it_has_left(capsys):
     """Before: after a trial's last training step the driver said nothing for the 30+ min of a ddpm:1000
-    evaluation (the crater grid); now a trial's sampling reports reach it (bench.trial.sampling_ticks,
+    evaluation (the crater grid); now a trial's sampling reports reach it (bench.run.trial.sampling_ticks,
     through Tune or run_local) as a line with the rate and that sampling's ETA."""
     p = runner.Progress(total=6, done_before=0, at_once=2)
     p.last -= runner.PROGRESS_EVERY_S
@@ -542,7 +542,7 @@ def test_progress_eta_counts_the_sampling_under_way_when_every_trial_has_trained
 
 
 def test_sampling_ticks_report_about_a_hundred_times_and_always_the_last_step(monkeypatch):
-    from bench import trial
+    from bench.run import trial
 
     seen = []
     tick = trial.sampling_ticks(seen.append, "ddpm:1000")
@@ -620,7 +620,7 @@ def test_a_parameter_that_applies_to_no_trial_is_bad_input(tmp_path, capsys):
 
 def test_a_parameter_that_applies_to_some_trials_is_accepted():
     """The schedules grid has sigmoid among its schedules: tau applies there and is dropped elsewhere."""
-    from bench.grid import check_params_apply, load_grid
+    from bench.experiment.grid import check_params_apply, load_grid
 
     grid = load_grid("schedules", "quick", {"tau": 0.5})
     trials = grid.trials()
@@ -632,7 +632,7 @@ def test_a_parameter_that_applies_to_some_trials_is_accepted():
 def test_every_interrupted_resume_stays_in_the_sessions(tmp_path):
     """Before: a --resume killed before it finished left only ``session_started`` in env.json, and the
     next --resume dropped it (the crater run's 3-hour middle session vanished from its provenance)."""
-    from bench import rundir
+    from bench.experiment import rundir
 
     rundir.write_env(tmp_path, {"command": "first"})  # killed
     rundir.write_env(tmp_path, {"command": "second"}, resume=True)  # killed too
@@ -648,8 +648,8 @@ def test_every_interrupted_resume_stays_in_the_sessions(tmp_path):
 def test_trials_failing_alike_on_data_stop_the_grid_with_one_whole_message(tmp_path, monkeypatch, capsys, threads):
     """Before: 20 trials failed one by one (546 s), each line cut mid-word, then a report 'scored with
     none' and rc 1. Now the grid stops after two, says the whole message once, and writes no report."""
-    from bench import trial
-    from bench.data import DataError
+    from bench.data.datasets import DataError
+    from bench.run import trial
 
     message = "MNIST not found: looked for ../shared/data/MNIST/raw/train-images-idx3-ubyte[.gz] " + "x" * 300 + " END"
 

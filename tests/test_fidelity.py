@@ -1,4 +1,4 @@
-"""bench.fidelity: equality with the reference ``prdc`` package, closed forms and simulations with
+"""bench.scoring.fidelity: equality with the reference ``prdc`` package, closed forms and simulations with
 stated tolerances."""
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench import fidelity as F
-from bench.metrics import frechet_distance, gaussian_stats
 from bench.registry import InputError
+from bench.scoring import fidelity as F
+from bench.scoring.metrics import frechet_distance, gaussian_stats
 
 prdc_pkg = pytest.importorskip("prdc")  # in the dev extra; the reference implementation
 
@@ -114,7 +114,7 @@ def test_fd_infinity_sizes():
 
 
 def test_fd_infinity_fit_is_exact_on_its_own_points():
-    """At n = N the subset is the whole set: its FD equals bench.metrics' FD of the full stats; the
+    """At n = N the subset is the whole set: its FD equals bench.scoring.metrics' FD of the full stats; the
     intercept and slope reproduce the FDs (least squares on a line through the points)."""
     rng = np.random.default_rng(8)
     d = 8

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from bench import claims
-from bench.grid import check_params_apply, grid_names, load_grid, preset_names, validate_trials
-from bench.runner import check_late_failures
+from bench.experiment import claims
+from bench.experiment.grid import check_params_apply, grid_names, load_grid, preset_names, validate_trials
+from bench.run.runner import check_late_failures
 
 
 def _cases():
@@ -34,8 +34,8 @@ def test_grid_preset_validates(name, preset):
 
 def test_probe_grids_train_as_the_schedules_grid_so_its_models_are_adopted():
     """The probes are evaluation-only: each preset's trials have the training key of a schedules-grid
-    trial of the same preset (bench.trained), so a machine that ran that grid trains nothing again."""
-    from bench.trained import train_key
+    trial of the same preset (bench.training.trained), so a machine that ran that grid trains nothing again."""
+    from bench.training.trained import train_key
 
     for probe in ("probe_sampler_steps", "probe_skip_start"):
         for preset in {"full", "quick", "standard"} & set(preset_names(probe)):
@@ -47,8 +47,8 @@ def test_probe_grids_train_as_the_schedules_grid_so_its_models_are_adopted():
 
 def test_the_standard_noise_grids_gaussian_arm_adopts_the_standard_schedules_models_and_curves():
     """Its Gaussian trials have the training key and the curve key of the schedules grid's standard
-    cosine trials (bench.trained), so where that run is on the machine they train nothing again."""
-    from bench.trained import curve_key, train_key
+    cosine trials (bench.training.trained), so where that run is on the machine they train nothing again."""
+    from bench.training.trained import curve_key, train_key
 
     schedules = {(train_key(c), curve_key(c)) for c in load_grid("schedules", "standard").trials()}
     noise = load_grid("noise", "standard").trials()
@@ -89,8 +89,8 @@ def test_arms_are_crossed_with_the_axes_in_file_order(tmp_path):
     assert got == [("linear", "eps", 0, 10), ("linear", "eps", 1, 10), ("sigmoid", "v", 0, 10), ("sigmoid", "v", 1, 10)]
     assert grid.varied() == ["seed", "schedule", "prediction"]  # every arm sets schedule: [base]'s cosine runs nowhere
     # grid.toml (what a run records) makes the same trials, and the report's reading of it too
-    from bench.config import trial_id
-    from bench.grid import grid_of_record, read_toml
+    from bench.experiment.config import trial_id
+    from bench.experiment.grid import grid_of_record, read_toml
 
     recorded = _write(tmp_path, grid.to_toml())
     again, record = load_grid(str(recorded)), grid_of_record(read_toml(recorded))
@@ -136,8 +136,8 @@ def test_bad_arms_are_one_clear_error(tmp_path, text, message):
 def test_tune_points_resolve_to_their_trials(tmp_path):
     """run_ray's search space: every pending trial is a point that, whatever Tune draws for the fields
     it leaves out, resolves to that trial (arms fields included; gaussian's theta_0 left out)."""
-    from bench.config import from_dict, trial_id
-    from bench.runner import search_space
+    from bench.experiment.config import from_dict, trial_id
+    from bench.run.runner import search_space
 
     # two arms of one schedule, one with a parameter at its default (None): Tune must not draw the other's
     defaults = _armed(tmp_path, ARMS_GRID.replace('schedule = "linear"', 'schedule = "linear"\nbeta_end = 0.03')

@@ -1,26 +1,25 @@
-"""The package reads in layers: a module imports only from its own layer or below, and no two
-modules import each other (directly or around a circle). Every import counts, also those inside
-functions. A new module must be placed in a layer here."""
+"""The package reads in layers, and the folder listing shows them: a folder of ``bench`` imports only
+folders below it (and the leaf modules at the root), and no two modules import each other (directly
+or around a circle), also inside a folder. Every import counts, also those inside functions. A new
+module goes into the folder of what it is; a new folder must be placed in a layer here."""
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bench"
 
-# lowest first; "report" and "perf" are sub-packages (their modules are one unit here)
+# lowest first: one entry a folder ("unit"), and one for each leaf module at the root
 LAYERS = [
-    {"registry", "files", "env", "timing", "style", "images", "progress", "tracking"},  # leaves: no bench imports but registry, files
-    {"schedules", "noise", "distances", "unet", "data", "classifier", "features", "stats"},  # components
-    {"resources"},  # what a config implies (memory), from the dataset registry
-    {"diffusion", "corruptions", "fidelity"},  # corruptions: Diffusion subclasses (the forward processes)
-    {"sample", "metrics", "snapshots"},
-    {"config"},  # RunConfig, identity, the one builder
-    {"grid", "claims", "train", "trained"},  # trained: reused models; claims: published results
-    {"trial", "rundir", "dryrun"},
-    {"report"},  # reads only the run directory
-    {"runner"},  # run_grid: floors, fan-out, report
+    {"registry", "files", "env", "timing", "style", "progress"},  # leaves: nothing of bench
+    {"images"},  # a leaf helper over files
+    {"process", "data", "models"},  # the components: forward processes, datasets, networks
+    {"sampling", "scoring"},  # sampling from a process; metrics, features and statistics
+    {"experiment"},  # the flat RunConfig, grids, claims, the run directory's layout
+    {"training", "report"},  # training a config (and reusing it); the report reads a run directory
+    {"run"},  # a trial, the dry run, the runner: plan, fan-out, progress, resume
     {"perf"},  # the tool that measures the suite
     {"__main__", "__init__"},  # the CLI
 ]
@@ -75,8 +74,23 @@ def test_no_circular_import():
 
 
 def test_the_check_can_fail():
-    assert LAYER["runner"] > LAYER["report"] > LAYER["trial"] > LAYER["config"] > LAYER["registry"]
-    assert "report" not in GRAPH["trial"] and "perf" not in GRAPH["dryrun"]  # the imports this issue removed
+    assert LAYER["run"] > LAYER["report"] > LAYER["experiment"] > LAYER["scoring"] > LAYER["process"] > LAYER["registry"]
+    assert "report" in GRAPH["run"] and "run" not in GRAPH["report"] and "perf" not in GRAPH["run"]
+
+
+def test_at_most_eight_floors():
+    """Issue 30: the longest chain of folder imports has at most 8 units (12 before the folders)."""
+    @functools.cache
+    def height(node):
+        return 1 + max((height(n) for n in GRAPH[node]), default=0)
+
+    assert max(height(n) for n in GRAPH) <= 8
+
+
+def test_every_module_lives_in_a_folder_or_is_a_leaf():
+    """A module at the root is a leaf helper (layers 0-1) or the CLI; the rest live in their folder."""
+    roots = {p.stem for p in PACKAGE.glob("*.py")}
+    assert sorted(r for r in roots if LAYER.get(r, 99) > 1) == ["__init__", "__main__"]
 
 
 def submodule_imports(path: Path, package: str) -> set[str]:
@@ -85,12 +99,12 @@ def submodule_imports(path: Path, package: str) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             parts = node.module.split(".")
-            if parts[:2] == ["bench", package]:
-                out.add(parts[2] if len(parts) > 2 else "__init__")
+            if parts[:2] == ["bench", package]:  # from bench.run.trial import x; from bench.run import trial
+                out |= {parts[2]} if len(parts) > 2 else {a.name for a in node.names}
     return out
 
 
-@pytest.mark.parametrize("package", ["perf", "report"])
+@pytest.mark.parametrize("package", sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()))
 def test_no_cycle_inside_a_subpackage(package):
     """Issue 30: perf/__init__.py and perf/report.py imported each other inside functions, which the
     package-level graph above cannot see."""

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bench.features import FEATURES
-from bench.metrics import METRICS, floor, score
+from bench.scoring.features import FEATURES
+from bench.scoring.metrics import METRICS, floor, score
 
 HIGHER = {"precision_clf", "recall_clf", "density_clf", "coverage_clf",
           "precision_inception", "recall_inception", "density_inception", "coverage_inception",
@@ -47,8 +47,8 @@ def test_fidelity_metrics_on_mnist_real_and_noise():
 def test_memorization_on_mnist_copies_heldout_and_noise():
     """Held-out digits sit as far from the training set as held-out digits: ratio 1; copies of
     reference training images: 0; uniform noise: far above 1. The report warns on the copies."""
-    from bench.data import load_dataset
-    from bench.metrics import ORDER_SEED
+    from bench.data.datasets import load_dataset
+    from bench.scoring.metrics import ORDER_SEED
 
     names = ["memorization_clf", "memorization_pixels"]
     real = floor(names, "mnist", 300, n_reference=1000)
@@ -110,8 +110,8 @@ def test_sharpness_floor_scores_training_craters_against_the_held_out_ones():
     variance over the held-out craters' (computed here from the images), at the arms' n."""
     import math
 
-    from bench.data import load_dataset
-    from bench.features import laplacian_variance
+    from bench.data.datasets import load_dataset
+    from bench.scoring.features import laplacian_variance
 
     def median_lv(split):
         x = ((load_dataset("craters", split, "", 64) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -127,7 +127,7 @@ def test_sharpness_floor_scores_training_craters_against_the_held_out_ones():
 
 
 def test_laplacian_variance_closed_forms():
-    from bench.features import laplacian_variance
+    from bench.scoring.features import laplacian_variance
 
     flat = torch.full((1, 3, 8, 8), 77, dtype=torch.uint8)
     board = ((torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 255).to(torch.uint8).expand(1, 1, 8, 8)
@@ -143,7 +143,7 @@ def test_sharpness_gap_on_mnist_real_blurred_and_noise():
     (ratio < 1); noise is far sharper (ratio > 1); the gap grows both ways."""
     import torch.nn.functional as F
 
-    from bench.data import load_dataset
+    from bench.data.datasets import load_dataset
 
     real = floor(["sharpness_gap"], "mnist", 500)
     test = ((load_dataset("mnist", "heldout", "", 28)[:500] + 1) * 127.5).round().clamp(0, 255)

@@ -17,9 +17,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from bench import metrics as M
-from bench.data import load_dataset
+from bench.data.datasets import load_dataset
 from bench.registry import UnknownNameError
+from bench.scoring import metrics as M
 
 SHARED = Path(os.environ["BENCH_DATA_ROOT"]) if os.environ.get("BENCH_DATA_ROOT") else None
 HAS_MNIST = bool(SHARED and (SHARED / "MNIST" / "raw").is_dir())
@@ -40,7 +40,7 @@ def mnist_classifier(monkeypatch, tmp_path_factory):
     temporary test cache too."""
     if not HAS_MNIST:
         pytest.skip("MNIST raw files absent (set BENCH_DATA_ROOT): the classifier cannot be trained")
-    from bench.classifier import load_classifier
+    from bench.scoring.classifier import load_classifier
 
     monkeypatch.setenv("BENCH_CACHE", str(USER_CACHE))
     model = load_classifier(str(SHARED), progress=True)
@@ -173,7 +173,7 @@ def test_reference_stats_cache_hits_recomputes_on_key_change_and_rebuilds_corrup
 # --- the MNIST classifier -----------------------------------------------------------------------------
 @pytest.mark.slow(reason="the classifier's accuracy on all 10k held-out digits, trained in the user's cache if missing")
 def test_mnist_classifier_reaches_99_percent(mnist_classifier):
-    from bench.classifier import accuracy, classifier_info, classifier_path, mnist_tensors
+    from bench.scoring.classifier import accuracy, classifier_info, classifier_path, mnist_tensors
 
     x, y = mnist_tensors(str(SHARED), "heldout")
     acc = accuracy(mnist_classifier, x, y)
@@ -259,8 +259,8 @@ def test_floors_first_leave_nothing_for_the_trials_to_compute(tmp_path, monkeypa
     """bench run writes the floors before the fan-out: that computes every reference statistic
     (train and held-out, once each) in the driver, so the trials' scoring loads them (compute count
     unchanged)."""
-    from bench.grid import load_grid
-    from bench.runner import write_floors
+    from bench.experiment.grid import load_grid
+    from bench.run.runner import write_floors
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     M.compute_count.clear()

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.noise import NOISES, make_noise
+from bench.process.noise import NOISES, make_noise
+from bench.process.schedules import make_betas
 from bench.registry import InputError
-from bench.schedules import make_betas
 
 T = 1000
 

@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.diffusion import PREDICTIONS, WEIGHTINGS, Diffusion, make_weighting, weighting_params
-from bench.noise import make_noise
+from bench.process.diffusion import PREDICTIONS, WEIGHTINGS, Diffusion, make_weighting, weighting_params
+from bench.process.noise import make_noise
+from bench.process.schedules import make_betas
 from bench.registry import InputError, UnknownNameError
-from bench.sample import respace, timestep_subsequence
-from bench.schedules import make_betas
+from bench.sampling.sample import respace, timestep_subsequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -289,7 +289,7 @@ def test_loss_gradients_flow_for_every_target():
 
 
 def build(cfg):
-    """What bench.config's builder does with a RunConfig (DESIGN.md: one builder)."""
+    """What bench.experiment.config's builder does with a RunConfig (DESIGN.md: one builder)."""
     betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr)
     diffusion = Diffusion(betas, prediction=cfg.prediction, weighting=cfg.weighting,
                           **{p: getattr(cfg, p) for p in weighting_params(cfg.weighting)})
@@ -407,14 +407,14 @@ def test_objectives_quick_preset_has_the_schedules_quick_budget(name):
 @pytest.mark.parametrize("name", GRIDS)
 def test_objectives_grid_loads_through_bench_grid(name, preset):
     """Through the real grid loader and config validation, once RunConfig has the objective fields."""
-    from bench.config import RunConfig
+    from bench.experiment.config import RunConfig
 
     assert "prediction" in RunConfig.__dataclass_fields__
-    from bench.grid import load_grid
+    from bench.experiment.grid import load_grid
 
     grid = load_grid(name, preset)
     trials = grid.trials()
     assert trials
-    import bench.config as C
+    import bench.experiment.config as C
     for c in trials:
         C.validate(c)

@@ -38,8 +38,8 @@ def test_a_dry_run_on_a_fresh_cache_trains_nothing_and_estimates_the_first_run(t
     estimates that training (and the reference statistics) and says so."""
     import pytest
 
-    from bench import classifier
     from bench.__main__ import main
+    from bench.scoring import classifier
 
     data = os.environ.get("BENCH_DATA_ROOT", "")
     if not data or not os.path.isdir(os.path.join(data, "MNIST", "raw")):
@@ -58,7 +58,7 @@ def test_a_dry_run_on_a_fresh_cache_trains_nothing_and_estimates_the_first_run(t
 
 def test_a_relative_data_root_field_keeps_its_text_and_resolves_from_the_driver(tmp_path, monkeypatch):
     """`--set data_root=../x` is part of the trial id as typed; workers resolve it against the driver's directory."""
-    from bench.data import data_root
+    from bench.data.datasets import data_root
     from bench.files import DRIVER_CWD
 
     monkeypatch.setenv(DRIVER_CWD, str(tmp_path / "driver"))

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from bench import perf
 from bench.__main__ import main
-from bench.unet import MODELS, Attention, build_model, count_params
+from bench.models.unet import MODELS, Attention, build_model, count_params
 
 try:
     import diffusers  # noqa: F401

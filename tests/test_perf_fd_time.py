@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import RunConfig
-from bench.grid import trial_id
+from bench.experiment.config import RunConfig
+from bench.experiment.grid import trial_id
+from bench.experiment.rundir import write_rows
 from bench.registry import InputError
 from bench.report.curves import time_to_reach
-from bench.rundir import write_rows
 
 STEPS = (25, 50, 75, 100)  # curve points at 25, 50, 75; the final evaluation at 100
 #: (model, seed) -> (seconds per training step, fd_mnist_clf at STEPS). The baseline (tiny) seeds end

@@ -6,7 +6,7 @@ import io
 import torch
 
 from bench import progress
-from bench.features import extract_features
+from bench.scoring.features import extract_features
 
 
 class Clock:

@@ -1,7 +1,7 @@
 import pytest
 
+from bench.process.schedules import SCHEDULES
 from bench.registry import InputError, Registry, UnknownNameError
-from bench.schedules import SCHEDULES
 
 
 def test_unknown_name_suggests_close_match_and_lists_known():

@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from bench.config import RunConfig
-from bench.grid import Grid, trial_id
-from bench.rundir import write_rows
-from bench.schedules import make_betas, terminal_report
-from bench.trial import error_rows
+from bench.experiment.config import RunConfig
+from bench.experiment.grid import Grid, trial_id
+from bench.experiment.rundir import write_rows
+from bench.process.schedules import make_betas, terminal_report
+from bench.run.trial import error_rows
 
 ARMS = {  # label -> schedule (geometric and scaled_linear: x_T is not pure noise)
     "linear / gaussian": "linear",
@@ -46,7 +46,7 @@ ERROR = "RuntimeError: CUDA out of memory (fake, for the test)"
 FLOORS = {"mnist": 2.5, "craters": 30.5}
 BASE = dict(timesteps=1000, model="tiny", train_steps=200, batch_size=16, evals="ddim:10,ddim:50",
             n_samples=256, metrics="fd_mnist_clf,fid,kid")
-INCEPTION, CLF = "inception-v3-pool3-2048", "mnist-cnn-penultimate-128"  # bench.metrics' extractor labels
+INCEPTION, CLF = "inception-v3-pool3-2048", "mnist-cnn-penultimate-128"  # bench.scoring.metrics' extractor labels
 
 
 def _cfg(ds: str, arm: str, seed: int) -> RunConfig:
@@ -81,7 +81,7 @@ def _rows(cfg: RunConfig, fid) -> list[dict]:
 
 
 def _clf(dataset: str, value: float) -> dict:
-    """fd_mnist_clf as bench.metrics reports it: skipped (NaN, n_ref 0, a reason) on RGB craters."""
+    """fd_mnist_clf as bench.scoring.metrics reports it: skipped (NaN, n_ref 0, a reason) on RGB craters."""
     if dataset == "craters":
         return {"fd_mnist_clf": float("nan"), "fd_mnist_clf_n_ref": 0,
                 "fd_mnist_clf_skipped": "craters: the MNIST classifier needs 1-channel digit-sized images"}
@@ -95,7 +95,7 @@ def _png(path: Path, seed: int, size=(146, 146)) -> None:
 
 
 def _logs(run: Path, tid: str, diverged: bool) -> None:
-    """loss.csv and loss_by_t.csv as bench.train writes them (a diverged trial has no loss_by_t)."""
+    """loss.csv and loss_by_t.csv as bench.training.train writes them (a diverged trial has no loss_by_t)."""
     (run / "logs").mkdir(parents=True, exist_ok=True)
     steps = np.arange(0, 151 if diverged else 201, 10)
     loss = 0.5 * np.exp(-steps / 60) + 0.05 + (np.where(steps > 120, 10.0, 0.0) if diverged else 0)
@@ -390,7 +390,7 @@ def test_loss_by_t_frame_accepts_several_layouts():
 # --- schedules figure and CLI -------------------------------------------------------------------------
 def test_plot_schedules_every_registered_schedule(tmp_path):
     from bench.__main__ import main
-    from bench.schedules import SCHEDULES
+    from bench.process.schedules import SCHEDULES
 
     out = tmp_path / "s.png"
     assert main(["plot-schedules", "--out", str(out)]) == 0
@@ -406,9 +406,9 @@ def test_plot_schedules_every_registered_schedule(tmp_path):
 @pytest.mark.parametrize("noise_name, kw", [("gaussian", {}), ("gamma", {"theta_0": 0.1})])
 def test_denoise_strip_with_an_exact_oracle(tmp_path, noise_name, kw):
     """With eps*(x_t, t) = (x_t - sqrt(ab_t) x*)/sqrt(1 - ab_t) for one known x*, pred x_0 is x*."""
-    from bench.diffusion import Diffusion
-    from bench.noise import make_noise
-    from bench.snapshots import denoise_strip, strip_timesteps
+    from bench.process.diffusion import Diffusion
+    from bench.process.noise import make_noise
+    from bench.sampling.snapshots import denoise_strip, strip_timesteps
 
     diffusion = Diffusion(make_betas("linear", 200))
     noise = make_noise(noise_name, diffusion.alpha_bar, **kw)
@@ -468,8 +468,8 @@ def real_run(tmp_path):
 
 @pytest.mark.slow(reason="a whole report of a real committed run (per-image bootstraps, every figure) built twice: ~100 s")
 def test_report_on_a_real_run(real_run):
+    from bench.experiment.rundir import read_rows
     from bench.report import build_report
-    from bench.rundir import read_rows
 
     rows = read_rows(real_run)
     text = build_report(real_run).read_text()
@@ -488,7 +488,7 @@ def test_report_on_a_real_run(real_run):
 # --- paired comparisons, direction, floors -------------------------------------------------------------------
 def test_paired_csv_has_every_pair_and_matches_scipy(built):
     from bench.report.paired import CSV_COLUMNS
-    from bench.stats import COLUMNS
+    from bench.scoring.stats import COLUMNS
 
     run, _ = built
     df = pd.read_csv(run / "tables" / "paired_fid.csv")
@@ -535,7 +535,7 @@ def test_paired_tables_in_the_report(built):
 
 def _hib_run(tmp_path, monkeypatch) -> tuple[Path, str]:
     """The fake run plus a throwaway higher-is-better metric with values on craters only (first in the grid)."""
-    from bench.metrics import METRICS, Metric
+    from bench.scoring.metrics import METRICS, Metric
 
     name = "zz_test_report_higher_is_better"
     monkeypatch.setitem(METRICS._items, name, Metric("inception", lambda f, r: {}, "a test metric", higher_is_better=True))

@@ -19,11 +19,11 @@ import pytest
 import torch
 from scipy import stats as st
 
-from bench.config import RunConfig
-from bench.distances import frechet_distance, gaussian_stats
-from bench.grid import trial_id
-from bench.rundir import write_rows
-from bench.stats import bootstrap_two_level
+from bench.experiment.config import RunConfig
+from bench.experiment.grid import trial_id
+from bench.experiment.rundir import write_rows
+from bench.scoring.distances import frechet_distance, gaussian_stats
+from bench.scoring.stats import bootstrap_two_level
 
 ARMS = {"linear / gaussian": "linear", "cosine / gaussian": "cosine", "sigmoid / gaussian": "sigmoid"}
 SEEDS = (0, 1, 2)
@@ -255,13 +255,13 @@ def test_bootstrap_in_the_markdown_and_the_words(built):
     md = (run_dir / "tables" / "paired_fd_mnist_clf.md").read_text()
     assert "| arm | vs best | n | diff [95% CI] | p | Holm p | seeds for 80% power | bootstrap 95% |" in md
     df = pd.read_csv(run_dir / "tables" / "paired_fd_mnist_clf.csv")
-    from bench.stats import fmt_interval
+    from bench.scoring.stats import fmt_interval
 
     r = df[(df["arm"] == "sigmoid / gaussian") & df["vs_best"]].iloc[0]
     _, lo, hi = fmt_interval(r["diff"], r["boot_lo"], r["boot_hi"])
     assert f"| [{lo}, {hi}] |" in md and f"n_boot = {N_BOOT}" in md and "indicative" in md
     assert f"the two-level bootstrap over seeds and images puts sigmoid / gaussian - cosine / gaussian in [{lo}, {hi}]" in text
-    assert "85% with 5" in text  # the coverage caveat of bench/stats.py
+    assert "85% with 5" in text  # the coverage caveat of bench/scoring/stats.py
     # metrics the per-image data cannot rebuild: no column, and why
     prec = (run_dir / "tables" / "paired_precision_clf.md").read_text()
     assert "bootstrap 95%" not in prec and "No bootstrap interval for precision_clf: it needs the reference images'" in prec
@@ -374,8 +374,8 @@ def test_loss_by_t_plot_draws_the_zero_snr_bin(tmp_path, monkeypatch):
 
 
 def test_schedule_figure_marks_zero_terminal_snr_at_the_axis_edge():
+    from bench.process.schedules import make_betas
     from bench.report.plots import _schedule_figure
-    from bench.schedules import make_betas
     from bench.style import theme
 
     with warnings.catch_warnings(), theme():
@@ -409,7 +409,7 @@ def test_loss_label_reads_the_prediction_target(tmp_path, prediction, weighting,
 
 def test_bootstrap_reads_the_extractors_the_trials_keep():
     from bench.report.perimage import PER_IMAGE_MAX_DIM, boot_reason
-    from bench.trial import PER_IMAGE_MAX_DIM as TRIAL_MAX_DIM
+    from bench.run.trial import PER_IMAGE_MAX_DIM as TRIAL_MAX_DIM
 
     assert PER_IMAGE_MAX_DIM == TRIAL_MAX_DIM == 256
     assert boot_reason("fd_mnist_clf") is None and boot_reason("fd_pixels") is None

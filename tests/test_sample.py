@@ -20,11 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.sample as S
-from bench.diffusion import PREDICTIONS, Diffusion
-from bench.noise import make_noise
+import bench.sampling.sample as S
+from bench.process.diffusion import PREDICTIONS, Diffusion
+from bench.process.noise import make_noise
+from bench.process.schedules import make_betas
 from bench.registry import InputError, UnknownNameError
-from bench.sample import (
+from bench.sampling.sample import (
     OPTION_CHECKS,
     SAMPLERS,
     Sampler,
@@ -37,7 +38,6 @@ from bench.sample import (
     timestep_subsequence,
     to_uint8,
 )
-from bench.schedules import make_betas
 
 CORE = ["linear", "cosine", "sigmoid", "exponential"]
 NOISE_CASES = [("gaussian", None), ("gamma", 0.001), ("gamma", 0.1)]
@@ -413,7 +413,7 @@ def test_bad_input():
 
 def _option_defaults() -> dict:
     """Every sampler option's RunConfig default (the fields declared with the sampler-option role)."""
-    from bench.config import SAMPLER_OPTION, RunConfig, fields_with
+    from bench.experiment.config import SAMPLER_OPTION, RunConfig, fields_with
 
     return {k: RunConfig.__dataclass_fields__[k].default for k in sorted(fields_with(SAMPLER_OPTION))}
 
@@ -553,7 +553,7 @@ def test_skip_start_zero_is_the_plain_sampler(sampler, kw):
 
 
 def test_skip_start_bad_values_and_too_many_steps_are_input_errors():
-    from bench.config import RunConfig, validate
+    from bench.experiment.config import RunConfig, validate
     from bench.registry import InputError
 
     d = diff("linear", 100, "eps", False)

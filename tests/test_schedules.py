@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from bench.registry import InputError
-from bench.schedules import (
+from bench.process.schedules import (
     MAX_BETA,
     SCHEDULES,
     check_betas,
@@ -15,6 +14,7 @@ from bench.schedules import (
     schedule_params,
     terminal_report,
 )
+from bench.registry import InputError
 
 ANCHORS = {  # DESIGN.md section 3: alpha_bar_T at T=1000
     "linear": 4.036e-5,

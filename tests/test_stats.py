@@ -1,4 +1,4 @@
-"""bench.stats against closed forms, scipy, an independent Holm, Monte Carlo power and bootstrap
+"""bench.scoring.stats against closed forms, scipy, an independent Holm, Monte Carlo power and bootstrap
 coverage on a simulated paired design (DESIGN.md section 5)."""
 
 import math
@@ -9,7 +9,20 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from bench.stats import COLUMNS, all_pairs, bootstrap_two_level, compare, describe, describe_row, fmt, fmt_p, holm, paired, power_paired, seeds_needed
+from bench.scoring.stats import (
+    COLUMNS,
+    all_pairs,
+    bootstrap_two_level,
+    compare,
+    describe,
+    describe_row,
+    fmt,
+    fmt_p,
+    holm,
+    paired,
+    power_paired,
+    seeds_needed,
+)
 
 A = np.array([61.2, 58.4, 70.1, 65.3, 59.9, 63.0])
 B = np.array([55.0, 57.9, 61.3, 60.2, 58.8, 56.1])

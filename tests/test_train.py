@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from bench.config import RunConfig
-from bench.data import load_dataset
-from bench.diffusion import Diffusion
-from bench.noise import make_noise
-from bench.schedules import make_betas
-from bench.train import CHECKPOINT, TrainResult, load_ema, read_config, train
+from bench.data.datasets import load_dataset
+from bench.experiment.config import RunConfig
+from bench.process.diffusion import Diffusion
+from bench.process.noise import make_noise
+from bench.process.schedules import make_betas
+from bench.training.train import CHECKPOINT, TrainResult, load_ema, read_config, train
 
 # 8 synthetic 16x16 images, T = 100, the tiny UNet: a few seconds of CPU per run
 CFG = RunConfig(dataset="synthetic", timesteps=100, model="tiny", train_steps=100, batch_size=8, lr=2e-3,

@@ -1,4 +1,4 @@
-"""Evaluation-only trials (bench.trained): a trial with reuse_training adopts the final model of a
+"""Evaluation-only trials (bench.training.trained): a trial with reuse_training adopts the final model of a
 finished trial with the same training fields instead of training again (issue 17's probes)."""
 
 import json
@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from bench import trained
-from bench.config import RunConfig, validate
-from bench.train import load_ema
-from bench.trial import run_trial
+from bench.experiment.config import RunConfig, validate
+from bench.run.trial import run_trial
+from bench.training import trained
+from bench.training.train import load_ema
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,9 +71,9 @@ def test_the_learning_curve_does_not_change_the_weights(tmp_path):
     """eval_at is an evaluation field: with dropout on (masks from the global RNG), training with an
     evaluation hook that itself draws from the global RNG ends at the same weights as training
     without one (Trainer.run forks the RNG around evaluations)."""
-    from bench.config import build_process
-    from bench.train import train
-    from bench.trial import train_images
+    from bench.experiment.config import build_process
+    from bench.run.trial import train_images
+    from bench.training.train import train
 
     cfg = SMOKE.replace(dropout=0.1, eval_at="0.25,0.5")
     data = train_images(cfg)

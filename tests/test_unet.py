@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from bench.models.unet import MODELS, UNet, build_model, count_params, timestep_embedding
 from bench.registry import InputError
-from bench.unet import MODELS, UNet, build_model, count_params, timestep_embedding
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

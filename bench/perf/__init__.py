@@ -5,13 +5,13 @@ Sections (registry ``SECTIONS``, run in this order; ``bench perf --only train,sa
 - ``ceiling``: the device's measured dense matmul rate (CPU: float32 at the thread count the other
   sections use; CUDA: bf16 and TF32, plus the vendor's nominal bf16 peak) — the roofline every
   achieved FLOP/s is compared with;
-- ``train``: images/s of one real training step (``bench.train``: data indexing, noise, forward,
+- ``train``: images/s of one real training step (``bench.training.train``: data indexing, noise, forward,
   backward, clipping, AdamW, EMA) per UNet preset at 28x28x1 (MNIST), 32x32x1 (MNIST padded) and
   64x64x3 (craters); model FLOPs per image counted by ``torch.utils.flop_counter`` (convolutions,
   matmuls and attention; norms and pointwise ops are not counted, the usual convention), so the
   achieved FLOP/s and its fraction of the ceiling follow; and beside it the same step in
   diffusers (``bench.perf.peers``) at matched parameters, as the ratio bench / diffusers per repetition;
-- ``sample``: image-steps/s of the real samplers (``bench.sample``: DDIM and respaced DDPM, Gaussian
+- ``sample``: image-steps/s of the real samplers (``bench.sampling.sample``: DDIM and respaced DDPM, Gaussian
   and gamma noise, per-image seeds) with the quick presets' model and sample count, next to the
   bare model forward at the same batch (the sampler's own overhead is the gap);
 - ``features``: images/s of the feature extractors behind FID/KID (Inception-v3) and the MNIST
@@ -53,11 +53,11 @@ from typing import Any, Callable
 import torch
 
 from bench.env import cpu_model
+from bench.models.unet import MODELS, build_model, count_params
 from bench.perf.sections import ORDER
 from bench.registry import InputError, Registry
 from bench.timing import measure, ratios, spread, sync  # noqa: F401 (sections use them)
-from bench.train import TRAIN_DROPOUT, BenchStep  # noqa: F401 (the train section)
-from bench.unet import MODELS, build_model, count_params
+from bench.training.train import TRAIN_DROPOUT, BenchStep  # noqa: F401 (the train section)
 
 SECTIONS: Registry = Registry("perf section")
 TRAIN_SHAPES = ((1, 28), (1, 32), (3, 64))  # (channels, size): MNIST, MNIST padded to 32, craters
@@ -164,8 +164,8 @@ def _train_case(ctx: Ctx, preset: str, ch: int, size: int, peer_skip: str, peer_
 @SECTIONS.register("sample")
 def sample(ctx: Ctx) -> list[dict[str, Any]]:
     """Samplers at the quick presets' model (tiny) and sample count on MNIST-shaped images."""
-    from bench.config import RunConfig, build_process
-    from bench.sample import sample_images
+    from bench.experiment.config import RunConfig, build_process
+    from bench.sampling.sample import sample_images
 
     n = 16 if ctx.quick else (256 if ctx.device.type == "cuda" else 200)
     steps = 5 if ctx.quick else 10
@@ -208,7 +208,7 @@ def _randomise_zero_layers(model: torch.nn.Module) -> None:
 def features(ctx: Ctx) -> list[dict[str, Any]]:
     """Feature extraction (uint8 images in, features out) at the batch size scoring uses; Inception
     also in torchmetrics' default NCHW layout beside the channels_last one scoring runs (alternated)."""
-    from bench.features import FEATURES, extract_features
+    from bench.scoring.features import FEATURES, extract_features
 
     cases = [("inception", 1, 28), ("inception", 3, 64)] + ([] if ctx.quick else [("mnist-classifier", 1, 28)])
     rows = []
@@ -237,7 +237,7 @@ def _nchw_inception(images: torch.Tensor, bs: int, device: torch.device) -> Call
     """The FID Inception as torchmetrics ships it (NCHW), for the channels_last comparison."""
     import copy
 
-    from bench.features import _inception_net, inception_runner
+    from bench.scoring.features import _inception_net, inception_runner
 
     net = inception_runner(copy.deepcopy(_inception_net(str(device))).to(memory_format=torch.contiguous_format))
 
@@ -329,7 +329,7 @@ def fanout(ctx: Ctx) -> list[dict[str, Any]]:
 
 def fanout_times(run_dir: Path, runner: str) -> dict[str, float]:
     """Seconds spent by a finished run: its fan-out (env.json) and, for --local, its trials (rows.csv)."""
-    from bench.rundir import read_rows
+    from bench.experiment.rundir import read_rows
 
     env = json.loads((run_dir / "env.json").read_text())
     if runner == "ray":

@@ -5,7 +5,7 @@ Images/s says how fast a model trains, not how fast it learns: a wider UNet, a l
 or a smaller batch changes both. The number that decides a budget is the training wall time to a
 fixed FD. Each trial's learning curve (``eval_at``) and final evaluation carry ``train_seconds``, the
 training wall time to that step (optimizer steps, checkpoints and logs; not the evaluations;
-``bench.train``); ``bench.report.curves.time_to_reach`` interpolates the time at which a curve first
+``bench.training.train``); ``bench.report.curves.time_to_reach`` interpolates the time at which a curve first
 falls to a target.
 
 Targets, per training seed: the baseline arm's (the run's first arm) score at the end of its training

@@ -1,7 +1,7 @@
 """Peer implementations of the training step, for ``bench perf``: what a user would otherwise run.
 
 ``diffusers`` (optional: ``pip install -e ".[peers]"``): a ``UNet2DModel`` configured to the very
-architecture of a ``bench.unet`` preset (same widths, blocks, attention placement, norm groups: the
+architecture of a ``bench.models.unet`` preset (same widths, blocks, attention placement, norm groups: the
 parameter count is checked to be identical), trained with the step of diffusers' own example
 ``examples/unconditional_image_generation/train_unconditional.py``::
 
@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.models.unet import MODELS, build_model, count_params
 from bench.registry import Registry
-from bench.unet import MODELS, build_model, count_params
 
 PEERS: Registry = Registry("peer")
 
@@ -51,7 +51,7 @@ def diffusers_supports(preset: str, size: int) -> str:
 
 
 def diffusers_unet(preset: str, channels: int, size: int, dropout: float = 0.1) -> nn.Module:
-    """diffusers' UNet2DModel with the architecture of ``bench.unet`` preset ``preset``.
+    """diffusers' UNet2DModel with the architecture of ``bench.models.unet`` preset ``preset``.
 
     The correspondence: block_out_channels = base_channels * channel_mults; layers_per_block =
     num_res_blocks (both decoders use one more); Attn*Block2D at the levels in ``attn_levels``;

@@ -23,7 +23,7 @@ HEADINGS = {
     "train": ("Training step", "images/s of one optimizer step (data, noise, forward, backward, clip, AdamW, EMA). "
               "GFLOP/image counts convolutions, matmuls and attention of forward + backward. The ratio is bench / "
               "diffusers images/s, taken per repetition (the two alternate, back to back)."),
-    "sample": ("Sampling", "image-steps/s (images x sampler steps per second) of bench.sample with per-image seeds; "
+    "sample": ("Sampling", "image-steps/s (images x sampler steps per second) of bench.sampling.sample with per-image seeds; "
                "'vs forward' = that rate / the bare model forward at the same batch (1.0 = no sampler overhead)."),
     "features": ("Feature extraction (scoring)", "images/s, uint8 images in, features out, at the batch scoring uses. "
                  "Inception runs in channels_last; the NCHW rows are torchmetrics' default layout, and their ratio is "

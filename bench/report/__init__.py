@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import stats
 from bench.files import write_text_atomic
 from bench.report import claims as claims_report
 from bench.report import curves, perimage
@@ -61,6 +60,7 @@ from bench.report.tables import (
     values,
     write_tables,
 )
+from bench.scoring import stats
 
 __all__ = ["build_report", "make_plots", "plot_schedules", "load_run"]
 
@@ -349,7 +349,7 @@ def tables_section(run: Run) -> str:
         md, pmd = ((run.dir / "tables" / f"{name}.md").read_text() for name in (m, f"paired_{m}"))
         out.append(f"### {m}\n\n{md.strip()}\n\nAlso as [CSV](tables/{m}.csv) and [LaTeX](tables/{m}.tex).")
         out.append(f"#### {m}: paired comparisons with the best arm\n\n{pmd.strip()}\n\nEvery pair of arms, with "
-                   f"all columns of `bench.stats.compare`: [CSV](tables/paired_{m}.csv).")
+                   f"all columns of `bench.scoring.stats.compare`: [CSV](tables/paired_{m}.csv).")
     return "\n\n".join(out if run.metrics else out + ["No metric values: no tables."])
 
 
@@ -370,12 +370,12 @@ def method(run: Run) -> str:
              f"{values(run, 'grad_clip')}; loss: {loss_what(run)}.",
              "- **Data**: " + "; ".join(_data_line(run, ds) for ds in run.datasets) + ".",
              f"- **Forward process**: T = {values(run, 'timesteps')} steps; each arm's schedule and noise type as "
-             f"defined (formula and reference) in `bench/schedules.py` and `bench/noise.py`.",
+             f"defined (formula and reference) in `bench/process/schedules.py` and `bench/process/noise.py`.",
              f"- **Samplers**: {join([f'`{ev_name(e)}`' for e in run.evals])}; DDIM eta = {values(run, 'ddim_eta')}, "
              f"DDPM reverse variance `{values(run, 'var_type')}`; {image_seed_text(run)}",
              "- **Aggregation**: mean and sample standard deviation (ddof = 1) over the seeds that finished; diverged "
              "or failed trials are left out of the mean and counted in the table cells.",
-             "- **Comparisons** (DESIGN.md section 5, `bench/stats.py`): arms with the same training seed share the "
+             "- **Comparisons** (DESIGN.md section 5, `bench/scoring/stats.py`): arms with the same training seed share the "
              "initial weights, batches, timesteps, noise draws and image seeds, so two arms are compared by their "
              "per-seed differences d_s = arm_s - best_s over the seeds both finished: mean, 95% t-interval "
              "(df = n - 1), two-sided paired t p-value, and Holm's adjustment over every pair of arms of that dataset, "
@@ -393,7 +393,7 @@ def method(run: Run) -> str:
                      f"(per_image/, float16) against the reference mean and covariance (references/); "
                      f"n_boot = {perimage.N_BOOT}, percentile interval. It adds the images' sampling noise to the seed "
                      f"spread; with 3-5 seeds it is indicative (it under-covers when the seed spread dominates: 77% "
-                     f"with 3 seeds, 85% with 5 in the simulations of `bench/stats.py`).")
+                     f"with 3 seeds, 85% with 5 in the simulations of `bench/scoring/stats.py`).")
     lines += adopted_lines(run)
     if curve_steps(run):
         lines.append("- **Learning curves**: the EMA model at each `eval_at` step (" + join([f"{k:,}" for k in curve_steps(run)])
@@ -420,7 +420,7 @@ def adopted_lines(run: Run) -> list[str]:
                    for s in adopted})
     return [f"- **Evaluation only**: {len(adopted)} of {plural(len(trials), 'trial')} trained nothing: each adopted the "
             f"final weights and EMA of a finished trial with identical training fields (`reuse_training`, "
-            f"`bench/trained.py`) from {join([f'`{r}`' for r in runs])}, resumed its trainer at the last step (no step "
+            f"`bench/training/trained.py`) from {join([f'`{r}`' for r in runs])}, resumed its trainer at the last step (no step "
             f"taken) and sampled and scored only; the training recorded for them is the source's."]
 
 
@@ -451,7 +451,7 @@ def _data_line(run: Run, ds: str) -> str:
     rows = run.rows[run.rows["dataset"] == ds]
     size = values(run, "image_size", rows)
     try:
-        from bench.data import DATASETS
+        from bench.data.datasets import DATASETS
 
         spec = DATASETS.get(ds)
         size = f"{spec.size}x{spec.size} native" if size in ("0", "?") else f"{size}x{size}"
@@ -463,7 +463,7 @@ def _data_line(run: Run, ds: str) -> str:
 
 def metric_description(metric: str) -> str:
     try:
-        from bench.metrics import METRICS
+        from bench.scoring.metrics import METRICS
 
         obj = METRICS.get(metric)
         return (getattr(obj, "description", None) or (obj.__doc__ or "").strip().split("\n")[0]).rstrip(".") + "."

@@ -13,8 +13,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from bench.metrics import METRICS
 from bench.report.tables import Run, arm_n, floor_n, floor_phrase, is_fd_infinity, join, metric_meta, values
+from bench.scoring.metrics import METRICS
 
 #: feature dimension assumed for a Fréchet metric whose extractor does not state one (Inception pool3)
 DEFAULT_FEATURE_DIM = 2048
@@ -33,7 +33,7 @@ def warnings_section(run: Run, notes: list[str]) -> str:
 def incomplete(run: Run) -> list[str]:
     """rows.csv has fewer trials than grid.toml defines (a run that was interrupted or is still going)."""
     try:
-        from bench.grid import grid_of_record
+        from bench.experiment.grid import grid_of_record
 
         expected = len(grid_of_record(run.grid).trials())
     except Exception:  # noqa: BLE001 - no or an old grid.toml: nothing to compare with
@@ -44,7 +44,7 @@ def incomplete(run: Run) -> list[str]:
 
 
 def not_pure_noise(run: Run) -> list[str]:
-    from bench.schedules import PURE_NOISE_ALPHA_BAR
+    from bench.process.schedules import PURE_NOISE_ALPHA_BAR
 
     if "alpha_bar_T" not in run.rows.columns:
         return []
@@ -68,7 +68,7 @@ def failed_trials(run: Run) -> list[str]:
 
 
 def skipped_metrics(run: Run) -> list[str]:
-    """Metrics that bench.metrics declined for a dataset (``<metric>_skipped``: why)."""
+    """Metrics that bench.scoring.metrics declined for a dataset (``<metric>_skipped``: why)."""
     out = []
     for m in run.metrics:
         col = f"{m}_skipped"
@@ -82,7 +82,7 @@ def skipped_metrics(run: Run) -> list[str]:
 def small_reference(run: Run) -> list[str]:
     """Fréchet distances estimated from fewer images than feature dimensions: rank-deficient covariances.
     An FD-infinity variant gets a note instead: it extrapolates away the O(1/n) part of that bias but
-    not the higher-order terms that dominate below the feature dimension (``bench.fidelity.fd_infinity_fit``)."""
+    not the higher-order terms that dominate below the feature dimension (``bench.scoring.fidelity.fd_infinity_fit``)."""
     out = []
     for m in run.metrics:
         md = metric_meta(run, m)
@@ -93,7 +93,7 @@ def small_reference(run: Run) -> list[str]:
                        f"(n_generated = {md['n_generated']}, n_reference = {md['n_reference']}; {dim}-d features): the "
                        f"extrapolation to 1/n = 0 removes the O(1/n) bias of the generated side, not the higher-order "
                        f"terms that dominate when n is below the feature dimension, nor the reference's own bias "
-                       f"(`bench/fidelity.py`: with d = 2048 and 300 images FD overestimates a true 189 by 1326 and "
+                       f"(`bench/scoring/fidelity.py`: with d = 2048 and 300 images FD overestimates a true 189 by 1326 and "
                        f"FD-infinity still by ~820). It reduces the bias, it does not remove it: compare arms with each "
                        f"other at the same n, beside the Fréchet distance and KID.")
         elif dim and counts and min(counts) < dim:
@@ -138,7 +138,7 @@ def _preset_notes(run: Run, preset: str) -> list[str]:
     """The preset's note from experiments/<grid>.toml, if that file is still there and its preset still
     makes this run's trials (best effort); a preset changed since the run is said, not quoted."""
     try:
-        from bench.grid import find_grid, grid_of_record, load_grid, read_toml, trial_id
+        from bench.experiment.grid import find_grid, grid_of_record, load_grid, read_toml, trial_id
 
         note = read_toml(find_grid(run.name))["presets"][preset]["note"]
         ran = grid_of_record({**run.grid, "preset": preset})
@@ -159,7 +159,7 @@ def few_seeds(run: Run) -> list[str]:
 
 def memorization(run: Run) -> list[str]:
     """Metrics with a warning threshold (``Metric.warns_below``: the ``memorization_*`` ratios of
-    bench.fidelity.nearest_neighbour_ratio, 1) below it in some trial: its samples sit closer to the
+    bench.scoring.fidelity.nearest_neighbour_ratio, 1) below it in some trial: its samples sit closer to the
     training images than held-out real images do. Where the rows carry the ratio's bootstrap interval
     (``<metric>_lo``/``_hi``), the warning says in how many of those seeds it excludes the threshold."""
     out = []

@@ -1,4 +1,4 @@
-"""The report's "Against the published results" section, its table and figure (``bench.claims``).
+"""The report's "Against the published results" section, its table and figure (``bench.experiment.claims``).
 
 Every ``[[claims]]`` table of the run's grid.toml is evaluated on the run's final scores (status ok):
 the claim in the source's words, the measured contrast (positive where the claim holds) with its
@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import claims, stats
+from bench.experiment import claims
 from bench.files import write_text_atomic
 from bench.report.tables import Run, higher_is_better, md_escape, plural
+from bench.scoring import stats
 from bench.style import Plot, figure, safe, save, theme, wrap
 
 TABLE = "claims"
@@ -81,7 +82,7 @@ def section(run: Run) -> str:
            f"The grid states {plural(len(run_claims(run)), 'published claim')}, measured here as "
            f"{plural(len(table), 'paired contrast')} ({summary}). Each contrast is positive where the claim holds, in "
            f"the metric's own units, per training seed, then averaged: 95% t-interval, paired p, Holm p over the "
-           f"{plural(int(table['p'].notna().sum()), 'contrast')} of this run (`bench/claims.py`; `tables/claims.csv`).",
+           f"{plural(int(table['p'].notna().sum()), 'contrast')} of this run (`bench/experiment/claims.py`; `tables/claims.csv`).",
            ""]
     for _, part in table.groupby("index", sort=True):
         r0 = part.iloc[0]

@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from bench.config import RunConfig, build_process
-from bench.data import load_dataset
+from bench.data.datasets import load_dataset
+from bench.experiment.config import RunConfig, build_process
 from bench.style import Plot, figure, save, theme, wrap
 
 #: t / T of the columns (0 is x_0 itself)
@@ -124,7 +124,7 @@ def run_forward_rows(run) -> dict[str, RunConfig]:
     """process label -> config of the distinct forward processes (noise, corruption and their
     parameters) of a run's trials, each from the first trial that has it (its schedule); empty when
     the run does not vary the noise or the corruption (then the figure would say nothing new)."""
-    from bench.config import config_from_row
+    from bench.experiment.config import config_from_row
 
     rows: dict[tuple, RunConfig] = {}
     for r in run.trials().to_dict("records"):

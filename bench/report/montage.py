@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.experiment.rundir import real_grid
 from bench.report.tables import Run, labels_of, metric_obj
-from bench.rundir import real_grid
 from bench.style import Plot, figure, safe, save, theme, wrap
 
 
@@ -132,11 +132,11 @@ def grid_tiles(png: Path, size: int, n: int) -> torch.Tensor:
 
 def nearest_training(images: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distance, index) of each uint8 image's nearest training image (uint8) in memorization_pixels'
-    space (8x8-pooled pixels, ``bench.fidelity.nearest_neighbours``), in the training images' channels:
+    space (8x8-pooled pixels, ``bench.scoring.fidelity.nearest_neighbours``), in the training images' channels:
     grid tiles of grey images come back as 3 equal channels (``grid_tiles``), of which the first is
     compared, so the distances are the metric's (not sqrt(3) times them)."""
-    from bench.features import extract_features
-    from bench.fidelity import nearest_neighbours
+    from bench.scoring.features import extract_features
+    from bench.scoring.fidelity import nearest_neighbours
 
     return nearest_neighbours(extract_features("pixels", images[:, :train.shape[1]]), extract_features("pixels", train))
 
@@ -147,7 +147,7 @@ def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     arm's first samples (the montage's evaluation, first seed), each above its nearest training image
     and their distance. Copies show as identical pairs; a model that generalizes pairs its samples as
     loosely as the held-out images are paired. Needs the training images (``BENCH_DATA_ROOT``)."""
-    from bench.data import DATASETS, load_dataset
+    from bench.data.datasets import DATASETS, load_dataset
     from bench.images import to_uint8
 
     ev = main_eval(run)

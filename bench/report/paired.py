@@ -1,7 +1,7 @@
 """Paired comparisons of a run's arms (DESIGN.md section 5): the numbers behind the report's words.
 
 For every dataset x evaluation (sampler, sample_steps) x metric, the scores of the seeds that
-finished (status ok, a finite value) are compared with ``bench.stats``, pairing arms by training
+finished (status ok, a finite value) are compared with ``bench.scoring.stats``, pairing arms by training
 seed (same initial weights, batches, noise draws and image seeds):
 
 - every pair of arms (``stats.all_pairs``): ``tables/paired_<metric>.csv``;
@@ -25,9 +25,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench import stats
 from bench.report.perimage import BOOT_LEVEL, N_BOOT, NO_PER_IMAGE, boot_reason, bootstrap_vs_best, has_per_image
 from bench.report.tables import Run, datasets_with, direction, higher_is_better, md_escape, plural
+from bench.scoring import stats
 
 #: the columns of tables/paired_<metric>.csv: where, then ``stats.COLUMNS`` (p_holm over every pair of
 #: the dataset x evaluation x metric), then vs_best (reference is the best arm), p_holm_vs_best (Holm
@@ -148,13 +148,13 @@ def boot_caption(metric: str, run: Run | None = None) -> str:
         return (f" Bootstrap 95%: empty (—) throughout: {NO_PER_IMAGE}, so the two-level bootstrap of DESIGN.md "
                 f"section 5 (seeds, then images) cannot be recomputed from it; the t-intervals stand alone.")
     return (f" Bootstrap 95%: a second interval for the difference, from a two-level percentile bootstrap "
-            f"(DESIGN.md section 5; `bench.stats.bootstrap_two_level`, n_boot = {N_BOOT}): the seeds both arms finished "
+            f"(DESIGN.md section 5; `bench.scoring.stats.bootstrap_two_level`, n_boot = {N_BOOT}): the seeds both arms finished "
             f"are resampled, then within each the generated images, with the same image indices in both arms (image i "
             f"has the same seed in every arm), and {metric} is recomputed from the resampled per-image features "
             f"(float16, per_image/) against the reference mean and covariance (references/). It includes the "
             f"sampling noise of the generated images. With 3-5 seeds read it as indicative: the percentile bootstrap "
             f"under-covers when the seed-to-seed spread dominates (77% with 3 seeds, 85% with 5 in the simulations "
-            f"of `bench/stats.py`); resampling with replacement repeats images, which raises each Fréchet distance by "
+            f"of `bench/scoring/stats.py`); resampling with replacement repeats images, which raises each Fréchet distance by "
             f"a similar amount in both arms.")
 
 

@@ -7,9 +7,9 @@ keeps the reference statistics of those extractors (``references/<dataset>-<size
 ``mu``, ``sigma``, float64). From these the report recomputes, without the data or the models:
 
 - ``bootstrap_vs_best``: for a plain Fréchet distance (fd_mnist_clf, fd_pixels), a second interval for
-  each comparison with the best arm, ``bench.stats.bootstrap_two_level`` (seeds, then images with the
+  each comparison with the best arm, ``bench.scoring.stats.bootstrap_two_level`` (seeds, then images with the
   same indices in every arm) of mean_s FD(arm_s) - FD(best_s), each FD recomputed from the resampled
-  per-image features against the reference mu / sigma with ``bench.distances.frechet_distance_to_reference``
+  per-image features against the reference mu / sigma with ``bench.scoring.distances.frechet_distance_to_reference``
   (the function the metric itself uses). ``N_BOOT`` replicates, percentile interval.
 - ``brightness``: per arm, the offset of the samples' mean intensity from the data's (Lin et al. 2023's
   symptom), with a t-interval over seeds and a two-level bootstrap interval.
@@ -25,14 +25,14 @@ import contextlib
 import numpy as np
 import pandas as pd
 
-from bench import stats
 from bench.report.tables import Run, is_fd_infinity, metric_obj
+from bench.scoring import stats
 
 #: bootstrap replicates (a modest number: each costs 2 x n_seeds Fréchet distances per comparison)
 N_BOOT = 500
 BOOT_LEVEL = 0.95
 BOOT_SEED = 0
-#: extractors kept per image by the trials (bench.trial.PER_IMAGE_MAX_DIM)
+#: extractors kept per image by the trials (bench.run.trial.PER_IMAGE_MAX_DIM)
 PER_IMAGE_MAX_DIM = 256
 BRIGHTNESS_FEATURE = "mean-intensity"
 
@@ -106,7 +106,7 @@ def image_size(run: Run, dataset: str) -> int:
     size = pd.to_numeric(rows["image_size"], errors="coerce").dropna() if "image_size" in rows.columns else pd.Series()
     if len(size) and int(size.iloc[0]) > 0:
         return int(size.iloc[0])
-    from bench.data import DATASETS
+    from bench.data.datasets import DATASETS
 
     return DATASETS.get(dataset).size
 
@@ -138,7 +138,7 @@ def reference(run: Run, dataset: str, feature: str, n_ref: int | None) -> dict |
     if key not in run.cache:
         import torch
 
-        from bench.distances import psd_sqrt
+        from bench.scoring.distances import psd_sqrt
 
         try:
             with np.load(path) as z:
@@ -167,7 +167,7 @@ def _ok_trials(run: Run, dataset: str, label: str, ev: tuple[str, int], metric: 
 class FrechetOnIds:
     """A batched statistic for ``stats.bootstrap_two_level`` on image ids: row j of ``ids`` [k, n] names
     n rows of ``features`` (a resampled image set) and maps to their Fréchet distance against ``ref``
-    (``bench.distances.frechet_distance_to_reference``). Resampling ids instead of features lets the
+    (``bench.scoring.distances.frechet_distance_to_reference``). Resampling ids instead of features lets the
     best arm's image sets, drawn identically in each of its comparisons (same bootstrap seed), be
     computed once (``memo``)."""
 
@@ -177,7 +177,7 @@ class FrechetOnIds:
         self.features, self.ref, self.memo = torch.from_numpy(np.ascontiguousarray(features, np.float64)), ref, {}
 
     def one(self, ids: np.ndarray) -> float:
-        from bench.distances import frechet_distance_to_reference
+        from bench.scoring.distances import frechet_distance_to_reference
 
         key = ids.tobytes()
         if key not in self.memo:

@@ -158,7 +158,7 @@ def _forest_panel(ax, rows: pd.DataFrame, labels: list[str], styles: dict, first
 def plot_schedules(names: Sequence[str], T: int, out_path: Path) -> Path:
     """alpha_bar(t), log-SNR(t) and beta(t) of the named registered schedules at ``T`` steps, written to
     ``out_path`` (format from its suffix); schedules whose x_T is not pure noise are marked."""
-    from bench.schedules import make_betas
+    from bench.process.schedules import make_betas
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +171,7 @@ def plot_schedules(names: Sequence[str], T: int, out_path: Path) -> Path:
 def _schedule_figure(curves: dict) -> Figure:
     """Call inside ``theme()``. A schedule with zero terminal SNR (alpha_bar_T = 0, log-SNR_T = -inf)
     has its last log-SNR point drawn at the bottom edge of the axis, marked "SNR = 0"."""
-    from bench.schedules import PURE_NOISE_ALPHA_BAR, terminal_report
+    from bench.process.schedules import PURE_NOISE_ALPHA_BAR, terminal_report
 
     styles = arm_styles(list(curves))
     fig, axes = figure(1, 3, 3.6, 3.0)
@@ -219,8 +219,8 @@ def _schedule_figure(curves: dict) -> Figure:
 def run_schedule_curves(run: Run) -> dict:
     """{schedule label: betas} of the distinct schedules of the run's arms (noise does not matter),
     each rebuilt from its trial's config."""
-    from bench.config import config_from_row
-    from bench.schedules import make_betas
+    from bench.experiment.config import config_from_row
+    from bench.process.schedules import make_betas
 
     curves = {}
     several_T = run.rows["timesteps"].nunique() > 1
@@ -241,7 +241,7 @@ def plot_run_schedules(run: Run, out_dir: Path) -> Plot | None:
         return None
     with theme():
         png = save(_schedule_figure(curves), out_dir / "schedules.png")
-    from bench.schedules import terminal_report
+    from bench.process.schedules import terminal_report
 
     zero = any(not np.isfinite(terminal_report(b).log_snr_T) for b in curves.values())
     return Plot(png, "The schedules compared: ᾱ(t), log-SNR(t) and β(t) against t/T; a circled end point is "
@@ -305,7 +305,7 @@ def _loss_kind(run: Run) -> str:
     return "/".join(map(str, kinds)).upper() or "loss"
 
 
-#: the prediction target's symbol in labels (bench.config ``prediction``)
+#: the prediction target's symbol in labels (bench.experiment.config ``prediction``)
 TARGETS = {"eps": "eps", "x0": "x_0", "v": "v"}
 TARGET_WORDS = {"eps": "the predicted noise eps", "x0": "the predicted clean image x_0", "v": "the predicted velocity v"}
 
@@ -353,7 +353,7 @@ def _logs(run: Run, trials: pd.DataFrame, kind: str, notes: list[str]) -> list[p
     return out
 
 
-#: of a loss_by_t.csv with a ``window`` column (bench.train: all | second_half), the window plotted
+#: of a loss_by_t.csv with a ``window`` column (bench.training.train: all | second_half), the window plotted
 LOSS_BY_T_WINDOW = "second_half"
 
 

@@ -4,7 +4,7 @@ the results tables (``tables/<metric>.csv|md|tex``).
 A table has one row per arm and one column per evaluation (``sampler:steps``), one block per
 dataset, plus the real-vs-real floor. A cell is mean ± std over the seeds that finished (n); the
 best mean of a column is marked (bold in Markdown / LaTeX, a ``best`` flag in CSV): the lowest or the
-highest, as the metric's contract (``bench.metrics.METRICS``, ``higher_is_better``) says. A floor
+highest, as the metric's contract (``bench.scoring.metrics.METRICS``, ``higher_is_better``) says. A floor
 states its own n; "at this sample size" only where it equals the arms' n.
 
 Final rows only: a grid with ``eval_at`` adds learning-curve rows (``train_step`` below the end of
@@ -93,7 +93,7 @@ class Run:
 
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
-    from bench.rundir import read_rows
+    from bench.experiment.rundir import read_rows
 
     rows = fill_defaults(read_rows(run_dir))
     rows["label"] = arm_labels(rows)
@@ -142,7 +142,7 @@ def fill_defaults(rows: pd.DataFrame) -> pd.DataFrame:
     """Empty cells of config columns that have a non-None default get that default: rows written
     before a field existed (a run resumed across a release) then read as the trials they were
     (``config.config_from_row`` does the same), instead of differing from later rows in that column."""
-    from bench.config import RunConfig
+    from bench.experiment.config import RunConfig
 
     rows = rows.copy()
     for f in dataclasses.fields(RunConfig):
@@ -155,7 +155,7 @@ def fill_defaults(rows: pd.DataFrame) -> pd.DataFrame:
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
     """The ``arm`` column, with ``[k=v, ...]`` appended for any other config field that varies within
     an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps)."""
-    from bench.config import NOT_IN_LABEL, RunConfig
+    from bench.experiment.config import NOT_IN_LABEL, RunConfig
 
     names = [f.name for f in dataclasses.fields(RunConfig) if f.name in rows.columns and f.name not in NOT_IN_LABEL]
     by = rows.groupby(["arm", "dataset"], sort=False, dropna=False)
@@ -190,8 +190,8 @@ def join(items: list[str]) -> str:
 
 # --- the metric contract ---------------------------------------------------------------------------
 def higher_is_better(metric: str) -> bool:
-    """The registered direction of ``metric`` (``bench.metrics.METRICS``)."""
-    from bench.metrics import METRICS
+    """The registered direction of ``metric`` (``bench.scoring.metrics.METRICS``)."""
+    from bench.scoring.metrics import METRICS
 
     if metric in METRICS:
         return bool(METRICS.get(metric).higher_is_better)
@@ -201,8 +201,8 @@ def higher_is_better(metric: str) -> bool:
 
 
 def metric_obj(metric: str):
-    """The registered ``bench.metrics.Metric`` of ``metric``, or None (a name retired since the run)."""
-    from bench.metrics import METRICS
+    """The registered ``bench.scoring.metrics.Metric`` of ``metric``, or None (a name retired since the run)."""
+    from bench.scoring.metrics import METRICS
 
     return METRICS.find(metric)
 

@@ -1,9 +1,9 @@
 """Scoring numbers for the issue note: real-vs-real floors and MNIST vs noise, with wall times."""
 import json, os, sys, time, platform
 import torch
-from bench import metrics as M
-from bench.classifier import classifier_info
-from bench.data import load_dataset
+from bench.scoring import metrics as M
+from bench.scoring.classifier import classifier_info
+from bench.data.datasets import load_dataset
 
 OUT = sys.argv[1]
 SIZES = [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [1000, 2000]

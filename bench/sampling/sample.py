@@ -12,7 +12,7 @@ RunConfig fields it reads, passed to the function as keyword arguments of the sa
     ddim: options ("ddim_eta", "skip_start")   1 model evaluation per step   needs a Gaussian posterior
     cold: options ()              1 model evaluation per step   any forward process
 
-Corruptions (``bench.corruptions``; DESIGN.md section 3, "Mild corruptions"): the forward process is a
+Corruptions (``bench.process.corruptions``; DESIGN.md section 3, "Mild corruptions"): the forward process is a
 ``Diffusion`` (sub)class, and every sampler reaches it only through its methods: ``x_T`` (the start),
 ``split`` (the conversion), ``p_sample`` (ddpm's step), ``ddim_step`` (ddim's step) and ``q_sample``
 (cold's degradation D). A sampler that needs the Gaussian posterior (``Sampler.needs_posterior``) is
@@ -55,7 +55,7 @@ noise with finite coefficients throughout.
 
 Add a sampler: write a function ``fn(model, diffusion, noise, shape, steps, generators, device="cpu",
 *, clip_x0=True, progress=False, <options>)`` whose keyword-only options are RunConfig fields with
-defaults, declared in ``bench.config.RunConfig`` with the ``SAMPLER_OPTION`` role (which keeps it out
+defaults, declared in ``bench.experiment.config.RunConfig`` with the ``SAMPLER_OPTION`` role (which keeps it out
 of the training key and puts it in the learning-curve key), each with a value check in
 ``OPTION_CHECKS``; get (x_0, eps) from
 ``diffusion.split``, loop over the steps with ``_loop(indices, progress, desc)`` (a bar or ticks: ``Ticks``),
@@ -74,9 +74,9 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from bench.diffusion import Diffusion
 from bench.images import save_grid, to_uint8  # noqa: F401  (re-exported: their home is the leaf bench.images)
-from bench.noise import Noise
+from bench.process.diffusion import Diffusion
+from bench.process.noise import Noise
 from bench.registry import InputError, Registry
 
 SAMPLERS: Registry = Registry("sampler")
@@ -264,7 +264,7 @@ def _start(diffusion: Diffusion, noise: Noise, shape, generators, device, skip_s
 
 
 #: A sampler's ``progress``: True for a bar on the terminal, False for none, or ``tick(done, total)``
-#: (a trial's evaluation reports through it to the driver, bench.trial). A sampler's loop ticks the
+#: (a trial's evaluation reports through it to the driver, bench.run.trial). A sampler's loop ticks the
 #: steps done before each step after the first; ``sample_images`` ticks the last one when the sampler
 #: returns (DDIM returns from inside its loop: a generator never hears that its last step ended).
 Ticks = Union[bool, Callable[[int, int], None]]
@@ -376,7 +376,7 @@ def cold(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
         x            = x - D(x_0^, t) + D(x_0^, s)                   (D(x_0^, "0") = x_0^)
 
     and the result is clamped to [-1, 1] when ``clip_x0``. It starts from ``diffusion.x_T`` (cold_blur:
-    the paper's stochastic start, see ``bench.corruptions.ColdBlur``). It needs no posterior, so it
+    the paper's stochastic start, see ``bench.process.corruptions.ColdBlur``). It needs no posterior, so it
     samples every corruption: for a Gaussian-type process (none, blur) D(x_0^, t) with the model's
     eps^ is x itself up to rounding and the step is DDIM with eta = 0 (tests/test_corruptions.py).
     """

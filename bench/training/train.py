@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.config import (
+from bench.experiment.config import (
     BOOKKEEPING,
     BUDGET,
     CURVE,
@@ -52,7 +52,7 @@ from bench.config import (
     from_dict,
 )
 from bench.files import atomic_write, checksum_path, load_torch_checked, save_torch_atomic
-from bench.unet import build_model, count_params
+from bench.models.unet import build_model, count_params
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -61,7 +61,7 @@ FINAL_LOSS_WINDOW = 100  # final_loss = mean loss of the last this-many steps
 MAX_LOG_ROWS = 5000  # loss.csv gets at most ~this many rows (one row = mean over log_every steps)
 # RunConfig fields that do not change what training computes: a checkpoint stays valid across them
 # (train_steps may grow to extend a run).
-# what a resumed checkpoint need not match: every field but those declared TRAINS (bench.config roles)
+# what a resumed checkpoint need not match: every field but those declared TRAINS (bench.experiment.config roles)
 NOT_TRAINING_FIELDS = fields_with(BUDGET, EVALUATIONS, SCORING, SAMPLER_OPTION, CURVE, BOOKKEEPING)
 
 
@@ -442,7 +442,7 @@ TRAIN_DROPOUT = {"cpu": 0.0, "cuda": 0.1}
 
 
 class BenchStep:
-    """The real ``bench.train`` step (``Trainer.train_step``) on random data of shape [B, C, S, S]:
+    """The real ``bench.training.train`` step (``Trainer.train_step``) on random data of shape [B, C, S, S]:
     linear schedule, T = 1000, Gaussian noise, AdamW at lr 2e-4, EMA, the device's grid dropout."""
 
     def __init__(self, preset: str, channels: int, size: int, batch: int, device: torch.device, seed: int = 0,

@@ -23,7 +23,7 @@ per seed s is
 
 ("A's advantage over B is larger than C's over D", e.g. "ancestral sampling gains more than DDIM
 from 10 to 100 steps"), so c_s > 0 is what the source claims. The mean of c over the seeds both
-sides finished gets a paired t-interval (``bench.stats.paired``; DESIGN.md section 5), and Holm's
+sides finished gets a paired t-interval (``bench.scoring.stats.paired``; DESIGN.md section 5), and Holm's
 correction runs over every contrast of the run. The verdict reads the 95% interval:
 
 - directional claim: *agrees* when it lies above 0, *disagrees* when below 0, *not resolved* when
@@ -38,7 +38,7 @@ before the correction is *not resolved*, and the report says so. Seeds without a
 are left out of the contrast and named.
 
 Claims are interpretation, not trials: they are kept in the run's grid.toml for the report, and a
-``--resume`` may update them without touching a finished trial (``bench.rundir.check``).
+``--resume`` may update them without touching a finished trial (``bench.experiment.rundir.check``).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from bench import stats
 from bench.registry import InputError
+from bench.scoring import stats
 
 KEYS = ("claim", "source", "metric", "better", "than", "for_each", "margin", "setting")
 REQUIRED = ("claim", "source", "metric", "better", "than")
@@ -77,7 +77,7 @@ class Claim:
 
 
 def cell_keys() -> set[str]:
-    from bench.config import RunConfig
+    from bench.experiment.config import RunConfig
 
     return {f.name for f in fields(RunConfig)} | {"sampler", "sample_steps"}
 
@@ -92,7 +92,7 @@ def parse_claims(raw: Any, where: str) -> list[Claim]:
 
 
 def _parse_one(c: dict, where: str) -> Claim:
-    from bench.metrics import METRICS
+    from bench.scoring.metrics import METRICS
 
     unknown, missing = sorted(set(c) - set(KEYS)), [k for k in REQUIRED if k not in c]
     if unknown or missing:

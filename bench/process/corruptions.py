@@ -33,7 +33,7 @@ import math
 import numpy as np
 import torch
 
-from bench.diffusion import PREDICTIONS, WEIGHTINGS, Diffusion
+from bench.process.diffusion import PREDICTIONS, WEIGHTINGS, Diffusion
 from bench.registry import InputError, Registry
 
 CORRUPTIONS: Registry = Registry("corruption")

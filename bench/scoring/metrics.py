@@ -1,5 +1,5 @@
 """Scoring: FID, KID and a Fréchet distance in MNIST-classifier features (registry ``METRICS``;
-the feature extractors are in ``bench.features``), with on-disk reference statistics.
+the feature extractors are in ``bench.scoring.features``), with on-disk reference statistics.
 
 What the numbers are
 - ``fid``: Fréchet Inception Distance (Heusel et al. 2017), Inception-v3 pool3 features (2048-d,
@@ -9,10 +9,10 @@ What the numbers are
   cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, mean and std over ``KID_SUBSETS`` random subsets
   of size min(``KID_SUBSET_SIZE``, n_generated, n_reference) (torch-fidelity's / torchmetrics' estimator).
 - ``fd_mnist_clf``: Fréchet distance in the penultimate layer (128-d) of the project's own MNIST CNN
-  (``bench.classifier``); valid only for 1-channel digit-sized images, skipped (with the reason in
+  (``bench.scoring.classifier``); valid only for 1-channel digit-sized images, skipped (with the reason in
   ``fd_mnist_clf_skipped``) elsewhere. Reported beside FID, never instead of it.
 
-Preprocessing (identical for generated and real images; see ``bench.features``): uint8 [0, 255]
+Preprocessing (identical for generated and real images; see ``bench.scoring.features``): uint8 [0, 255]
 images, grey repeated to 3 channels, resized to 299x299 with TF1-compatible bilinear interpolation
 (the resize of the original TF FID code, bit-compatible with torch-fidelity).
 
@@ -44,8 +44,10 @@ from typing import Callable
 
 import torch
 
-from bench import fidelity
-from bench.distances import (  # noqa: F401 (re-exported)
+from bench.files import cache_dir, file_lock, save_torch_atomic
+from bench.registry import InputError, Registry
+from bench.scoring import fidelity
+from bench.scoring.distances import (  # noqa: F401 (re-exported)
     KID_SEED,
     KID_SUBSET_SIZE,
     KID_SUBSETS,
@@ -55,9 +57,7 @@ from bench.distances import (  # noqa: F401 (re-exported)
     kernel_distance,
     psd_sqrt,
 )
-from bench.features import FEATURES, FeatureExtractor, extract_features, to_uint8  # noqa: F401 (re-exported)
-from bench.files import cache_dir, file_lock, save_torch_atomic
-from bench.registry import InputError, Registry
+from bench.scoring.features import FEATURES, FeatureExtractor, extract_features, to_uint8  # noqa: F401 (re-exported)
 
 REFSTATS_VERSION = "1"  # bump when feature extraction or the statistics change: old caches are ignored
 DEFAULT_N_REFERENCE = 10_000
@@ -162,7 +162,7 @@ def _memorization(fake: torch.Tensor, ref: dict) -> dict:
 
 
 # Memorization (issue 12, for the 98-image craters set): median nearest-training-image distance of the
-# samples / the same for held-out real images (bench.fidelity.nearest_neighbour_ratio). Below 1 the
+# samples / the same for held-out real images (bench.scoring.fidelity.nearest_neighbour_ratio). Below 1 the
 # samples sit closer to the training images than unseen real ones do (the report warns); "higher is
 # better" ranks less memorization first, not better images.
 for _feature, _suffix, _what in (("inception", "inception", "Inception pool3"), ("mnist-classifier", "clf", "MNIST-classifier"),
@@ -205,7 +205,7 @@ def reference_stats(dataset: str, split: str = "train", feature: str = "inceptio
     """Statistics of the first ``n_images`` (default min(len, DEFAULT_N_REFERENCE)) images of ``split``
     in the fixed seeded order: {"keys", "mu" (float64 [D]), "sigma" (float64 [D, D]), "sigma_sqrt"
     (its PSD square root, float64 [D, D]), "features" (float32 [n, D]), "seconds"}. Cached on disk (see the module docstring)."""
-    from bench.data import DATASETS, load_dataset
+    from bench.data.datasets import DATASETS, load_dataset
 
     spec = DATASETS.get(dataset)
     FEATURES.get(feature)  # an unknown name fails before any work
@@ -299,7 +299,7 @@ def score(metric_names: list[str], fake_uint8: torch.Tensor, dataset: str, data_
     (extractor label), ``M_n_ref`` (reference images), ``M_skipped`` (only when skipped: why), and
     for kid also ``kid_std`` and ``kid_subset_size``; plus ``n_generated`` and ``score_seconds``.
     ``features_out`` (a dict) receives the generated images' features per extractor name."""
-    from bench.data import DATASETS
+    from bench.data.datasets import DATASETS
 
     metrics = {name: METRICS.get(name) for name in metric_names}  # unknown names fail before any work
     spec = DATASETS.get(dataset)
@@ -325,7 +325,7 @@ def floor(metric_names: list[str], dataset: str, n_generated: int, data_root: st
     held-out split (sharpness_gap), the first training images against it; all of a split's images
     when fewer exist. Same columns as score, plus ``<metric>_floor_split`` and ``<metric>_n_real``
     (the images used); ``n_generated`` is the held-out count (as before floor_split existed)."""
-    from bench.data import DATASETS, load_dataset
+    from bench.data.datasets import DATASETS, load_dataset
 
     size = image_size or DATASETS.get(dataset).size
     out: dict[str, float | int | str] = {}
@@ -347,7 +347,7 @@ def floor(metric_names: list[str], dataset: str, n_generated: int, data_root: st
 
 def _evaluate(metrics: dict[str, Metric], fake_features, n_generated: int, dataset: str, data_root: str, size: int,
               n_reference: int | None, progress: bool, device) -> dict:
-    from bench.data import DATASETS
+    from bench.data.datasets import DATASETS
 
     t0 = time.time()
     channels = DATASETS.get(dataset).channels
@@ -374,7 +374,7 @@ def _evaluate(metrics: dict[str, Metric], fake_features, n_generated: int, datas
 def release_extractors() -> None:
     """Drop the process's feature networks (Inception: ~100 MB of weights), e.g. so that a GPU's memory
     goes to the trials after the driver computed the floors."""
-    from bench import features
+    from bench.scoring import features
 
     features._extractor.cache_clear()
     features._inception_net.cache_clear()

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 
-from bench.data import DATASETS
+from bench.data.datasets import DATASETS
 from bench.registry import InputError
 
 ACTIVATIONS_PER_PIXEL = 1000  # float32 values kept per input pixel in one forward + backward (order of magnitude)
 INFERENCE_PER_PIXEL = 100  # the same for a sampling forward pass (no gradients: only the live tensors)
 SCHEDULE_ARRAYS = 12  # float64 arrays of length timesteps (betas, alpha_bar, their roots, posterior terms)
-SAMPLE_BATCH = 256  # the samplers' batch (bench.trial)
+SAMPLE_BATCH = 256  # the samplers' batch (bench.run.trial)
 
 
 def physical_memory() -> int:

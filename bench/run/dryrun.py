@@ -4,7 +4,7 @@ How the estimate is made, bounded in memory and time (under a minute and ~2 GB o
 for the full grids; the old dry run timed the base UNet at 64x64, batch 128 on the CPU and was
 killed for memory at ~22 GB):
 
-- training: the real training step (``bench.train.BenchStep``) is timed at a *small batch*: it starts
+- training: the real training step (``bench.training.train.BenchStep``) is timed at a *small batch*: it starts
   at 1 image and doubles while one step takes under ``TIMING_STEP_S`` seconds, up to the trial's
   batch. Seconds per step = seconds per image at the largest batch timed x the trial's batch
   (linear scaling: close on a CPU, where a convolution costs per image; on a GPU, which small
@@ -19,7 +19,7 @@ killed for memory at ~22 GB):
   Inception's 5 img/s is what the quick runs measured (39 s to score 200 images per evaluation, one
   thread per trial, two trials at once), and ``bench perf`` measures 13 img/s with 2 threads alone.
 - evaluation-only trials (``reuse_training``) that will adopt a trained model (one indexed by
-  ``bench.trained``, or one an earlier trial of the plan trains) cost no training time.
+  ``bench.training.trained``, or one an earlier trial of the plan trains) cost no training time.
 - reference statistics and floors that are not cached yet: their images at the rates above with
   every thread (the driver computes them before the fan-out).
 - every time is taken with the threads one trial gets (1 under Ray by default, every core with
@@ -43,19 +43,19 @@ from typing import Any, Callable
 
 import torch
 
-from bench import trained
-from bench.config import RunConfig
-from bench.data import DATASETS, load_dataset
+from bench.data.datasets import DATASETS, load_dataset
 from bench.env import device_name, pick_device
-from bench.features import FEATURES
+from bench.experiment.config import RunConfig
+from bench.experiment.grid import Grid
 from bench.files import cache_dir, check_writable
-from bench.grid import Grid
-from bench.metrics import DEFAULT_N_REFERENCE, METRICS, reference_cached
 from bench.progress import duration
 from bench.registry import InputError
-from bench.sample import SAMPLERS
+from bench.sampling.sample import SAMPLERS
+from bench.scoring.features import FEATURES
+from bench.scoring.metrics import DEFAULT_N_REFERENCE, METRICS, reference_cached
 from bench.timing import sync
-from bench.train import BenchStep
+from bench.training import trained
+from bench.training.train import BenchStep
 
 TIMING_STEP_S = 0.5  # the timing batch doubles while one call takes less than this
 GPU_SPEEDUP = 80.0  # declared CPU feature rates x this on CUDA
@@ -136,7 +136,7 @@ def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path, threads: int 
 
 def adopts(cfg: RunConfig, keys: set[str]) -> bool:
     """Whether a trial with ``reuse_training`` will adopt a model instead of training: one already
-    indexed (``bench.trained``), or one an earlier trial of the plan trains (``keys`` collects them)."""
+    indexed (``bench.training.trained``), or one an earlier trial of the plan trains (``keys`` collects them)."""
     if not cfg.reuse_training:
         return False
     key = trained.train_key(cfg)
@@ -183,7 +183,7 @@ def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: in
 
 def _time_model(model: str, channels: int, size: int, batch: int, sample_batch: int,
                 device: torch.device) -> tuple[float, float, int, int]:
-    """Seconds per image of one real training step (``bench.train.BenchStep``) and of one forward
+    """Seconds per image of one real training step (``bench.training.train.BenchStep``) and of one forward
     pass, each at the largest batch (doubling from 1, up to ``batch`` / ``sample_batch``) whose call
     takes under ``TIMING_STEP_S``; and those two batches."""
     step = BenchStep(model, channels, size, 1, device, dropout=0.0)

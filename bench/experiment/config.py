@@ -24,15 +24,15 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import torch
 
-from bench.corruptions import CORRUPTIONS, corruption_params, make_process
-from bench.data import DATASETS
-from bench.diffusion import WEIGHTINGS, Diffusion, weighting_params
-from bench.metrics import METRICS
-from bench.noise import NOISES, Noise, make_noise, noise_params
+from bench.data.datasets import DATASETS
+from bench.models.unet import MODELS
+from bench.process.corruptions import CORRUPTIONS, corruption_params, make_process
+from bench.process.diffusion import WEIGHTINGS, Diffusion, weighting_params
+from bench.process.noise import NOISES, Noise, make_noise, noise_params
+from bench.process.schedules import SCHEDULES, make_betas, schedule_params
 from bench.registry import InputError, did_you_mean
-from bench.sample import SAMPLERS, sampler_options, start_T
-from bench.schedules import SCHEDULES, make_betas, schedule_params
-from bench.unet import MODELS
+from bench.sampling.sample import SAMPLERS, sampler_options, start_T
+from bench.scoring.metrics import METRICS
 
 # --- each field's role, declared once with the field (issue 30) ------------------------------------
 # Every list of fields that behave alike (the training key, what a resume must match, the curve key,
@@ -119,7 +119,7 @@ class RunConfig:
     # --- learning curves ------------------------------------------------------------------------
     eval_at: str = role(CURVE, "")  # comma-separated fractions of train_steps (0.25) or step counts (200) to evaluate the EMA at
     curve_metrics: str = role(CURVE, "")  # metrics of those evaluations ("" -> metrics), with the first of evals
-    # --- evaluation-only trials (bench.trained) ---------------------------------------------------
+    # --- evaluation-only trials (bench.training.trained) ---------------------------------------------------
     reuse_training: bool = role(BOOKKEEPING, False)  # adopt the model (and curve) of a finished trial whose training is identical instead of training
 
     # ---------------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def trial_labels(cfgs: list) -> dict[str, str]:
 class ForwardProcess(NamedTuple):
     """What a config's forward process is made of: the beta schedule's float64 betas, the diffusion
     (coefficients, objective, posterior; the ``Diffusion`` subclass of the config's corruption, which
-    the trainer and the samplers call through the one interface, ``bench.corruptions``) and the noise
+    the trainer and the samplers call through the one interface, ``bench.process.corruptions``) and the noise
     type bound to its alpha_bar."""
 
     betas: torch.Tensor
@@ -490,7 +490,7 @@ FIELD_HELP = {
     "eval_at": "learning-curve points: fractions of train_steps or step counts, comma-separated",
     "curve_metrics": "metrics of the learning-curve points; '' = metrics",
     "reuse_training": "adopt the final model (and, with eval_at, the same learning curve) of a finished trial with "
-                      "identical training fields instead of training (bench.trained)",
+                      "identical training fields instead of training (bench.training.trained)",
 }
 
 

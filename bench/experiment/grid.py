@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import claims as claims_mod
-from bench.config import COMPONENT_PARAMS, RunConfig, coerce, from_dict, param_owners, trial_id, validate
+from bench.experiment import claims as claims_mod
+from bench.experiment.config import COMPONENT_PARAMS, RunConfig, coerce, from_dict, param_owners, trial_id, validate
 from bench.registry import InputError, did_you_mean
 
 if sys.version_info >= (3, 11):
@@ -40,7 +40,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Grid:
 
 
 def _claim_toml(c: claims_mod.Claim) -> list[str]:
-    """A claim as a ``[[claims]]`` table (``bench.claims``)."""
+    """A claim as a ``[[claims]]`` table (``bench.experiment.claims``)."""
     def cell(x: dict) -> str:
         return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in x.items()) + "}"
 

@@ -29,22 +29,24 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bench import claims, rundir, tracking, trained
-from bench.config import RunConfig, from_dict, trial_id, trial_labels
-from bench.data import DATASETS, load_dataset
-from bench.features import FEATURES
+from bench.data.datasets import DATASETS, load_dataset
+from bench.experiment import claims, rundir
+from bench.experiment.config import RunConfig, from_dict, trial_id, trial_labels
+from bench.experiment.grid import Grid, check_params_apply, load_grid, validate_trials
+from bench.experiment.rundir import trial_dir, write_rows
 from bench.files import copy_atomic, save_npz_atomic, write_text_atomic
-from bench.grid import Grid, check_params_apply, load_grid, validate_trials
 from bench.images import save_grid
-from bench.metrics import METRICS, floor, reference_stats, release_extractors
+from bench.models.unet import build_model, count_params
 from bench.progress import PROGRESS_EVERY_S, duration
 from bench.registry import InputError
 from bench.report import build_report
-from bench.resources import check_memory
-from bench.rundir import trial_dir, write_rows
-from bench.train import CHECKPOINT
-from bench.trial import PER_IMAGE_MAX_DIM, checkpoint_step, error_rows, finished_rows, run_trial_safe
-from bench.unet import build_model, count_params
+from bench.run import tracking
+from bench.run.resources import check_memory
+from bench.run.trial import PER_IMAGE_MAX_DIM, checkpoint_step, error_rows, finished_rows, run_trial_safe
+from bench.scoring.features import FEATURES
+from bench.scoring.metrics import METRICS, floor, reference_stats, release_extractors
+from bench.training import trained
+from bench.training.train import CHECKPOINT
 
 
 def available_cpus() -> int:
@@ -65,7 +67,7 @@ class Fanout:
     cpus_per_trial: float | None = None  # default: 1 under Ray; every core with local
     gpus_per_trial: float | None = None  # default: 1 when CUDA is visible, else 0
     max_concurrent: int | None = None
-    track: tuple[str, ...] = ()  # experiment trackers (bench.tracking): Ray Tune callbacks
+    track: tuple[str, ...] = ()  # experiment trackers (bench.run.tracking): Ray Tune callbacks
     verbose: bool = False  # Ray Tune's status tables too (bench's own progress lines always)
 
     def check(self) -> None:
@@ -274,7 +276,7 @@ def run_grid(plan: Plan, fanout: Fanout = Fanout()) -> list[dict[str, Any]]:
 
 
 def index_trained(trials: list[RunConfig], run_dir: Path, collector: Collector) -> None:
-    """Point the trained-model index (bench.trained) at every trial of the run that trained to the
+    """Point the trained-model index (bench.training.trained) at every trial of the run that trained to the
     end, also those finished in an earlier session or before the index existed, so that an
     evaluation-only grid (reuse_training) can adopt them."""
     for cfg in trials:
@@ -519,7 +521,7 @@ class Progress:
         self.last = time.time()
 
     def note(self, tid: str, label: str, steps: int, m: dict[str, Any]) -> None:
-        """A running trial's report (the trainer's or, while it samples, ``bench.trial.sampling_ticks``'),
+        """A running trial's report (the trainer's or, while it samples, ``bench.run.trial.sampling_ticks``'),
         to ``step`` or ``evaluating``; anything else (Tune's own results) is ignored."""
         if "eval_step" in m:
             self.evaluating(tid, label, str(m.get("eval", "")), int(m["eval_step"]), int(m["eval_steps"]),

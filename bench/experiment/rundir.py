@@ -20,8 +20,9 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from bench.config import RunConfig, trial_id
 from bench.env import environment
+from bench.experiment.config import RunConfig, trial_id
+from bench.experiment.grid import Grid, read_toml
 from bench.files import (
     LockBusy,
     atomic_write,
@@ -31,7 +32,6 @@ from bench.files import (
     remove_stale_temps,
     write_text_atomic,
 )
-from bench.grid import Grid, read_toml
 from bench.registry import InputError
 
 ROWS = "rows.csv"

@@ -63,8 +63,8 @@ def classifier_path() -> Path:
 
 def mnist_tensors(data_root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images [N, 1, 28, 28], int64 labels [N]) of MNIST ``split`` (train | heldout = test)."""
-    from bench.data import data_root as resolve_root
-    from bench.data import mnist_tv
+    from bench.data.datasets import data_root as resolve_root
+    from bench.data.datasets import mnist_tv
 
     ds = mnist_tv(resolve_root(data_root), split)
     return ds.data.unsqueeze(1).contiguous(), ds.targets.long()

@@ -7,7 +7,7 @@ finished trial with the same **training key** and goes straight to sampling.
 
 Training key: SHA-256 of every RunConfig field that can change the trained weights, i.e. all but
 ``EVAL_ONLY`` (the fields declared with the evaluations, scoring, sampler option, curve and
-bookkeeping roles in ``bench.config``; ``train_steps``, the budget, must match exactly here). Learning-curve
+bookkeeping roles in ``bench.experiment.config``; ``train_steps``, the budget, must match exactly here). Learning-curve
 evaluations run under a forked RNG (``train.Trainer.run``), so ``eval_at`` does not change the weights
 either; a reusing trial itself cannot have ``eval_at`` (it does not train, so it has no curve).
 
@@ -37,9 +37,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bench.config import BOOKKEEPING, CURVE, EVALUATIONS, SAMPLER_OPTION, SCORING, RunConfig, fields_with
+from bench.experiment.config import BOOKKEEPING, CURVE, EVALUATIONS, SAMPLER_OPTION, SCORING, RunConfig, fields_with
 from bench.files import cache_dir, copy_atomic, file_lock, load_torch_checked, write_json_atomic
-from bench.train import CHECKPOINT
+from bench.training.train import CHECKPOINT
 
 #: fields that never change the trained weights (the BUDGET, train_steps, does: it is part of the key)
 EVAL_ONLY = fields_with(EVALUATIONS, SCORING, SAMPLER_OPTION, CURVE, BOOKKEEPING)

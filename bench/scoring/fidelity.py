@@ -33,8 +33,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from bench.distances import frechet_distance_to_reference, psd_sqrt
 from bench.registry import InputError
+from bench.scoring.distances import frechet_distance_to_reference, psd_sqrt
 
 CHUNK_ELEMENTS = 2**23  # float64 entries per distance block: 64 MiB
 
@@ -187,7 +187,7 @@ def fd_infinity_fit(fake_features, mu_ref, sigma_ref, ns=None, seed: int = 0, si
     fit by least squares as FD_n = FD_inf + slope / n; FD_inf is the intercept at 1/n = 0.
 
     FD_n = ||mu_n - mu_ref||^2 + Tr(S_n + S_ref - 2 (S_n S_ref)^(1/2)) via
-    ``bench.metrics.frechet_distance_to_reference`` (the reference's square root ``sigma_ref_sqrt``
+    ``bench.scoring.metrics.frechet_distance_to_reference`` (the reference's square root ``sigma_ref_sqrt``
     is computed once when not given; the cached reference statistics carry it as "sigma_sqrt").
 
     What it removes: the O(1/n) bias of the generated side (the sample mean's Tr(S)/n and the first

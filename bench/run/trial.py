@@ -19,19 +19,19 @@ from typing import Any, Callable
 
 import torch
 
-from bench import trained
-from bench.config import RunConfig, build_process, from_dict, trial_id
-from bench.corruptions import CORRUPTIONS
-from bench.data import DATASETS, load_dataset
+from bench.data.datasets import DATASETS, load_dataset
 from bench.env import device_name, enable_tf32, pick_device
+from bench.experiment.config import RunConfig, build_process, from_dict, trial_id
 from bench.files import load_torch_checked, save_npz_atomic, write_json_atomic
 from bench.images import save_grid, to_uint8
-from bench.metrics import score
+from bench.process.corruptions import CORRUPTIONS
+from bench.process.schedules import terminal_report
 from bench.registry import InputError
-from bench.sample import SAMPLERS, sample_images, sampler_options
-from bench.schedules import terminal_report
-from bench.snapshots import denoise_strip, strip_timesteps
-from bench.train import CHECKPOINT, load_ema, train
+from bench.sampling.sample import SAMPLERS, sample_images, sampler_options
+from bench.sampling.snapshots import denoise_strip, strip_timesteps
+from bench.scoring.metrics import score
+from bench.training import trained
+from bench.training.train import CHECKPOINT, load_ema, train
 
 RESULT = "result.json"
 STATUSES = ("ok", "diverged", "error")

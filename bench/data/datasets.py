@@ -41,7 +41,7 @@ class DatasetSpec:
     channels: int
     size: int  # native resolution
     description: str
-    images: int = 0  # training images at most (the memory bound of bench.resources); 0 = unknown
+    images: int = 0  # training images at most (the memory bound of bench.run.resources); 0 = unknown
 
 
 class _DatasetRegistry(Registry):

@@ -22,7 +22,7 @@ SNR_t = a^2/s^2, eps standardised (any noise type).
   Nothing divides by sqrt(alpha_bar_t) or uses the log-SNR numerically, so the tables stay finite
   at t = T (``log_snr`` is -inf there: a label, not an input to any formula).
 
-* **Corruptions** (``bench.corruptions``, DESIGN.md section 3 "Mild corruptions"): ``Diffusion`` is also the
+* **Corruptions** (``bench.process.corruptions``, DESIGN.md section 3 "Mild corruptions"): ``Diffusion`` is also the
   interface of a forward process that corrupts x_0 by an operator; the corruption ``none`` is this class,
   ``blur`` and ``cold_blur`` are subclasses (see ``Diffusion``'s docstring for the methods they override).
 
@@ -40,8 +40,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bench.process.schedules import check_betas
 from bench.registry import InputError, Registry
-from bench.schedules import check_betas
 
 PREDICTIONS: Registry = Registry("prediction")
 WEIGHTINGS: Registry = Registry("weighting")
@@ -235,7 +235,7 @@ class Diffusion:
     recover x_0 from pure noise) raises ``InputError`` with one line.
 
     This class is also the interface of a forward process that corrupts x_0 by an operator
-    (``bench.corruptions``, DESIGN.md section 3 "Mild corruptions"): the corruption ``none`` is this
+    (``bench.process.corruptions``, DESIGN.md section 3 "Mild corruptions"): the corruption ``none`` is this
     class itself, x_t = a x_0 + s eps, and every other corruption is a subclass that overrides how x_t
     is made (``q_sample``), the one conversion of a model output (``split``, ``target``), the reverse
     step (``p_sample`` for ancestral samplers, ``ddim_step`` for DDIM, ``has_posterior`` when it has no

@@ -1,11 +1,11 @@
-"""Feature extractors (registry ``FEATURES``): what the metrics in ``bench.metrics`` measure in.
+"""Feature extractors (registry ``FEATURES``): what the metrics in ``bench.scoring.metrics`` measure in.
 
 - ``inception`` (2048-d pool3) and the ``inception-64`` / ``-192`` / ``-768`` taps: Inception-v3 with
   the standard FID weights (TF 2015-12-05), through torchmetrics' wrapper of torch-fidelity's
   FeatureExtractorInceptionV3. Images enter as uint8 [0, 255]; grey is repeated to 3 channels; the
   resize to 299x299 is TF1-compatible bilinear (``antialias=False``: the resize of the original TF
   FID code, bit-compatible with torch-fidelity; torchmetrics' own default differs).
-- ``mnist-classifier``: the 128-d penultimate layer of the project's MNIST CNN (``bench.classifier``),
+- ``mnist-classifier``: the 128-d penultimate layer of the project's MNIST CNN (``bench.scoring.classifier``),
   for 1-channel digit-sized images only.
 - ``pixels``: 8x8 average-pooled pixels, fast, for tests and debugging (not a quality metric).
 
@@ -104,20 +104,20 @@ def _classifier_supports(channels: int, size: int) -> str:
 
 
 def _classifier_builder(device: str):
-    from bench.classifier import load_classifier
+    from bench.scoring.classifier import load_classifier
 
     model = load_classifier(device=device, progress=True)
     return model.features
 
 
 def _classifier_ready() -> bool:
-    from bench.classifier import classifier_ready
+    from bench.scoring.classifier import classifier_ready
 
     return classifier_ready()
 
 
 def _classifier_version() -> str:
-    from bench.classifier import CLASSIFIER_VERSION, classifier_fingerprint, load_classifier
+    from bench.scoring.classifier import CLASSIFIER_VERSION, classifier_fingerprint, load_classifier
 
     load_classifier(progress=True)  # trains it first if this machine has none
     return f"{CLASSIFIER_VERSION}-{classifier_fingerprint()}"
@@ -132,7 +132,7 @@ FEATURES.register("mnist-classifier")(
         dim=128,
         cpu_images_per_s=2000.0,
         version=_classifier_version,
-        description="penultimate layer (128-d) of the project's MNIST CNN (bench.classifier)",
+        description="penultimate layer (128-d) of the project's MNIST CNN (bench.scoring.classifier)",
         ready=_classifier_ready,
         # its training on a first run, single-thread CPU seconds: 84 s on one thread of the 2-core CPU
         # (the test suite on a fresh cache, 2026-12-07), plus loading MNIST
@@ -191,7 +191,7 @@ FEATURES.register("laplacian")(
         dim=1,
         cpu_images_per_s=20000.0,
         version=lambda: "1",
-        description="per-image variance of the 3x3 Laplacian of the grey image (sharpness; bench.features.laplacian_variance)",
+        description="per-image variance of the 3x3 Laplacian of the grey image (sharpness; bench.scoring.features.laplacian_variance)",
     )
 )
 
