@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from bench.progress import say
 from bench.registry import InputError, did_you_mean
 
 
@@ -180,30 +181,31 @@ def cmd_run(args) -> int:
     from bench.experiment.grid import preset_names
     from bench.files import absolute_path_settings
     from bench.progress import duration
-    from bench.run.dryrun import check_data, estimate, print_plan
-    from bench.run.runner import Fanout, plan_grid, run_grid
+    from bench.run.dryrun import estimate, print_plan
+    from bench.run.fanout import Fanout
+    from bench.run.plan import plan_grid
+    from bench.run.runner import run_grid
     from bench.run.tracking import parse_track
 
     absolute_path_settings()
     overrides = parse_set(args.set)
     fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                     parse_track(args.track), args.verbose)
-    fanout.check()
     cuda = torch.cuda.is_available()
     preset = args.preset or _default_preset(args.grid, cuda)
-    plan = plan_grid(args.grid, preset, overrides, args.out, args.resume)
+    plan = plan_grid(args.grid, preset, overrides, args.out, args.resume, fanout)  # every check before work: exit 2
     if args.preset is None:
         why = ("CUDA is available" if cuda else "no CUDA GPU here; full is GPU scale" if preset == "quick"
                else "no CUDA GPU here, and the grid has no quick preset: it runs as written")
-        _say(f"no --preset given: using {preset} ({why}); choose with --preset {'|'.join(preset_names(args.grid))}")
-    sizes = check_data(plan.trials)
+        say(f"no --preset given: using {preset} ({why}); choose with --preset {'|'.join(preset_names(args.grid))}")
+    sizes = plan.sizes
     threads, at_once = fanout.slots()
     if args.dry_run:
         print_plan(plan.grid, plan.trials, plan.run_dir, threads, at_once, ray=not args.local, sizes=sizes)
         return 0
     if not cuda and preset == "full":
         has_quick = "quick" in preset_names(args.grid)  # then full is the GPU-scale version of the grid
-        _say(f"preset full{' is GPU scale' if has_quick else ''} ({len(plan.trials)} trials as the grid file is written); "
+        say(f"preset full{' is GPU scale' if has_quick else ''} ({len(plan.trials)} trials as the grid file is written); "
              f"timing this CPU for an estimate (seconds)...")
         est = estimate(plan.trials, threads, at_once, ray=not args.local, sizes=sizes)
         advice = (f"`python -m bench run --grid {args.grid} --preset quick` fits a 2-core CPU in ~45 min (its --dry-run estimates yours)" if has_quick
@@ -211,9 +213,9 @@ def cmd_run(args) -> int:
         if est.total_s > CPU_CONFIRM_HOURS * 3600 and not args.yes:
             raise InputError(f"preset full on this CPU: estimated {duration(est.total_s)} ({len(plan.trials)} trials, "
                              f"{at_once} at a time); {advice}, or add --yes to run full here anyway")
-        _say(f"warning: preset full on a CPU: {est.line()}; {advice}")
+        say(f"warning: preset full on a CPU: {est.line()}; {advice}")
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a run as cleanly as Ctrl-C (Ray workers stopped, --resume said)
-    rows = run_grid(plan, fanout)
+    rows = run_grid(plan)
     return 1 if plan.problems or any(r["status"] == "error" for r in rows) else 0
 
 
@@ -226,10 +228,6 @@ def _default_preset(grid: str, cuda: bool) -> str:
     from bench.experiment.grid import preset_names
 
     return "quick" if not cuda and "quick" in preset_names(grid) else "full"
-
-
-def _say(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 # --- the rest ----------------------------------------------------------------------------------

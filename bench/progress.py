@@ -14,6 +14,11 @@ from typing import Callable, TextIO
 PROGRESS_EVERY_S = 30.0  # without a terminal: at most one progress line per this many seconds
 
 
+def say(msg: str) -> None:
+    """One line of the driver's own narration (``bench: ...`` on stderr, flushed: also in a log)."""
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
 def duration(seconds: float) -> str:
     """3 s, 4.5 min, 2.3 h, 3.1 days."""
     if seconds < 90:

@@ -13,7 +13,7 @@ from bench.experiment.claims import parse_claims
 from bench.experiment.grid import load_grid
 from bench.files import write_text_atomic
 from bench.registry import InputError
-from bench.run.runner import plan_grid, resume_command
+from bench.run.plan import plan_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = '''name = "mine"
@@ -70,8 +70,8 @@ def test_the_resume_hint_of_a_grid_given_by_path_names_the_path(tmp_path):
     """Before: it named the grid ('mine'), and that command failed with 'unknown grid'."""
     path = grid_file(tmp_path)
     plan = plan_grid(str(path), "full", None, tmp_path / "run")
-    assert f"--grid {path.resolve()} " in resume_command(plan)
-    assert "--grid noise " in resume_command(plan_grid("noise", "smoke", None, tmp_path / "run2"))
+    assert f"--grid {path.resolve()} " in plan.resume_command()
+    assert "--grid noise " in plan_grid("noise", "smoke", None, tmp_path / "run2").resume_command()
 
 
 def test_run_files_get_the_ordinary_mode(tmp_path):

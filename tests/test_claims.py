@@ -223,7 +223,7 @@ def test_report_section_words_and_figure(tmp_path):
 def test_a_preset_that_cannot_measure_a_claim_says_so(tmp_path):
     """The smoke preset scores fd_pixels only: every claim of the probe (fd_mnist_clf) is left out of
     the run, and the plan carries one line per claim for the run and the dry run to print."""
-    from bench.run.runner import plan_grid
+    from bench.run.plan import plan_grid
 
     plan = plan_grid("probe_sampler_steps", "smoke", out=tmp_path / "run")
     assert plan.grid.claims == [] and len(plan.unmeasured) == 5

@@ -4,7 +4,7 @@
 import pytest
 
 from bench.experiment.grid import load_grid
-from bench.run import dryrun
+from bench.run import checks, dryrun
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -12,7 +12,7 @@ def test_the_same_grid_estimates_within_25_percent_across_calls(monkeypatch, tmp
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # nothing cached: the first-run costs count both times
     monkeypatch.setenv("BENCH_TRAINED", str(tmp_path / "trained"))  # nothing to adopt
     trials = load_grid("noise", "smoke").trials()
-    sizes = dryrun.check_data(trials)
+    sizes = checks.check_data(trials)
     totals = [dryrun.estimate(trials, threads=1, concurrent=1, sizes=sizes).total_s for _ in range(3)]
     assert min(totals) > 0
     assert max(totals) <= 1.25 * min(totals), totals

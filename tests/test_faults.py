@@ -429,116 +429,9 @@ def test_full_on_a_cpu_is_refused_with_its_estimate_unless_yes(monkeypatch, caps
     assert "GPU scale" in err and not out.exists()
 
     ran = []
-    monkeypatch.setattr(runner, "run_grid", lambda plan, fanout: ran.append(plan) or [])
+    monkeypatch.setattr(runner, "run_grid", lambda plan: ran.append(plan) or [])
     code, _, err = run_cli(capsys, "run", "--grid", "schedules", "--preset", "full", "--out", out, "--yes")
     assert code == 0 and ran and "warning: preset full on a CPU" in err and "--preset quick" in err
-
-
-def test_progress_line_format(capsys):
-    p = runner.Progress(total=12, done_before=2, at_once=2)
-    p.t0 -= 240  # 4 minutes into the fan-out
-    p.begin("a", 0, 500)
-    p.trial_done("linear / gaussian | mnist | seed 0", [{"trial_id": "a", "status": "ok", "trial_s": 120.0}])
-    p.step("b", "cosine / gaussian | mnist | seed 0", 250, 500, 105.0, force=True)
-    err = capsys.readouterr().err
-    assert "[3/12] linear / gaussian | mnist | seed 0: ok in 2.0 min; 3 finished (0 failed), 0 running of 12" in err
-    assert "ETA 9.0 min" in err  # 9 left x 2 min a trial / 2 at a time
-    assert "step 250/500, 105 img/s" in err
-
-    early = runner.Progress(total=4, done_before=0, at_once=2)  # before any trial finished: from the steps
-    early.t0 -= 100
-    early.running = {"a": (50, 100), "b": (50, 100)}
-    assert early.eta() == "ETA > 5.0 min (training only, until a trial finishes)"  # 200 s a trial, 1.5 waves left
-
-
-def test_progress_eta_after_a_resume_counts_only_what_this_session_ran():
-    """A --resume restarts the running trials from their checkpoints near the end: their few steps
-    and short durations must not set the rate (before: 16 trials of 18 min each were announced as
-    27 min away; once they finished, as a few minutes)."""
-    p = runner.Progress(total=20, done_before=4, at_once=2)
-    p.step("a", "a", 4250, 4500, start=4250)  # resumed from their checkpoints ...
-    p.step("b", "b", 4300, 4500, start=4250)
-    p.first_seen = {tid: (s, t - 60) for tid, (s, t) in p.first_seen.items()}  # ... a minute ago
-    p.step("a", "a", 4500, 4500, start=4250)  # 250 and 200 steps in 60 s
-    p.step("b", "b", 4500, 4500, start=4250)
-    per_trial = (4500 / (250 / 60) + 4500 / (200 / 60)) / 2  # their whole training at their rates: 18 and 22.5 min
-    assert p.eta() == f"ETA > {runner.duration(14 * per_trial / 2)} (training only, until a trial finishes)"  # 14 to start
-    p.trial_done("a", [{"trial_id": "a", "status": "ok", "trial_s": 300.0}])
-    p.trial_done("b", [{"trial_id": "b", "status": "ok", "trial_s": 280.0}])
-    assert not p.durations  # both resumed: their 5 minutes are not a trial's duration
-    p.step("c", "c", 45, 4500)  # a fresh trial, first seen at its first report
-    p.trial_done("c", [{"trial_id": "c", "status": "ok", "trial_s": 1100.0}])
-    assert p.durations == [1100.0] and p.eta() == f"ETA {runner.duration(13 * 1100.0 / 2)}"
-    p.step("d", "d", 10, 10, start=0)  # a short trial whose one report is its last step: fresh by its start_step
-    p.step("e", "e", 4500, 4500, start=4250)  # resumed at 4250
-    p.trial_done("d", [{"trial_id": "d", "status": "ok", "trial_s": 900.0}])
-    p.trial_done("e", [{"trial_id": "e", "status": "ok", "trial_s": 60.0}])
-    assert p.durations == [1100.0, 900.0]
-    p.begin("f", 0, 4500)  # adopted a finished model (reuse_training): it only evaluated
-    p.trial_done("f", [{"trial_id": "f", "status": "ok", "trial_s": 200.0, "trained_in": "../other/trial"}])
-    p.trial_done("g", [{"trial_id": "g", "status": "ok", "trial_s": 30.0}])  # never seen training (e.g. killed in evaluation)
-    assert p.durations == [1100.0, 900.0]
-
-
-def test_progress_counts_trials_that_only_evaluate_as_running(capsys):
-    """Under Ray an adopted trial never reports steps: it still runs (before: '0 running of 15' while
-    two adopted trials were evaluating), and it does not enter the ETA's step fractions."""
-    p = runner.Progress(total=15, done_before=0, at_once=2)
-    p.launched("a")
-    p.launched("b")
-    assert p.counts() == "0 finished (0 failed), 2 running of 15" and not p.running
-    p.step("b", "b", 10, 100)  # b turns out to train: still one trial
-    assert p.counts() == "0 finished (0 failed), 2 running of 15"
-    p.trial_done("a", [{"trial_id": "a", "status": "ok", "trial_s": 180.0, "trained_in": "../x"}])
-    assert "1 finished (0 failed), 1 running of 15" in capsys.readouterr().err
-
-
-def test_progress_says_what_a_trial_samples_at_which_rate_and_how_long_it_has_left(capsys):
-    """Before: after a trial's last training step the driver said nothing for the 30+ min of a ddpm:1000
-    evaluation (the crater grid); now a trial's sampling reports reach it (bench.run.trial.sampling_ticks,
-    through Tune or run_local) as a line with the rate and that sampling's ETA."""
-    p = runner.Progress(total=6, done_before=0, at_once=2)
-    p.last -= runner.PROGRESS_EVERY_S
-    p.note("a", "linear / gaussian | craters | seed 0", 3063, {"eval": "ddpm:1000", "eval_step": 250,
-                                                                "eval_steps": 1000, "eval_s": 500.0})
-    err = capsys.readouterr().err
-    assert ("running linear / gaussian | craters | seed 0: sampling ddpm:1000, step 250/1000, 0.50 steps/s, "
-            "ETA 25.0 min; 0 finished (0 failed), 1 running of 6") in err  # 750 steps left at 0.5/s
-    p.note("a", "x", 3063, {"eval": "ddpm:1000", "eval_step": 260, "eval_steps": 1000, "eval_s": 520.0})
-    assert capsys.readouterr().err == ""  # within 30 s of the last line: quiet
-    p.last -= runner.PROGRESS_EVERY_S
-    before = (dict(p.running), set(p.started))
-    p.note("a", "x", 3063, {"training_iteration": 7})  # Tune's bookkeeping: neither steps nor sampling
-    assert capsys.readouterr().err == "" and (p.running, p.started) == before  # ignored, though a line was due
-    p.note("b", "y", 3063, {"step": 100, "images_per_s": 20.0, "start_step": 0})  # the trainer's reports still count
-    assert p.running["b"] == (100, 3063) and p.start["b"] == 0
-
-
-def test_progress_training_rate_stops_at_the_last_step_while_a_trial_evaluates():
-    """Before: a resumed crater trial sampling for 30 min after its last step kept lowering its own
-    'training rate' (steps / time since first seen), and the bound said 3.6 h where training took 1.2."""
-    p = runner.Progress(total=3, done_before=0, at_once=1)
-    p.step("a", "a", 2000, 3000, start=2000)
-    p.first_seen["a"] = (2000, time.time() - 1800)  # first seen 30 min ago at step 2000 ...
-    p.step("a", "a", 3000, 3000)
-    p.stepped_at["a"] -= 900  # ... its last step 15 min ago, sampling since
-    # 1000 steps in 900 s: 2700 s a trial; 2 trials to train (the running one has none left)
-    assert p.eta() == f"ETA > {runner.duration(2 * 2700)} (training only, until a trial finishes)"
-
-
-def test_progress_eta_counts_the_sampling_under_way_when_every_trial_has_trained():
-    """Before: the crater grid's last two trials, both trained and sampling ddpm:1000 for 20 more
-    minutes, read 'ETA > 0 s (training only, ...)'. The bound is now the longest sampling's time left."""
-    p = runner.Progress(total=6, done_before=4, at_once=2)
-    for tid in ("a", "b"):
-        p.step(tid, tid, 2000, 3063, start=2000)
-        p.first_seen[tid] = (2000, time.time() - 1800)
-        p.step(tid, tid, 3063, 3063)
-    p.evaluating("a", "a", "ddpm:1000", 400, 1000, 800.0)  # 0.5 steps/s, 600 left: 20 min
-    p.evaluating("b", "b", "ddpm:1000", 100, 1000, 100.0)  # 1 step/s, 900 left: 15 min
-    assert p.eta() == "ETA > 20.0 min (the sampling under way only, until a trial finishes)"
-    p.trial_done("a", [{"status": "ok", "trial_id": "a", "trial_s": 4000.0}])
-    assert "b" in p.sampled_by and "a" not in p.sampled_by
 
 
 def test_sampling_ticks_report_about_a_hundred_times_and_always_the_last_step(monkeypatch):
@@ -555,15 +448,6 @@ def test_sampling_ticks_report_about_a_hundred_times_and_always_the_last_step(mo
     for k in range(1, 15):  # two batches of 7 steps: total 14 < 100, every step
         tick(k, 14)
     assert [r["eval_step"] for r in seen] == list(range(1, 15))
-
-
-def test_progress_eta_is_never_less_than_the_longest_running_trial():
-    """The last trial of a grid runs on one slot however many there are: 90% of a 1000 s trial is
-    left, so 15 min, not that time spread over 4 slots (3.8 min)."""
-    p = runner.Progress(total=5, done_before=4, at_once=4)
-    p.durations = [1000.0]
-    p.running = {"z": (100, 1000)}
-    assert p.eta() == "ETA 15.0 min"
 
 
 # --- 7. the dry run is bounded ------------------------------------------------------------------------
@@ -667,19 +551,3 @@ def test_trials_failing_alike_on_data_stop_the_grid_with_one_whole_message(tmp_p
     assert df["trial_id"].nunique() == 2 and set(df["status"]) == {"error"} and (df["error"] == f"DataError: {message}").all()
 
 
-def test_different_or_trial_specific_errors_do_not_stop_the_grid():
-    p = runner.Progress(total=6, done_before=0, at_once=1)
-    rows = lambda tid, status, error="": [{"trial_id": tid, "status": status, "error": error}]  # noqa: E731
-    p.trial_done("a", rows("a", "error", "DataError: no data"))
-    assert not p.shared_failure()  # one is not a pattern
-    p.trial_done("b", rows("b", "error", "DataError: no data"))
-    assert p.shared_failure() == "DataError: no data"
-    q = runner.Progress(total=6, done_before=0, at_once=1)
-    q.trial_done("a", rows("a", "error", "ValueError: diverged weights"))
-    q.trial_done("b", rows("b", "error", "ValueError: diverged weights"))
-    assert not q.shared_failure()  # a trial's own failure: the others may well succeed
-    r = runner.Progress(total=6, done_before=0, at_once=1)
-    r.trial_done("a", rows("a", "ok"))
-    r.trial_done("b", rows("b", "error", "DataError: no data"))
-    r.trial_done("c", rows("c", "error", "DataError: no data"))
-    assert not r.shared_failure()  # one trial got through: not every trial meets it

@@ -7,7 +7,7 @@ import pytest
 
 from bench.experiment import claims
 from bench.experiment.grid import check_params_apply, grid_names, load_grid, preset_names, validate_trials
-from bench.run.runner import check_late_failures
+from bench.run.checks import check_late_failures
 
 
 def _cases():
@@ -137,7 +137,7 @@ def test_tune_points_resolve_to_their_trials(tmp_path):
     """run_ray's search space: every pending trial is a point that, whatever Tune draws for the fields
     it leaves out, resolves to that trial (arms fields included; gaussian's theta_0 left out)."""
     from bench.experiment.config import from_dict, trial_id
-    from bench.run.runner import search_space
+    from bench.run.fanout import search_space
 
     # two arms of one schedule, one with a parameter at its default (None): Tune must not draw the other's
     defaults = _armed(tmp_path, ARMS_GRID.replace('schedule = "linear"', 'schedule = "linear"\nbeta_end = 0.03')

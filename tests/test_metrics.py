@@ -260,7 +260,7 @@ def test_floors_first_leave_nothing_for_the_trials_to_compute(tmp_path, monkeypa
     (train and held-out, once each) in the driver, so the trials' scoring loads them (compute count
     unchanged)."""
     from bench.experiment.grid import load_grid
-    from bench.run.runner import write_floors
+    from bench.run.floors import write_floors
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     M.compute_count.clear()

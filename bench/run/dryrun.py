@@ -43,13 +43,12 @@ from typing import Any, Callable
 
 import torch
 
-from bench.data.datasets import DATASETS, load_dataset
+from bench.data.datasets import DATASETS
 from bench.env import device_name, pick_device
 from bench.experiment.config import RunConfig
 from bench.experiment.grid import Grid
-from bench.files import cache_dir, check_writable
 from bench.progress import duration
-from bench.registry import InputError
+from bench.run.checks import check_data
 from bench.sampling.sample import SAMPLERS
 from bench.scoring.features import FEATURES
 from bench.scoring.metrics import DEFAULT_N_REFERENCE, METRICS, reference_cached
@@ -61,21 +60,6 @@ TIMING_STEP_S = 0.5  # the timing batch doubles while one call takes less than t
 GPU_SPEEDUP = 80.0  # declared CPU feature rates x this on CUDA
 RAY_START_S = 10.0  # a fresh local Ray cluster and Tune's set-up
 TRIAL_OVERHEAD_S = 3.0  # per trial: process, data load, model build, result hand-back
-
-
-def check_data(trials: list[RunConfig]) -> dict[tuple[str, str, int, str], int]:
-    """Load both splits of every dataset the grid uses once, so that a missing or corrupt file
-    (also a held-out image, which only the floors and the denoising strip read, after training) is
-    exit 2 before any work; and check that the cache folder can be written. Returns the number of
-    images per (dataset, data_root, image_size, split)."""
-    problem = check_writable(cache_dir(create=False), "the cache folder ($BENCH_CACHE)")
-    if problem:
-        raise InputError(f"{problem}: set BENCH_CACHE to a writable folder")
-    sizes = {}
-    for dataset, root, size in sorted({(c.dataset, c.data_root, c.image_size) for c in trials}):
-        for split in ("train", "heldout"):
-            sizes[(dataset, root, size, split)] = len(load_dataset(dataset, split, root, size))
-    return sizes
 
 
 @dataclass
