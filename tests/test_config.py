@@ -12,7 +12,7 @@ from bench.experiment.config import ID_FIELDS_V1, RunConfig, config_from_row, tr
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 COMMITTED = sorted(RESULTS.rglob("rows.csv"))
 
-# A RunConfig with one more defaulted field, as the README's recipe for a new parameter adds one.
+# A RunConfig with one more defaulted field, as docs/extending.md's recipe for a new parameter adds one.
 Extended = dataclasses.make_dataclass("Extended", [("new_param", Optional[float], dataclasses.field(default=None)),
                                                    ("new_flag", bool, dataclasses.field(default=False))],
                                       bases=(RunConfig,), frozen=True)

@@ -640,7 +640,8 @@ def test_rows_from_before_a_field_existed_label_as_the_same_arm():
     import numpy as np
     import pandas as pd
 
-    from bench.report.tables import arm_labels, fill_defaults
+    from bench.experiment.config import fill_defaults
+    from bench.report.tables import arm_labels
 
     rows = pd.DataFrame({"arm": ["cosine / gaussian"] * 3 + ["linear / gaussian"], "dataset": "mnist",
                          "seed": [0, 1, 2, 0], "skip_start": [np.nan, 0.0, 0.0, np.nan],

@@ -127,7 +127,7 @@ def test_ray_and_local_give_the_same_rows(local_run, ray_run):
 def test_trackers_record_every_trial_offline(ray_run, monkeypatch):
     """--track mlflow,wandb: one MLflow run per trial in the run directory's file store, holding the
     training curve and the final scores as rows.csv has them; one offline W&B run per trial; and the
-    TensorBoard event files Ray Tune writes anyway (README, "Experiment tracking")."""
+    TensorBoard event files Ray Tune writes anyway (docs/cli.md, "Experiment tracking")."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -472,15 +472,20 @@ def test_sample_images_passes_each_sampler_only_its_options():
 
 def test_register_sampler_checks_the_declared_options():
     with pytest.raises(TypeError, match="declared options"):
-        @register_sampler("bad_sampler", options=("ddim_eta",))
+        @register_sampler("bad_sampler", options={"ddim_eta": OPTION_CHECKS["ddim_eta"]})
         def bad(model, diffusion, noise, shape, steps, generators, device="cpu", *, clip_x0=True, progress=False):
             return None
-    with pytest.raises(TypeError, match="OPTION_CHECKS"):
-        @register_sampler("bad_sampler", options=("skip_frac",))
+    with pytest.raises(TypeError, match="the check of its value"):
+        @register_sampler("bad_sampler", options={"skip_frac": None})
         def bad2(model, diffusion, noise, shape, steps, generators, device="cpu", *, clip_x0=True, progress=False,
                  skip_frac=0.0):
             return None
-    assert "bad_sampler" not in SAMPLERS
+    with pytest.raises(TypeError, match="another check"):  # one option, one meaning
+        @register_sampler("bad_sampler", options={"skip_start": lambda v: None})
+        def bad3(model, diffusion, noise, shape, steps, generators, device="cpu", *, clip_x0=True, progress=False,
+                 skip_start=0.0):
+            return None
+    assert "bad_sampler" not in SAMPLERS and "skip_frac" not in OPTION_CHECKS
 
 
 def test_to_uint8_and_save_grid(tmp_path):

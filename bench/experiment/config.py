@@ -47,26 +47,27 @@ BOOKKEEPING = "bookkeeping"  # where files are, how often to checkpoint, whether
 ROLES = (TRAINS, BUDGET, EVALUATIONS, SCORING, SAMPLER_OPTION, CURVE, BOOKKEEPING)
 
 
-def role(kind: str, default: Any, label: bool = True) -> Any:
-    """A RunConfig field's default with its role (``ROLES``) and whether arm labels may name it
+def role(kind: str, default: Any, label: bool = True, help: str = "") -> Any:
+    """A RunConfig field's default with its role (``ROLES``), whether arm labels may name it
     (``label=False``: the seed and dataset are named on their own, the rest never differ between the
-    arms of one comparison)."""
+    arms of one comparison), and its phrase for ``bench ls config`` (``help``; a component parameter
+    leaves it out and is described from its registry by ``param_owners``)."""
     if kind not in ROLES:
         raise ValueError(f"unknown field role {kind!r}: one of {ROLES}")
-    return dataclasses.field(default=default, metadata={"role": kind, "label": label})
+    return dataclasses.field(default=default, metadata={"role": kind, "label": label, "help": help})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     # --- data -------------------------------------------------------------------------------
-    dataset: str = role(TRAINS, "mnist", label=False)
-    data_root: str = role(BOOKKEEPING, "", label=False)  # "" -> $BENCH_DATA_ROOT, else ~/.cache/bench/data
-    image_size: int = role(TRAINS, 0)  # 0 -> the dataset's native size (mnist 28, craters 64)
-    max_train_images: int = role(TRAINS, 0)  # 0 -> the whole training split
+    dataset: str = role(TRAINS, "mnist", label=False, help='training and reference images (bench ls datasets)')
+    data_root: str = role(BOOKKEEPING, "", label=False, help="where the dataset lies; '' = $BENCH_DATA_ROOT, else ~/.cache/bench/data")
+    image_size: int = role(TRAINS, 0, help='side in pixels the images are resized to; 0 = native (mnist 28, craters 64)')
+    max_train_images: int = role(TRAINS, 0, help='use only the first N training images; 0 = all')
     # --- forward process: schedule -------------------------------------------------------------
-    schedule: str = role(TRAINS, "linear")
-    timesteps: int = role(TRAINS, 1000)
-    zero_terminal_snr: bool = role(TRAINS, False)
+    schedule: str = role(TRAINS, "linear", help='beta schedule (bench ls schedules)')
+    timesteps: int = role(TRAINS, 1000, help='T, the number of forward steps')
+    zero_terminal_snr: bool = role(TRAINS, False, help='rescale the schedule to alpha_bar_T = 0 exactly (Lin et al. 2023; needs prediction v or x0)')
     beta_start: Optional[float] = role(TRAINS, None)
     beta_end: Optional[float] = role(TRAINS, None)
     cosine_s: Optional[float] = role(TRAINS, None)
@@ -78,49 +79,55 @@ class RunConfig:
     laplace_mu: Optional[float] = role(TRAINS, None)
     laplace_b: Optional[float] = role(TRAINS, None)
     # --- forward process: noise ----------------------------------------------------------------
-    noise: str = role(TRAINS, "gaussian")
+    noise: str = role(TRAINS, "gaussian", help='distribution of the forward noise (bench ls noises)')
     theta_0: Optional[float] = role(TRAINS, None)
     # --- forward process: corruption of x_0 by an operator (DESIGN.md section 3, "Mild corruptions";
     # bench ls corruptions). "none" is x_t = a x_0 + s eps; blur = Blurring Diffusion (Hoogeboom & Salimans
     # 2023); cold_blur = Cold Diffusion's blur (Bansal et al. 2022: prediction x0, sampler cold, T = 20, l1)
-    corruption: str = role(TRAINS, "none")
+    corruption: str = role(TRAINS, "none", help='operator applied to x_0 besides the noise: none | blur | cold_blur (bench ls corruptions)')
     sigma_blur_max: Optional[float] = role(TRAINS, None)  # blur: sigma_B,max (None -> 20, the paper's default; 0 = no blur)
     # --- objective (DESIGN.md section 3: prediction target, loss weighting) ---------------------
-    prediction: str = role(TRAINS, "eps")  # eps | x0 | v: what the network predicts and the loss is on
-    weighting: str = role(TRAINS, "none")  # none | min_snr | p2: per-example weight w(SNR_t) of the loss
+    prediction: str = role(TRAINS, "eps", help='what the network predicts and the loss is on: eps | x0 | v')
+    weighting: str = role(TRAINS, "none", help='per-example loss weight w(SNR_t): none | min_snr | p2 (bench ls weightings)')
     min_snr_gamma: Optional[float] = role(TRAINS, None)
     p2_k: Optional[float] = role(TRAINS, None)
     p2_gamma: Optional[float] = role(TRAINS, None)
     # --- model ----------------------------------------------------------------------------------
-    model: str = role(TRAINS, "tiny")  # a UNet size preset (bench ls models)
-    dropout: float = role(TRAINS, 0.1)
+    model: str = role(TRAINS, "tiny", help='UNet size preset (bench ls models)')
+    dropout: float = role(TRAINS, 0.1, help="dropout rate in the UNet's residual blocks")
     # --- training -------------------------------------------------------------------------------
-    train_steps: int = role(BUDGET, 2000)
-    batch_size: int = role(TRAINS, 64)
-    lr: float = role(TRAINS, 2e-4)
-    warmup_steps: int = role(TRAINS, 100)
-    grad_clip: float = role(TRAINS, 1.0)
-    ema_decay: float = role(TRAINS, 0.999)
-    loss: str = role(TRAINS, "mse")  # mse | l1
-    checkpoint_every: int = role(BOOKKEEPING, 500)
-    seed: int = role(TRAINS, 0, label=False)
+    train_steps: int = role(BUDGET, 2000, help='optimizer steps of training')
+    batch_size: int = role(TRAINS, 64, help='images per training step')
+    lr: float = role(TRAINS, 2e-4, help='peak learning rate of AdamW')
+    warmup_steps: int = role(TRAINS, 100, help='steps of linear learning-rate warm-up')
+    grad_clip: float = role(TRAINS, 1.0, help='gradient-norm clip; 0 = none')
+    ema_decay: float = role(TRAINS, 0.999, help='decay of the exponential moving average of the weights that is evaluated')
+    loss: str = role(TRAINS, "mse", help='distance of the loss: mse | l1')
+    checkpoint_every: int = role(BOOKKEEPING, 500, help='steps between checkpoints (a killed trial resumes from the last)')
+    seed: int = role(TRAINS, 0, label=False, help='training seed: initialisation, batches, timesteps and noise draws')
     # --- evaluation -----------------------------------------------------------------------------
-    evals: str = role(EVALUATIONS, "ddim:50")  # comma-separated SAMPLER:STEPS, e.g. "ddim:10,ddim:50,ddpm:1000"
-    n_samples: int = role(SCORING, 256)
-    ddim_eta: float = role(SAMPLER_OPTION, 0.0)
-    var_type: str = role(SAMPLER_OPTION, "small")  # ddpm reverse variance: small (posterior) | large (beta_t)
-    skip_start: float = role(SAMPLER_OPTION, 0.0)  # ddpm/ddim: skip this fraction of the reverse process, start at t = T - round(f T) from noise
-    metrics: str = role(EVALUATIONS, "fid,kid")  # comma-separated metric names (bench ls metrics)
-    n_reference: int = role(SCORING, 0)  # reference (training) images for the metrics; 0 -> min(train size, 10000)
-    sample_seed: int = role(SCORING, 0, label=False)  # image i of every evaluation starts from seed sample_seed + i ("shared" image_seeds)
+    # comma-separated SAMPLER:STEPS, e.g. "ddim:10,ddim:50,ddpm:1000"
+    evals: str = role(EVALUATIONS, "ddim:50", help='evaluations at the end of training, SAMPLER:STEPS comma-separated (bench ls samplers)')
+    n_samples: int = role(SCORING, 256, help="generated images per evaluation (the metrics' sample size)")
+    ddim_eta: float = role(SAMPLER_OPTION, 0.0, help='DDIM stochasticity: 0 deterministic, 1 DDPM-like')
+    var_type: str = role(SAMPLER_OPTION, "small", help='DDPM reverse variance: small (posterior) | large (beta_t)')
+    skip_start: float = role(SAMPLER_OPTION, 0.0,
+        help='ddpm/ddim: fraction f of the reverse process skipped, starting from noise at t = T - round(f T) (Nichol & Dhariwal 2021)')
+    metrics: str = role(EVALUATIONS, "fid,kid", help='metrics of each evaluation, comma-separated (bench ls metrics)')
+    n_reference: int = role(SCORING, 0, help='reference (training) images for the metrics; 0 = min(training set, 10000)')
+    # image i of every evaluation starts from seed sample_seed + i ("shared" image_seeds)
+    sample_seed: int = role(SCORING, 0, label=False, help='first seed of the generated images')
     # image seeds: "shared" = the same for every trial (the first release); "per_seed" = derived from
     # (sample_seed, seed, i): identical in every arm, different across training seeds (DESIGN.md section 5)
-    image_seeds: str = role(SCORING, "shared")
+    image_seeds: str = role(SCORING, "shared",
+        help='shared = the same image seeds in every trial; per_seed = the same in every arm, new per training seed')
     # --- learning curves ------------------------------------------------------------------------
-    eval_at: str = role(CURVE, "")  # comma-separated fractions of train_steps (0.25) or step counts (200) to evaluate the EMA at
-    curve_metrics: str = role(CURVE, "")  # metrics of those evaluations ("" -> metrics), with the first of evals
+    eval_at: str = role(CURVE, "", help='learning-curve points: fractions of train_steps or step counts, comma-separated')
+    curve_metrics: str = role(CURVE, "", help="metrics of the learning-curve points; '' = metrics")
     # --- evaluation-only trials (bench.training.trained) ---------------------------------------------------
-    reuse_training: bool = role(BOOKKEEPING, False)  # adopt the model (and curve) of a finished trial whose training is identical instead of training
+    reuse_training: bool = role(BOOKKEEPING, False, help=(
+        "adopt the final model (and, with eval_at, the same learning curve) of a finished trial with identical "
+        "training fields instead of training (bench.training.trained)"))
 
     # ---------------------------------------------------------------------------------------------
     def replace(self, **changes) -> "RunConfig":
@@ -278,21 +285,30 @@ def fields_with(*roles: str) -> frozenset[str]:
 NOT_IN_LABEL = frozenset(f.name for f in fields(RunConfig) if not f.metadata.get("label", True))
 
 
+def label_fields(records: list[dict[str, Any]]) -> list[str]:
+    """The one rule for what an arm's label names besides the arm: the RunConfig fields (not
+    ``NOT_IN_LABEL``) whose value differs between records of the same arm and dataset, e.g. model, lr
+    and batch_size in the budget grid. ``records``: configs as dicts with an ``arm`` key (a trial's
+    ``asdict`` or a rows.csv record); a field a record lacks counts as one more value."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["arm"], r["dataset"]), []).append(r)
+    return [f.name for f in fields(RunConfig) if f.name not in NOT_IN_LABEL
+            and any(len({repr(r.get(f.name)) for r in g}) > 1 for g in groups.values())]
+
+
+def arm_label(record: dict[str, Any], names: list[str]) -> str:
+    """``arm [k=v, ...]`` over ``names`` (``label_fields``): floats as %g, the rest as text."""
+    tail = ", ".join(f"{k}={record[k]:g}" if isinstance(record[k], float) else f"{k}={record[k]}" for k in names)
+    return f"{record['arm']} [{tail}]" if names else str(record["arm"])
+
+
 def trial_labels(cfgs: list) -> dict[str, str]:
-    """The progress lines' name of each trial, by trial_id: ``arm [k=v, ...] | dataset | seed s``, where
-    the bracket names the fields (besides ``NOT_IN_LABEL``) that differ between trials of the same arm
-    and dataset, e.g. model, lr and batch_size in the budget grid; the report's arm labels
-    (``bench.report.tables.arm_labels``) name the same fields."""
-    groups: dict[tuple, list[dict]] = {}
-    for c in cfgs:
-        groups.setdefault((c.arm(), c.dataset), []).append(dataclasses.asdict(c))
-    varying = [f.name for f in fields(RunConfig) if f.name not in NOT_IN_LABEL
-               and any(len({repr(d[f.name]) for d in g}) > 1 for g in groups.values())]
-    out = {}
-    for c in cfgs:
-        d = dataclasses.asdict(c)
-        tail = " [" + ", ".join(f"{k}={d[k]:g}" if isinstance(d[k], float) else f"{k}={d[k]}" for k in varying) + "]"
-        out[trial_id(c)] = f"{c.arm()}{tail if varying else ''} | {c.dataset} | seed {c.seed}"
+    """The progress lines' name of each trial, by trial_id: ``arm [k=v, ...] | dataset | seed s``, the
+    bracket as in the report's arm labels (``label_fields``, ``arm_label``)."""
+    records = [{**dataclasses.asdict(c), "arm": c.arm()} for c in cfgs]
+    names = label_fields(records)
+    out = {trial_id(c): f"{arm_label(r, names)} | {c.dataset} | seed {c.seed}" for c, r in zip(cfgs, records)}
     if len(set(out.values())) < len(out):  # trials that differ only in NOT_IN_LABEL fields (sample_seed)
         out = {tid: f"{label} | trial {tid}" for tid, label in out.items()}
     return out
@@ -405,6 +421,18 @@ def config_from_row(row: dict[str, Any], cls=None) -> RunConfig:
     return cls(**{k: coerce(k, v) if k in FIELD_TYPES else v for k, v in values.items()})
 
 
+def fill_defaults(rows):
+    """``config_from_row``'s rule for a whole rows.csv table (a pandas DataFrame): an empty cell of a
+    config column whose default is not None takes that default, so rows written before a field existed
+    (a run resumed across a release) read as the trials they were instead of differing from later rows
+    in that column; an unset parameter (default None) stays empty."""
+    rows = rows.copy()
+    for f in fields(RunConfig):
+        if f.name in rows.columns and f.default is not None and rows[f.name].isna().any():
+            rows[f.name] = rows[f.name].astype(object).where(rows[f.name].notna(), f.default).infer_objects()
+    return rows
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``["schedule=cosine", "train_steps=500"]`` -> typed dict (for ``--set``)."""
     out = {}
@@ -453,47 +481,6 @@ def validate(cfg: RunConfig) -> None:
                              f"timesteps left by skip_start={cfg.skip_start:g}")
 
 
-# A phrase per field for ``bench ls config`` (component parameters are described from their
-# registries by ``param_owners``; tests/test_config.py checks that every field has one or the other).
-FIELD_HELP = {
-    "dataset": "training and reference images (bench ls datasets)",
-    "data_root": "where the dataset lies; '' = $BENCH_DATA_ROOT, else ~/.cache/bench/data",
-    "image_size": "side in pixels the images are resized to; 0 = native (mnist 28, craters 64)",
-    "max_train_images": "use only the first N training images; 0 = all",
-    "schedule": "beta schedule (bench ls schedules)",
-    "timesteps": "T, the number of forward steps",
-    "zero_terminal_snr": "rescale the schedule to alpha_bar_T = 0 exactly (Lin et al. 2023; needs prediction v or x0)",
-    "noise": "distribution of the forward noise (bench ls noises)",
-    "corruption": "operator applied to x_0 besides the noise: none | blur | cold_blur (bench ls corruptions)",
-    "prediction": "what the network predicts and the loss is on: eps | x0 | v",
-    "weighting": "per-example loss weight w(SNR_t): none | min_snr | p2 (bench ls weightings)",
-    "model": "UNet size preset (bench ls models)",
-    "dropout": "dropout rate in the UNet's residual blocks",
-    "train_steps": "optimizer steps of training",
-    "batch_size": "images per training step",
-    "lr": "peak learning rate of AdamW",
-    "warmup_steps": "steps of linear learning-rate warm-up",
-    "grad_clip": "gradient-norm clip; 0 = none",
-    "ema_decay": "decay of the exponential moving average of the weights that is evaluated",
-    "loss": "distance of the loss: mse | l1",
-    "checkpoint_every": "steps between checkpoints (a killed trial resumes from the last)",
-    "seed": "training seed: initialisation, batches, timesteps and noise draws",
-    "evals": "evaluations at the end of training, SAMPLER:STEPS comma-separated (bench ls samplers)",
-    "n_samples": "generated images per evaluation (the metrics' sample size)",
-    "ddim_eta": "DDIM stochasticity: 0 deterministic, 1 DDPM-like",
-    "var_type": "DDPM reverse variance: small (posterior) | large (beta_t)",
-    "skip_start": "ddpm/ddim: fraction f of the reverse process skipped, starting from noise at t = T - round(f T) (Nichol & Dhariwal 2021)",
-    "metrics": "metrics of each evaluation, comma-separated (bench ls metrics)",
-    "n_reference": "reference (training) images for the metrics; 0 = min(training set, 10000)",
-    "sample_seed": "first seed of the generated images",
-    "image_seeds": "shared = the same image seeds in every trial; per_seed = the same in every arm, new per training seed",
-    "eval_at": "learning-curve points: fractions of train_steps or step counts, comma-separated",
-    "curve_metrics": "metrics of the learning-curve points; '' = metrics",
-    "reuse_training": "adopt the final model (and, with eval_at, the same learning curve) of a finished trial with "
-                      "identical training fields instead of training (bench.training.trained)",
-}
-
-
 def param_owners() -> dict[str, list[str]]:
     """Component parameter field -> the components that take it with their default, e.g.
     ``tau -> ["schedule sigmoid (default 1)"]``, read from the registries."""
@@ -521,6 +508,6 @@ def describe_fields() -> list[tuple[str, str, Any, str, str]]:
     owners = param_owners()
     out = []
     for f in fields(RunConfig):
-        phrase = FIELD_HELP.get(f.name) or "parameter of " + ", ".join(owners.get(f.name, [])) + "; None = the component's default"
+        phrase = f.metadata["help"] or "parameter of " + ", ".join(owners.get(f.name, [])) + "; None = the component's default"
         out.append((f.name, getattr(_base_type(FIELD_TYPES[f.name]), "__name__", str(f.type)), f.default, f.metadata["role"], phrase))
     return out

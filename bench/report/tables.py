@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.experiment.config import RunConfig, arm_label, fill_defaults, label_fields
+from bench.experiment.rundir import read_rows
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -93,9 +96,8 @@ class Run:
 
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
-    from bench.experiment.rundir import read_rows
 
-    rows = fill_defaults(read_rows(run_dir))
+    rows = fill_defaults(read_rows(run_dir))  # the rule of config_from_row, for the whole table
     rows["label"] = arm_labels(rows)
     floors_path = run_dir / "floors.csv"
     floors = pd.read_csv(floors_path) if floors_path.exists() and floors_path.stat().st_size else None
@@ -138,32 +140,14 @@ def curve_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[~final_mask(rows)]
 
 
-def fill_defaults(rows: pd.DataFrame) -> pd.DataFrame:
-    """Empty cells of config columns that have a non-None default get that default: rows written
-    before a field existed (a run resumed across a release) then read as the trials they were
-    (``config.config_from_row`` does the same), instead of differing from later rows in that column."""
-    from bench.experiment.config import RunConfig
-
-    rows = rows.copy()
-    for f in dataclasses.fields(RunConfig):
-        if f.name in rows.columns and f.default is not None and rows[f.name].isna().any():
-            filled = rows[f.name].astype(object).where(rows[f.name].notna(), f.default)
-            rows[f.name] = filled.infer_objects()
-    return rows
-
-
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
     """The ``arm`` column, with ``[k=v, ...]`` appended for any other config field that varies within
-    an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps)."""
-    from bench.experiment.config import NOT_IN_LABEL, RunConfig
-
-    names = [f.name for f in dataclasses.fields(RunConfig) if f.name in rows.columns and f.name not in NOT_IN_LABEL]
-    by = rows.groupby(["arm", "dataset"], sort=False, dropna=False)
-    extra = [f for f in names if by[f].nunique(dropna=False).max() > 1]
-    if not extra:
-        return rows["arm"].astype(str)
-    tail = rows[extra].apply(lambda r: ", ".join(f"{k}={_plain(v)}" for k, v in r.items()), axis=1)
-    return rows["arm"].astype(str) + " [" + tail + "]"
+    an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps): the rule of
+    the progress lines' trial labels (``bench.experiment.config.label_fields``)."""
+    present = ["arm", "dataset", *(f.name for f in dataclasses.fields(RunConfig) if f.name in rows.columns and f.name != "dataset")]
+    records = rows[present].to_dict("records")
+    names = label_fields(records)
+    return pd.Series([arm_label(r, names) for r in records], index=rows.index, dtype=object).astype(str)
 
 
 def _plain(v: Any) -> str:

@@ -2,7 +2,7 @@
 
 Without ``--track``, Ray Tune already writes TensorBoard event files of every trial's reported
 metrics (step, loss, images/s; the final scores) under ``RUN_DIR/_work/ray/tune/``; view them with
-``tensorboard --logdir RUN_DIR/_work/ray/tune`` (README, "Experiment tracking").
+``tensorboard --logdir RUN_DIR/_work/ray/tune`` (docs/cli.md, "Experiment tracking").
 
 A tracker is one registered ``Tracker``: the package it needs, and how to make its callback from
 the run directory and the grid's name. Both trackers here write locally by default, so a run never

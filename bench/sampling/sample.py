@@ -56,12 +56,13 @@ noise with finite coefficients throughout.
 Add a sampler: write a function ``fn(model, diffusion, noise, shape, steps, generators, device="cpu",
 *, clip_x0=True, progress=False, <options>)`` whose keyword-only options are RunConfig fields with
 defaults, declared in ``bench.experiment.config.RunConfig`` with the ``SAMPLER_OPTION`` role (which keeps it out
-of the training key and puts it in the learning-curve key), each with a value check in
-``OPTION_CHECKS``; get (x_0, eps) from
+of the training key and puts it in the learning-curve key); get (x_0, eps) from
 ``diffusion.split``, loop over the steps with ``_loop(indices, progress, desc)`` (a bar or ticks: ``Ticks``),
-and decorate it with ``@register_sampler("name", options=(...), evals_per_step=k, needs_posterior=...)``
-(needs_posterior False when it uses only ``q_sample`` and ``split``, as ``cold``).
-Registration checks that the declared options are exactly the function's keyword-only options.
+and decorate it with ``@register_sampler("name", options={"option": check, ...}, evals_per_step=k,
+needs_posterior=...)``, where ``check(value)`` raises InputError on a bad value (needs_posterior False
+when it uses only ``q_sample`` and ``split``, as ``cold``). Registration checks that the declared
+options are exactly the function's keyword-only options and that an option two samplers share has one
+check. A new option is therefore two edits: its sampler (here) and its RunConfig field with its role.
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ def _check_skip_start(value: Any) -> None:
         raise InputError(f"skip_start must be a fraction in [0, 1) of the reverse process to skip, got {value!r}")
 
 
-#: every sampler option (a RunConfig field) and the check of its value
-OPTION_CHECKS: dict[str, Callable[[Any], None]] = {"var_type": _check_var_type, "ddim_eta": _check_ddim_eta,
-                                                   "skip_start": _check_skip_start}
+#: every sampler option (a RunConfig field) and the check of its value, as the samplers declare them
+#: (``register_sampler``): filled at registration, never written by hand
+OPTION_CHECKS: dict[str, Callable[[Any], None]] = {}
 
 
 def start_T(T: int, skip_start: float = 0.0) -> int:
@@ -161,21 +162,28 @@ class Sampler:
                        **options)
 
 
-def register_sampler(name: str, options: Sequence[str] = (), evals_per_step: int = 1, needs_posterior: bool = True):
-    """Decorator: register ``Sampler(name, fn, options, evals_per_step, needs_posterior)`` in ``SAMPLERS``;
-    returns ``fn`` itself (so the module attribute stays the plain, picklable function)."""
+def register_sampler(name: str, options: dict[str, Callable[[Any], None]] | None = None, evals_per_step: int = 1,
+                     needs_posterior: bool = True):
+    """Decorator: register ``Sampler(name, fn, options, evals_per_step, needs_posterior)`` in ``SAMPLERS``,
+    and each option's value check (``options``: option name -> check) in ``OPTION_CHECKS``; returns
+    ``fn`` itself (so the module attribute stays the plain, picklable function)."""
+    options = dict(options or {})
 
     def deco(fn: Callable) -> Callable:
         kwonly = {p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
         if kwonly - set(_COMMON_KEYWORDS) != set(options) or not set(_COMMON_KEYWORDS) <= kwonly:
             raise TypeError(f"sampler {name}: keyword-only parameters {sorted(kwonly)} must be {list(_COMMON_KEYWORDS)} "
                             f"plus the declared options {list(options)}")
-        missing = [o for o in options if o not in OPTION_CHECKS]
-        if missing:
-            raise TypeError(f"sampler {name}: options {missing} have no entry in OPTION_CHECKS")
+        if not all(callable(c) for c in options.values()):
+            raise TypeError(f"sampler {name}: options maps each option to the check of its value")
+        clash = [o for o, c in options.items() if OPTION_CHECKS.get(o, c) is not c]
+        if clash:
+            raise TypeError(f"sampler {name}: option(s) {clash} already have another check in OPTION_CHECKS (one "
+                            f"option, one meaning: share the check)")
         if not (isinstance(evals_per_step, int) and evals_per_step >= 1):
             raise TypeError(f"sampler {name}: evals_per_step must be an integer >= 1")
         SAMPLERS.register(name)(Sampler(name, fn, tuple(options), evals_per_step, bool(needs_posterior)))
+        OPTION_CHECKS.update(options)
         return fn
 
     return deco
@@ -293,7 +301,7 @@ def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor
 # samplers
 
 
-@register_sampler("ddpm", options=("var_type", "skip_start"), evals_per_step=1)
+@register_sampler("ddpm", options={"var_type": _check_var_type, "skip_start": _check_skip_start}, evals_per_step=1)
 @torch.no_grad()
 def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
          device="cpu", *, clip_x0: bool = True, progress: Ticks = False, var_type: str = "small",
@@ -328,7 +336,7 @@ def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     raise AssertionError("unreachable")
 
 
-@register_sampler("ddim", options=("ddim_eta", "skip_start"), evals_per_step=1)
+@register_sampler("ddim", options={"ddim_eta": _check_ddim_eta, "skip_start": _check_skip_start}, evals_per_step=1)
 @torch.no_grad()
 def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
          device="cpu", *, clip_x0: bool = True, progress: Ticks = False, ddim_eta: float = 0.0,
@@ -363,7 +371,7 @@ def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     raise AssertionError("unreachable")
 
 
-@register_sampler("cold", options=(), evals_per_step=1, needs_posterior=False)
+@register_sampler("cold", evals_per_step=1, needs_posterior=False)
 @torch.no_grad()
 def cold(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
          device="cpu", *, clip_x0: bool = True, progress: Ticks = False) -> torch.Tensor:
