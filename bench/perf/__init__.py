@@ -57,7 +57,7 @@ from bench.models.unet import MODELS, build_model, count_params
 from bench.perf.sections import ORDER
 from bench.registry import InputError, Registry
 from bench.timing import measure, ratios, spread, sync  # noqa: F401 (sections use them)
-from bench.training.train import TRAIN_DROPOUT, BenchStep  # noqa: F401 (the train section)
+from bench.training.benchstep import TRAIN_DROPOUT, BenchStep  # noqa: F401 (the train section)
 
 SECTIONS: Registry = Registry("perf section")
 TRAIN_SHAPES = ((1, 28), (1, 32), (3, 64))  # (channels, size): MNIST, MNIST padded to 32, craters

@@ -4,7 +4,7 @@ How the estimate is made, bounded in memory and time (under a minute and ~2 GB o
 for the full grids; the old dry run timed the base UNet at 64x64, batch 128 on the CPU and was
 killed for memory at ~22 GB):
 
-- training: the real training step (``bench.training.train.BenchStep``) is timed at a *small batch*: it starts
+- training: the real training step (``bench.training.benchstep.BenchStep``) is timed at a *small batch*: it starts
   at 1 image and doubles while one step takes under ``TIMING_STEP_S`` seconds, up to the trial's
   batch. Seconds per step = seconds per image at the largest batch timed x the trial's batch
   (linear scaling: close on a CPU, where a convolution costs per image; on a GPU, which small
@@ -54,7 +54,7 @@ from bench.scoring.features import FEATURES
 from bench.scoring.metrics import DEFAULT_N_REFERENCE, METRICS, reference_cached
 from bench.timing import sync
 from bench.training import trained
-from bench.training.train import BenchStep
+from bench.training.benchstep import BenchStep
 
 TIMING_STEP_S = 0.5  # the timing batch doubles while one call takes less than this
 GPU_SPEEDUP = 80.0  # declared CPU feature rates x this on CUDA
@@ -167,7 +167,7 @@ def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: in
 
 def _time_model(model: str, channels: int, size: int, batch: int, sample_batch: int,
                 device: torch.device) -> tuple[float, float, int, int]:
-    """Seconds per image of one real training step (``bench.training.train.BenchStep``) and of one forward
+    """Seconds per image of one real training step (``bench.training.benchstep.BenchStep``) and of one forward
     pass, each at the largest batch (doubling from 1, up to ``batch`` / ``sample_batch``) whose call
     takes under ``TIMING_STEP_S``; and those two batches."""
     step = BenchStep(model, channels, size, 1, device, dropout=0.0)
