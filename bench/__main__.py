@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also show Ray Tune's own status tables (off by default: bench's progress lines say the same, "
                           "and Ray's tables buried them)")
     run.add_argument("--yes", action="store_true",
-                     help=f"run even where the estimate exceeds {CPU_CONFIRM_HOURS:g} h on a machine without CUDA")
+                     help=f"run the full preset even where its estimate exceeds {CONFIRM_HOURS:g} h")
     run.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="rebuild tables, plots and REPORT.md of a run from its rows.csv")
@@ -166,22 +166,20 @@ def cmd_ls(args) -> int:
 
 
 # --- run ---------------------------------------------------------------------------------------
-CPU_CONFIRM_HOURS = 4.0  # without CUDA, a run estimated longer than this needs --yes
+CONFIRM_HOURS = 4.0  # a run of the full preset estimated longer than this needs --yes, on a CPU and on a GPU
 
 
 def cmd_run(args) -> int:
-    """Plan and check everything, then run. Without --preset the preset follows the hardware (full
-    with CUDA, quick without), said in one line. Without CUDA, the full preset first prints the
-    dry-run estimate, and a run estimated over ``CPU_CONFIRM_HOURS`` is refused (exit 2, nothing
-    started) unless --yes: the full grids are GPU scale (days on a CPU), and a newcomer should learn
-    that in seconds, not after hours of silence."""
+    """Plan and check everything, then run. Without --preset the preset follows the hardware (gpu with
+    CUDA where the grid has it, quick without; else the grid as written), said in one line. The full
+    preset (paper scale) first prints the dry run's estimate, and a run estimated over
+    ``CONFIRM_HOURS`` is refused (exit 2, nothing started) unless --yes: a newcomer should learn that a
+    grid takes days in seconds, not after hours of silence."""
     import torch
 
     from bench.experiment.config import parse_set
-    from bench.experiment.grid import preset_names
     from bench.files import absolute_path_settings
-    from bench.progress import duration
-    from bench.run.dryrun import estimate, print_plan
+    from bench.run.dryrun import print_plan
     from bench.run.fanout import Fanout
     from bench.run.plan import plan_grid
     from bench.run.runner import run_grid
@@ -191,32 +189,52 @@ def cmd_run(args) -> int:
     overrides = parse_set(args.set)
     fanout = Fanout(args.local, args.address, args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent,
                     parse_track(args.track), args.verbose)
-    cuda = torch.cuda.is_available()
+    # the trials run on a GPU: CUDA is visible and they are given one (--local: this process's device)
+    cuda = torch.cuda.is_available() and (args.local or fanout.resources()[1] > 0)
     preset = args.preset or _default_preset(args.grid, cuda)
     plan = plan_grid(args.grid, preset, overrides, args.out, args.resume, fanout)  # every check before work: exit 2
     if args.preset is None:
-        why = ("CUDA is available" if cuda else "no CUDA GPU here; full is GPU scale" if preset == "quick"
-               else "no CUDA GPU here, and the grid has no quick preset: it runs as written")
-        say(f"no --preset given: using {preset} ({why}); choose with --preset {'|'.join(preset_names(args.grid))}")
-    sizes = plan.sizes
+        _say_preset(args.grid, preset, cuda)
     threads, at_once = fanout.slots()
     if args.dry_run:
-        print_plan(plan.grid, plan.trials, plan.run_dir, threads, at_once, ray=not args.local, sizes=sizes)
+        print_plan(plan.grid, plan.trials, plan.run_dir, threads, at_once, ray=not args.local, sizes=plan.sizes)
         return 0
-    if not cuda and preset == "full":
-        has_quick = "quick" in preset_names(args.grid)  # then full is the GPU-scale version of the grid
-        say(f"preset full{' is GPU scale' if has_quick else ''} ({len(plan.trials)} trials as the grid file is written); "
-             f"timing this CPU for an estimate (seconds)...")
-        est = estimate(plan.trials, threads, at_once, ray=not args.local, sizes=sizes)
-        advice = (f"`python -m bench run --grid {args.grid} --preset quick` fits a 2-core CPU in ~45 min (its --dry-run estimates yours)" if has_quick
-                  else "the grid has no smaller preset but smoke")
-        if est.total_s > CPU_CONFIRM_HOURS * 3600 and not args.yes:
-            raise InputError(f"preset full on this CPU: estimated {duration(est.total_s)} ({len(plan.trials)} trials, "
-                             f"{at_once} at a time); {advice}, or add --yes to run full here anyway")
-        say(f"warning: preset full on a CPU: {est.line()}; {advice}")
+    if preset == "full":
+        _confirm_full(args, plan, threads, at_once, cuda)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a run as cleanly as Ctrl-C (Ray workers stopped, --resume said)
     rows = run_grid(plan)
     return 1 if plan.problems or any(r["status"] == "error" for r in rows) else 0
+
+
+def _say_preset(grid: str, preset: str, cuda: bool) -> None:
+    from bench.experiment.grid import preset_names
+
+    why = {"gpu": "CUDA is available: the preset sized for one GPU",
+           "quick": "no CUDA GPU here; full is GPU scale"}.get(preset, "CUDA is available, and the grid has no gpu preset: "
+                                                                   "it runs as written" if cuda else
+                                                           "no CUDA GPU here, and the grid has no quick preset: it runs as written")
+    say(f"no --preset given: using {preset} ({why}); choose with --preset {'|'.join(preset_names(grid))}")
+
+
+def _confirm_full(args, plan, threads: int, at_once: int, cuda: bool) -> None:
+    """The full preset is paper scale: its estimate is said, and over ``CONFIRM_HOURS`` it needs --yes."""
+    from bench.experiment.grid import preset_names
+    from bench.progress import duration
+    from bench.run.dryrun import estimate
+
+    names = preset_names(args.grid)
+    smaller = "gpu" if cuda and "gpu" in names else "quick" if not cuda and "quick" in names else None
+    where = "a GPU" if cuda else "a CPU"
+    say(f"preset full{' is paper scale' if smaller else ''} ({len(plan.trials)} trials as the grid file is written); "
+        f"timing this {'GPU' if cuda else 'CPU'} for an estimate (seconds)...")
+    est = estimate(plan.trials, threads, at_once, ray=not args.local, sizes=plan.sizes)
+    advice = (f"`python -m bench run --grid {args.grid} --preset {smaller}` is sized for "
+              f"{'one GPU (~2 h)' if smaller == 'gpu' else 'a 2-core CPU (~45 min)'} (its --dry-run estimates yours)"
+              if smaller else f"the grid has no smaller preset but {', '.join(n for n in names if n != 'full') or 'none'}")
+    if est.total_s > CONFIRM_HOURS * 3600 and not args.yes:
+        raise InputError(f"preset full on {where}: estimated {duration(est.total_s)} ({len(plan.trials)} trials, "
+                         f"{at_once} at a time); {advice}, or add --yes to run full here anyway")
+    say(f"warning: preset full on {where}: {est.line()}; {advice}")
 
 
 def _interrupt(signum, frame):
@@ -224,10 +242,11 @@ def _interrupt(signum, frame):
 
 
 def _default_preset(grid: str, cuda: bool) -> str:
-    """full with CUDA; else quick where the grid has it (a grid file without presets runs as written)."""
+    """With CUDA: gpu where the grid has it; without: quick where it has it; else full (as written)."""
     from bench.experiment.grid import preset_names
 
-    return "quick" if not cuda and "quick" in preset_names(grid) else "full"
+    names = preset_names(grid)
+    return "gpu" if cuda and "gpu" in names else "quick" if not cuda and "quick" in names else "full"
 
 
 # --- the rest ----------------------------------------------------------------------------------

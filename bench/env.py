@@ -24,9 +24,14 @@ def pick_device() -> str:
 def enable_tf32() -> None:
     """TF32 tensor cores for the float32 work on CUDA (what runs outside bf16 autocast: EMA, the
     samplers' float32 state, Inception): ~8x the float32 matmul rate on Ampere and later, at a 10-bit
-    mantissa in the products (accumulation stays float32). No effect on CPU."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    mantissa in the products (accumulation stays float32). No effect on CPU. Through the
+    ``fp32_precision`` settings where torch has them (2.9 and later warn on the ``allow_tf32`` flags)."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:  # pragma: no cover - torch < 2.9
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def cpu_model() -> str:

@@ -19,6 +19,7 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path:
     """Write images [N, C, H, W] (float in [-1, 1], or uint8) as one PNG grid, atomically.
 
     ``nrow`` images per row (default ceil(sqrt(N))), 2-pixel black padding (torchvision's make_grid).
+    One-channel images are written as a greyscale PNG (the same pixels at a third of the bytes of RGB).
     """
     from PIL import Image
     from torchvision.utils import make_grid
@@ -28,5 +29,6 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> Path:
     imgs = images.detach().cpu()
     imgs = imgs if imgs.dtype == torch.uint8 else to_uint8(imgs)
     nrow = nrow or math.ceil(math.sqrt(len(imgs)))
-    grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=0)  # [3, H', W'] uint8
-    return atomic_write(Path(path), lambda tmp: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG"))
+    grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=0)  # [3, H', W'] uint8 (a grey image repeated)
+    pixels = grid[0].numpy() if imgs.shape[1] == 1 else grid.permute(1, 2, 0).numpy()
+    return atomic_write(Path(path), lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG", optimize=True))

@@ -4,6 +4,7 @@ and per-arm styles that read in greyscale. (Leaf module.)"""
 
 from __future__ import annotations
 
+import io
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +49,41 @@ def figure(nrows: int, ncols: int, w: float, h: float):
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
+PNG_DPI = 150
+#: a figure's PNG is an 8-bit palette image of at most this many colours: lines, text and colour maps
+#: keep their look at about half the bytes of RGBA (issue 32: the committed figures are most of the tree)
+PNG_COLORS = 256
+
+
+def write_figure(fig: Figure, path: Path) -> Path:
+    """``fig`` to ``path`` in the format its suffix names, byte-stable for the same input (no dates);
+    a PNG at ``PNG_DPI`` as a palette image (``PNG_COLORS``, median cut, no dithering)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix != ".png":
+        fig.savefig(path, metadata=metadata(path))
+        return path
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    buf.seek(0)
+    with Image.open(buf) as im:
+        palette_png(im).save(path, format="PNG", optimize=True)
+    return path
+
+
+def palette_png(im):
+    """A rendered figure (RGB or RGBA, a white background) as a palette image of ``PNG_COLORS`` colours."""
+    from PIL import Image
+
+    return im.convert("RGB").quantize(colors=PNG_COLORS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+
+
 def save(fig: Figure, png: Path) -> Path:
-    """PNG (150 dpi) and PDF beside it, both byte-stable for the same input (no dates)."""
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=150, metadata={"Software": None})
-    fig.savefig(png.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    """PNG (``write_figure``) and PDF beside it, both byte-stable for the same input (no dates)."""
+    write_figure(fig, png)
+    write_figure(fig, png.with_suffix(".pdf"))
     return png
 
 
@@ -75,4 +106,4 @@ def safe(name: str) -> str:
 
 
 def metadata(path: Path) -> dict:
-    return {"CreationDate": None, "Producer": None} if path.suffix == ".pdf" else {"Software": None}
+    return {"CreationDate": None, "Producer": None, "Creator": None} if path.suffix == ".pdf" else {"Software": None}

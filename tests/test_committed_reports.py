@@ -25,8 +25,15 @@ def generated(run: Path) -> list[Path]:
 
 
 def rebuilt_copy(run: Path, tmp_path: Path, edit=None) -> Path:
+    """The run as a fresh clone has it (its tracked files; the whole folder outside a git checkout),
+    rebuilt by `bench report`."""
     copy = tmp_path / run.name
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("_work"))
+    files = tracked(run)
+    if files is None:
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("_work"))
+    for f in files or []:
+        (copy / f.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, copy / f.relative_to(run))
     if edit is not None:
         edit(copy)
     build_report(copy)
@@ -50,20 +57,23 @@ def tracked(folder: Path) -> list[Path] | None:
     return [RESULTS.parent / p for p in proc.stdout.split("\0") if p] if proc.returncode == 0 else None
 
 
-def test_committed_runs_keep_the_samples_the_report_reads_and_no_others():
-    """A committed run is compact (issue 32): of samples/ only what the montages read (report_samples),
-    no PDF twins (bench report rebuilds them). Every first-seed grid the report reads is there."""
-    from bench.report.montage import report_samples
-    from bench.report.tables import load_run
+def test_committed_runs_keep_what_the_report_derived_and_no_per_trial_artifacts():
+    """A committed run is compact (issue 32): no per-trial artifacts (samples/, logs/, per_image/: each
+    is in the run directory where the run was made), no PDF twins; instead derived.json (the numbers
+    and captions the report derived from them, bench.report.kept) and every figure REPORT.md shows."""
+    import re
+
+    from bench.report.kept import ARTIFACTS, DERIVED
 
     if tracked(RESULTS) is None:
         pytest.skip("not a git checkout: nothing to say about what is committed")
     for run in RUNS:
-        need = report_samples(load_run(run))
-        kept = {p.name for p in tracked(run / "samples")}
-        assert kept <= need, (run, sorted(kept - need)[:3])
-        assert {n for n in need if not n.startswith("real_")} <= kept, (run, sorted(need - kept)[:3])  # real_* came later
-        assert not [p for p in tracked(run / "plots") if p.suffix == ".pdf"], run
+        kept = {p.relative_to(run).as_posix() for p in tracked(run)}
+        assert not [k for k in kept if k.split("/")[0] in ARTIFACTS], run
+        assert not [k for k in kept if k.endswith(".pdf")], run
+        assert DERIVED in kept, run
+        shown = set(re.findall(r"!\[[^\]]*\]\((plots/[^)]+\.png)\)", (run / "REPORT.md").read_text()))
+        assert shown and shown <= kept, (run, sorted(shown - kept)[:3])
 
 
 def test_committed_runs_are_found():

@@ -398,7 +398,7 @@ def test_without_preset_a_cpu_runs_quick_and_says_so(monkeypatch, capsys):
     monkeypatch.setattr(dryrun, "estimate", _fake_estimate(100.0))
     code, out, err = run_cli(capsys, "run", "--grid", "schedules", "--dry-run")
     assert code == 0
-    assert "no --preset given: using quick" in err and "--preset full|quick|standard|smoke" in err
+    assert "no --preset given: using quick" in err and "--preset full|quick|standard|gpu|smoke" in err
     assert "preset quick" in out and "estimate on this machine" in out
 
 
@@ -417,6 +417,30 @@ def test_without_preset_a_grid_without_quick_runs_as_written_and_says_so(monkeyp
     assert "--preset quick" not in err and "GPU scale" not in err and not (tmp_path / "run").exists()
 
 
+def test_without_preset_a_gpu_runs_the_gpu_preset_with_its_estimate(monkeypatch, capsys):
+    """Issue 32: on CUDA the main command ran full (25-50 GPU hours) with no estimate; now the preset sized
+    for one GPU, and the dry run's estimate counts packed trials as sharing that GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr("bench.run.resources.check_memory", lambda trials, **kw: None)  # no device to ask
+    monkeypatch.setattr("bench.run.checks.check_memory", lambda trials, **kw: None)
+    seen = {}
+
+    def fake(trials, threads=None, concurrent=1, ray=False, sizes=None):
+        seen.update(trials=trials, concurrent=concurrent)
+        return _fake_estimate(5400.0)(trials, threads, concurrent, ray, sizes)
+
+    monkeypatch.setattr(dryrun, "estimate", fake)
+    code, out, err = run_cli(capsys, "run", "--grid", "schedules", "--dry-run", "--gpus-per-trial", "0.25")
+    assert code == 0, err
+    assert "no --preset given: using gpu (CUDA is available" in err
+    assert "preset gpu" in out and "estimate on this machine" in out
+    assert {c.model for c in seen["trials"]} == {"small"} and len(seen["trials"]) == 20
+    # CPU-only trials on a GPU host (--gpus-per-trial 0) are not a GPU run: quick, not gpu or full
+    code, out, err = run_cli(capsys, "run", "--grid", "schedules", "--dry-run", "--gpus-per-trial", "0")
+    assert code == 0 and "using quick" in err
+
+
 def test_full_on_a_cpu_is_refused_with_its_estimate_unless_yes(monkeypatch, capsys, tmp_path):
     """Before: one line, then minutes of silence (Inception statistics, then days of training)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -426,7 +450,7 @@ def test_full_on_a_cpu_is_refused_with_its_estimate_unless_yes(monkeypatch, caps
     assert code == 2
     line = one_line(err)
     assert "estimated" in line and "days" in line and "--preset quick" in line and "--yes" in line
-    assert "GPU scale" in err and not out.exists()
+    assert "paper scale" in err and not out.exists()
 
     ran = []
     monkeypatch.setattr(runner, "run_grid", lambda plan: ran.append(plan) or [])

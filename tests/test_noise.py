@@ -129,3 +129,34 @@ def test_laplace_noise_is_heavy_tailed():
 def test_unknown_noise_name():
     with pytest.raises(InputError, match="did you mean gamma"):
         make_noise("gama", alpha_bar("linear"))
+
+
+@pytest.mark.parametrize("schedule,zt", [("linear", False), ("cosine", True)])
+@pytest.mark.parametrize("name", NOISES.names())
+def test_the_device_draw_is_the_same_distribution(name, schedule, zt):
+    """Issue 32: on CUDA the samplers draw a batch at once on the device (``draw_on``); run here on the
+    CPU's generator, it must be the same standardised distribution as ``draw``, also at zero terminal
+    SNR (gamma's Gaussian limit), and for gamma with the skewness 2 / sqrt(k_bar_t) of the paper."""
+    noise = make_noise(name, alpha_bar(schedule, zt), **({"theta_0": 0.01} if name == "gamma" else {}))
+    n = 200_000
+    for t in (0, T // 2 - 1, T - 1):
+        eps = noise.draw_on((n,), torch.full((n,), t), torch.Generator().manual_seed(t)).double()
+        assert eps.dtype == torch.float64 and torch.isfinite(eps).all()
+        kurt = ((eps - eps.mean()) ** 4).mean() / eps.var() ** 2
+        assert abs(eps.mean().item()) < 5 / n**0.5
+        assert abs(eps.var().item() - 1) < 5 * ((kurt.item() - 1) / n) ** 0.5
+        if name == "gamma" and torch.isfinite(noise.k_bar[t]) and noise.k_bar[t] < 1e6:
+            skew = (((eps - eps.mean()) / eps.std()) ** 3).mean().item()
+            want = 2 / noise.k_bar[t].sqrt().item()
+            assert abs(skew - want) < 0.15 * want + 0.02, (t, skew, want)
+
+
+def test_a_batch_seed_tells_batches_and_steps_apart_and_repeats_for_the_same_batch():
+    from bench.process.noise import batch_seed
+
+    gens = lambda start: [torch.Generator().manual_seed(start + i) for i in range(4)]  # noqa: E731
+    t = lambda k: torch.full((4,), k)  # noqa: E731
+    seeds = {batch_seed(gens(s), t(k)) for s in (0, 4, 8) for k in (0, 1, 999)}
+    assert len(seeds) == 9 and all(0 <= s < 2**62 for s in seeds)
+    assert batch_seed(gens(4), t(7)) == batch_seed(gens(4), t(7))
+    assert batch_seed(gens(4), t(7)) != batch_seed(gens(4)[:3], t(7)[:3])  # another batch size

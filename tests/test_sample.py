@@ -567,3 +567,58 @@ def test_skip_start_bad_values_and_too_many_steps_are_input_errors():
             run("ddim", PointOracle(d, xstar_of(0)), d, noise_for(d, "gaussian", None), (2, 1, 4, 4), 10, seed=0, skip_start=bad)
     with pytest.raises(InputError, match="more steps than the 700 timesteps left by skip_start=0.3"):
         validate(RunConfig(skip_start=0.3, evals="ddpm:800"))
+
+
+@pytest.mark.parametrize("sampler,options", [("ddim", {}), ("ddim", {"ddim_eta": 1.0}), ("ddpm", {}),
+                                             ("ddpm", {"var_type": "large"})])
+def test_a_sampler_step_issues_no_host_to_device_copy(monkeypatch, sampler, options):
+    """Issue 32: the samplers built their timesteps on the CPU and copied coefficients to the device 2-5
+    times a step, each a wait on the GPU. The meta device stands in for a GPU here: a tensor moved to it
+    from the CPU is what a host-to-device copy would be. The noise is drawn on the device (as
+    ``Noise.draw_on`` does on CUDA; its own test is tests/test_cuda.py), so what is counted is the
+    sampler and the diffusion math: their copies (the coefficient tables, once) do not grow with the steps."""
+    from bench.models.unet import build_model
+
+    with torch.device("meta"):
+        model = build_model("tiny", 1, 16).eval()
+    real_to, moved = torch.Tensor.to, []
+
+    def to(self, *args, **kwargs):
+        out = real_to(self, *args, **kwargs)
+        if self.device.type == "cpu" and out.device.type == "meta":
+            moved.append(tuple(self.shape))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    copies = {}
+    for steps in (3, 12):
+        d = Diffusion(make_betas("cosine", 100))  # a fresh process each time (diff() is cached): its tables move once
+        noise = noise_for(d, "gaussian")
+        monkeypatch.setattr(noise, "sample_per_item", lambda shape, t, gens, device=None: torch.randn(shape, device=device))
+        moved.clear()
+        x = SAMPLERS.get(sampler)(model, d, noise, (2, 1, 16, 16), steps, image_generators(2, 0), "meta", **options)
+        assert x.device.type == "meta" and x.shape == (2, 1, 16, 16)
+        copies[steps] = len(moved)
+    assert copies[12] == copies[3] <= 8, copies
+
+
+@pytest.mark.parametrize("noise,sampler,kw,mean,std,pixels", [
+    ("gaussian", "ddim", {"ddim_eta": 1.0}, 0.024586116029240657, 0.8099135880371042, [0.5037, 0.953149, 0.983795, -1.0]),
+    ("gamma", "ddpm", {"theta_0": 0.1}, -0.025357529506739713, 0.8135424309756533, [-0.478642, 0.990804, -0.870229, -0.184575]),
+    ("laplace", "ddpm", {}, -0.020802363043609755, 0.8209141973037284, [0.307411, 1.0, -0.377835, 0.768183]),
+])
+def test_cpu_samples_are_unchanged_by_the_gpu_path(noise, sampler, kw, mean, std, pixels):
+    """Issue 32: the GPU path (device timesteps, batched device noise, autocast) must leave the CPU's
+    draws exactly as they were, so committed results, resumes and adopted curves stay valid. Anchors:
+    the same call on the commit before that change (997091a), to BLAS rounding."""
+    from bench.experiment.config import RunConfig, build_process
+    from bench.models.unet import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", 1, 16).eval()
+    _, d, n = build_process(RunConfig(timesteps=100, noise=noise, dataset="synthetic",
+                                      **{k: v for k, v in kw.items() if k == "theta_0"}))
+    x = sample_images(model, d, n, sampler, 10, 3, (1, 16, 16), 5, 2, "cpu",
+                      options={k: v for k, v in kw.items() if k != "theta_0"}).double()
+    assert float(x.mean()) == pytest.approx(mean, abs=1e-5) and float(x.std()) == pytest.approx(std, rel=1e-5)
+    assert x.flatten()[[0, 100, 500, 700]].tolist() == pytest.approx(pixels, abs=1e-4)

@@ -410,7 +410,12 @@ def run_perf(out: Path, quick: bool = False, only: str | None = None, device: st
 
     for name in tqdm(sections, desc="bench perf", unit="section", disable=not sys.stderr.isatty()):
         ts = time.time()
-        new = SECTIONS.get(name)(ctx)
+        try:
+            new = SECTIONS.get(name)(ctx)
+        except Exception as e:  # noqa: BLE001 - one section that cannot run (no Ray, no data) never loses the others
+            ctx.notes.append(f"{name} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
+            print(f"bench perf: {name}: FAILED ({type(e).__name__}: {e}); the other sections go on", file=sys.stderr, flush=True)
+            continue
         rows += new
         print(f"bench perf: {name}: {len(new)} rows in {time.time() - ts:.0f} s", file=sys.stderr, flush=True)
     from bench.perf.report import write_outputs

@@ -4,11 +4,17 @@ Every type returns eps such that x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_ba
 diffusion math never branches on the noise type: the noise is *passed into* the math
 (improved-diffusion's ``noise=`` argument, k-diffusion's ``noise_sampler``).
 
-Timesteps are 0-based indices into the schedule (index i is the paper's t = i + 1). All draws come
-from CPU ``torch.Generator`` s, so a seed gives the same noise on every device.
+Timesteps are 0-based indices into the schedule (index i is the paper's t = i + 1). On a CPU every
+draw comes from CPU ``torch.Generator`` s, image by image in sampling (``sample_per_item``), so a
+seed gives the same noise whatever the batch. On a CUDA device the samplers' draws are one batched
+draw on the device per step instead (``draw_on``, from a device generator seeded by the batch's first
+image seed, its size and the timestep): no Python loop per image and no host-to-device copy, and image
+i still gets the same noise in every arm (the arms sample the same images in the same batches).
 
-Add a noise type: subclass ``Noise``, implement ``draw``, decorate with ``@NOISES.register("name")``;
-its constructor's keyword parameters are RunConfig fields (``None`` = the default).
+Add a noise type: subclass ``Noise``, implement ``draw`` (and ``draw_on``, the same distribution from
+a device generator; without it a GPU draws on the CPU and copies), decorate with
+``@NOISES.register("name")``; its constructor's keyword parameters are RunConfig fields (``None`` = the
+default).
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ class Noise:
         """Standardised noise of ``shape`` (first dim = len(t)) at 0-based timesteps ``t``, float32, CPU."""
         raise NotImplementedError
 
+    def draw_on(self, shape: Sequence[int], t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``draw``'s distribution from a generator on any device (``t`` on that device), float32 there.
+        The default draws on the CPU (from a CPU generator seeded by this one) and copies."""
+        cpu = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+        return self.draw(tuple(shape), t.cpu(), cpu).to(generator.device)
+
     def sample(self, shape, t, generator, device=None) -> torch.Tensor:
         """``draw`` on a batch with one generator (training), moved to ``device``."""
         t = _as_index(t, shape[0])
@@ -46,8 +58,26 @@ class Noise:
         t = _as_index(t, shape[0])
         if len(generators) != shape[0]:
             raise ValueError(f"need one generator per item: {len(generators)} for batch {shape[0]}")
+        if device is not None and torch.device(device).type == "cuda":
+            gen = torch.Generator(device=device).manual_seed(batch_seed(generators, t))
+            same = bool((t == t[0]).all())  # a sampler's step: one timestep, filled on the device (no copy)
+            t_dev = torch.full((shape[0],), int(t[0]), dtype=torch.long, device=device) if same else t.to(device)
+            return self.draw_on(tuple(shape), t_dev, gen)
         items = [self.draw((1, *shape[1:]), t[i : i + 1], g) for i, g in enumerate(generators)]
         return torch.cat(items).to(device or "cpu")
+
+
+def batch_seed(generators: Sequence[torch.Generator], t: torch.Tensor) -> int:
+    """The seed of a batch's device draw: a 62-bit mix (SplitMix64's finalizer) of the first image's
+    seed, the batch size and the timesteps at both ends, so every step and every batch of a sampling
+    run draws differently, and every arm that samples the same batch at the same step draws the same."""
+    x = 0
+    for part in (generators[0].initial_seed(), len(generators), int(t[0]), int(t[-1])):
+        x = (x ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x >> 2
 
 
 def _as_index(t, batch: int) -> torch.Tensor:
@@ -61,6 +91,9 @@ class Gaussian(Noise):
 
     def draw(self, shape, t, generator):
         return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+    def draw_on(self, shape, t, generator):
+        return torch.randn(shape, generator=generator, dtype=torch.float32, device=generator.device)
 
 
 @NOISES.register("gamma")
@@ -91,6 +124,7 @@ class Gamma(Noise):
             raise InputError(f"gamma noise: theta_0 must be a finite number > 0, got {theta_0}")
         self.theta_0 = theta_0
         self.k_bar = (1.0 / self.alpha_bar - 1.0) / theta_0**2  # inf where alpha_bar = 0
+        self._k_on: dict[torch.device, torch.Tensor] = {}
 
     def draw(self, shape, t, generator):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -105,6 +139,18 @@ class Gamma(Noise):
         z = rng.standard_normal(shape)
         return torch.from_numpy(np.where(limit, z, (g - k_safe) / np.sqrt(k_safe))).to(torch.float32)
 
+    def draw_on(self, shape, t, generator):
+        """The same distribution drawn on the generator's device, in float64 as ``draw`` (one batched draw)."""
+        dev = generator.device
+        if dev not in self._k_on:  # the table once per device: no host-to-device copy per step
+            self._k_on[dev] = self.k_bar.to(dev)
+        k = self._k_on[dev][t].reshape((-1,) + (1,) * (len(shape) - 1)).expand(shape)
+        limit = k >= self.GAUSSIAN_LIMIT_K
+        k_safe = torch.where(limit, torch.ones_like(k), k).contiguous()
+        g = torch._standard_gamma(k_safe, generator=generator)
+        z = torch.randn(shape, generator=generator, dtype=torch.float64, device=dev)  # always: no sync to ask
+        return torch.where(limit, z, (g - k_safe) / k_safe.sqrt()).to(torch.float32)
+
 
 @NOISES.register("laplace")
 class Laplace(Noise):
@@ -112,7 +158,10 @@ class Laplace(Noise):
     a heavy-tailed, symmetric, time-independent alternative to Gaussian, drawn by inverse CDF."""
 
     def draw(self, shape, t, generator):
-        u = torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5
+        return self.draw_on(shape, t, generator)
+
+    def draw_on(self, shape, t, generator):
+        u = torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device) - 0.5
         eps = -torch.sign(u) * torch.log1p(-2 * u.abs()) / math.sqrt(2)
         return eps.to(torch.float32)
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.files import write_text_atomic
 from bench.report import claims as claims_report
-from bench.report import curves, perimage
+from bench.report import curves, kept, perimage
 from bench.report.caveats import warnings_section
 from bench.report.forward import plot_run_forward
 from bench.report.montage import montage_denoise, montage_nearest, montage_samples
@@ -76,6 +76,7 @@ def build_report(run_dir: Path) -> Path:
     paired = write_paired(run, run.dir / "tables")
     claims_report.write_table(run, run.dir / "tables")
     plots, notes = make_plots(run, run.dir / "plots", paired)
+    kept.write(run, plots)
     sections = [header(run), compared(run), result(run, paired), claims_report.section(run), tables_section(run),
                 figures_section(run, plots),
                 method(run), warnings_section(run, notes), provenance(run), cite(run)]

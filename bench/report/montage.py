@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from bench.experiment.rundir import real_grid
+from bench.report import kept
 from bench.report.tables import Run, labels_of, metric_obj
 from bench.style import Plot, figure, safe, save, theme, wrap
 
@@ -60,26 +61,15 @@ def _image_montage(run: Run, ds: str, png: Path, name: Callable[[pd.Series], str
         save(fig, png)
 
 
-def report_samples(run: Run) -> set[str]:
-    """The files of ``samples/`` the report reads (what a committed run keeps of them): per dataset the
-    held-out grid, and each arm's first-seed grid at the main evaluation and its denoising strip (the
-    montages), plus the strip of the run's first trial (``montage_denoise`` sizes its figures by it)."""
-    ev = main_eval(run)
-    keep = {f"{run.rows['trial_id'].iloc[0]}_denoise.png"} if len(run.rows) else set()
-    for ds in run.datasets:
-        keep.add(real_grid(ds))
-        for lb in labels_of(run, ds):
-            tid = _first_seed(run, ds, lb)["trial_id"]
-            keep |= {f"{tid}_denoise.png", *([f"{tid}_{ev[0]}-{ev[1]}.png"] if ev else [])}
-    return keep
-
-
 def montage_samples(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     """Per dataset: the main evaluation's sample grid of every arm, side by side."""
     ev = main_eval(run)
     out = []
     for ds in run.datasets if ev else []:
         png = out_dir / f"samples_{safe(ds)}.png"
+        if committed := kept.figure(run, "samples", png):
+            out.append(committed)
+            continue
         real = run.dir / "samples" / real_grid(ds)
         real = real if real.exists() else None  # runs before the runner wrote it have none
         _image_montage(run, ds, png, lambda t: f"{t['trial_id']}_{ev[0]}-{ev[1]}.png", 4, 2.6, 2.9, notes, real)
@@ -93,6 +83,9 @@ def montage_denoise(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
     """Per dataset: the denoising strip of every arm, one above the other."""
     from PIL import Image
 
+    committed = [kept.figure(run, "samples", out_dir / f"denoise_{safe(ds)}.png") for ds in run.datasets]
+    if all(committed):
+        return committed
     strips = [run.dir / "samples" / f"{t}_denoise.png" for t in dict.fromkeys(run.rows["trial_id"])]
     strips = [p for p in strips if p.exists()]
     if not strips:
@@ -155,6 +148,9 @@ def montage_nearest(run: Run, out_dir: Path, notes: list[str]) -> list[Plot]:
         return []
     out = []
     for ds in run.datasets:
+        if committed := kept.figure(run, "samples", out_dir / f"nearest_{safe(ds)}.png"):
+            out.append(committed)
+            continue
         rows = run.rows[run.rows["dataset"] == ds]
         size = int(rows["image_size"].iloc[0] or 0) or DATASETS.get(ds).size
         shown = min(NEAREST_SHOWN, int(rows["n_samples"].min()))

@@ -25,6 +25,7 @@ import contextlib
 import numpy as np
 import pandas as pd
 
+from bench.report import kept
 from bench.report.tables import Run, is_fd_infinity, metric_obj
 from bench.scoring import stats
 
@@ -68,8 +69,9 @@ NO_PER_IMAGE = "this run has no per_image/ folder (it was made before the trials
 
 
 def has_per_image(run: Run) -> bool:
-    """Whether the run kept per-image features (per_image/) at all."""
-    return (run.dir / "per_image").is_dir()
+    """Whether the run kept per-image features (per_image/) at all: here, or when derived.json was
+    written (a committed run leaves them out; ``bench.report.kept``)."""
+    return kept.had(run, "per_image")
 
 
 @contextlib.contextmanager
@@ -196,8 +198,20 @@ def bootstrap_vs_best(run: Run, metric: str, dataset: str, ev: tuple[str, int], 
     per-image features; images: the first n of each set, n the smallest set size of the table (image i
     has the same seed in every arm, so truncating keeps the pairing)."""
     key = ("boot", metric, dataset, ev, best, tuple(arms))
-    if key in run.cache:
-        return run.cache[key]
+    if key not in run.cache:
+        out, notes = kept.number(run, "per_image", list(key), lambda: _json(_bootstrap_vs_best(run, metric, dataset, ev, best, arms)))
+        run.cache[key] = ({a: tuple(v) for a, v in out.items()}, list(notes))
+    return run.cache[key]
+
+
+def _json(result: tuple[dict, list]) -> list:
+    out, notes = result
+    return [{a: [float(v[0]), float(v[1])] for a, v in out.items()}, list(notes)]
+
+
+def _bootstrap_vs_best(run: Run, metric: str, dataset: str, ev: tuple[str, int], best: str,
+                       arms: list[str]) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    key = ("boot-computed", metric, dataset, ev, best, tuple(arms))
     nan = (float("nan"), float("nan"))
     out, notes = {a: nan for a in arms}, []
     why = boot_reason(metric)
@@ -272,18 +286,26 @@ def brightness(run: Run, metric: str, dataset: str, ev: tuple[str, int]) -> pd.D
         if not len(d):
             continue
         p = stats.paired(d["fake"].to_numpy(), d["ref"].to_numpy())
-        blo = bhi = float("nan")
         trials = _ok_trials(run, dataset, label, ev)
-        xs = [per_image(run, trials[int(s)], ev, BRIGHTNESS_FEATURE) for s in d["seed"] if int(s) in trials]
-        if len(xs) >= 2 and all(x is not None for x in xs):
-            n = min(len(x) for x in xs)
-            a = np.stack([x[:n, 0] for x in xs])
-            b = np.full_like(a, float(d["ref"].mean()))  # stat(b) is the data's mean in every replicate
-            boot = stats.bootstrap_two_level(a, b, n_boot=N_BOOT, level=BOOT_LEVEL, seed=BOOT_SEED)
-            blo, bhi = boot.lo, boot.hi
+        tids = [trials[int(s)] for s in d["seed"] if int(s) in trials]
+        blo, bhi = kept.number(run, "per_image", ["brightness", metric, dataset, ev, label],
+                               lambda tids=tids, m=float(d["ref"].mean()): _brightness_boot(run, ev, tids, m))
         out.append({"label": label, "n": p.n, "mean_fake": float(d["fake"].mean()), "mean_ref": float(d["ref"].mean()),
                     "offset": p.mean, "lo": p.lo, "hi": p.hi, "boot_lo": blo, "boot_hi": bhi})
     return pd.DataFrame(out, columns=cols)
+
+
+def _brightness_boot(run: Run, ev: tuple[str, int], tids: list[str], ref_mean: float) -> list[float]:
+    """The two-level bootstrap interval of the per-image mean intensities against the data's mean
+    (NaN without per-image data for every seed, or with one seed)."""
+    xs = [per_image(run, tid, ev, BRIGHTNESS_FEATURE) for tid in tids]
+    if len(xs) < 2 or any(x is None for x in xs):
+        return [float("nan"), float("nan")]
+    n = min(len(x) for x in xs)
+    a = np.stack([x[:n, 0] for x in xs])
+    b = np.full_like(a, ref_mean)  # stat(b) is the data's mean in every replicate
+    boot = stats.bootstrap_two_level(a, b, n_boot=N_BOOT, level=BOOT_LEVEL, seed=BOOT_SEED)
+    return [float(boot.lo), float(boot.hi)]
 
 
 def brightness_samples(run: Run, dataset: str, label: str, ev: tuple[str, int]) -> np.ndarray | None:

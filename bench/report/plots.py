@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bench.report import kept
 from bench.report.tables import Run, aggregate, datasets_with, direction, floor_value, labels_of
-from bench.style import Plot, arm_styles, fig_legend, figure, metadata, safe, save, theme, wrap  # noqa: F401
+from bench.style import Plot, arm_styles, fig_legend, figure, metadata, safe, save, theme, wrap, write_figure  # noqa: F401
 
 
 # --- metrics ---------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def plot_schedules(names: Sequence[str], T: int, out_path: Path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with theme():
         fig = _schedule_figure({n: make_betas(n, T) for n in names})
-        fig.savefig(out_path, dpi=150, metadata=metadata(out_path))
+        write_figure(fig, out_path)
     return out_path
 
 
@@ -261,6 +262,8 @@ def _read_log(run: Run, tid: str, kind: str) -> pd.DataFrame | None:
 
 def plot_loss_curves(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
     """Training loss against step per dataset: each seed a thin line, the seeds' mean smoothed thick."""
+    if committed := kept.figure(run, "logs", out_dir / "loss_curves.png"):
+        return committed
     styles, found = arm_styles(run.labels), False
     with theme():
         fig, axes = figure(1, len(run.datasets), 4.5, 3.2)
@@ -392,6 +395,8 @@ def loss_by_t_frame(df: pd.DataFrame) -> pd.DataFrame:
 def plot_loss_by_t(run: Run, out_dir: Path, notes: list[str]) -> Plot | None:
     """Loss per timestep bin, one line per arm (mean ± std over seeds), against t and, when logged,
     against the bin's log-SNR (which puts different schedules on one axis)."""
+    if committed := kept.figure(run, "logs", out_dir / "loss_by_t.png"):
+        return committed
     styles = arm_styles(run.labels)
     frames = {ds: [(lb, [loss_by_t_frame(df) for df in _logs(run, trials, "loss_by_t", notes)])
                    for lb, trials in _trials_by_label(run, ds)] for ds in run.datasets}
@@ -478,6 +483,8 @@ def plot_brightness(run: Run, metric: str, out_dir: Path) -> Plot | None:
     each seed's mean as an open marker; the data's mean (line) ± 1 sd (band, where kept)."""
     from bench.report.perimage import brightness_samples, reference_sd
 
+    if committed := kept.figure(run, "per_image", out_dir / f"brightness_{safe(metric)}.png"):
+        return committed
     seeds, styles = _seed_values(run, f"{metric}_mean_fake"), arm_styles(run.labels)
     datasets = list(dict.fromkeys(seeds["dataset"]))
     if not datasets:

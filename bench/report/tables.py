@@ -27,6 +27,7 @@ import pandas as pd
 
 from bench.experiment.config import RunConfig, arm_label, fill_defaults, label_fields
 from bench.experiment.rundir import read_rows
+from bench.report import kept
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,6 +54,8 @@ class Run:
     all_rows: pd.DataFrame = field(init=False, repr=False)
     curve: pd.DataFrame = field(init=False, repr=False)
     cache: dict = field(init=False, repr=False, default_factory=dict)  # per-image arrays, bootstrap results
+    derived: dict = field(default_factory=dict, repr=False)  # derived.json as found (bench.report.kept)
+    fresh: dict = field(init=False, repr=False, default_factory=dict)  # what this build derived from artifacts
 
     def __post_init__(self) -> None:
         self.all_rows = self.rows
@@ -104,7 +107,7 @@ def load_run(run_dir: Path) -> Run:
     grid_path, env_path = run_dir / "grid.toml", run_dir / "env.json"
     grid = tomllib.loads(grid_path.read_text()) if grid_path.exists() else {}
     env = json.loads(env_path.read_text()) if env_path.exists() else {}
-    return Run(run_dir, rows, floors, grid, env)
+    return Run(run_dir, rows, floors, grid, env, kept.load(run_dir))
 
 
 def final_mask(rows: pd.DataFrame) -> pd.Series:

@@ -161,8 +161,18 @@ def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: in
             per_trial.append(train_s + sample_s + score_s)
     finally:
         torch.set_num_threads(before)
-    refs = _references_s(trials, sizes) / ((os.cpu_count() or 1) * speedup)
-    return Estimate(per_trial, refs, threads, max(1, concurrent), ray, device_name(device), timings)
+    refs = _references_s(trials, sizes) / ((os.cpu_count() or 1) * speedup)  # the driver, on this device
+    return Estimate(per_trial, refs, threads, device_slots(concurrent, device), ray, device_name(device), timings)
+
+
+def device_slots(concurrent: int, device: torch.device) -> int:
+    """Trials that run side by side *in time*: on CUDA, trials packed onto one GPU (``--gpus-per-trial``
+    below 1) share its compute, so their work adds up; each trial is timed alone on the whole device,
+    and the gain of packing (a GPU a small UNet leaves idle; ``bench perf``'s packing section measures
+    it) is not counted: an upper bound. On a CPU, one slot per ``concurrent`` trial (each has its cores)."""
+    if device.type == "cuda":
+        return max(1, min(concurrent, torch.cuda.device_count()))
+    return max(1, concurrent)
 
 
 def _time_model(model: str, channels: int, size: int, batch: int, sample_batch: int,

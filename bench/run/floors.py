@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.data.datasets import DATASETS, load_dataset
+from bench.env import pick_device
 from bench.experiment import rundir
 from bench.experiment.config import RunConfig
 from bench.files import save_npz_atomic, write_text_atomic
@@ -25,8 +26,8 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
     shows what a perfect model would score with the same number of images.
 
     Written before the fan-out: computing the floors computes (and caches) every reference
-    statistic the trials will score against, here with all cores, instead of in the first trial
-    with its one thread while the others wait on the cache lock."""
+    statistic the trials will score against, here with all cores (or the GPU that runs the grid),
+    instead of in the first trial with its one thread while the others wait on the cache lock."""
     t0 = time.time()
     rows = []
     keys = sorted({(c.dataset, c.data_root, c.image_size, c.n_samples, c.metric_names, c.n_reference) for c in trials})
@@ -37,7 +38,7 @@ def write_floors(run_dir: Path, trials: list[RunConfig]) -> None:
     for dataset, root, size, n, metrics, n_ref in keys:
         t1 = time.time()
         res = floor(list(metrics), dataset, n, data_root=root, image_size=size, n_reference=n_ref or None,
-                    progress=True)  # a bar on a terminal, a line every 30 s in a log
+                    progress=True, device=pick_device())  # a bar on a terminal, a line every 30 s in a log
         rows.append({"dataset": dataset, "image_size": size, "n_samples": n, **res, "floor_s": time.time() - t1})
     write_text_atomic(run_dir / rundir.FLOORS, pd.DataFrame(rows).to_csv(index=False))
     write_references(run_dir, trials)
@@ -53,7 +54,8 @@ def write_references(run_dir: Path, trials: list[RunConfig]) -> None:
         for feature in sorted({METRICS.get(m).feature for m in c.metric_names}):
             if FEATURES.get(feature).dim > PER_IMAGE_MAX_DIM:
                 continue
-            ref = reference_stats(c.dataset, "train", feature, c.n_reference or None, c.data_root, c.image_size)
+            ref = reference_stats(c.dataset, "train", feature, c.n_reference or None, c.data_root, c.image_size,
+                                  device=pick_device())
             size = c.image_size or DATASETS.get(c.dataset).size
             path = run_dir / "references" / f"{c.dataset}-{size}px-{feature}-n{ref['keys']['n_images']}.npz"
             if not path.exists():

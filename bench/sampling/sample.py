@@ -293,8 +293,18 @@ def _ticking(indices: list, tick: Callable[[int, int], None]):
 
 
 def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor:
-    tt = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-    return model(x, tt).float()
+    """The model at timestep ``t`` (filled on x's device: no host-to-device copy), under the trainer's
+    bf16 autocast on CUDA (``bench.training.train``; none on a CPU, where results stay as they were)."""
+    tt = _steps_on(x, t)
+    if x.device.type != "cuda":
+        return model(x, tt).float()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return model(x, tt).float()
+
+
+def _steps_on(x: torch.Tensor, t: int) -> torch.Tensor:
+    """Timestep ``t`` for every image of ``x``, made on x's device."""
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +338,7 @@ def ddpm(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     x = _start(diffusion, noise, shape, generators, device, skip_start)
     for i in _loop(reversed(range(len(ts))), progress, f"ddpm:{steps}"):
         out = _model_out(model, x, ts[i], device)
-        t_sub = torch.full((shape[0],), i, dtype=torch.long)
+        t_sub = _steps_on(x, i)
         if i == 0:
             return sub.p_sample(out, x, t_sub, None, var_type, clip_x0)  # the posterior mean
         z = noise.sample_per_item(shape, ts[i - 1], generators, device).float()
@@ -362,8 +372,7 @@ def ddim(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     for i in _loop(reversed(range(len(ts))), progress, f"ddim:{steps}"):
         t = ts[i]
         out = _model_out(model, x, t, device)
-        tt = torch.full((shape[0],), t, dtype=torch.long)
-        x0, eps = diffusion.split(out, x, tt, clip_x0)
+        x0, eps = diffusion.split(out, x, _steps_on(x, t), clip_x0)
         if i == 0:
             return x0
         z = noise.sample_per_item(shape, ts[i - 1], generators, device).float() if eta > 0 else None

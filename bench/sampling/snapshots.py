@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bench.style import figure, metadata, theme
+from bench.style import figure, theme, write_figure
 
 #: where the strip looks, as fractions of T (the last is t = T: x_T, what the sampler starts from)
 STRIP_FRACTIONS = (0.05, 0.25, 0.5, 0.75, 1.0)
@@ -76,5 +76,5 @@ def save_strip(cells: torch.Tensor, ts: Sequence[int], T: int, path: Path) -> Pa
                        [f"t = {t + 1}/{T}" for t in ts], fontsize=8)
         top.tick_params(length=0)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, metadata=metadata(path))
+        write_figure(fig, path)
     return path

@@ -1,0 +1,70 @@
+"""The CUDA path, on a CUDA device (tools/gpu-check runs these first; without a GPU they are skipped,
+and say so). Each compares the device against the CPU or counts what the device did."""
+
+import pytest
+import torch
+
+from bench.experiment.config import RunConfig, build_process
+from bench.models.unet import build_model
+from bench.sampling.sample import SAMPLERS, image_generators
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tools/gpu-check runs these)")
+
+
+def _process(noise="gaussian", **kw):
+    _, diffusion, noise_obj = build_process(RunConfig(timesteps=100, noise=noise, dataset="synthetic", **kw))
+    return diffusion, noise_obj
+
+
+def test_a_bf16_training_step_learns_on_cuda():
+    from bench.training.benchstep import BenchStep
+
+    step = BenchStep("tiny", 1, 16, 32, torch.device("cuda"))
+    losses = [float(step().mean()) for _ in range(30)]
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_ddim_on_cuda_matches_the_cpu_within_bf16():
+    """The same weights and x_T: bf16 autocast on the device moves the samples by little."""
+    d, noise = _process()
+    torch.manual_seed(0)
+    model = build_model("tiny", 1, 16).eval()
+    x_cpu = SAMPLERS.get("ddim")(model, d, noise, (4, 1, 16, 16), 10, image_generators(4, 0), "cpu")
+    x_gpu = SAMPLERS.get("ddim")(model.cuda(), d, noise, (4, 1, 16, 16), 10, image_generators(4, 0), "cuda").cpu()
+    assert (x_gpu - x_cpu).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("noise,kw", [("gaussian", {}), ("gamma", {"theta_0": 0.1}), ("laplace", {})])
+def test_device_noise_is_standardised_and_the_same_in_every_arm(noise, kw):
+    d, n = _process(noise, **kw)
+    gens = image_generators(512, 0)
+    a = n.sample_per_item((512, 1, 8, 8), 50, gens, "cuda")
+    b = n.sample_per_item((512, 1, 8, 8), 50, image_generators(512, 0), "cuda")
+    assert a.device.type == "cuda" and torch.equal(a, b)  # image i: the same noise in every arm
+    assert abs(float(a.mean())) < 0.02 and abs(float(a.var()) - 1) < 0.03
+    assert not torch.equal(a, n.sample_per_item((512, 1, 8, 8), 49, gens, "cuda"))  # another step draws anew
+
+
+def test_sampling_steps_copy_nothing_from_the_host():
+    """Issue 32: the profiler counts host-to-device copies; they do not grow with the steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    d, noise = _process("gamma", theta_0=0.1)
+    model = build_model("tiny", 1, 16).cuda().eval()
+
+    def copies(steps):
+        SAMPLERS.get("ddpm")(model, d, noise, (8, 1, 16, 16), steps, image_generators(8, 0), "cuda")  # warm
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            SAMPLERS.get("ddpm")(model, d, noise, (8, 1, 16, 16), steps, image_generators(8, 0), "cuda")
+            torch.cuda.synchronize()
+        return sum(e.count for e in prof.key_averages() if "HtoD" in e.key)
+
+    assert copies(20) <= copies(5) + 1
+
+
+def test_features_on_cuda_match_the_cpu():
+    from bench.scoring.features import extract_features
+
+    x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    a, b = extract_features("pixels", x, "cpu"), extract_features("pixels", x, "cuda")
+    assert torch.allclose(a, b, atol=1e-4)
