@@ -24,14 +24,21 @@ def test_a_bf16_training_step_learns_on_cuda():
     assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-5:]) < sum(losses[:5])
 
 
-def test_ddim_on_cuda_matches_the_cpu_within_bf16():
-    """The same weights and x_T: bf16 autocast on the device moves the samples by little."""
+def test_ddim_on_cuda_matches_the_cpu_within_bf16(monkeypatch):
+    """The same weights and the same x_T (the CPU's draw, moved to the device: the device's own batched
+    draw is another sequence): bf16 autocast on the device moves the samples by little."""
     d, noise = _process()
     torch.manual_seed(0)
     model = build_model("tiny", 1, 16).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.abs().sum():  # the zero-initialised output layer: give the model something to say
+                p.normal_(0.0, 0.02)
     x_cpu = SAMPLERS.get("ddim")(model, d, noise, (4, 1, 16, 16), 10, image_generators(4, 0), "cpu")
+    cpu_draw = type(noise).sample_per_item
+    monkeypatch.setattr(noise, "sample_per_item", lambda shape, t, gens, device=None: cpu_draw(noise, shape, t, gens).to(device))
     x_gpu = SAMPLERS.get("ddim")(model.cuda(), d, noise, (4, 1, 16, 16), 10, image_generators(4, 0), "cuda").cpu()
-    assert (x_gpu - x_cpu).abs().mean() < 0.05
+    assert 0 < (x_gpu - x_cpu).abs().mean() < 0.05
 
 
 @pytest.mark.parametrize("noise,kw", [("gaussian", {}), ("gamma", {"theta_0": 0.1}), ("laplace", {})])
@@ -41,7 +48,7 @@ def test_device_noise_is_standardised_and_the_same_in_every_arm(noise, kw):
     a = n.sample_per_item((512, 1, 8, 8), 50, gens, "cuda")
     b = n.sample_per_item((512, 1, 8, 8), 50, image_generators(512, 0), "cuda")
     assert a.device.type == "cuda" and torch.equal(a, b)  # image i: the same noise in every arm
-    assert abs(float(a.mean())) < 0.02 and abs(float(a.var()) - 1) < 0.03
+    assert abs(float(a.mean())) < 0.03 and abs(float(a.var()) - 1) < 0.06  # ~4 sd of 32768 draws (Laplace's kurtosis 6)
     assert not torch.equal(a, n.sample_per_item((512, 1, 8, 8), 49, gens, "cuda"))  # another step draws anew
 
 

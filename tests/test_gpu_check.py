@@ -21,14 +21,15 @@ def test_help_names_every_step_and_works_without_a_gpu():
     assert os.access(SCRIPT, os.X_OK)
 
 
-@pytest.mark.slow(reason="every step of tools/gpu-check at toy size on the CPU: ~4 min on 2 cores")
+@pytest.mark.slow(reason="every step of tools/gpu-check at toy size on the CPU: ~3 min on 2 idle cores")
+@pytest.mark.timeout(2400)
 def test_every_step_runs_on_the_cpu_at_toy_size(tmp_path):
     data = os.environ.get("BENCH_DATA_ROOT")
     if not data or not (Path(data) / "MNIST" / "raw").is_dir():
         pytest.skip("MNIST raw files absent (set BENCH_DATA_ROOT)")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), "--data", data],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+                          capture_output=True, text=True, timeout=2400, cwd=ROOT)  # a hang guard, not a time target
     summary = (out / "summary.md").read_text()
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in summary.splitlines()
             if line.startswith("| ") and not line.startswith("| step")}

@@ -76,10 +76,11 @@ def build_report(run_dir: Path) -> Path:
     paired = write_paired(run, run.dir / "tables")
     claims_report.write_table(run, run.dir / "tables")
     plots, notes = make_plots(run, run.dir / "plots", paired)
+    notes = kept.notes(run, notes)
     sections = [header(run), compared(run), result(run, paired), claims_report.section(run), tables_section(run),
                 figures_section(run, plots),
                 method(run), warnings_section(run, notes), provenance(run), cite(run)]
-    kept.write(run, plots)  # after every section: the sections derive numbers too (the brightness intervals)
+    kept.write(run, plots, notes)  # after every section: the sections derive numbers too (the brightness intervals)
     path = run.dir / REPORT
     write_text_atomic(path, "\n\n".join(s.strip() for s in sections if s.strip()) + "\n")
     return path

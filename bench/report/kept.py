@@ -64,8 +64,16 @@ def figure(run, kind: str, png: Path) -> Plot | None:
     return Plot(Path(png), caption)
 
 
-def write(run, plots: list[Plot]) -> None:
-    """derived.json: what was recorded before, updated with this build's numbers and captions."""
+def notes(run, found: list[str]) -> list[str]:
+    """The report's notes on missing inputs: ``found`` (this build's), and where an artifact kind is
+    absent, also those recorded when the figures reused from plots/ were drawn (they were not drawn now)."""
+    if all(present(run, kind) for kind in ARTIFACTS):
+        return found
+    return list(dict.fromkeys([*run.derived.get("notes", []), *found]))
+
+
+def write(run, plots: list[Plot], found_notes: list[str]) -> None:
+    """derived.json: what was recorded before, updated with this build's numbers, captions and notes."""
     out = {**run.derived, **run.fresh, **{f"figure:{p.png.name}": p.caption for p in plots},
-           **{f"had:{kind}": True for kind in ARTIFACTS if present(run, kind)}}
+           **{f"had:{kind}": True for kind in ARTIFACTS if present(run, kind)}, "notes": found_notes}
     write_text_atomic(run.dir / DERIVED, json.dumps(out, indent=1, sort_keys=True) + "\n")
