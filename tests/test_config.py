@@ -111,10 +111,11 @@ def test_every_field_declares_exactly_one_role_and_the_derived_lists_are_the_his
     assert sum(len(fields_with(r)) for r in ROLES) == len(roles)  # exactly one each
     assert NOT_TRAINING_FIELDS == {"train_steps", "checkpoint_every", "data_root", "evals", "n_samples", "ddim_eta",
                                    "var_type", "metrics", "sample_seed", "n_reference", "image_seeds", "skip_start",
-                                   "eval_at", "curve_metrics", "reuse_training"}
+                                   "eval_at", "curve_metrics", "reuse_training",
+                                   "sample_shift"}  # issue 33: euler's grid shift, a sampler option like ddim_eta
     assert trained.EVAL_ONLY == NOT_TRAINING_FIELDS - {"train_steps"}
     assert trained.CURVE_FIELDS == {"n_samples", "sample_seed", "image_seeds", "n_reference", "ddim_eta", "var_type",
-                                    "skip_start"}
+                                    "skip_start", "sample_shift"}
     assert NOT_IN_LABEL == {"seed", "dataset", "data_root", "sample_seed"}
     assert fields_with(SAMPLER_OPTION) == {o for _, s in SAMPLERS.items() for o in s.options}  # what samplers declare
     assert {name: role for name, _, _, role, _ in describe_fields()} == roles  # bench ls config shows them

@@ -41,7 +41,7 @@ from bench.process.schedules import make_betas
 from bench.registry import InputError
 from bench.sampling.sample import SAMPLERS, image_generators, sample_images, timestep_subsequence
 
-PREDS = PREDICTIONS.names()
+PREDS = [p for p in PREDICTIONS.names() if p != "flow"]  # flow is the rf path's (no corruption there)
 
 
 def blur(schedule="linear", T=100, sigma=20.0, prediction="eps", zt=False) -> BlurDiffusion:

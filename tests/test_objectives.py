@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from bench.process.diffusion import PREDICTIONS, WEIGHTINGS, Diffusion, make_weighting, weighting_params
+from bench.process.paths import PATHS
 from bench.process.noise import make_noise
 from bench.process.schedules import make_betas
 from bench.registry import InputError, UnknownNameError
@@ -43,18 +44,28 @@ LITERAL = {
     "p2": lambda snr, p: ((p["p2_k"] + snr) ** -p["p2_gamma"],
                           snr * (p["p2_k"] + snr) ** -p["p2_gamma"],
                           snr / (snr + 1) * (p["p2_k"] + snr) ** -p["p2_gamma"]),
+    # EDM's (sigma^2 + sd^2)/(sigma sd)^2 on ||D - x0||^2 is the x0 form, with sigma^2 = 1/SNR, sd = 0.5
+    "edm": lambda snr, p: ((1 / snr + 0.25) / (0.25 / snr) / snr, (1 / snr + 0.25) / (0.25 / snr),
+                           (1 / snr + 0.25) / (0.25 / snr) / (snr + 1)),
+    # Kingma & Gao: sigmoid(b - lambda) on the eps loss
+    "sigmoid": lambda snr, p: (torch.sigmoid(p["weight_bias"] - torch.log(snr)),
+                               snr * torch.sigmoid(p["weight_bias"] - torch.log(snr)),
+                               snr / (snr + 1) * torch.sigmoid(p["weight_bias"] - torch.log(snr))),
 }
 PARAMS = {  # per weighting: the defaults of DESIGN.md, and other values
     "none": [{}],
     "min_snr": [{"min_snr_gamma": 5.0}, {"min_snr_gamma": 1.0}, {"min_snr_gamma": 0.05}],
     "p2": [{"p2_k": 1.0, "p2_gamma": 1.0}, {"p2_k": 0.5, "p2_gamma": 0.5}, {"p2_k": 2.0, "p2_gamma": 0.0}],
+    "edm": [{}],
+    "sigmoid": [{"weight_bias": 0.0}, {"weight_bias": -2.0}, {"weight_bias": 3.0}],
 }
+VP_PREDICTIONS = PATHS.get("vp").predictions  # flow is rf's (tests/test_formulations.py)
 FORM = {"eps": 0, "x0": 1, "v": 2}
 
 
 def test_registries_are_what_design_md_names():
-    assert PREDICTIONS.names() == ["eps", "v", "x0"]
-    assert WEIGHTINGS.names() == ["min_snr", "none", "p2"]
+    assert PREDICTIONS.names() == ["eps", "flow", "v", "x0"] and sorted(VP_PREDICTIONS) == ["eps", "v", "x0"]
+    assert WEIGHTINGS.names() == ["edm", "min_snr", "none", "p2", "sigmoid"]
     assert set(LITERAL) == set(WEIGHTINGS.names()) == set(PARAMS)
 
 
@@ -90,7 +101,7 @@ def test_targets_round_trip_and_agree(schedule, zt):
     """target -> split gives (x_0, eps) back to 1e-6 in float64 (1e-9 in fact), for every target; and
     an eps-model's output converted to any target and split again is the same (x0_hat, eps_hat)."""
     betas = make_betas(schedule, T, zero_terminal_snr=zt)
-    preds = [n for n, p in PREDICTIONS.items() if p.recovers_x0_at_zero_snr or not zt]
+    preds = [n for n, p in PREDICTIONS.items() if (p.recovers_x0_at_zero_snr or not zt) and n in VP_PREDICTIONS]
     diffs = {n: Diffusion(betas, prediction=n) for n in preds}
     x0, eps = _draw()
     d0 = diffs[preds[0]]
@@ -125,7 +136,7 @@ def test_v_closed_form():
 
 
 def test_clipping_recomputes_eps_from_the_clipped_x0():
-    for n in PREDICTIONS.names():
+    for n in VP_PREDICTIONS:
         d = Diffusion(make_betas("linear", T), prediction=n)
         x0, eps = _draw()
         x0 = x0 * 3  # outside [-1, 1]
@@ -166,7 +177,7 @@ def _losses(betas, weighting, params, kind="mse", seed=0):
     d0 = 0.05 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 7), dtype=F64)
     out = {}
     for n, p in PREDICTIONS.items():
-        if betas[-1].item() == 1.0 and not p.recovers_x0_at_zero_snr:
+        if (betas[-1].item() == 1.0 and not p.recovers_x0_at_zero_snr) or n not in VP_PREDICTIONS:
             continue
         d = Diffusion(betas, prediction=n, weighting=weighting, **params)
         out[n] = d.loss(KnownErrorModel(d, x0, d0), x0, TS, eps, kind)
@@ -198,7 +209,13 @@ def test_every_weighting_obeys_the_conversion_identity(schedule, weighting):
             assert torch.allclose(losses["v"], losses["eps"], rtol=1e-9, atol=0), params
 
 
-@pytest.mark.parametrize("weighting", WEIGHTINGS.names())
+def test_edm_weighting_is_refused_at_zero_terminal_snr():
+    """EDM's weight 1 + 1/(SNR sd^2) is infinite at SNR = 0: one line, not an infinite loss."""
+    with pytest.raises(InputError, match="not a finite number"):
+        Diffusion(make_betas("cosine", T, zero_terminal_snr=True), prediction="v", weighting="edm")
+
+
+@pytest.mark.parametrize("weighting", [w for w in WEIGHTINGS.names() if w != "edm"])
 def test_weightings_at_zero_terminal_snr(weighting):
     """alpha_bar_T = 0 (SNR 0): x0 and v losses finite, equal where the weighting is eps-equivalent,
     and the literal formulas' values at SNR = 0 (min_snr: min(0, gamma) = 0; p2: 0 * k^-gamma = 0)."""
@@ -248,7 +265,7 @@ def test_weighting_anchor_values():
     assert d("x0", "p2") == pytest.approx([0.9, 0.5], rel=1e-12)
     assert d("v", "p2") == pytest.approx([0.09, 0.25], rel=1e-12)
     assert d("v", "p2", p2_k=3.0, p2_gamma=0.5) == pytest.approx([0.9 / 12**0.5, 0.5 / 2], rel=1e-12)
-    for p in PREDICTIONS.names():
+    for p in VP_PREDICTIONS:
         assert d(p, "none") == [1.0, 1.0]
 
 
@@ -257,7 +274,7 @@ def test_loss_is_weighted_per_example_and_l1():
     betas = make_betas("cosine", T)
     x0, eps = _draw()
     zero = lambda x, t: torch.zeros_like(x)
-    for p in PREDICTIONS.names():
+    for p in VP_PREDICTIONS:
         d = Diffusion(betas, prediction=p, weighting="p2")
         tgt = d.target(x0, TS, eps)
         w = d.loss_weight[TS]
@@ -273,8 +290,8 @@ def test_loss_gradients_flow_for_every_target():
     t = torch.randint(0, T, (8,))
     t[0] = T - 1
     for zt in (False, True):
-        for p, w in itertools.product(PREDICTIONS.names(), WEIGHTINGS.names()):
-            if zt and not PREDICTIONS.get(p).recovers_x0_at_zero_snr:
+        for p, w in itertools.product(VP_PREDICTIONS, WEIGHTINGS.names()):
+            if zt and (not PREDICTIONS.get(p).recovers_x0_at_zero_snr or w == "edm"):
                 continue
             d = Diffusion(make_betas("linear", T, zero_terminal_snr=zt), prediction=p, weighting=w)
             conv = torch.nn.Conv2d(1, 1, 3, padding=1)
@@ -298,13 +315,13 @@ def build(cfg):
 
 def cfg(**kw):
     base = dict(schedule="cosine", timesteps=100, zero_terminal_snr=False, prediction="eps", weighting="none",
-                min_snr_gamma=5.0, p2_k=1.0, p2_gamma=1.0, noise="gaussian")
+                min_snr_gamma=5.0, p2_k=1.0, p2_gamma=1.0, weight_bias=0.0, noise="gaussian")
     return SimpleNamespace(**{**base, **kw})
 
 
 def test_builder_accepts_every_valid_combination():
-    for p, w, zt in itertools.product(PREDICTIONS.names(), WEIGHTINGS.names(), (False, True)):
-        if zt and p == "eps":
+    for p, w, zt in itertools.product(VP_PREDICTIONS, WEIGHTINGS.names(), (False, True)):
+        if zt and (p == "eps" or w == "edm"):  # edm: infinite weight at SNR 0 (test above)
             continue
         d, noise = build(cfg(prediction=p, weighting=w, zero_terminal_snr=zt))
         assert d.prediction is PREDICTIONS.get(p) and d.zero_terminal_snr == zt
@@ -380,9 +397,9 @@ def test_every_objectives_trial_builds(name, preset):
                                        "min_snr_gamma", "p2_k", "p2_gamma", "noise") if k in tr})
         build(c)  # would raise InputError (exit 2) for e.g. eps + zero terminal SNR
         seen.add((c.prediction, c.weighting, c.zero_terminal_snr))
-    want = {"full": itertools.product(PREDICTIONS.names(), WEIGHTINGS.names()),
+    want = {"full": itertools.product(("eps", "x0", "v"), ("none", "min_snr", "p2")),
             "quick": itertools.product(("eps", "v"), ("none", "min_snr")),
-            "smoke": itertools.product(PREDICTIONS.names(), ("min_snr",))}[preset]
+            "smoke": itertools.product(("eps", "x0", "v"), ("min_snr",))}[preset]
     if name == "objectives":
         assert {(p, w) for p, w, _ in seen} == set(want)
     else:

@@ -22,6 +22,7 @@ from PIL import Image
 
 import bench.sampling.sample as S
 from bench.process.diffusion import PREDICTIONS, Diffusion
+from bench.process.paths import VP
 from bench.process.noise import make_noise
 from bench.process.schedules import make_betas
 from bench.registry import InputError, UnknownNameError
@@ -43,8 +44,8 @@ CORE = ["linear", "cosine", "sigmoid", "exponential"]
 NOISE_CASES = [("gaussian", None), ("gamma", 0.001), ("gamma", 0.1)]
 
 
-PREDS = PREDICTIONS.names()
-ZT_PREDS = [n for n, p in PREDICTIONS.items() if p.recovers_x0_at_zero_snr]  # v, x0
+PREDS = [p for p in PREDICTIONS.names() if p in VP.predictions]  # eps, v, x0 (flow is rf's: tests/test_formulations.py)
+ZT_PREDS = [n for n, p in PREDICTIONS.items() if p.recovers_x0_at_zero_snr and n in VP.predictions]  # v, x0
 
 
 @functools.lru_cache(maxsize=None)
@@ -422,13 +423,14 @@ OPTION_DEFAULTS = _option_defaults()
 
 
 def test_sampler_contract():
-    assert SAMPLERS.names() == ["cold", "ddim", "ddpm"]
+    assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "euler"]
+    assert SAMPLERS.get("euler").options == ("sample_shift",) and SAMPLERS.get("euler").needs_ve_view
     assert SAMPLERS.get("ddpm").options == ("var_type", "skip_start")
     assert SAMPLERS.get("ddim").options == ("ddim_eta", "skip_start")
     assert SAMPLERS.get("cold").options == () and not SAMPLERS.get("cold").needs_posterior
     assert SAMPLERS.get("ddpm").needs_posterior and SAMPLERS.get("ddim").needs_posterior
     assert set(OPTION_DEFAULTS) == set(OPTION_CHECKS)
-    assert OPTION_DEFAULTS == {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0}
+    assert OPTION_DEFAULTS == {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0, "sample_shift": 1.0}
     for name, smp in SAMPLERS.items():
         assert isinstance(smp, Sampler) and smp.name == name and smp.evals_per_step == 1
         assert set(smp.options) <= set(OPTION_CHECKS)

@@ -27,9 +27,12 @@ import torch
 from bench.data.datasets import DATASETS
 from bench.models.unet import MODELS
 from bench.process.corruptions import CORRUPTIONS, corruption_params, make_process
+from bench.process.continuous import PathDiffusion
+from bench.process.densities import DENSITIES, all_density_params, density_params, make_density
 from bench.process.diffusion import WEIGHTINGS, Diffusion, weighting_params
 from bench.process.noise import NOISES, Noise, make_noise, noise_params
-from bench.process.schedules import SCHEDULES, make_betas, schedule_params
+from bench.process.paths import PATHS, check_shift
+from bench.process.schedules import SCHEDULES, make_betas, schedule_params, shift_schedule
 from bench.registry import InputError, did_you_mean
 from bench.sampling.sample import SAMPLERS, sampler_options, start_T
 from bench.scoring.metrics import METRICS
@@ -92,6 +95,21 @@ class RunConfig:
     min_snr_gamma: Optional[float] = role(TRAINS, None)
     p2_k: Optional[float] = role(TRAINS, None)
     p2_gamma: Optional[float] = role(TRAINS, None)
+    weight_bias: Optional[float] = role(TRAINS, None)
+    # --- formulation (DESIGN.md section 6: path, training time density, shift; bench ls paths / densities).
+    # The defaults are the first release's trials (vp, the uniform integer draw, no shift): unchanged ids.
+    path: str = role(TRAINS, "vp", help='how x_t mixes data and noise: vp (the beta schedule) | rf (rectified flow) | edm (bench ls paths)')
+    t_density: str = role(TRAINS, "uniform", help='training time density: uniform | logit_normal | mode | cosmap | lognormal (bench ls densities)')
+    t_mean: Optional[float] = role(TRAINS, None)
+    t_std: Optional[float] = role(TRAINS, None)
+    t_mode_scale: Optional[float] = role(TRAINS, None)
+    P_mean: Optional[float] = role(TRAINS, None)
+    P_std: Optional[float] = role(TRAINS, None)
+    train_shift: float = role(TRAINS, 1.0, help="shift of the training noise levels, sigma~' = a sigma~ (lambda - 2 log a; SD3 eq. 23 on rf); >= 1")
+    # --- noise-side training knobs (DESIGN.md section 6; each off by default)
+    input_perturbation: float = role(TRAINS, 0.0, help='DDPM-IP gamma: x_t made of eps + gamma xi, target eps (Ning et al. 2023; 0 = off)')
+    immiscible: bool = role(TRAINS, False, help="Immiscible Diffusion: each batch's noise assigned to its images by linear assignment on L2 distance (Li et al. 2024)")
+    offset_noise: float = role(TRAINS, 0.0, help='offset noise s: eps + s n, n ~ N(0, 1) per image and channel, in x_t and the target (Guttenberg 2023; 0 = off)')
     # --- model ----------------------------------------------------------------------------------
     model: str = role(TRAINS, "tiny", help='UNet size preset (bench ls models)')
     dropout: float = role(TRAINS, 0.1, help="dropout rate in the UNet's residual blocks")
@@ -111,6 +129,7 @@ class RunConfig:
     n_samples: int = role(SCORING, 256, help="generated images per evaluation (the metrics' sample size)")
     ddim_eta: float = role(SAMPLER_OPTION, 0.0, help='DDIM stochasticity: 0 deterministic, 1 DDPM-like')
     var_type: str = role(SAMPLER_OPTION, "small", help='DDPM reverse variance: small (posterior) | large (beta_t)')
+    sample_shift: float = role(SAMPLER_OPTION, 1.0, help="euler: shift of the sampling grid, sigma~' = a sigma~, applied last; on vp it must equal train_shift")
     skip_start: float = role(SAMPLER_OPTION, 0.0,
         help='ddpm/ddim: fraction f of the reverse process skipped, starting from noise at t = T - round(f T) (Nichol & Dhariwal 2021)')
     metrics: str = role(EVALUATIONS, "fid,kid", help='metrics of each evaluation, comma-separated (bench ls metrics)')
@@ -190,6 +209,10 @@ class RunConfig:
     def weighting_kwargs(self) -> dict[str, Any]:
         return self._set_params(_weighting_params(self.weighting))
 
+    def density_kwargs(self) -> dict[str, Any]:
+        """Every density parameter that is set (``make_density`` refuses those of another density)."""
+        return self._set_params(DENSITY_PARAMS)
+
     def _set_params(self, names) -> dict[str, Any]:
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
@@ -220,11 +243,42 @@ class RunConfig:
         return f"{self.schedule_label()} / {_fmt(self.noise, self.noise_kwargs())}{corruption}"
 
     def arm(self) -> str:
-        """Short label of the arm: the forward process (``process_label``) [/ prediction, weighting]."""
-        objective = ""
-        if (self.prediction, self.weighting) != ("eps", "none"):  # the first release's labels stay as they were
-            objective = f" / {self.prediction}, {_fmt(self.weighting, self.weighting_kwargs())}"
-        return f"{self.process_label()}{objective}"
+        """Short label of the arm: the forward process (``process_label``) [/ prediction, weighting]; on
+        rf and edm SD3 Table 1's names (``rf/lognorm(0.00,1.00)``, ``edm(-1.20,1.20)``); then whatever of
+        the density, shift and noise-side knobs is not the default (the first release's labels stay as
+        they were)."""
+        if self.path not in PATHS or PATHS.get(self.path).discrete:
+            objective = ""
+            if (self.prediction, self.weighting) != ("eps", "none"):
+                objective = f" / {self.prediction}, {_fmt(self.weighting, self.weighting_kwargs())}"
+            density = self._density_label()
+            head = f"{self.process_label()}{objective}{f' / {density}' if density else ''}"
+        else:
+            head = self._path_label()
+        return head + "".join(f" / {part}" for part in self._knob_labels())
+
+    def _density_label(self) -> str:
+        if self.t_density not in DENSITIES:
+            return self.t_density
+        try:
+            return make_density(self.t_density, **self.density_kwargs()).label()
+        except InputError:
+            return self.t_density
+
+    def _path_label(self) -> str:
+        """rf[/density] [/ weighting] or edm(P_mean,P_std) [/ weighting] (SD3 Table 1's names)."""
+        path = PATHS.get(self.path)()
+        head = path.arm_label(self._density_label())
+        if self.weighting != path.natural_weighting:
+            head += f" / {_fmt(self.weighting, self.weighting_kwargs())}"
+        return head
+
+    def _knob_labels(self) -> list[str]:
+        parts = [f"shift {self.train_shift:g}"] if self.train_shift != 1.0 else []
+        parts += [f"ip {self.input_perturbation:g}"] if self.input_perturbation else []
+        parts += ["immiscible"] if self.immiscible else []
+        parts += [f"offset {self.offset_noise:g}"] if self.offset_noise else []
+        return parts
 
 
 def _fmt(name: str, kw: dict[str, Any]) -> str:
@@ -246,7 +300,9 @@ def _weighting_params(name: str) -> tuple[str, ...]:
 # Every component parameter field (schedules, noises, weightings): None unless the trial's component takes it.
 COMPONENT_PARAMS = ("beta_start", "beta_end", "cosine_s", "tau", "sigmoid_start", "sigmoid_end", "sigma_min",
                     "sigma_max", "laplace_mu", "laplace_b", "theta_0", "min_snr_gamma", "p2_k", "p2_gamma",
-                    "sigma_blur_max")
+                    "sigma_blur_max", "weight_bias")
+# The time densities' parameters: never dropped by ``canonical`` (one set without its density is bad input).
+DENSITY_PARAMS = all_density_params()
 
 # The fields of the first release (commit 2508968), hashed as they were then (None included): the
 # trial ids of every run made since stay valid. Never edit this tuple.
@@ -333,14 +389,59 @@ def build_process(cfg: RunConfig, data: Optional[torch.Tensor] = None) -> Forwar
 
     ``data``: the training images [N, C, H, W], for a corruption whose generation starts from their
     statistics (``diffusion.needs_data``: cold_blur's channel-mean mixture); validation passes none."""
-    betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
-    diffusion = make_process(cfg.corruption, betas, cfg.prediction, cfg.weighting, cfg.weighting_kwargs(), cfg.noise,
-                             **cfg.corruption_kwargs())
+    path = check_formulation(cfg)
+    density = make_density(cfg.t_density, **cfg.density_kwargs())
+    if path.discrete:
+        betas = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())
+        betas = shift_schedule(betas, cfg.train_shift)
+        diffusion = make_process(cfg.corruption, betas, cfg.prediction, cfg.weighting, cfg.weighting_kwargs(), cfg.noise,
+                                 **cfg.corruption_kwargs())
+        diffusion.density = None if density.integer_on_vp else density
+    else:
+        diffusion = PathDiffusion(path, cfg.prediction, cfg.weighting, cfg.weighting_kwargs(), density, cfg.train_shift)
+        betas = None  # a continuous path has no beta schedule
     for sampler, _ in cfg.evaluations:
         SAMPLERS.get(sampler).check_process(diffusion)
     if data is not None and diffusion.needs_data:
         diffusion.fit_start(data)
     return ForwardProcess(betas, diffusion, make_noise(cfg.noise, diffusion.alpha_bar, **cfg.noise_kwargs()))
+
+
+#: the fields of the beta schedule: they mean nothing on a continuous path (rf, edm)
+SCHEDULE_FIELDS = ("schedule", "timesteps", "zero_terminal_snr", "beta_start", "beta_end", "cosine_s", "tau", "sigmoid_start",
+                   "sigmoid_end", "sigma_min", "sigma_max", "laplace_mu", "laplace_b")
+
+
+def check_formulation(cfg: RunConfig):
+    """The path of ``cfg`` after checking what DESIGN.md section 6 makes bad input: a target the path does not
+    take (flow on vp), beta-schedule fields or a corruption on a continuous path, a time-dependent noise
+    type there, a shift < 1, a sampling shift on vp other than the training shift, negative knobs."""
+    path = PATHS.get(cfg.path)()
+    if cfg.prediction not in path.predictions:
+        raise InputError(f"prediction {cfg.prediction} on path {cfg.path}: path {cfg.path} takes {', '.join(path.predictions)}"
+                         f" (rf: flow u = eps - x_0; edm: x0 through Karras' preconditioning)")
+    check_shift("train_shift", cfg.train_shift)
+    check_shift("sample_shift", cfg.sample_shift)
+    for k in ("input_perturbation", "offset_noise"):
+        if not getattr(cfg, k) >= 0:
+            raise InputError(f"{k} must be >= 0 (0 = off), got {getattr(cfg, k)}")
+    if path.discrete:
+        if cfg.sample_shift != cfg.train_shift:
+            raise InputError(f"sample_shift={cfg.sample_shift:g} != train_shift={cfg.train_shift:g} on path vp: the shift "
+                             f"shifts the discrete schedule itself, which has no noise levels between its T steps")
+        return path
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    stray = [k for k in SCHEDULE_FIELDS if getattr(cfg, k) != defaults[k]]
+    if stray:
+        raise InputError(f"{', '.join(stray)} set on path {cfg.path}: the beta-schedule fields mean nothing on a continuous "
+                         f"path (its formula is fixed; bench ls paths)")
+    if cfg.corruption != "none":
+        raise InputError(f"corruption {cfg.corruption} on path {cfg.path}: corruptions are defined on the vp chain only")
+    if cfg.noise in NOISES and not NOISES.get(cfg.noise).time_invariant:
+        invariant = ", ".join(n for n, c in NOISES.items() if c.time_invariant)
+        raise InputError(f"noise {cfg.noise} depends on the vp timestep (alpha_bar_t), which path {cfg.path} does not have: "
+                         f"use {invariant}")
+    return path
 
 
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
@@ -468,7 +569,7 @@ def validate(cfg: RunConfig) -> None:
         raise InputError(f"loss must be {'|'.join(LOSSES)} and var_type {'|'.join(VAR_TYPES)}, "
                          f"got {cfg.loss!r}, {cfg.var_type!r}")
     for registry, names in ((DATASETS, [cfg.dataset]), (MODELS, [cfg.model]), (METRICS, cfg.metric_names),
-                            (SAMPLERS, [s for s, _ in cfg.evaluations])):
+                            (SAMPLERS, [s for s, _ in cfg.evaluations]), (PATHS, [cfg.path]), (DENSITIES, [cfg.t_density])):
         for name in names:
             registry.get(name)
     build_process(cfg)
@@ -484,8 +585,8 @@ def validate(cfg: RunConfig) -> None:
 def param_owners() -> dict[str, list[str]]:
     """Component parameter field -> the components that take it with their default, e.g.
     ``tau -> ["schedule sigmoid (default 1)"]``, read from the registries."""
-    owners: dict[str, list[str]] = {k: [] for k in COMPONENT_PARAMS}
-    kinds = (("schedule", SCHEDULES, schedule_params), ("noise", NOISES, noise_params),
+    owners: dict[str, list[str]] = {k: [] for k in (*COMPONENT_PARAMS, *DENSITY_PARAMS)}
+    kinds = (("schedule", SCHEDULES, schedule_params), ("noise", NOISES, noise_params), ("t_density", DENSITIES, density_params),
              ("weighting", WEIGHTINGS, _init_defaults(WEIGHTINGS, weighting_params)),
              ("corruption", CORRUPTIONS, _init_defaults(CORRUPTIONS, corruption_params)))
     for kind, registry, params in kinds:

@@ -122,6 +122,7 @@ class BlurDiffusion(Diffusion):
     so eps with clipping is the weak combination (x0 and v never divide by d).
     """
 
+    has_ve_view = False  # x_t = a_t d_t * x_0 + s_t eps per frequency: alpha differs per frequency
     description = "blur: u_t = a_t d_t u_0 + s_t eps per DCT frequency (Hoogeboom & Salimans 2023), sigma_blur_max"
     corruption_params = ("sigma_blur_max",)
     noises = ("gaussian",)
@@ -381,6 +382,7 @@ class ColdBlur(Diffusion):
     weightings = ("none",)
     noises = ("gaussian",)
     has_posterior = False
+    has_ve_view = False  # x_t = D(x_0, t): no alpha_t x_0 + sigma_t eps
     needs_data = True
     KERNEL_SIZE = 11
     KERNEL_STD = 7.0

@@ -40,7 +40,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bench.process.schedules import check_betas
+from bench.process.paths import VP
+from bench.process.schedules import check_betas, timestep_subsequence
 from bench.registry import InputError, Registry
 
 PREDICTIONS: Registry = Registry("prediction")
@@ -139,6 +140,32 @@ class VPrediction(Prediction):
         return snr / (snr + 1.0)
 
 
+@PREDICTIONS.register("flow")
+class FlowPrediction(Prediction):
+    """flow: target u = eps - x_0, the velocity of x_t = (1 - t) x_0 + t eps (rectified flow: Liu et al.
+    2022; Esser et al. 2024, eq. 3; diffusers' flow-matching schedulers' ``noise - latents``).
+
+    For x_t = a x_0 + s eps: x_0 = (x_t - s u)/(a + s), eps = (x_t + a u)/(a + s); on ``rf`` (a + s = 1)
+    that is x0_hat = x_t - t u_hat, eps_hat = x_t + (1 - t) u_hat. The path ``rf`` only (``vp`` takes
+    eps, x0, v). eps_hat - eps = a/(a + s) (u_hat - u) at fixed x_t, so the eps-equivalent factor is
+    (a/(a + s))^2 = 1/(1 + sigma~)^2 with sigma~ = SNR^(-1/2); 0 at SNR = 0 (t = 1), where x_0 = -u + x_t
+    needs no division."""
+
+    recovers_x0_at_zero_snr = True
+
+    @staticmethod
+    def target(x0, eps, a, s):
+        return eps - x0
+
+    @staticmethod
+    def split(out, x_t, a, s):
+        return (x_t - s * out) / (a + s), (x_t + a * out) / (a + s)
+
+    @staticmethod
+    def eps_weight_factor(snr):
+        return 1.0 / (1.0 + snr.rsqrt()) ** 2  # snr = 0: rsqrt = inf -> 0
+
+
 # ---------------------------------------------------------------------------------------------
 # loss weightings
 
@@ -206,6 +233,46 @@ class P2(Weighting):
         return (self.k + snr) ** -self.gamma
 
 
+@WEIGHTINGS.register("edm")
+class EDMWeighting(Weighting):
+    """edm: EDM's loss weight (sigma^2 + sd^2)/(sigma sd)^2 on ||D - x_0||^2 (Karras et al. 2022, Table 1;
+    NVlabs/edm ``EDMLoss``), sd = sigma_data = 0.5, as an eps-equivalent weight
+    w_eps = 1 + 1/(SNR sd^2) = 1 + e^(-lambda)/sd^2 (x0-target: SNR + 1/sd^2 = 1/sigma^2 + 1/sd^2).
+    Infinite at SNR = 0, so not usable with zero terminal SNR."""
+
+    def __init__(self):
+        from bench.process.paths import SIGMA_DATA  # a leaf: the one home of sigma_data
+
+        self.sd2 = SIGMA_DATA**2
+
+    def eps_weight(self, snr):
+        return 1.0 + 1.0 / (snr * self.sd2)
+
+
+@WEIGHTINGS.register("sigmoid")
+class SigmoidWeighting(Weighting):
+    """sigmoid: w_eps(lambda) = sigmoid(b - lambda), b = ``weight_bias`` (Kingma & Gao 2023, "Understanding
+    Diffusion Objectives", sec. 5; default 0: w = 1/2 at lambda = 0; the paper sweeps b). Computed as
+    1/(1 + SNR e^(-b)), exact at SNR = 0 (w = 1) and SNR = inf (w = 0)."""
+
+    def __init__(self, weight_bias: float = 0.0):
+        if isinstance(weight_bias, bool) or not isinstance(weight_bias, (int, float)) or not math.isfinite(weight_bias):
+            raise InputError(f"weighting sigmoid: weight_bias must be a finite number, got {weight_bias!r}")
+        self.b = float(weight_bias)
+
+    def eps_weight(self, snr):
+        return 1.0 / (1.0 + snr * math.exp(-self.b))
+
+
+def eps_equivalent(weighting: Weighting, snr: torch.Tensor, prediction: type[Prediction]) -> torch.Tensor:
+    """The eps-equivalent weight of ``weighting`` on ``prediction``'s loss: w_target / factor (so ``none``
+    on the v loss is (SNR + 1)/SNR; Kingma & Gao 2023). Where the factor is 0 (SNR = 0 for x0, v and flow)
+    the weight is taken as its limit from the neighbouring value (nan there)."""
+    factor = prediction.eps_weight_factor(snr)
+    w = weighting.weight(snr, prediction) / factor
+    return torch.where(factor > 0, w, torch.full_like(w, float("nan")))
+
+
 def weighting_params(name: str) -> tuple[str, ...]:
     """The keyword parameters of weighting ``name`` (RunConfig field names), e.g. ("min_snr_gamma",)."""
     sig = inspect.signature(WEIGHTINGS.get(name).__init__)
@@ -257,17 +324,27 @@ class Diffusion:
     uses_schedule: bool = True  # x_t depends on the beta schedule and the noise (labels show both)
     #: whether the start of generation needs statistics of the training images (``fit_start``)
     needs_data: bool = False
+    #: whether it is a discrete chain on integer timesteps (ddpm, ddim, cold step it; PathDiffusion is not)
+    discrete: bool = True
+    #: whether x_t = a x_0 + s eps holds for the model's (x0_hat, eps_hat), so the VE-view solvers
+    #: (euler) can step it (not under blur / cold_blur, whose operator acts on x_0)
+    has_ve_view: bool = True
+    #: the training time density (``bench.process.densities``); None: the first release's uniform integer draw
+    density = None
 
     def __init__(self, betas: torch.Tensor, prediction: str = "eps", weighting: str = "none", **weighting_kwargs):
         zero_terminal = bool(betas.ndim == 1 and len(betas) and betas[-1].item() == 1.0)
         check_betas(betas, zero_terminal_snr=zero_terminal)
         self.prediction_name = prediction
         self.prediction: type[Prediction] = PREDICTIONS.get(prediction)
+        if prediction not in VP.predictions:
+            raise InputError(f"prediction {prediction} on path vp: path vp takes {', '.join(VP.predictions)} "
+                             f"(flow is the rf path's target, u = eps - x_0)")
         self.weighting_name = weighting
         self.weighting_kwargs = dict(weighting_kwargs)
         self.weighting: Weighting = make_weighting(weighting, **weighting_kwargs)
         if zero_terminal and not self.prediction.recovers_x0_at_zero_snr:
-            works = " or ".join(f"`{n}`" for n, p in PREDICTIONS.items() if p.recovers_x0_at_zero_snr)
+            works = " or ".join(f"`{n}`" for n, p in PREDICTIONS.items() if p.recovers_x0_at_zero_snr and n in VP.predictions)
             raise InputError(
                 f"zero terminal SNR (alpha_bar_T = 0) with prediction `{prediction}`: x_0 = (x_T - sqrt(1 - alpha_bar_T) eps)"
                 f"/sqrt(alpha_bar_T) divides by zero at t = T, so no sampler can start; use prediction {works}"
@@ -301,6 +378,52 @@ class Diffusion:
             raise InputError(f"weighting {weighting} with prediction {prediction}: the loss weight is not a finite "
                              f"number >= 0 at every timestep of this schedule")
         self._unit_weight = bool((self.loss_weight == 1.0).all())
+
+    def label(self) -> str:
+        """How messages name this process."""
+        return f"path vp, {type(self).__name__}"
+
+    # --- time: what the trainer and the solvers ask of any process ------------------------------------
+
+    def draw_t(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` training timesteps (0-based indices, CPU): t ~ U{0..T-1} by ``torch.randint`` (the first
+        release's draw, so existing trials stay bit-identical), or the ``density``'s u mapped to
+        index ceil(u T) - 1 (DESIGN.md section 6)."""
+        if self.density is None or self.density.integer_on_vp:
+            return torch.randint(self.T, (n,), generator=generator)
+        u = self.density.draw(n, generator, self)
+        return (torch.ceil(u * self.T).long() - 1).clamp(0, self.T - 1)
+
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """The time t = (i + 1)/T of the first index i whose log-SNR is <= lam (the table is decreasing):
+        how the ``lognormal`` density reaches a discrete schedule."""
+        i = torch.searchsorted(-self.log_snr, -torch.as_tensor(lam, dtype=torch.float64), right=False)
+        return (i.clamp(0, self.T - 1) + 1).double() / self.T
+
+    def t_bin(self, t: torch.Tensor, nbins: int) -> torch.Tensor:
+        """The bin of each training timestep among ``nbins`` equal parts of the time range (loss_by_t.csv)."""
+        return t * nbins // self.T
+
+    def noise_index(self, t: torch.Tensor) -> torch.Tensor:
+        """The index a noise type draws at for training timesteps ``t`` (the timestep itself here)."""
+        return t
+
+    def times_on(self, x: torch.Tensor, time) -> torch.Tensor:
+        """Solver time ``time`` (an index here) for every image of ``x``, made on x's device."""
+        return torch.full((x.shape[0],), int(time), dtype=torch.long, device=x.device)
+
+    def model_input(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the network is called with at (x_t, t): x_t and the timestep index itself here."""
+        return x_t, t
+
+    def solver_grid(self, steps: int, sample_shift: float = 1.0) -> list[tuple[object, float, float]]:
+        """The VE-view solvers' grid (time, alpha, sigma) from noise to data, ``steps`` + 1 points: the
+        evenly spaced timesteps DDIM uses (``timestep_subsequence``), descending, then data (1, 0).
+        On vp the sampling shift must equal the training shift (``train_shift`` shifts the schedule
+        itself: a discrete chain has no noise levels between its T), which the config checks."""
+        ts = timestep_subsequence(self.T, steps)
+        grid = [(t, float(self.sqrt_alpha_bar[t]), float(self.sqrt_one_minus_alpha_bar[t])) for t in reversed(ts)]
+        return grid + [(None, 1.0, 0.0)]
 
     def _at(self, coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """coef[t] on like's device, shaped to broadcast over like's trailing dims; float64 when ``like``
@@ -369,16 +492,18 @@ class Diffusion:
             raise InputError(f"var_type must be one of {', '.join(variances)}, got {var_type!r}")
         return mean, variances[var_type], x0
 
-    def loss(self, model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    def loss(self, model, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, kind: str = "mse",
+             eps_in: torch.Tensor | None = None) -> torch.Tensor:
         """Per-example loss [B]: w(SNR_t) * mean over pixels of (model(x_t, t) - target)^2 (``mse``) or
         |model(x_t, t) - target| (``l1``), x_t = ``q_sample``, target = ``target`` (the prediction's, in the
-        corruption's terms) and w from the weighting.
+        corruption's terms) and w from the weighting. ``eps_in``: the noise x_t is made of when it is not
+        the target's (input perturbation, DDPM-IP); None = ``eps``.
 
         The weights are derived for the squared error (DESIGN.md); with ``l1`` they are applied as written."""
         losses = {"mse": F.mse_loss, "l1": F.l1_loss}
         if kind not in losses:
             raise InputError(f"loss must be one of {', '.join(losses)}, got {kind!r}")
-        pred = model(self.q_sample(x0, t, eps), t)
+        pred = model(self.q_sample(x0, t, eps if eps_in is None else eps_in), t)
         target = self.target(x0, t, eps)
         per = losses[kind](pred.to(target.dtype), target, reduction="none").flatten(1).mean(1)
         return per if self._unit_weight else per * self._at(self.loss_weight, t, per)

@@ -34,6 +34,9 @@ NOISES: Registry = Registry("noise")
 class Noise:
     """Base class. ``alpha_bar`` is the schedule's alpha_bar_1..alpha_bar_T (float64, shape [T])."""
 
+    #: whether its distribution is the same at every timestep (then continuous paths, rf and edm, can use it)
+    time_invariant = True
+
     def __init__(self, alpha_bar: torch.Tensor):
         self.alpha_bar = alpha_bar.to(torch.float64).cpu()
 
@@ -117,6 +120,8 @@ class Gamma(Noise):
 
     #: k_bar at or above which eps is the Gaussian limit (always at k_bar = inf, i.e. alpha_bar = 0).
     GAUSSIAN_LIMIT_K = 1e20
+
+    time_invariant = False  # k_bar_t depends on alpha_bar_t
 
     def __init__(self, alpha_bar: torch.Tensor, theta_0: float = 0.001):
         super().__init__(alpha_bar)

@@ -257,3 +257,36 @@ def terminal_report(betas: torch.Tensor, threshold: float = PURE_NOISE_ALPHA_BAR
     ab = float(torch.prod(1.0 - betas))
     snr = ab / (1.0 - ab)
     return TerminalReport(ab, snr, math.log(snr) if snr > 0 else -math.inf, ab < threshold)
+
+
+def timestep_subsequence(T: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced 0-based timesteps of 0..T-1, ascending, always ending at T-1.
+
+    s_i = round(i (T-1)/(steps-1)), i = 0..steps-1 (improved-diffusion's ``space_timesteps`` with one
+    section, rounding half up), so both 0 and T-1 are included and steps = T gives 0..T-1.
+    steps = 1 gives [T-1]: one step from x_T straight to the x_0 prediction.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise InputError(f"sampling steps must be an integer in 1..T = 1..{T} (the schedule's timesteps), got {steps!r}")
+    if steps == 1:
+        return [T - 1]
+    stride = (T - 1) / (steps - 1)
+    ts = [int(math.floor(i * stride + 0.5)) for i in range(steps)]
+    assert len(set(ts)) == steps and ts[0] == 0 and ts[-1] == T - 1, ts
+    return ts
+
+
+def shift_schedule(betas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The schedule shifted in log-SNR by ``shift`` = a: lambda' = lambda - 2 log a, i.e.
+    alpha_bar' = alpha_bar / (alpha_bar + a^2 (1 - alpha_bar)) (Hoogeboom et al. 2023, simple diffusion's
+    shifted schedules; DESIGN.md section 6: on vp the shift is defined in lambda), as betas
+    beta'_i = 1 - alpha_bar'_i/alpha_bar'_{i-1}. a = 1 returns ``betas`` itself; a zero terminal SNR stays 0."""
+    if shift == 1.0:
+        return betas
+    ab = torch.cumprod(1.0 - betas.to(torch.float64), 0)
+    shifted = ab / (ab + shift**2 * (1.0 - ab))
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
+    out = 1.0 - shifted / prev
+    if betas[-1].item() == 1.0:
+        out[-1] = 1.0
+    return out

@@ -77,6 +77,7 @@ from tqdm.auto import tqdm
 
 from bench.images import save_grid, to_uint8  # noqa: F401  (re-exported: their home is the leaf bench.images)
 from bench.process.diffusion import Diffusion
+from bench.process.schedules import timestep_subsequence  # noqa: F401  (its home is the leaf schedules)
 from bench.process.noise import Noise
 from bench.registry import InputError, Registry
 
@@ -137,18 +138,30 @@ class Sampler:
     evals_per_step: int
     #: whether it needs the process's Gaussian posterior (``Diffusion.has_posterior``; not cold_blur)
     needs_posterior: bool = True
+    #: whether it steps a discrete chain of integer timesteps (``Diffusion.discrete``: vp, not rf / edm)
+    needs_chain: bool = True
+    #: whether it steps the VE view x_s = alpha_s x0_hat + sigma_s eps_hat (``Diffusion.has_ve_view``; not blur)
+    needs_ve_view: bool = False
 
     @property
     def description(self) -> str:
         first = (self.fn.__doc__ or "").strip().split("\n")[0]
         return f"{first} [options: {', '.join(self.options) or 'none'}; {self.evals_per_step} model eval(s)/step]"
 
+    def missing(self, diffusion: Diffusion) -> str:
+        """What ``diffusion`` lacks for this sampler ("" when it can sample it)."""
+        needs = ((self.needs_posterior, "has_posterior", "a Gaussian posterior q(x_s | x_t, x_0)"),
+                 (self.needs_chain, "discrete", "a discrete chain of timesteps (the vp path)"),
+                 (self.needs_ve_view, "has_ve_view", "the VE view x_t = alpha_t x_0 + sigma_t eps (no operator on x_0)"))
+        return " and ".join(what for needed, attr, what in needs if needed and not getattr(diffusion, attr))
+
     def check_process(self, diffusion: Diffusion) -> None:
-        """InputError when this sampler cannot sample ``diffusion`` (a posterior it does not have)."""
-        if self.needs_posterior and not diffusion.has_posterior:
-            works = ", ".join(n for n, s in SAMPLERS.items() if not s.needs_posterior)
-            raise InputError(f"sampler {self.name} needs a Gaussian posterior q(x_s | x_t, x_0), which this forward "
-                             f"process ({type(diffusion).__name__}) does not have: sample it with {works}")
+        """InputError when this sampler cannot sample ``diffusion`` (what it needs and the process lacks)."""
+        lacks = self.missing(diffusion)
+        if lacks:
+            works = ", ".join(n for n, s in SAMPLERS.items() if not s.missing(diffusion))
+            raise InputError(f"sampler {self.name} needs {lacks}, which this forward process ({diffusion.label()}) does "
+                             f"not have: sample it with {works}")
 
     def __call__(self, model, diffusion: Diffusion, noise: Noise, shape, steps: int,
                  generators: Sequence[torch.Generator], device="cpu", *, clip_x0: bool = True, progress: Ticks = False,
@@ -163,7 +176,7 @@ class Sampler:
 
 
 def register_sampler(name: str, options: dict[str, Callable[[Any], None]] | None = None, evals_per_step: int = 1,
-                     needs_posterior: bool = True):
+                     needs_posterior: bool = True, needs_chain: bool = True, needs_ve_view: bool = False):
     """Decorator: register ``Sampler(name, fn, options, evals_per_step, needs_posterior)`` in ``SAMPLERS``,
     and each option's value check (``options``: option name -> check) in ``OPTION_CHECKS``; returns
     ``fn`` itself (so the module attribute stays the plain, picklable function)."""
@@ -182,7 +195,8 @@ def register_sampler(name: str, options: dict[str, Callable[[Any], None]] | None
                             f"option, one meaning: share the check)")
         if not (isinstance(evals_per_step, int) and evals_per_step >= 1):
             raise TypeError(f"sampler {name}: evals_per_step must be an integer >= 1")
-        SAMPLERS.register(name)(Sampler(name, fn, tuple(options), evals_per_step, bool(needs_posterior)))
+        SAMPLERS.register(name)(Sampler(name, fn, tuple(options), evals_per_step, bool(needs_posterior), bool(needs_chain),
+                                        bool(needs_ve_view)))
         OPTION_CHECKS.update(options)
         return fn
 
@@ -199,22 +213,6 @@ def sampler_options(sampler: str, cfg_like: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # timesteps, respacing, validation
-
-
-def timestep_subsequence(T: int, steps: int) -> list[int]:
-    """``steps`` evenly spaced 0-based timesteps of 0..T-1, ascending, always ending at T-1.
-
-    s_i = round(i (T-1)/(steps-1)), i = 0..steps-1 (improved-diffusion's ``space_timesteps`` with one
-    section, rounding half up), so both 0 and T-1 are included and steps = T gives 0..T-1.
-    steps = 1 gives [T-1]: one step from x_T straight to the x_0 prediction.
-    """
-    _check_steps(T, steps)
-    if steps == 1:
-        return [T - 1]
-    stride = (T - 1) / (steps - 1)
-    ts = [int(math.floor(i * stride + 0.5)) for i in range(steps)]
-    assert len(set(ts)) == steps and ts[0] == 0 and ts[-1] == T - 1, ts
-    return ts
 
 
 def respace(diffusion: Diffusion, timesteps: Sequence[int]) -> Diffusion:
@@ -293,13 +291,17 @@ def _ticking(indices: list, tick: Callable[[int, int], None]):
 
 
 def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor:
-    """The model at timestep ``t`` (filled on x's device: no host-to-device copy), under the trainer's
-    bf16 autocast on CUDA (``bench.training.train``; none on a CPU, where results stay as they were)."""
-    tt = _steps_on(x, t)
-    if x.device.type != "cuda":
-        return model(x, tt).float()
+    """The model at timestep ``t`` (filled on x's device: no host-to-device copy)."""
+    return _call(model, x, _steps_on(x, t))
+
+
+def _call(model: Callable, x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+    """model(x_in, t_in) under the trainer's bf16 autocast on CUDA (``bench.training.train``; none on a
+    CPU, where results stay as they were), as float32."""
+    if x_in.device.type != "cuda":
+        return model(x_in, t_in).float()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        return model(x, tt).float()
+        return model(x_in, t_in).float()
 
 
 def _steps_on(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -408,6 +410,44 @@ def cold(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
         there = diffusion.q_sample(x0, torch.full_like(tt, ts[i - 1]), eps) if i > 0 else x0
         x = x - here + there
     return x.clamp(-1.0, 1.0) if clip_x0 else x
+
+
+def _check_sample_shift(value: Any) -> None:
+    from bench.process.paths import check_shift  # the one rule for a shift (a leaf)
+
+    check_shift("sample_shift", value)
+
+
+@register_sampler("euler", options={"sample_shift": _check_sample_shift}, evals_per_step=1, needs_posterior=False,
+                  needs_chain=False, needs_ve_view=True)
+@torch.no_grad()
+def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+          device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0) -> torch.Tensor:
+    """Euler on the VE view (Karras et al. 2022, Algorithm 1 without the second order; DESIGN.md section 6), every path.
+
+    On the process's grid (time_i, alpha_i, sigma_i), i = 0..N, from noise to data (``solver_grid``:
+    vp DDIM's timesteps, rf uniform t from 1, edm Karras rho = 7; ``sample_shift`` last, in lambda),
+    with D_i = x0_hat and eps_hat from the one conversion (``split``) at x_i:
+
+        x~_{i+1} = D_i + (sigma~_{i+1}/sigma~_i)(x~_i - D_i),   sigma~ = sigma/alpha, x~ = x/alpha
+        written in x space:  x_{i+1} = alpha_{i+1} D_i + sigma_{i+1} eps_hat_i,  eps_hat_i = (x_i - alpha_i D_i)/sigma_i
+
+    so a start at t = 1 (rf, zero terminal SNR: alpha_0 = 0, sigma~ infinite) is defined; 1 model
+    evaluation per step. It starts from x_0 = sigma_0 n, n the run's standardised noise at the last index
+    (vp: ddim's x_T). Identities (tests/test_formulations.py): on vp it is DDIM at eta 0 on the same
+    timesteps; on rf with the flow target, x_{i+1} = x_i + (t_{i+1} - t_i) u_hat (diffusers'
+    ``FlowMatchEulerDiscreteScheduler.step``); on edm Karras' Euler step x_{i+1} = D + (sigma_{i+1}/sigma_i)(x_i - D).
+    """
+    _validate(diffusion, noise, shape, steps, generators)
+    check_options({"sample_shift": sample_shift})
+    grid = diffusion.solver_grid(steps, float(sample_shift))
+    x = noise.sample_per_item(shape, diffusion.T - 1, generators, device).float() * grid[0][2]
+    for i in _loop(range(steps), progress, f"euler:{steps}"):
+        tt = diffusion.times_on(x, grid[i][0])
+        x0, eps = diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
+        _, a_next, s_next = grid[i + 1]
+        x = a_next * x0 + s_next * eps if s_next else x0
+    return x
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from bench.experiment.config import (
 )
 from bench.files import atomic_write, checksum_path, load_torch_checked, save_torch_atomic
 from bench.models.unet import build_model, count_params
+from bench.training.knobs import apply_knobs
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -257,12 +258,13 @@ class Trainer:
         """One optimizer step; returns (per-example losses [B] on the device, t [B] on the CPU)."""
         cfg, dev = self.cfg, self.device
         idx = torch.randint(len(self.data), (cfg.batch_size,), generator=self.batch_gen)
-        t = torch.randint(self.T, (cfg.batch_size,), generator=self.batch_gen)
+        t = self.diffusion.draw_t(cfg.batch_size, self.batch_gen)  # vp + uniform: the first release's randint
         x0 = self.data[_to(idx, dev)]
-        eps = _to(self.noise.sample(x0.shape, t, self.noise_gen), dev)  # drawn on the CPU, same on every device
+        eps = self.noise.sample(x0.shape, self.diffusion.noise_index(t), self.noise_gen)  # on the CPU: same on every device
+        eps, eps_in = apply_knobs(cfg, x0, _to(eps, dev), self.noise_gen)
         x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
-            losses = self.diffusion.loss(self.model, x0, _to(t, dev), eps, kind=cfg.loss)
+            losses = self.diffusion.loss(self.model, x0, _to(t, dev), eps, kind=cfg.loss, eps_in=eps_in)
         self.opt.zero_grad(set_to_none=True)
         losses.mean().backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -288,7 +290,7 @@ class Trainer:
         if not math.isfinite(loss):
             return False
         self.recent.append(loss)
-        tbin = t * self.nbins // self.T
+        tbin = self.diffusion.t_bin(t, self.nbins)
         vals = torch.tensor(loss_values, dtype=torch.float64)
         for w in ("all", "second_half") if step > self.total // 2 else ("all",):
             self.bin_sum[w].index_add_(0, tbin, vals)
