@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from bench.process.diffusion import PREDICTIONS, WEIGHTINGS, Diffusion, make_weighting, weighting_params
-from bench.process.paths import PATHS
 from bench.process.noise import make_noise
+from bench.process.paths import PATHS
 from bench.process.schedules import make_betas
 from bench.registry import InputError, UnknownNameError
 from bench.sampling.sample import respace, timestep_subsequence

@@ -22,8 +22,8 @@ from PIL import Image
 
 import bench.sampling.sample as S
 from bench.process.diffusion import PREDICTIONS, Diffusion
-from bench.process.paths import VP
 from bench.process.noise import make_noise
+from bench.process.paths import VP
 from bench.process.schedules import make_betas
 from bench.registry import InputError, UnknownNameError
 from bench.sampling.sample import (

@@ -26,8 +26,8 @@ import torch
 
 from bench.data.datasets import DATASETS
 from bench.models.unet import MODELS
-from bench.process.corruptions import CORRUPTIONS, corruption_params, make_process
 from bench.process.continuous import PathDiffusion
+from bench.process.corruptions import CORRUPTIONS, corruption_params, make_process
 from bench.process.densities import DENSITIES, all_density_params, density_params, make_density
 from bench.process.diffusion import WEIGHTINGS, Diffusion, weighting_params
 from bench.process.noise import NOISES, Noise, make_noise, noise_params
@@ -107,9 +107,12 @@ class RunConfig:
     P_std: Optional[float] = role(TRAINS, None)
     train_shift: float = role(TRAINS, 1.0, help="shift of the training noise levels, sigma~' = a sigma~ (lambda - 2 log a; SD3 eq. 23 on rf); >= 1")
     # --- noise-side training knobs (DESIGN.md section 6; each off by default)
-    input_perturbation: float = role(TRAINS, 0.0, help='DDPM-IP gamma: x_t made of eps + gamma xi, target eps (Ning et al. 2023; 0 = off)')
-    immiscible: bool = role(TRAINS, False, help="Immiscible Diffusion: each batch's noise assigned to its images by linear assignment on L2 distance (Li et al. 2024)")
-    offset_noise: float = role(TRAINS, 0.0, help='offset noise s: eps + s n, n ~ N(0, 1) per image and channel, in x_t and the target (Guttenberg 2023; 0 = off)')
+    input_perturbation: float = role(TRAINS, 0.0,
+        help='DDPM-IP gamma: x_t made of eps + gamma xi, target eps (Ning et al. 2023; 0 = off)')
+    immiscible: bool = role(TRAINS, False,
+        help="Immiscible Diffusion: each batch's noise assigned to its images by linear assignment on L2 distance (Li et al. 2024)")
+    offset_noise: float = role(TRAINS, 0.0,
+        help='offset noise s: eps + s n, n ~ N(0, 1) per image and channel, in x_t and the target (Guttenberg 2023; 0 = off)')
     # --- model ----------------------------------------------------------------------------------
     model: str = role(TRAINS, "tiny", help='UNet size preset (bench ls models)')
     dropout: float = role(TRAINS, 0.1, help="dropout rate in the UNet's residual blocks")
@@ -129,7 +132,8 @@ class RunConfig:
     n_samples: int = role(SCORING, 256, help="generated images per evaluation (the metrics' sample size)")
     ddim_eta: float = role(SAMPLER_OPTION, 0.0, help='DDIM stochasticity: 0 deterministic, 1 DDPM-like')
     var_type: str = role(SAMPLER_OPTION, "small", help='DDPM reverse variance: small (posterior) | large (beta_t)')
-    sample_shift: float = role(SAMPLER_OPTION, 1.0, help="euler: shift of the sampling grid, sigma~' = a sigma~, applied last; on vp it must equal train_shift")
+    sample_shift: float = role(SAMPLER_OPTION, 1.0,
+        help="euler: shift of the sampling grid, sigma~' = a sigma~, applied last; on vp it must equal train_shift")
     skip_start: float = role(SAMPLER_OPTION, 0.0,
         help='ddpm/ddim: fraction f of the reverse process skipped, starting from noise at t = T - round(f T) (Nichol & Dhariwal 2021)')
     metrics: str = role(EVALUATIONS, "fid,kid", help='metrics of each evaluation, comma-separated (bench ls metrics)')

@@ -77,8 +77,8 @@ from tqdm.auto import tqdm
 
 from bench.images import save_grid, to_uint8  # noqa: F401  (re-exported: their home is the leaf bench.images)
 from bench.process.diffusion import Diffusion
-from bench.process.schedules import timestep_subsequence  # noqa: F401  (its home is the leaf schedules)
 from bench.process.noise import Noise
+from bench.process.schedules import timestep_subsequence  # noqa: F401  (its home is the leaf schedules)
 from bench.registry import InputError, Registry
 
 SAMPLERS: Registry = Registry("sampler")
