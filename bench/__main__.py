@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    ls = sub.add_parser("ls", help="list registered schedules, noises, samplers, datasets, models, metrics, grids, config")
+    ls = sub.add_parser("ls", help="list registered schedules, paths, densities, noises, samplers, datasets, models, metrics, grids, config")
     ls.add_argument("kind", nargs="?", help="one of: " + ", ".join(LISTERS))
     ls.set_defaults(func=cmd_ls)
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--out", type=Path, default=Path("schedules.png"))
     ps.add_argument("-T", "--timesteps", type=int, default=1000)
     ps.add_argument("--schedules", nargs="*", help="default: every registered schedule")
+    ps.add_argument("--shifts", default="1,3", help="shifts (>= 1) at which the second figure, OUT_paths, draws lambda(t) of every path")
     ps.set_defaults(func=cmd_plot_schedules)
 
     pn = sub.add_parser("plot-noises", help="the same image at several t under each noise type and corruption, one row each")
@@ -144,6 +145,8 @@ LISTERS = {
     "noises": _registry_lister("bench.process.noise", "NOISES"),
     "corruptions": _registry_lister("bench.process.corruptions", "CORRUPTIONS"),
     "samplers": _registry_lister("bench.sampling.sample", "SAMPLERS"),
+    "paths": _registry_lister("bench.process.paths", "PATHS"),
+    "densities": _registry_lister("bench.process.densities", "DENSITIES"),
     "predictions": _registry_lister("bench.process.diffusion", "PREDICTIONS"),
     "weightings": _registry_lister("bench.process.diffusion", "WEIGHTINGS"),
     "datasets": _registry_lister("bench.data.datasets", "DATASETS"),
@@ -261,15 +264,28 @@ def cmd_report(args) -> int:
 
 
 def cmd_plot_schedules(args) -> int:
+    from bench.process.paths import check_shift
     from bench.process.schedules import SCHEDULES
     from bench.report import plot_schedules
+    from bench.report.formulation import plot_paths
 
     names = args.schedules or SCHEDULES.names()
     for n in names:
         SCHEDULES.get(n)
+    shifts = [check_shift("--shifts", _number(s)) for s in args.shifts.split(",") if s.strip()]
     plot_schedules(names, args.timesteps, args.out)
+    paths_out = args.out.with_name(f"{args.out.stem}_paths{args.out.suffix}")
+    plot_paths(names, args.timesteps, shifts, paths_out)
     print(args.out)
+    print(paths_out)
     return 0
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def cmd_plot_noises(args) -> int:

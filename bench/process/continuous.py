@@ -87,12 +87,24 @@ class PathDiffusion(Diffusion):
     def t_of_log_snr(self, lam):
         return self.path.t_of_log_snr(lam)
 
+    def log_snr_at(self, t):
+        return self.path.log_snr(t.double())
+
     def t_bin(self, t, nbins):
         return (t.double() * nbins).long().clamp(0, nbins - 1)
 
     def noise_index(self, t):
         """The nominal index of t (noise types that accept a continuous path do not depend on it)."""
         return (t.double() * self.T).long().clamp(0, self.T - 1)
+
+    def time_of_index(self, i):
+        return (i + 1) / self.T
+
+    def start_alpha_bar(self):
+        """The VP-equivalent alpha_bar = alpha^2/(alpha^2 + sigma^2) at the solvers' first grid point
+        (rf: t = 1, 0; edm: sigma = 80, 1/(1 + 80^2))."""
+        _, a, s = self.solver_grid(1)[0]
+        return a * a / (a * a + s * s)
 
     def times_on(self, x, time):
         return torch.full((x.shape[0],), float(time), dtype=torch.float64, device=x.device)

@@ -56,6 +56,8 @@ class Density:
 class Uniform(Density):
     """uniform: t ~ U(0, 1) (on vp: t ~ U{1..T}, ``torch.randint``, the first release's draw)."""
 
+    description = "uniform: t ~ U(0, 1); on vp t ~ U{1..T} by torch.randint (the first release's draw)"
+
     integer_on_vp = True
 
     def draw(self, n, generator, path):
@@ -68,6 +70,8 @@ class Uniform(Density):
 @DENSITIES.register("logit_normal")
 class LogitNormal(Density):
     """logit_normal: t = sigmoid(n), n ~ N(t_mean, t_std^2) (Esser et al. 2024, eq. 19; defaults 0, 1)."""
+
+    description = "logit_normal: t = sigmoid(n), n ~ N(t_mean, t_std^2), defaults 0, 1 (SD3 eq. 19)"
 
     def __init__(self, t_mean: float = 0.0, t_std: float = 1.0):
         self.m = _finite("logit_normal", "t_mean", t_mean)
@@ -85,6 +89,8 @@ class LogitNormal(Density):
 class Mode(Density):
     """mode: t = 1 - v - s (cos^2(pi v/2) - 1 + v), v ~ U(0, 1) (Esser et al. 2024, eq. 20; s = t_mode_scale,
     default 1.29, SD3 Table 1's mode(1.29)); monotone only for s in [-1, 2/(pi - 2)]."""
+
+    description = "mode: t = 1 - v - s (cos^2(pi v/2) - 1 + v), v ~ U(0, 1), s = t_mode_scale, default 1.29 (SD3 eq. 20)"
 
     def __init__(self, t_mode_scale: float = 1.29):
         s = _finite("mode", "t_mode_scale", t_mode_scale)
@@ -106,6 +112,8 @@ class CosMap(Density):
     """cosmap: t = 1 - 1/(tan(pi v/2) + 1), v ~ U(0, 1) (Esser et al. 2024, eq. 21; Nichol & Dhariwal's
     cosine schedule as a density for rf); CDF F(t) = (2/pi) arctan(t/(1 - t))."""
 
+    description = "cosmap: t = 1 - 1/(tan(pi v/2) + 1), v ~ U(0, 1) (SD3 eq. 21)"
+
     def draw(self, n, generator, path):
         v = torch.rand(n, generator=generator, dtype=torch.float64)
         return 1.0 - 1.0 / (torch.tan(math.pi * v / 2.0) + 1.0)
@@ -118,6 +126,8 @@ class CosMap(Density):
 class LogNormal(Density):
     """lognormal: ln sigma~ ~ N(P_mean, P_std^2) (Karras et al. 2022, EDM training; defaults -1.2, 1.2),
     mapped to the path's t through lambda = -2 ln sigma~."""
+
+    description = "lognormal: ln sigma~ ~ N(P_mean, P_std^2), defaults -1.2, 1.2 (EDM, Karras et al. 2022)"
 
     def __init__(self, P_mean: float = -1.2, P_std: float = 1.2):
         self.m = _finite("lognormal", "P_mean", P_mean)

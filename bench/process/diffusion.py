@@ -400,6 +400,10 @@ class Diffusion:
         i = torch.searchsorted(-self.log_snr, -torch.as_tensor(lam, dtype=torch.float64), right=False)
         return (i.clamp(0, self.T - 1) + 1).double() / self.T
 
+    def log_snr_at(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda at training timesteps ``t`` (float64): the table's value at each index."""
+        return self.log_snr[t]
+
     def t_bin(self, t: torch.Tensor, nbins: int) -> torch.Tensor:
         """The bin of each training timestep among ``nbins`` equal parts of the time range (loss_by_t.csv)."""
         return t * nbins // self.T
@@ -407,6 +411,14 @@ class Diffusion:
     def noise_index(self, t: torch.Tensor) -> torch.Tensor:
         """The index a noise type draws at for training timesteps ``t`` (the timestep itself here)."""
         return t
+
+    def time_of_index(self, i: int):
+        """The process's time at 0-based index i of its T steps (the index itself on a discrete chain)."""
+        return i
+
+    def start_alpha_bar(self) -> float:
+        """alpha_bar where generation starts (alpha_bar_T; rows.csv's ``alpha_bar_T``)."""
+        return float(torch.prod(1.0 - self.betas))
 
     def times_on(self, x: torch.Tensor, time) -> torch.Tensor:
         """Solver time ``time`` (an index here) for every image of ``x``, made on x's device."""

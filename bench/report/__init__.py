@@ -21,6 +21,7 @@ from bench.files import write_text_atomic
 from bench.report import claims as claims_report
 from bench.report import curves, kept, perimage
 from bench.report.caveats import warnings_section
+from bench.report.formulation import plot_effective_weighting
 from bench.report.forward import plot_run_forward
 from bench.report.montage import montage_denoise, montage_nearest, montage_samples
 from bench.report.paired import fmt_seeds, paired_table, sentence, vs_best, write_paired
@@ -98,7 +99,8 @@ def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None =
     plots += claims_report.plot_claims(run, out_dir)
     plots += plot_learning_curves(run, out_dir)
     plots += [plot_brightness(run, m, out_dir) for m in brightness_metrics(run)]
-    plots += [plot_run_schedules(run, out_dir), plot_run_forward(run, out_dir, notes), plot_loss_curves(run, out_dir, notes),
+    plots += [plot_run_schedules(run, out_dir), plot_effective_weighting(run, out_dir), plot_run_forward(run, out_dir, notes),
+              plot_loss_curves(run, out_dir, notes),
               plot_loss_by_t(run, out_dir, notes)]
     plots += montage_samples(run, out_dir, notes) + montage_denoise(run, out_dir, notes) + montage_nearest(run, out_dir, notes)
     return [p for p in plots if p is not None], list(dict.fromkeys(notes))

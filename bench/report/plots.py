@@ -221,6 +221,7 @@ def run_schedule_curves(run: Run) -> dict:
     """{schedule label: betas} of the distinct schedules of the run's arms (noise does not matter),
     each rebuilt from its trial's config."""
     from bench.experiment.config import config_from_row
+    from bench.process.paths import PATHS
     from bench.process.schedules import make_betas
 
     curves = {}
@@ -228,6 +229,8 @@ def run_schedule_curves(run: Run) -> dict:
     for r in run.trials().to_dict("records"):
         try:
             cfg = config_from_row(r)
+            if not PATHS.get(cfg.path).discrete:  # rf, edm: no beta schedule (the effective-weighting figure shows them)
+                continue
             label = cfg.schedule_label() + (f" (T={cfg.timesteps})" if several_T else "")
             if label not in curves:
                 curves[label] = make_betas(cfg.schedule, cfg.timesteps, cfg.zero_terminal_snr, **cfg.schedule_kwargs())

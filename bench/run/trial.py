@@ -25,7 +25,6 @@ from bench.experiment.config import RunConfig, build_process, from_dict, trial_i
 from bench.files import load_torch_checked, save_npz_atomic, write_json_atomic
 from bench.images import save_grid, to_uint8
 from bench.process.corruptions import CORRUPTIONS
-from bench.process.schedules import terminal_report
 from bench.registry import InputError
 from bench.sampling.sample import SAMPLERS, sample_images, sampler_options
 from bench.sampling.snapshots import denoise_strip, strip_timesteps
@@ -53,7 +52,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
 
     # The forward process the config's TRAINS fields describe (schedule, noise, corruption, objective);
     # everything after it is the one shared trainer and sampler.
-    betas, diffusion, noise = build_process(cfg, data)  # data: for a corruption whose start is fitted to it
+    _, diffusion, noise = build_process(cfg, data)  # data: for a corruption whose start is fitted to it
 
     trained_in = ""
     with trained.training_lock(cfg) if cfg.reuse_training else contextlib.nullcontext():
@@ -79,7 +78,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         "train_s": result.wall_s,
         "train_seconds": result.train_seconds,  # to the last step, over every attempt, without curve evaluations
         "train_images_per_s": result.images_per_s,
-        "alpha_bar_T": terminal_report(betas).alpha_bar_T,
+        "alpha_bar_T": diffusion.start_alpha_bar(),  # vp: prod(1 - beta), as terminal_report
         "n_train_images": len(data),
         "device": device_name(device),
         "trained_in": trained_in,  # the work dir whose model this trial adopted ("" = trained here)

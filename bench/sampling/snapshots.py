@@ -31,16 +31,15 @@ def denoise_strip(eps_model, diffusion, noise, x0: torch.Tensor, ts: Sequence[in
     model). Writes a labelled PNG to ``path`` and returns the cells [k, 1 + 2 len(ts), C, H, W]
     (CPU, float32; x_t unclamped) so that callers and tests can read the exact values.
     """
-    k = x0.shape[0]
     bad = [t for t in ts if not 0 <= int(t) < diffusion.T]
     if bad or not len(ts):
         raise ValueError(f"denoise_strip: ts must be non-empty 0-based indices in 0..{diffusion.T - 1}, got {list(ts)}")
     cols = [x0.float()]
     for t in ts:
-        tt = torch.full((k,), int(t), dtype=torch.long, device=x0.device)
-        eps = noise.sample(tuple(x0.shape), tt.cpu(), generator, device=x0.device).float()
+        tt = diffusion.times_on(x0, diffusion.time_of_index(int(t)))  # vp: the index itself; rf, edm: t = (i + 1)/T
+        eps = noise.sample(tuple(x0.shape), diffusion.noise_index(tt.cpu()), generator, device=x0.device).float()
         x_t = diffusion.q_sample(x0.float(), tt, eps)
-        pred = diffusion.split(eps_model(x_t, tt).float(), x_t, tt, clip_x0=True)[0]
+        pred = diffusion.split(eps_model(*diffusion.model_input(x_t, tt)).float(), x_t, tt, clip_x0=True)[0]
         cols += [x_t, pred]
     cells = torch.stack(cols, 1).cpu()
     save_strip(cells, [int(t) for t in ts], diffusion.T, Path(path))
