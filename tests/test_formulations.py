@@ -351,3 +351,76 @@ def test_every_path_trains_and_samples_end_to_end(kw, tmp_path):
     assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
     rows = (tmp_path / "loss_by_t.csv").read_text().splitlines()
     assert len(rows) == 21 and all("nan" not in r.split(",")[-1] or ",0," in r for r in rows[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# the effective weighting over lambda (Kingma & Gao 2023) against closed forms
+
+
+def _l1(cfg, analytic):
+    """L1 distance between the estimated normalised effective weighting and ``analytic(lambda)`` normalised
+    on the same bins (0 = identical curves, 2 = disjoint)."""
+    import numpy as np
+
+    from bench.report.formulation import EDGES, effective_weighting
+
+    x, _, eff = effective_weighting(cfg)
+    ref = analytic(x)
+    ref = ref / (ref * np.diff(EDGES)).sum()
+    return float((abs(eff - ref) * np.diff(EDGES)).sum())
+
+
+def test_rf_uniform_is_the_eps_loss_weighted_by_sigma_tilde():
+    """Uniform t on rf with the plain flow loss: p(lambda) = t(1 - t)/2 and w_eps = (1 + sigma~)^2 multiply to
+    e^(-lambda/2) = sigma~ (SD3 sec. 3: w_t = t/(1 - t) for rectified flow); truncated to EDGES as the estimate is."""
+    import numpy as np
+
+    assert _l1(RunConfig(path="rf", prediction="flow", evals="euler:5"), lambda lam: np.exp(-lam / 2)) < 0.02
+    # and the same test tells it from a different weighting
+    assert _l1(RunConfig(path="rf", prediction="flow", evals="euler:5"), lambda lam: np.exp(-lam / 4)) > 0.2
+
+
+def test_edm_effective_weighting_is_its_normal_density_times_its_weight():
+    import numpy as np
+
+    analytic = lambda lam: stats.norm.pdf(lam, loc=2.4, scale=2.4) * (1 + np.exp(-lam) / 0.25)
+    cfg = RunConfig(path="edm", prediction="x0", weighting="edm", t_density="lognormal", evals="euler:5")
+    assert _l1(cfg, analytic) < 0.03
+
+
+def test_vp_eps_uniform_effective_weighting_is_its_lambda_table_histogram():
+    import numpy as np
+
+    from bench.report.formulation import EDGES, effective_weighting
+
+    ab = torch.cumprod(1 - make_betas("cosine", 1000), 0)
+    lam = torch.log(ab / (1 - ab)).numpy()
+    hist, _ = np.histogram(lam, bins=EDGES)
+    ref = hist / (hist * np.diff(EDGES)).sum()
+    _, _, eff = effective_weighting(RunConfig(schedule="cosine"))
+    assert float((abs(eff - ref) * np.diff(EDGES)).sum()) < 0.02
+
+
+@pytest.mark.parametrize("density", ["uniform", "logit_normal", "mode", "cosmap", "lognormal"])
+@pytest.mark.parametrize("path", ["rf", "edm"])
+def test_every_density_cdf_is_the_law_of_its_draws(density, path):
+    """The CDFs the effective-weighting figure uses (``Density.cdf``) are the law of the trainer's draws
+    (KS, 20000 draws), on every continuous path."""
+    p = PATHS.get(path)()
+    dens = make_density(density)
+    t = dens.draw(N_KS, torch.Generator().manual_seed(11), p)
+    assert stats.kstest(t.numpy(), lambda x: dens.cdf(torch.as_tensor(x, dtype=F64), p).numpy()).pvalue > 1e-3
+
+
+def test_vp_density_masses_are_the_index_draws():
+    """On vp, the per-bin masses equal a histogram of the drawn indices' lambda (200k draws, L1 < 0.02)."""
+    import numpy as np
+
+    from bench.report.formulation import EDGES
+
+    d = Diffusion(make_betas("linear", 1000))
+    d.density = make_density("cosmap")
+    mass = d.log_snr_mass(torch.as_tensor(EDGES)).numpy()
+    lam = d.log_snr[d.draw_t(200_000, torch.Generator().manual_seed(0))].numpy()
+    hist, _ = np.histogram(lam, bins=EDGES)
+    assert abs(mass.sum() - 1) < 1e-9 and float(abs(hist / 200_000 - mass).sum()) < 0.02

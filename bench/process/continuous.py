@@ -90,6 +90,16 @@ class PathDiffusion(Diffusion):
     def log_snr_at(self, t):
         return self.path.log_snr(t.double())
 
+    def log_snr_mass(self, edges):
+        """The training density's exact probability of each log-SNR bin: the time interval a bin maps to
+        (before the training shift: lambda + 2 log train_shift) under the density's CDF."""
+        import math
+
+        base = edges.double() + 2.0 * math.log(self.train_shift)
+        t = self.path.t_of_log_snr(base)  # decreasing in lambda
+        cdf = self.density.cdf(t, self.path)
+        return (cdf[:-1] - cdf[1:]).clamp(min=0.0)
+
     def t_bin(self, t, nbins):
         return (t.double() * nbins).long().clamp(0, nbins - 1)
 

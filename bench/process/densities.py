@@ -47,6 +47,11 @@ class Density:
     def draw(self, n: int, generator: torch.Generator, path) -> torch.Tensor:
         raise NotImplementedError
 
+    def cdf(self, t: torch.Tensor, path) -> torch.Tensor:
+        """P(T <= t) of the drawn time (float64): what the effective-weighting figure pushes to lambda
+        exactly (a histogram of draws is noisy where a weighting is large and the density small)."""
+        raise NotImplementedError
+
     def label(self) -> str:
         """How arm labels name it (SD3 Table 1's names)."""
         raise NotImplementedError
@@ -62,6 +67,9 @@ class Uniform(Density):
 
     def draw(self, n, generator, path):
         return torch.rand(n, generator=generator, dtype=torch.float64)
+
+    def cdf(self, t, path):
+        return t.clamp(0.0, 1.0)
 
     def label(self):
         return ""
@@ -80,6 +88,9 @@ class LogitNormal(Density):
     def draw(self, n, generator, path):
         # float32 as diffusers draws it (the same u from the same generator), then float64
         return torch.sigmoid(torch.normal(mean=self.m, std=self.s, size=(n,), generator=generator)).double()
+
+    def cdf(self, t, path):
+        return torch.special.ndtr((torch.logit(t) - self.m) / self.s)
 
     def label(self):
         return f"lognorm({self.m:.2f},{self.s:.2f})"
@@ -101,7 +112,19 @@ class Mode(Density):
 
     def draw(self, n, generator, path):
         v = torch.rand(n, generator=generator).double()  # float32 as diffusers draws it
+        return self._transform(v)
+
+    def _transform(self, v):
         return 1.0 - v - self.s * (torch.cos(math.pi * v / 2.0) ** 2 - 1.0 + v)
+
+    def cdf(self, t, path):
+        """The transform decreases in v (on the valid range of s): P(T <= t) = 1 - v(t), v(t) by bisection."""
+        lo, hi = torch.zeros_like(t), torch.ones_like(t)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            above = self._transform(mid) > t  # not yet far enough along v
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 1.0 - (lo + hi) / 2
 
     def label(self):
         return f"mode({self.s:.2f})"
@@ -117,6 +140,9 @@ class CosMap(Density):
     def draw(self, n, generator, path):
         v = torch.rand(n, generator=generator, dtype=torch.float64)
         return 1.0 - 1.0 / (torch.tan(math.pi * v / 2.0) + 1.0)
+
+    def cdf(self, t, path):
+        return (2.0 / math.pi) * torch.atan(t / (1.0 - t))
 
     def label(self):
         return "cosmap"
@@ -136,6 +162,10 @@ class LogNormal(Density):
     def draw(self, n, generator, path):
         ln_sigma = torch.normal(mean=self.m, std=self.s, size=(n,), generator=generator, dtype=torch.float64)
         return path.t_of_log_snr(-2.0 * ln_sigma)
+
+    def cdf(self, t, path):
+        """T <= t when lambda >= lambda(t), i.e. ln sigma~ <= -lambda(t)/2."""
+        return torch.special.ndtr((-path.log_snr(t) / 2.0 - self.m) / self.s)
 
     def label(self):
         return f"lognormal({self.m:.2f},{self.s:.2f})"

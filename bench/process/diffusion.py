@@ -404,6 +404,18 @@ class Diffusion:
         """lambda at training timesteps ``t`` (float64): the table's value at each index."""
         return self.log_snr[t]
 
+    def log_snr_mass(self, edges: torch.Tensor) -> torch.Tensor:
+        """The training density's probability of each log-SNR bin [edges_k, edges_k+1) (float64): index i has
+        probability 1/T (the uniform integer draw) or F((i + 1)/T) - F(i/T) (a density with CDF F; the draw is
+        index ceil(u T) - 1), placed at the table's lambda_i (a zero-terminal -inf falls outside every bin)."""
+        i = torch.arange(self.T, dtype=torch.float64)
+        if self.density is None or self.density.integer_on_vp:
+            q = torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+        else:
+            q = self.density.cdf((i + 1) / self.T, self) - self.density.cdf(i / self.T, self)
+        fin = torch.isfinite(self.log_snr)
+        return torch.histogram(self.log_snr[fin], bins=edges.double(), weight=q[fin]).hist
+
     def t_bin(self, t: torch.Tensor, nbins: int) -> torch.Tensor:
         """The bin of each training timestep among ``nbins`` equal parts of the time range (loss_by_t.csv)."""
         return t * nbins // self.T

@@ -8,8 +8,10 @@ lambda (through the path and the training shift) and w_eps the eps-equivalent we
 in eps form; ``none`` on the v loss is (SNR + 1)/SNR, on the flow loss (1 + sigma~)^2). Two arms whose
 normalised p w_eps coincide train the same objective, whatever their names say.
 
-p(lambda) is estimated from ``N_DRAWS`` draws of the trainer's own ``draw_t`` (seeded, so the figure is
-the same on every machine up to float rounding), histogrammed on ``EDGES``.
+p(lambda) is exact: the density's CDF over the time interval each log-SNR bin of ``EDGES`` maps to
+(``Diffusion.log_snr_mass``; tests/test_formulations.py checks it against the trainer's own draws and
+against closed forms). A histogram of draws would be noisy exactly where a weighting is large and the
+density small (EDM's weight 1 + e^(-lambda)/sd^2 at low lambda).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import torch
 
 from bench.style import Plot, arm_styles, fig_legend, figure, save, theme, write_figure
 
-N_DRAWS = 200_000
 EDGES = np.linspace(-15.0, 15.0, 121)  # log-SNR bins, 0.25 nats wide
 #: RunConfig fields that make a run's arms differ in what the trainer draws or weighs (the figure is drawn then)
 FORMULATION_FIELDS = ("path", "t_density", "train_shift")
@@ -30,15 +31,14 @@ FORMULATION_FIELDS = ("path", "t_density", "train_shift")
 
 def effective_weighting(cfg, edges: np.ndarray = EDGES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(bin centres, p(lambda), p(lambda) w_eps(lambda) normalised to integrate to 1 over ``edges``) of
-    one trial config."""
+    one trial config; p is the training density's exact mass per bin over its width
+    (``Diffusion.log_snr_mass``), w_eps at the bin centre."""
     from bench.experiment.config import build_process
     from bench.process.diffusion import eps_equivalent
 
     d = build_process(cfg).diffusion
-    lam = d.log_snr_at(d.draw_t(N_DRAWS, torch.Generator().manual_seed(0))).numpy()
-    hist, _ = np.histogram(lam[np.isfinite(lam)], bins=edges)
     width = np.diff(edges)
-    p = hist / (N_DRAWS * width)
+    p = d.log_snr_mass(torch.as_tensor(edges, dtype=torch.float64)).numpy() / width
     centres = (edges[:-1] + edges[1:]) / 2
     w = eps_equivalent(d.weighting, torch.exp(torch.as_tensor(centres, dtype=torch.float64)), d.prediction).numpy()
     eff = np.where(p > 0, p * np.nan_to_num(w, nan=0.0), 0.0)
@@ -80,8 +80,8 @@ def plot_effective_weighting(run, out_dir: Path) -> Plot | None:
         fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "effective_weighting.png")
     return Plot(png, f"Each arm's effective weighting over log-SNR (Kingma & Gao 2023): its training time density pushed to "
-                     f"λ through its path and training shift (left; {N_DRAWS:,} draws of the trainer's own sampler, "
-                     f"0.25-nat bins) times its eps-equivalent loss weight, normalised (right). Arms whose right-hand "
+                     f"λ through its path and training shift (left; "
+                     f"exact masses of 0.25-nat bins from the density's CDF) times its eps-equivalent loss weight, normalised (right). Arms whose right-hand "
                      f"curves coincide train the same objective, whatever their names.")
 
 
