@@ -75,3 +75,23 @@ def test_features_on_cuda_match_the_cpu():
     x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
     a, b = extract_features("pixels", x, "cpu"), extract_features("pixels", x, "cuda")
     assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(path="rf", prediction="flow", t_density="logit_normal"),
+                                dict(path="edm", prediction="x0", weighting="edm", t_density="lognormal"),
+                                dict(immiscible=True, offset_noise=0.1, input_perturbation=0.1)])
+def test_every_path_trains_under_bf16_and_euler_matches_the_cpu(kw, tmp_path, monkeypatch):
+    """Issue 33: lambda and the coefficients stay float64 -> float32 under the trainer's bf16 autocast;
+    euler on the device moves the samples by little from the CPU's (same weights, the CPU's x_T)."""
+    from bench.training.train import train
+
+    cfg = RunConfig(evals="euler:8", model="tiny", train_steps=5, batch_size=8, warmup_steps=1, checkpoint_every=5,
+                    dropout=0.0, dataset="synthetic", **kw)
+    _, d, noise = build_process(cfg)
+    res, ema = train(cfg, torch.rand(32, 1, 16, 16) * 2 - 1, d, noise, tmp_path, device="cuda", progress=False)
+    assert res.status == "ok" and res.final_loss == res.final_loss
+    x_cpu = SAMPLERS.get("euler")(ema.cpu(), d, noise, (4, 1, 16, 16), 8, image_generators(4, 0), "cpu")
+    cpu_draw = type(noise).sample_per_item
+    monkeypatch.setattr(noise, "sample_per_item", lambda shape, t, gens, device=None: cpu_draw(noise, shape, t, gens).to(device))
+    x_gpu = SAMPLERS.get("euler")(ema.cuda(), d, noise, (4, 1, 16, 16), 8, image_generators(4, 0), "cuda").cpu()
+    assert torch.isfinite(x_gpu).all() and (x_gpu - x_cpu).abs().mean() < 0.05

@@ -424,3 +424,41 @@ def test_vp_density_masses_are_the_index_draws():
     lam = d.log_snr[d.draw_t(200_000, torch.Generator().manual_seed(0))].numpy()
     hist, _ = np.histogram(lam, bins=EDGES)
     assert abs(mass.sum() - 1) < 1e-9 and float(abs(hist / 200_000 - mass).sum()) < 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI: bench ls, bench plot-schedules, exit 2 before work
+
+
+def test_bench_ls_lists_paths_densities_and_the_new_fields(capsys):
+    from bench.__main__ import main
+
+    assert main(["ls", "paths"]) == 0 and main(["ls", "densities"]) == 0 and main(["ls", "config"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vp ", "rf ", "edm ", "uniform ", "logit_normal ", "mode ", "cosmap ", "lognormal "):
+        assert f"  {name}" in out, name
+    for field, role in (("path", "trains"), ("t_density", "trains"), ("train_shift", "trains"), ("sample_shift", "sampler option"),
+                        ("immiscible", "trains"), ("t_mode_scale", "trains"), ("weight_bias", "trains")):
+        assert any(line.split()[:1] == [field] and role in line for line in out.splitlines()), field
+
+
+def test_plot_schedules_also_draws_every_path(tmp_path):
+    from bench.__main__ import main
+
+    assert main(["plot-schedules", "--out", str(tmp_path / "s.png"), "--schedules", "linear", "--shifts", "1,3"]) == 0
+    assert (tmp_path / "s_paths.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["t_mean=0.5"], "t_mean set without logit_normal"),
+    (["path=rf"], "prediction eps on path rf"),
+    (["train_shift=0.5"], "train_shift must be a finite number >= 1"),
+])
+def test_bad_formulations_exit_2_before_work(tmp_path, capsys, sets, message):
+    from bench.__main__ import main
+
+    args = ["run", "--grid", "schedules", "--preset", "smoke", "--local", "--dry-run", "--out", str(tmp_path / "r")]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bench: error:")]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "r").exists()

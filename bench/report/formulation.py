@@ -79,10 +79,10 @@ def plot_effective_weighting(run, out_dir: Path) -> Plot | None:
             ax.set_ylabel("density over λ")
         fig_legend(fig, axes, ncols=2)
         png = save(fig, out_dir / "effective_weighting.png")
-    return Plot(png, f"Each arm's effective weighting over log-SNR (Kingma & Gao 2023): its training time density pushed to "
-                     f"λ through its path and training shift (left; "
-                     f"exact masses of 0.25-nat bins from the density's CDF) times its eps-equivalent loss weight, normalised (right). Arms whose right-hand "
-                     f"curves coincide train the same objective, whatever their names.")
+    return Plot(png, "Each arm's effective weighting over log-SNR (Kingma & Gao 2023): its training time density pushed "
+                     "to λ through its path and training shift (left; exact masses of 0.25-nat bins from the density's CDF) "
+                     "times its eps-equivalent loss weight, normalised (right). Arms whose right-hand curves coincide train "
+                     "the same objective, whatever their names.")
 
 
 def plot_paths(schedules: Sequence[str], T: int, shifts: Sequence[float], out_path: Path) -> Path:
