@@ -17,11 +17,12 @@ Order: assignment, then offset, then perturbation (the perturbation is never par
 from __future__ import annotations
 
 import torch
-from scipy.optimize import linear_sum_assignment
 
 
 def immiscible_assignment(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """The permutation pi (LongTensor [B], on eps's device) minimising sum_i ||x0_i - eps_pi(i)||_2."""
+    from scipy.optimize import linear_sum_assignment  # here: scipy costs an import in every trainer otherwise
+
     cost = torch.cdist(x0.flatten(1).double(), eps.flatten(1).double()).cpu().numpy()
     _, cols = linear_sum_assignment(cost)
     return torch.as_tensor(cols, dtype=torch.long, device=eps.device)
