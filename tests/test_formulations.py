@@ -298,7 +298,7 @@ def test_knobs_off_draw_nothing_and_on_do_what_the_papers_say():
     (dict(path="edm", prediction="eps", evals="euler:5"), "path edm takes x0"),
     (dict(train_shift=2.0), "sample_shift=1 != train_shift=2 on path vp"),
     (dict(corruption="blur", evals="euler:5"), "sampler euler needs the VE view"),
-    (dict(input_perturbation=-0.1), "input_perturbation must be >= 0"),
+    (dict(input_perturbation=-0.1), "input_perturbation must be a finite number >= 0"),
     (dict(path="flowmatch"), "unknown path 'flowmatch'"),
 ])
 def test_bad_formulations_are_one_line_input_errors(kw, match):
@@ -462,3 +462,64 @@ def test_bad_formulations_exit_2_before_work(tmp_path, capsys, sets, message):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bench: error:")]
     assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes: keys of adopted models, vp + lognormal, strips and figures on continuous paths
+
+
+def test_adoption_keys_of_existing_trials_are_unchanged():
+    """bench.training.trained keys hash new fields only when set (as trial_id): the default trial's keys are
+    the ones of the release before issue 33, so finished models are still adopted."""
+    from bench.training.trained import curve_key, train_key
+
+    assert train_key(RunConfig()) == "68cc0eb9b0bb6179" and curve_key(RunConfig()) == "180e9ff192d5d59a"
+    assert train_key(RunConfig(path="rf", prediction="flow", evals="euler:5")) != train_key(RunConfig())
+
+
+@pytest.mark.parametrize("T", [10, 50, 100, 333, 1000, 1999])
+def test_vp_lognormal_reaches_the_index_it_names(T):
+    """t_of_log_snr on vp gives the middle of index i's interval, so ceil(u T) - 1 = i for every i and T."""
+    d = Diffusion(make_betas("cosine", T))
+    i = torch.arange(T)
+    t = d.t_of_log_snr(d.log_snr[i])
+    assert torch.equal((torch.ceil(t * T).long() - 1), i)
+    assert torch.equal(d.log_snr_of_t(t), d.log_snr[i])
+
+
+def test_vp_lognormal_effective_weighting_is_drawn():
+    import numpy as np
+
+    from bench.report.formulation import effective_weighting
+
+    x, p, eff = effective_weighting(RunConfig(schedule="cosine", t_density="lognormal"))
+    assert np.isfinite(eff).all() and abs((p * np.diff(x).mean()).sum() - 1) < 1e-6
+
+
+def test_denoising_strip_and_forward_figure_on_continuous_paths(tmp_path):
+    from bench.report.forward import forward_cells
+    from bench.sampling.snapshots import denoise_strip
+
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    for kw in (dict(path="edm", prediction="x0", weighting="edm", t_density="lognormal"), dict(path="rf", prediction="flow")):
+        cfg = RunConfig(evals="euler:5", **kw)
+        _, d, noise = build_process(cfg)
+        cells = denoise_strip(lambda x, c: x * 0.1, d, noise, x0, [0, 499, 999], torch.Generator().manual_seed(0),
+                              tmp_path / "strip.png")
+        assert torch.isfinite(cells).all()
+        fwd = forward_cells({"arm": cfg}, x0[0], fractions=(0.0, 0.5, 1.0))
+        assert all(torch.isfinite(x).all() for _, x in fwd["arm"])  # edm's x_t is VE: sigma up to 1e5 at t/T = 1
+        assert float(fwd["arm"][1][1].std()) < 3  # the middle column: t = 1/2 is sigma~ = 1, not an index 499
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(immiscible=True, noise="gamma"), "immiscible with noise gamma"),
+    (dict(corruption="cold_blur", prediction="x0", timesteps=20, loss="l1", evals="cold:20", input_perturbation=0.1),
+     "input_perturbation set with corruption cold_blur"),
+    (dict(corruption="cold_blur", prediction="x0", timesteps=20, loss="l1", evals="cold:20", t_density="cosmap"),
+     "t_density set with corruption cold_blur"),
+    (dict(offset_noise=float("inf")), "offset_noise must be a finite number >= 0"),
+])
+def test_knobs_that_would_do_nothing_or_be_wrong_are_refused(kw, match):
+    with pytest.raises(InputError, match=match):
+        validate(RunConfig(**kw))

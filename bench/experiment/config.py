@@ -262,17 +262,22 @@ class RunConfig:
         return head + "".join(f" / {part}" for part in self._knob_labels())
 
     def _density_label(self) -> str:
+        return self._density_labels()[0]
+
+    def _density_labels(self) -> tuple[str, str]:
+        """(label, parameters alone) of the density; its name when it cannot be built (validation says why)."""
         if self.t_density not in DENSITIES:
-            return self.t_density
+            return self.t_density, ""
         try:
-            return make_density(self.t_density, **self.density_kwargs()).label()
+            density = make_density(self.t_density, **self.density_kwargs())
         except InputError:
-            return self.t_density
+            return self.t_density, ""
+        return density.label(), density.params_label()
 
     def _path_label(self) -> str:
         """rf[/density] [/ weighting] or edm(P_mean,P_std) [/ weighting] (SD3 Table 1's names)."""
         path = PATHS.get(self.path)()
-        head = path.arm_label(self._density_label())
+        head = path.arm_label(self.t_density, *self._density_labels())
         if self.weighting != path.natural_weighting:
             head += f" / {_fmt(self.weighting, self.weighting_kwargs())}"
         return head
@@ -412,8 +417,21 @@ def build_process(cfg: RunConfig, data: Optional[torch.Tensor] = None) -> Forwar
 
 
 #: the fields of the beta schedule: they mean nothing on a continuous path (rf, edm)
-SCHEDULE_FIELDS = ("schedule", "timesteps", "zero_terminal_snr", "beta_start", "beta_end", "cosine_s", "tau", "sigmoid_start",
-                   "sigmoid_end", "sigma_min", "sigma_max", "laplace_mu", "laplace_b")
+SCHEDULE_FIELDS = ("schedule", "timesteps", "zero_terminal_snr",
+                   *dict.fromkeys(k for name in SCHEDULES.names() for k in schedule_params(name)))
+#: the formulation fields that act through the noise and the schedule (none of them reaches cold_blur's x_t = D(x_0, t))
+NOISE_SIDE = {"input_perturbation": 0.0, "immiscible": False, "offset_noise": 0.0, "train_shift": 1.0, "t_density": "uniform"}
+
+
+def _check_knobs_have_noise(cfg: RunConfig) -> None:
+    """A knob that acts on eps or the schedule is refused on a corruption that uses neither (cold_blur):
+    it would change the trial's id and label and nothing it computes."""
+    if cfg.corruption not in CORRUPTIONS or CORRUPTIONS.get(cfg.corruption).uses_schedule:
+        return
+    stray = [k for k, off in NOISE_SIDE.items() if getattr(cfg, k) != off]
+    if stray:
+        raise InputError(f"{', '.join(stray)} set with corruption {cfg.corruption}, whose x_t = D(x_0, t) uses no noise and no "
+                         f"schedule: they would change nothing")
 
 
 def check_formulation(cfg: RunConfig):
@@ -427,8 +445,12 @@ def check_formulation(cfg: RunConfig):
     check_shift("train_shift", cfg.train_shift)
     check_shift("sample_shift", cfg.sample_shift)
     for k in ("input_perturbation", "offset_noise"):
-        if not getattr(cfg, k) >= 0:
-            raise InputError(f"{k} must be >= 0 (0 = off), got {getattr(cfg, k)}")
+        if not (math.isfinite(getattr(cfg, k)) and getattr(cfg, k) >= 0):
+            raise InputError(f"{k} must be a finite number >= 0 (0 = off), got {getattr(cfg, k)}")
+    if cfg.immiscible and cfg.noise in NOISES and not NOISES.get(cfg.noise).time_invariant:
+        raise InputError(f"immiscible with noise {cfg.noise}: the assignment gives an image noise drawn for another "
+                         f"example's timestep, and {cfg.noise}'s law depends on the timestep")
+    _check_knobs_have_noise(cfg)
     if path.discrete:
         if cfg.sample_shift != cfg.train_shift:
             raise InputError(f"sample_shift={cfg.sample_shift:g} != train_shift={cfg.train_shift:g} on path vp: the shift "

@@ -108,7 +108,8 @@ class PathDiffusion(Diffusion):
         return (t.double() * self.T).long().clamp(0, self.T - 1)
 
     def time_of_index(self, i):
-        return (i + 1) / self.T
+        """t = (i + 1)/T, kept below 1 (edm: sigma~ finite at the last index)."""
+        return min((i + 1) / self.T, 1.0 - T_EPS)
 
     def start_alpha_bar(self):
         """The VP-equivalent alpha_bar = alpha^2/(alpha^2 + sigma^2) at the solvers' first grid point

@@ -56,6 +56,10 @@ class Density:
         """How arm labels name it (SD3 Table 1's names)."""
         raise NotImplementedError
 
+    def params_label(self) -> str:
+        """Its parameters alone, e.g. ``(-1.20,1.20)`` (a path whose own density it is names only these)."""
+        return ""
+
 
 @DENSITIES.register("uniform")
 class Uniform(Density):
@@ -165,10 +169,13 @@ class LogNormal(Density):
 
     def cdf(self, t, path):
         """T <= t when lambda >= lambda(t), i.e. ln sigma~ <= -lambda(t)/2."""
-        return torch.special.ndtr((-path.log_snr(t) / 2.0 - self.m) / self.s)
+        return torch.special.ndtr((-path.log_snr_of_t(t) / 2.0 - self.m) / self.s)
 
     def label(self):
-        return f"lognormal({self.m:.2f},{self.s:.2f})"
+        return f"lognormal{self.params_label()}"
+
+    def params_label(self):
+        return f"({self.m:.2f},{self.s:.2f})"
 
 
 def density_params(name: str) -> dict[str, object]:

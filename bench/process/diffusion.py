@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bench.process.paths import VP
+from bench.process.paths import SIGMA_DATA, VP
 from bench.process.schedules import check_betas, timestep_subsequence
 from bench.registry import InputError, Registry
 
@@ -241,8 +241,6 @@ class EDMWeighting(Weighting):
     Infinite at SNR = 0, so not usable with zero terminal SNR."""
 
     def __init__(self):
-        from bench.process.paths import SIGMA_DATA  # a leaf: the one home of sigma_data
-
         self.sd2 = SIGMA_DATA**2
 
     def eps_weight(self, snr):
@@ -253,7 +251,9 @@ class EDMWeighting(Weighting):
 class SigmoidWeighting(Weighting):
     """sigmoid: w_eps(lambda) = sigmoid(b - lambda), b = ``weight_bias`` (Kingma & Gao 2023, "Understanding
     Diffusion Objectives", sec. 5; default 0: w = 1/2 at lambda = 0; the paper sweeps b). Computed as
-    1/(1 + SNR e^(-b)), exact at SNR = 0 (w = 1) and SNR = inf (w = 0)."""
+    1/(1 + SNR e^(-b)), exact at SNR = 0 (w = 1) and SNR = inf (w = 0). Applied on top of the time
+    density, as every weighting here: Kingma & Gao's sigmoid is the *total* weighting over lambda, which
+    this arm is only where the density is uniform in lambda; the effective-weighting figure shows the total."""
 
     def __init__(self, weight_bias: float = 0.0):
         if isinstance(weight_bias, bool) or not isinstance(weight_bias, (int, float)) or not math.isfinite(weight_bias):
@@ -267,7 +267,7 @@ class SigmoidWeighting(Weighting):
 def eps_equivalent(weighting: Weighting, snr: torch.Tensor, prediction: type[Prediction]) -> torch.Tensor:
     """The eps-equivalent weight of ``weighting`` on ``prediction``'s loss: w_target / factor (so ``none``
     on the v loss is (SNR + 1)/SNR; Kingma & Gao 2023). Where the factor is 0 (SNR = 0 for x0, v and flow)
-    the weight is taken as its limit from the neighbouring value (nan there)."""
+    it is undefined: nan there (the effective-weighting figure counts no mass at SNR = 0)."""
     factor = prediction.eps_weight_factor(snr)
     w = weighting.weight(snr, prediction) / factor
     return torch.where(factor > 0, w, torch.full_like(w, float("nan")))
@@ -395,10 +395,18 @@ class Diffusion:
         return (torch.ceil(u * self.T).long() - 1).clamp(0, self.T - 1)
 
     def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
-        """The time t = (i + 1)/T of the first index i whose log-SNR is <= lam (the table is decreasing):
-        how the ``lognormal`` density reaches a discrete schedule."""
+        """The time of the first index i whose log-SNR is <= lam (the table is decreasing), as the middle
+        (i + 1/2)/T of the interval that ``draw_t`` maps to index i (ceil(u T) - 1 = i): how the
+        ``lognormal`` density reaches a discrete schedule, with no rounding at the interval's ends."""
         i = torch.searchsorted(-self.log_snr, -torch.as_tensor(lam, dtype=torch.float64), right=False)
-        return (i.clamp(0, self.T - 1) + 1).double() / self.T
+        return (i.clamp(0, self.T - 1) + 0.5).double() / self.T
+
+    def log_snr_of_t(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda at time t in [0, 1]: the table's value at index ceil(t T) - 1 (+inf at t = 0, the data),
+        the step function the index draw sees (the ``Path.log_snr_of_t`` of the vp chain)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        i = (torch.ceil(t * self.T).long() - 1).clamp(0, self.T - 1)
+        return torch.where(t > 0, self.log_snr[i], torch.full_like(t, float("inf")))
 
     def log_snr_at(self, t: torch.Tensor) -> torch.Tensor:
         """lambda at training timesteps ``t`` (float64): the table's value at each index."""

@@ -34,8 +34,9 @@ NOISES: Registry = Registry("noise")
 class Noise:
     """Base class. ``alpha_bar`` is the schedule's alpha_bar_1..alpha_bar_T (float64, shape [T])."""
 
-    #: whether its distribution is the same at every timestep (then continuous paths, rf and edm, can use it)
-    time_invariant = True
+    #: whether its distribution is the same at every timestep (then continuous paths, rf and edm, and the
+    #: immiscible assignment, which moves draws between timesteps, can use it); a new type says so itself
+    time_invariant = False
 
     def __init__(self, alpha_bar: torch.Tensor):
         self.alpha_bar = alpha_bar.to(torch.float64).cpu()
@@ -92,6 +93,8 @@ def _as_index(t, batch: int) -> torch.Tensor:
 class Gaussian(Noise):
     """eps ~ N(0, I) (Ho et al. 2020)."""
 
+    time_invariant = True
+
     def draw(self, shape, t, generator):
         return torch.randn(shape, generator=generator, dtype=torch.float32)
 
@@ -121,7 +124,7 @@ class Gamma(Noise):
     #: k_bar at or above which eps is the Gaussian limit (always at k_bar = inf, i.e. alpha_bar = 0).
     GAUSSIAN_LIMIT_K = 1e20
 
-    time_invariant = False  # k_bar_t depends on alpha_bar_t
+    time_invariant = False  # k_bar_t depends on alpha_bar_t: explicit, not only the base's default
 
     def __init__(self, alpha_bar: torch.Tensor, theta_0: float = 0.001):
         super().__init__(alpha_bar)
@@ -161,6 +164,8 @@ class Gamma(Noise):
 class Laplace(Noise):
     """eps ~ Laplace(0, b = 1/sqrt(2)) per element (variance 2 b^2 = 1, excess kurtosis 3):
     a heavy-tailed, symmetric, time-independent alternative to Gaussian, drawn by inverse CDF."""
+
+    time_invariant = True
 
     def draw(self, shape, t, generator):
         return self.draw_on(shape, t, generator)

@@ -65,12 +65,17 @@ class Path:
     predictions: tuple[str, ...] = ()
     #: the weighting its papers train with (arm labels name any other)
     natural_weighting = "none"
+    #: the time density its papers train with, whose parameters its arm label carries (edm(P_mean,P_std))
+    natural_density = ""
     #: whether it is a discrete beta schedule (vp: the ``Diffusion`` tables; no continuous formulas here)
     discrete = False
 
-    def arm_label(self, density: str) -> str:
-        """The arm's name in SD3 Table 1's style: ``rf/lognorm(0.00,1.00)``, ``rf`` for uniform."""
-        return self.name + (f"/{density}" if density else "")
+    def arm_label(self, density_name: str, density_label: str, density_params: str) -> str:
+        """The arm's name in SD3 Table 1's style: ``rf/lognorm(0.00,1.00)``, ``rf`` for uniform;
+        ``edm(-1.20,1.20)`` for a path's own density (``natural_density``: its parameters only)."""
+        if density_name and density_name == self.natural_density:
+            return self.name + density_params
+        return self.name + (f"/{density_label}" if density_label else "")
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -86,6 +91,10 @@ class Path:
     def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
         """The inverse of ``log_snr``."""
         raise NotImplementedError
+
+    def log_snr_of_t(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda at time t: ``log_snr`` (the name the densities use on every process, vp's chain included)."""
+        return self.log_snr(t)
 
     def c_in(self, t: torch.Tensor) -> torch.Tensor:
         """The network's input is c_in x_t (1 unless the path preconditions)."""
@@ -162,12 +171,8 @@ class EDM(Path):
     description = "edm: x = x_0 + sigma eps, D = c_skip x + c_out F(c_in x, ln(sigma)/4), sigma_data 0.5 (Karras et al. 2022)"
     predictions = ("x0",)
     natural_weighting = "edm"
+    natural_density = "lognormal"
     sigma_min, sigma_max, rho = 0.002, 80.0, 7.0
-
-    def arm_label(self, density):
-        """``edm(P_mean,P_std)`` for EDM's own lognormal density (SD3 Table 1), else ``edm/<density>``."""
-        prefix = "lognormal("
-        return "edm" + density[len(prefix) - 1:] if density.startswith(prefix) else super().arm_label(density)
 
     def alpha(self, t):
         return torch.ones_like(_f64(t))

@@ -60,8 +60,8 @@ def forward_cells(rows: Mapping[str, RunConfig], x0: torch.Tensor, fractions: Se
             if t == 0:
                 cells.append((0, x0[0]))
                 continue
-            tt = torch.tensor([t - 1])
-            eps = noise.sample(tuple(x0.shape), tt, torch.Generator().manual_seed(seed + j)).float()
+            tt = diffusion.times_on(x0, diffusion.time_of_index(t - 1))  # vp: index t - 1; rf, edm: t/T
+            eps = noise.sample(tuple(x0.shape), diffusion.noise_index(tt), torch.Generator().manual_seed(seed + j)).float()
             cells.append((t, diffusion.q_sample(x0, tt, eps)[0]))
         out[label] = cells
     return out

@@ -78,6 +78,7 @@ from tqdm.auto import tqdm
 from bench.images import save_grid, to_uint8  # noqa: F401  (re-exported: their home is the leaf bench.images)
 from bench.process.diffusion import Diffusion
 from bench.process.noise import Noise
+from bench.process.paths import check_shift
 from bench.process.schedules import timestep_subsequence  # noqa: F401  (its home is the leaf schedules)
 from bench.registry import InputError, Registry
 
@@ -413,9 +414,7 @@ def cold(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
 
 
 def _check_sample_shift(value: Any) -> None:
-    from bench.process.paths import check_shift  # the one rule for a shift (a leaf)
-
-    check_shift("sample_shift", value)
+    check_shift("sample_shift", value)  # the one rule for a shift (bench.process.paths)
 
 
 @register_sampler("euler", options={"sample_shift": _check_sample_shift}, evals_per_step=1, needs_posterior=False,

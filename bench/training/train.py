@@ -263,6 +263,7 @@ class Trainer:
         eps = self.noise.sample(x0.shape, self.diffusion.noise_index(t), self.noise_gen)  # on the CPU: same on every device
         eps, eps_in = apply_knobs(cfg, x0, _to(eps, dev), self.noise_gen)
         x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
+        eps_in = None if eps_in is None else eps_in.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp):
             losses = self.diffusion.loss(self.model, x0, _to(t, dev), eps, kind=cfg.loss, eps_in=eps_in)
         self.opt.zero_grad(set_to_none=True)

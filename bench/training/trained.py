@@ -28,6 +28,7 @@ source exists it trains, curve included.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -46,11 +47,27 @@ EVAL_ONLY = fields_with(EVALUATIONS, SCORING, SAMPLER_OPTION, CURVE, BOOKKEEPING
 #: what every evaluation, a curve point included, reads beyond its own steps, evaluation and metrics
 CURVE_FIELDS = fields_with(SCORING, SAMPLER_OPTION)
 LOGS = ("loss.csv", "loss_by_t.csv")
+#: the RunConfig fields when the keys were introduced: always hashed (never edit this tuple)
+KEY_FIELDS_V1 = frozenset((
+    "dataset", "data_root", "image_size", "max_train_images", "schedule", "timesteps", "zero_terminal_snr", "beta_start",
+    "beta_end", "cosine_s", "tau", "sigmoid_start", "sigmoid_end", "sigma_min", "sigma_max", "laplace_mu", "laplace_b",
+    "noise", "theta_0", "corruption", "sigma_blur_max", "prediction", "weighting", "min_snr_gamma", "p2_k", "p2_gamma",
+    "model", "dropout", "train_steps", "batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "loss",
+    "checkpoint_every", "seed", "evals", "n_samples", "ddim_eta", "var_type", "skip_start", "metrics", "n_reference",
+    "sample_seed", "image_seeds", "eval_at", "curve_metrics", "reuse_training"))
+
+
+def _keyed(cfg: RunConfig, names) -> dict:
+    """The fields ``names`` that enter a key: those of the first release (``ID_FIELDS_V1``, always) and
+    any later one whose value is not its default, as ``trial_id`` does, so a field added since (issue 33:
+    path, t_density, ...) leaves every existing key, and so every adopted model and curve, as it was."""
+    values, defaults = cfg.to_dict(), {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    return {k: values[k] for k in sorted(names) if k in KEY_FIELDS_V1 or values[k] != defaults[k]}
 
 
 def train_key(cfg: RunConfig) -> str:
-    """16 hex digits of SHA-256 over the training fields (sorted JSON)."""
-    fields = {k: v for k, v in sorted(cfg.to_dict().items()) if k not in EVAL_ONLY}
+    """16 hex digits of SHA-256 over the training fields (sorted JSON; ``_keyed``)."""
+    fields = _keyed(cfg, [k for k in cfg.to_dict() if k not in EVAL_ONLY])
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -58,7 +75,7 @@ def curve_key(cfg: RunConfig) -> str:
     """What a learning-curve point depends on beyond the training: its steps, its evaluation (the first
     of ``evals``) and how it is scored. Two trials with equal train and curve keys draw the same curve."""
     fields = {"steps": cfg.curve_steps, "metrics": cfg.curve_metric_names, "eval": cfg.evaluations[0],
-              **{k: getattr(cfg, k) for k in CURVE_FIELDS}}
+              **_keyed(cfg, CURVE_FIELDS)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
