@@ -341,10 +341,16 @@ def budget(run: Run) -> str:
              f"the grid varies {join([f'`{c}`' for c in varying])} between arms; the rest is the same for every arm")
     return (f"**Budget** ({scope}): {values(run, 'train_steps')} training steps at batch size "
             f"{values(run, 'batch_size')}, UNet preset `{values(run, 'model')}` ({n_params(run) or '?'} "
-            f"parameters), T = {values(run, 'timesteps')} diffusion steps, {values(run, 'n_samples')} generated "
+            f"parameters), T = {values(run, 'timesteps')} diffusion steps{_continuous_note(run)}, {values(run, 'n_samples')} generated "
             f"images per evaluation, on {values(run, 'device')}. The run took "
             f"{took} "
             f"and {sum(trial_seconds(run).values()) / 3600:.2f} device-hours summed over trials.")
+
+
+def _continuous_note(run: Run) -> str:
+    """Where arms train on a continuous path (rf, edm), T is the vp arms' alone."""
+    paths = set(run.rows["path"].dropna()) if "path" in run.rows.columns else set()
+    return " (the vp arms'; rf and edm train in continuous time)" if paths - {"vp"} else ""
 
 
 def tables_section(run: Run) -> str:

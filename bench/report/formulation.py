@@ -81,8 +81,9 @@ def plot_effective_weighting(run, out_dir: Path) -> Plot | None:
         png = save(fig, out_dir / "effective_weighting.png")
     return Plot(png, "Each arm's effective weighting over log-SNR (Kingma & Gao 2023): its training time density pushed "
                      "to λ through its path and training shift (left; exact masses of 0.25-nat bins from the density's CDF) "
-                     "times its eps-equivalent loss weight, normalised (right). Arms whose right-hand curves coincide train "
-                     "the same objective, whatever their names.")
+                     "times its eps-equivalent loss weight, normalised over the plotted λ range (right; a weighting that grows "
+                     "without bound at low λ, as rf's σ~, depends on that window). Arms whose right-hand curves coincide "
+                     "train the same objective, whatever their names.")
 
 
 def plot_paths(schedules: Sequence[str], T: int, shifts: Sequence[float], out_path: Path) -> Path:
