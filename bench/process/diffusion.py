@@ -413,16 +413,24 @@ class Diffusion:
         return self.log_snr[t]
 
     def log_snr_mass(self, edges: torch.Tensor) -> torch.Tensor:
-        """The training density's probability of each log-SNR bin [edges_k, edges_k+1) (float64): index i has
+        """The training density's probability of each log-SNR bin [edges_k, edges_k+1) (float64). Index i has
         probability 1/T (the uniform integer draw) or F((i + 1)/T) - F(i/T) (a density with CDF F; the draw is
-        index ceil(u T) - 1), placed at the table's lambda_i (a zero-terminal -inf falls outside every bin)."""
+        index ceil(u T) - 1), spread evenly over the log-SNR gap (lambda_i, lambda_{i-1}] to the previous index
+        (the chain's time step i - 1 -> i; index 0 over a gap as wide as the next): the discrete chain read as
+        a density over lambda, smooth where its steps are wider than a bin. A zero-terminal -inf is left out."""
         i = torch.arange(self.T, dtype=torch.float64)
         if self.density is None or self.density.integer_on_vp:
             q = torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
         else:
             q = self.density.cdf((i + 1) / self.T, self) - self.density.cdf(i / self.T, self)
-        fin = torch.isfinite(self.log_snr)
-        return torch.histogram(self.log_snr[fin], bins=edges.double(), weight=q[fin]).hist
+        lam = self.log_snr
+        first = lam[:1] + (lam[:1] - lam[1:2]) if self.T > 1 else lam[:1] + 1.0
+        lo, hi = lam, torch.cat([first, lam[:-1]])
+        fin = torch.isfinite(lo)
+        lo, hi, q = lo[fin, None], hi[fin, None], q[fin, None]
+        a, b = edges.double()[None, :-1], edges.double()[None, 1:]
+        overlap = (torch.minimum(hi, b) - torch.maximum(lo, a)).clamp(min=0.0)
+        return (q * overlap / (hi - lo).clamp(min=1e-300)).sum(0)
 
     def t_bin(self, t: torch.Tensor, nbins: int) -> torch.Tensor:
         """The bin of each training timestep among ``nbins`` equal parts of the time range (loss_by_t.csv)."""

@@ -72,8 +72,10 @@ def plot_effective_weighting(run, out_dir: Path) -> Plot | None:
             kw = {**styles[label], "markevery": 8, "ms": 4, "lw": 1.3}
             axes[0][0].plot(x, p, label=label, **kw)
             axes[0][1].plot(x, eff, **kw)
+        axes[0][1].set_yscale("log")  # the weights span decades (v's (SNR + 1)/SNR, rf's sigma~ at low lambda)
+        axes[0][1].set_ylim(1e-4, None)
         axes[0][0].set_title("training density pushed to log-SNR, p(λ)")
-        axes[0][1].set_title("effective weighting p(λ) w_eps(λ), normalised")
+        axes[0][1].set_title("effective weighting p(λ) w_eps(λ), normalised (log scale)")
         for ax in axes[0]:
             ax.set_xlabel("log-SNR λ = log(α²/σ²) [nats] (noise ← → data)")
             ax.set_ylabel("density over λ")
