@@ -25,8 +25,9 @@ import torch
 from bench.style import Plot, arm_styles, fig_legend, figure, save, theme, write_figure
 
 EDGES = np.linspace(-15.0, 15.0, 121)  # log-SNR bins, 0.25 nats wide
-#: RunConfig fields that make a run's arms differ in what the trainer draws or weighs (the figure is drawn then)
-FORMULATION_FIELDS = ("path", "t_density", "train_shift")
+#: RunConfig fields that change what the trainer draws or weighs over log-SNR: the figure is drawn when arms differ in one
+#: (the beta schedule too: Kingma & Gao's point is that a schedule acts as a weighting)
+FORMULATION_FIELDS = ("path", "t_density", "train_shift", "prediction", "weighting", "zero_terminal_snr", "schedule")
 
 
 def effective_weighting(cfg, edges: np.ndarray = EDGES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,24 +48,31 @@ def effective_weighting(cfg, edges: np.ndarray = EDGES) -> tuple[np.ndarray, np.
 
 
 def wants_effective_weighting(run) -> bool:
-    """Drawn for runs whose arms differ in a formulation field (a run of the first release's grids has none)."""
-    from bench.experiment.config import RunConfig
-
-    defaults = {f: getattr(RunConfig(), f) for f in FORMULATION_FIELDS}
+    """Drawn for runs whose arms differ in a field that changes the effective weighting (a grid over
+    seeds or noise types alone has one curve)."""
     rows = run.trials()
-    return any(f in rows.columns and (rows[f].dropna() != defaults[f]).any() for f in FORMULATION_FIELDS)
+    return any(f in rows.columns and rows[f].astype(str).nunique() > 1 for f in FORMULATION_FIELDS)
 
 
 def plot_effective_weighting(run, out_dir: Path) -> Plot | None:
-    """One line per arm (the first trial of each label): p(lambda) and the normalised p w_eps."""
-    from bench.experiment.config import config_from_row
+    """One line per arm (the first trial of each label) whose process has the VE view (blur and
+    cold_blur act on x_0 by an operator: no single log-SNR per time, left out): p(lambda) and the
+    normalised p w_eps."""
+    from bench.experiment.config import build_process, config_from_row
 
     if not wants_effective_weighting(run):
         return None
-    curves = {}
+    curves, left_out = {}, []
     for r in run.trials().to_dict("records"):
-        if r["label"] not in curves:
-            curves[r["label"]] = effective_weighting(config_from_row(r))
+        if r["label"] in curves or r["label"] in left_out:
+            continue
+        cfg = config_from_row(r)
+        if build_process(cfg).diffusion.has_ve_view:
+            curves[r["label"]] = effective_weighting(cfg)
+        else:
+            left_out.append(r["label"])
+    if len(curves) < 2:
+        return None
     styles = arm_styles(list(curves))
     with theme():
         fig, axes = figure(1, 2, 4.4, 3.2)
@@ -85,7 +93,14 @@ def plot_effective_weighting(run, out_dir: Path) -> Plot | None:
                      "to λ through its path and training shift (left; exact masses of 0.25-nat bins from the density's CDF) "
                      "times its eps-equivalent loss weight, normalised over the plotted λ range (right; a weighting that grows "
                      "without bound at low λ, as rf's σ~, depends on that window). Arms whose right-hand curves coincide "
-                     "train the same objective, whatever their names.")
+                     "train the same objective, whatever their names." + _left_out(left_out))
+
+
+def _left_out(labels: list[str]) -> str:
+    if not labels:
+        return ""
+    return (f" Left out: {', '.join(labels)} (an operator on x_0 besides the noise: no single log-SNR per time, so no "
+            f"weighting over it).")
 
 
 def plot_paths(schedules: Sequence[str], T: int, shifts: Sequence[float], out_path: Path) -> Path:
