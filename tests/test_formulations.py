@@ -292,7 +292,7 @@ def test_knobs_off_draw_nothing_and_on_do_what_the_papers_say():
     (dict(t_mean=0.5), "t_mean set without logit_normal"),
     (dict(t_density="mode", P_mean=0.5), "P_mean set without lognormal"),
     (dict(t_density="mode", t_mode_scale=3.0), "t_mode_scale must lie in"),
-    (dict(path="rf", prediction="flow"), "sampler ddim needs .* sample it with euler"),
+    (dict(path="rf", prediction="flow"), "sampler ddim needs .* sample it with dpmpp_2m, euler"),
     (dict(path="rf", prediction="flow", noise="gamma", evals="euler:5"), "noise gamma depends on the vp timestep"),
     (dict(path="rf", prediction="flow", corruption="blur", evals="euler:5"), "corruption blur on path rf"),
     (dict(path="edm", prediction="eps", evals="euler:5"), "path edm takes x0"),
@@ -536,3 +536,71 @@ def test_denoising_strip_and_forward_figure_on_continuous_paths(tmp_path):
 def test_knobs_that_would_do_nothing_or_be_wrong_are_refused(kw, match):
     with pytest.raises(InputError, match=match):
         validate(RunConfig(**kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# dpmpp_2m (issue 34's first solver) against k-diffusion's sample_dpmpp_2m, transcribed
+
+
+def _kdiff_dpmpp_2m(denoise, x, sigmas):
+    """k-diffusion 0.1.1 ``sample_dpmpp_2m`` (crowsonkb/k-diffusion, k_diffusion/sampling.py), transcribed:
+    the package itself pins numpy < 2 through dctorch, which this suite's pandas cannot take."""
+    sigma_fn = lambda t: t.neg().exp()
+    t_fn = lambda sigma: sigma.log().neg()
+    old_denoised = None
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, i)
+        t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
+        h = t_next - t
+        if old_denoised is None or sigmas[i + 1] == 0:
+            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised
+        else:
+            h_last = t - t_fn(sigmas[i - 1])
+            r = h_last / h
+            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised_d
+        old_denoised = denoised
+    return x
+
+
+@pytest.mark.parametrize("steps", [1, 2, 6, 12])
+def test_dpmpp_2m_on_edm_is_k_diffusions(steps):
+    d = _path_diffusion("edm", "x0", "edm", "lognormal")
+    noise = make_noise("gaussian", d.alpha_bar)
+    net = lambda x, c: torch.tanh(0.5 * x) + 0.1 * c.reshape(-1, 1, 1, 1)
+    ours = SAMPLERS.get("dpmpp_2m")(net, d, noise, (2, 1, 5, 5), steps, image_generators(2, 3), clip_x0=False)
+    grid = d.solver_grid(steps)
+    sig = torch.tensor([s for _, _, s in grid], dtype=F64)
+    x = noise.sample_per_item((2, 1, 5, 5), d.T - 1, image_generators(2, 3)).double() * sig[0]
+    denoise = lambda x, i: _edm_precond(lambda a, c: net(a.float(), c.float()).double(), x, sig[i].expand(2))
+    theirs = _kdiff_dpmpp_2m(denoise, x, sig)
+    assert torch.allclose(ours.double(), theirs, atol=1e-4, rtol=1e-4), (ours.double() - theirs).abs().max()
+
+
+def test_dpmpp_2m_on_vp_is_k_diffusions_in_the_ve_view():
+    """vp in the VE view: x~ = x/alpha, sigma~ = sigma/alpha on DDIM's timesteps, D from the one conversion."""
+    d = Diffusion(make_betas("cosine", 1000), prediction="v")
+    noise = make_noise("gaussian", d.alpha_bar)
+    model = lambda x, t: 0.3 * x + torch.cos(t.float().reshape(-1, 1, 1, 1) / 200.0)
+    ours = SAMPLERS.get("dpmpp_2m")(model, d, noise, (2, 1, 6, 6), 8, image_generators(2, 1), clip_x0=False)
+    grid = d.solver_grid(8)
+    a = torch.tensor([g[1] for g in grid], dtype=F64)
+    sig = torch.tensor([g[2] / g[1] for g in grid], dtype=F64)
+
+    def denoise(x_ve, i):
+        x = (x_ve * a[i]).float()
+        tt = torch.full((2,), grid[i][0], dtype=torch.long)
+        return d.split(model(x, tt).float(), x, tt)[0].double()
+
+    x = noise.sample_per_item((2, 1, 6, 6), d.T - 1, image_generators(2, 1)).double() * grid[0][2] / a[0]
+    theirs = _kdiff_dpmpp_2m(denoise, x, sig)
+    assert torch.allclose(ours.double(), theirs, atol=1e-4), (ours.double() - theirs).abs().max()
+
+
+def test_dpmpp_2m_one_step_is_euler_and_it_starts_rf_at_t_1():
+    d = _path_diffusion("rf", "flow")
+    noise = make_noise("gaussian", d.alpha_bar)
+    one = [SAMPLERS.get(n)(_flow_model, d, noise, (2, 1, 6, 6), 1, image_generators(2, 5)) for n in ("dpmpp_2m", "euler")]
+    assert torch.allclose(*one, atol=1e-6)
+    many = SAMPLERS.get("dpmpp_2m")(_flow_model, d, noise, (2, 1, 6, 6), 10, image_generators(2, 5))
+    assert torch.isfinite(many).all()

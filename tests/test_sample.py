@@ -423,7 +423,7 @@ OPTION_DEFAULTS = _option_defaults()
 
 
 def test_sampler_contract():
-    assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "euler"]
+    assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "dpmpp_2m", "euler"]
     assert SAMPLERS.get("euler").options == ("sample_shift",) and SAMPLERS.get("euler").needs_ve_view
     assert SAMPLERS.get("ddpm").options == ("var_type", "skip_start")
     assert SAMPLERS.get("ddim").options == ("ddim_eta", "skip_start")

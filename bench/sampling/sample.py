@@ -1,5 +1,6 @@
-"""Samplers: ``ddpm`` (ancestral, all T steps or a respaced subset), ``ddim`` (any steps, eta) and
-``cold`` (Cold Diffusion's Algorithm 2, any steps).
+"""Samplers: ``ddpm`` (ancestral, all T steps or a respaced subset), ``ddim`` (any steps, eta),
+``cold`` (Cold Diffusion's Algorithm 2, any steps), and on the VE view of every path ``euler`` and
+``dpmpp_2m`` (DPM-Solver++(2M)).
 
 A sampler is a registered ``Sampler``: its function plus its contract as data, ``options`` (the
 RunConfig fields it reads, passed to the function as keyword arguments of the same names) and
@@ -11,6 +12,7 @@ RunConfig fields it reads, passed to the function as keyword arguments of the sa
     ddpm: options ("var_type", "skip_start")   1 model evaluation per step   needs a Gaussian posterior
     ddim: options ("ddim_eta", "skip_start")   1 model evaluation per step   needs a Gaussian posterior
     cold: options ()              1 model evaluation per step   any forward process
+    euler, dpmpp_2m: options ("sample_shift",)   1 model evaluation per step   any path with the VE view
 
 Corruptions (``bench.process.corruptions``; DESIGN.md section 3, "Mild corruptions"): the forward process is a
 ``Diffusion`` (sub)class, and every sampler reaches it only through its methods: ``x_T`` (the start),
@@ -446,6 +448,42 @@ def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generato
         x0, eps = diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
         _, a_next, s_next = grid[i + 1]
         x = a_next * x0 + s_next * eps if s_next else x0
+    return x
+
+
+@register_sampler("dpmpp_2m", options={"sample_shift": _check_sample_shift}, evals_per_step=1, needs_posterior=False,
+                  needs_chain=False, needs_ve_view=True)
+@torch.no_grad()
+def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+             device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; k-diffusion ``sample_dpmpp_2m``) on the VE view, every path.
+
+    On euler's grid, with l_i = log(alpha_i/sigma_i) = -log sigma~_i (half the log-SNR), h = l_{i+1} - l_i,
+    r = (l_i - l_{i-1})/h and D_i = x0_hat at x_i:
+
+        D'  = (1 + 1/(2r)) D_i - (1/(2r)) D_{i-1}     (D_i at the first step and on the last step to sigma = 0)
+        x~_{i+1} = (sigma~_{i+1}/sigma~_i) x~_i - expm1(-h) D'
+        in x space: x_{i+1} = alpha_{i+1} D' + sigma_{i+1} (x_i - alpha_i D')/sigma_i
+
+    (euler's step with D' for D, so a start at t = 1 is defined: there l = -inf, r = inf and D' = D_i).
+    1 model evaluation per step; deterministic after the start (drawn as euler's).
+    """
+    _validate(diffusion, noise, shape, steps, generators)
+    check_options({"sample_shift": sample_shift})
+    grid = diffusion.solver_grid(steps, float(sample_shift))
+    half_log_snr = [math.log(a) - math.log(s) if a > 0 and s > 0 else (math.inf if s == 0 else -math.inf) for _, a, s in grid]
+    x = noise.sample_per_item(shape, diffusion.T - 1, generators, device).float() * grid[0][2]
+    old = None
+    for i in _loop(range(steps), progress, f"dpmpp_2m:{steps}"):
+        (t, a, s), (_, a_next, s_next) = grid[i], grid[i + 1]
+        tt = diffusion.times_on(x, t)
+        x0, _ = diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
+        d = x0
+        if old is not None and s_next > 0:
+            r = (half_log_snr[i] - half_log_snr[i - 1]) / (half_log_snr[i + 1] - half_log_snr[i])
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old
+        x = a_next * d + s_next * (x - a * d) / s if s_next else d
+        old = x0
     return x
 
 
