@@ -87,9 +87,6 @@ class PathDiffusion(Diffusion):
     def t_of_log_snr(self, lam):
         return self.path.t_of_log_snr(lam)
 
-    def log_snr_at(self, t):
-        return self.path.log_snr(t.double())
-
     def log_snr_mass(self, edges):
         """The training density's exact probability of each log-SNR bin: the time interval a bin maps to
         (before the training shift: lambda + 2 log train_shift) under the density's CDF."""

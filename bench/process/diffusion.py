@@ -408,10 +408,6 @@ class Diffusion:
         i = (torch.ceil(t * self.T).long() - 1).clamp(0, self.T - 1)
         return torch.where(t > 0, self.log_snr[i], torch.full_like(t, float("inf")))
 
-    def log_snr_at(self, t: torch.Tensor) -> torch.Tensor:
-        """lambda at training timesteps ``t`` (float64): the table's value at each index."""
-        return self.log_snr[t]
-
     def log_snr_mass(self, edges: torch.Tensor) -> torch.Tensor:
         """The training density's probability of each log-SNR bin [edges_k, edges_k+1) (float64). Index i has
         probability 1/T (the uniform integer draw) or F((i + 1)/T) - F(i/T) (a density with CDF F; the draw is

@@ -419,6 +419,15 @@ def _check_sample_shift(value: Any) -> None:
     check_shift("sample_shift", value)  # the one rule for a shift (bench.process.paths)
 
 
+def _ve_start(diffusion: Diffusion, noise: Noise, shape, steps: int, generators, device, sample_shift: float):
+    """The VE-view solvers' grid (``solver_grid``) and start x_0 = sigma_0 n, n the run's standardised noise at
+    the last index (vp: ddim's x_T), after checking the call and the option."""
+    _validate(diffusion, noise, shape, steps, generators)
+    check_options({"sample_shift": sample_shift})
+    grid = diffusion.solver_grid(steps, float(sample_shift))
+    return grid, noise.sample_per_item(shape, diffusion.T - 1, generators, device).float() * grid[0][2]
+
+
 @register_sampler("euler", options={"sample_shift": _check_sample_shift}, evals_per_step=1, needs_posterior=False,
                   needs_chain=False, needs_ve_view=True)
 @torch.no_grad()
@@ -439,10 +448,7 @@ def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generato
     timesteps; on rf with the flow target, x_{i+1} = x_i + (t_{i+1} - t_i) u_hat (diffusers'
     ``FlowMatchEulerDiscreteScheduler.step``); on edm Karras' Euler step x_{i+1} = D + (sigma_{i+1}/sigma_i)(x_i - D).
     """
-    _validate(diffusion, noise, shape, steps, generators)
-    check_options({"sample_shift": sample_shift})
-    grid = diffusion.solver_grid(steps, float(sample_shift))
-    x = noise.sample_per_item(shape, diffusion.T - 1, generators, device).float() * grid[0][2]
+    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift)
     for i in _loop(range(steps), progress, f"euler:{steps}"):
         tt = diffusion.times_on(x, grid[i][0])
         x0, eps = diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
@@ -468,11 +474,8 @@ def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, gener
     (euler's step with D' for D, so a start at t = 1 is defined: there l = -inf, r = inf and D' = D_i).
     1 model evaluation per step; deterministic after the start (drawn as euler's).
     """
-    _validate(diffusion, noise, shape, steps, generators)
-    check_options({"sample_shift": sample_shift})
-    grid = diffusion.solver_grid(steps, float(sample_shift))
+    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift)
     half_log_snr = [math.log(a) - math.log(s) if a > 0 and s > 0 else (math.inf if s == 0 else -math.inf) for _, a, s in grid]
-    x = noise.sample_per_item(shape, diffusion.T - 1, generators, device).float() * grid[0][2]
     old = None
     for i in _loop(range(steps), progress, f"dpmpp_2m:{steps}"):
         (t, a, s), (_, a_next, s_next) = grid[i], grid[i + 1]
