@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    ls = sub.add_parser("ls", help="list registered schedules, paths, densities, noises, samplers, datasets, models, metrics, grids, config")
+    ls = sub.add_parser("ls", help="list registered schedules, paths, densities, spacings, noises, samplers, datasets, models, "
+                                   "metrics, grids, config")
     ls.add_argument("kind", nargs="?", help="one of: " + ", ".join(LISTERS))
     ls.set_defaults(func=cmd_ls)
 
@@ -147,6 +148,7 @@ LISTERS = {
     "samplers": _registry_lister("bench.sampling.sample", "SAMPLERS"),
     "paths": _registry_lister("bench.process.paths", "PATHS"),
     "densities": _registry_lister("bench.process.densities", "DENSITIES"),
+    "spacings": _registry_lister("bench.process.spacings", "SPACINGS"),
     "predictions": _registry_lister("bench.process.diffusion", "PREDICTIONS"),
     "weightings": _registry_lister("bench.process.diffusion", "WEIGHTINGS"),
     "datasets": _registry_lister("bench.data.datasets", "DATASETS"),

@@ -97,6 +97,9 @@ def test_trial_labels_name_the_fields_that_vary_within_an_arm():
     assert trial_labels(quick)[trial_id(quick[0])] == "linear / gaussian | mnist | seed 0"
 
 
+SOLVER_OPTIONS = ("spacing", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise")
+
+
 def test_every_field_declares_exactly_one_role_and_the_derived_lists_are_the_historical_ones():
     """Issue 30: a field's role is declared once (bench.experiment.config.role); the lists that were written by hand
     in four modules are derived from it, and must stay what they were, or committed runs would resume,
@@ -112,10 +115,11 @@ def test_every_field_declares_exactly_one_role_and_the_derived_lists_are_the_his
     assert NOT_TRAINING_FIELDS == {"train_steps", "checkpoint_every", "data_root", "evals", "n_samples", "ddim_eta",
                                    "var_type", "metrics", "sample_seed", "n_reference", "image_seeds", "skip_start",
                                    "eval_at", "curve_metrics", "reuse_training",
-                                   "sample_shift"}  # issue 33: euler's grid shift, a sampler option like ddim_eta
+                                   "sample_shift",  # issue 33: euler's grid shift, a sampler option like ddim_eta
+                                   *SOLVER_OPTIONS}  # issue 34: the grid and heun's churn
     assert trained.EVAL_ONLY == NOT_TRAINING_FIELDS - {"train_steps"}
     assert trained.CURVE_FIELDS == {"n_samples", "sample_seed", "image_seeds", "n_reference", "ddim_eta", "var_type",
-                                    "skip_start", "sample_shift"}
+                                    "skip_start", "sample_shift", *SOLVER_OPTIONS}
     assert NOT_IN_LABEL == {"seed", "dataset", "data_root", "sample_seed"}
     assert fields_with(SAMPLER_OPTION) == {o for _, s in SAMPLERS.items() for o in s.options}  # what samplers declare
     assert {name: role for name, _, _, role, _ in describe_fields()} == roles  # bench ls config shows them

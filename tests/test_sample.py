@@ -423,16 +423,18 @@ OPTION_DEFAULTS = _option_defaults()
 
 
 def test_sampler_contract():
-    assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "dpmpp_2m", "euler"]
-    assert SAMPLERS.get("euler").options == ("sample_shift",) and SAMPLERS.get("euler").needs_ve_view
+    assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "dpmpp_2m", "euler", "heun"]
+    assert SAMPLERS.get("euler").options == ("sample_shift", "spacing", "rho") and SAMPLERS.get("euler").needs_ve_view
+    assert SAMPLERS.get("heun").options == ("sample_shift", "spacing", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise")
     assert SAMPLERS.get("ddpm").options == ("var_type", "skip_start")
     assert SAMPLERS.get("ddim").options == ("ddim_eta", "skip_start")
     assert SAMPLERS.get("cold").options == () and not SAMPLERS.get("cold").needs_posterior
     assert SAMPLERS.get("ddpm").needs_posterior and SAMPLERS.get("ddim").needs_posterior
     assert set(OPTION_DEFAULTS) == set(OPTION_CHECKS)
-    assert OPTION_DEFAULTS == {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0, "sample_shift": 1.0}
+    assert OPTION_DEFAULTS == {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0, "sample_shift": 1.0, "spacing": "",
+                               "rho": 7.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
     for name, smp in SAMPLERS.items():
-        assert isinstance(smp, Sampler) and smp.name == name and smp.evals_per_step == 1
+        assert isinstance(smp, Sampler) and smp.name == name and smp.evals_per_step == (2 if name == "heun" else 1)
         assert set(smp.options) <= set(OPTION_CHECKS)
         # `bench ls samplers` prints the description: reference, options and cost
         assert smp.description.count("[options: ") == 1 and "(" in smp.description.split("[")[0]
@@ -455,7 +457,8 @@ def test_model_evaluations_per_step_as_declared(sampler, steps):
     d = diff("cosine", 100)
     model = PointOracle(d, xstar_of(0))
     run(sampler, model, d, noise_for(d, "gaussian"), (2, 1, 4, 4), steps, seed=0)
-    assert len(model.calls) == steps * SAMPLERS.get(sampler).evals_per_step
+    assert len(model.calls) == SAMPLERS.get(sampler).nfe(steps, d) == steps * SAMPLERS.get(sampler).evals_per_step - (
+        sampler == "heun")  # heun: 2N - 1 (its last step is Euler's)
 
 
 def test_sample_images_passes_each_sampler_only_its_options():

@@ -133,7 +133,15 @@ class RunConfig:
     ddim_eta: float = role(SAMPLER_OPTION, 0.0, help='DDIM stochasticity: 0 deterministic, 1 DDPM-like')
     var_type: str = role(SAMPLER_OPTION, "small", help='DDPM reverse variance: small (posterior) | large (beta_t)')
     sample_shift: float = role(SAMPLER_OPTION, 1.0,
-        help="euler: shift of the sampling grid, sigma~' = a sigma~, applied last; on vp it must equal train_shift")
+        help="VE-view solvers (euler, heun, dpmpp_2m): shift of the sampling grid, sigma~' = a sigma~, applied last; on vp it must equal train_shift")
+    spacing: str = role(SAMPLER_OPTION, "",
+        help="VE-view solvers' grid: linspace | leading | trailing (vp) | uniform_t | karras | uniform_lambda; "
+             "'' = the path's own (bench ls spacings)")
+    rho: float = role(SAMPLER_OPTION, 7.0, help="the karras grid's exponent (Karras et al. 2022, eq. 5)")
+    s_churn: float = role(SAMPLER_OPTION, 0.0, help="heun: EDM's S_churn, fresh noise per step (0 = deterministic)")
+    s_tmin: float = role(SAMPLER_OPTION, 0.0, help="heun: churn only where sigma~ >= S_tmin")
+    s_tmax: float = role(SAMPLER_OPTION, math.inf, help="heun: churn only where sigma~ <= S_tmax")
+    s_noise: float = role(SAMPLER_OPTION, 1.0, help="heun: EDM's S_noise, the scale of the churn's noise")
     skip_start: float = role(SAMPLER_OPTION, 0.0,
         help='ddpm/ddim: fraction f of the reverse process skipped, starting from noise at t = T - round(f T) (Nichol & Dhariwal 2021)')
     metrics: str = role(EVALUATIONS, "fid,kid", help='metrics of each evaluation, comma-separated (bench ls metrics)')
@@ -160,17 +168,28 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @cached_property
-    def evaluations(self) -> tuple[tuple[str, int], ...]:
-        """``evals`` parsed into (sampler, steps) pairs (parsed once per config)."""
+    def eval_items(self) -> tuple[tuple[str, str, int], ...]:
+        """``evals`` parsed into (sampler, ":" or "@", number): SAMPLER:STEPS, or SAMPLER@NFE (model evaluations)."""
         out = []
         for item in filter(None, (s.strip() for s in self.evals.split(","))):
-            name, sep, steps = item.partition(":")
-            if not sep or not steps.strip().isdigit() or int(steps) < 1:
-                raise InputError(f"evals: {item!r} is not SAMPLER:STEPS (e.g. ddim:50)")
-            out.append((name.strip(), int(steps)))
+            sep = "@" if "@" in item else ":"
+            name, found, number = item.partition(sep)
+            if not found or not number.strip().isdigit() or int(number) < 1:
+                raise InputError(f"evals: {item!r} is not SAMPLER:STEPS or SAMPLER@NFE (e.g. ddim:50, heun@35)")
+            out.append((name.strip(), sep, int(number)))
         if not out:
             raise InputError("evals: at least one SAMPLER:STEPS is needed")
         return tuple(out)
+
+    @cached_property
+    def evaluations(self) -> tuple[tuple[str, int], ...]:
+        """``evals`` as (sampler, steps) pairs (parsed once per config); SAMPLER@NFE becomes the step count
+        that makes NFE model evaluations on this config's process (``Sampler.steps_for_nfe``)."""
+        if all(sep == ":" for _, sep, _ in self.eval_items):
+            return tuple((name, n) for name, _, n in self.eval_items)
+        diffusion = build_process(self).diffusion
+        return tuple((name, n) if sep == ":" else (name, SAMPLERS.get(name).steps_for_nfe(n, diffusion))
+                     for name, sep, n in self.eval_items)
 
     @cached_property
     def metric_names(self) -> tuple[str, ...]:
@@ -363,8 +382,10 @@ def label_fields(records: list[dict[str, Any]]) -> list[str]:
 
 
 def arm_label(record: dict[str, Any], names: list[str]) -> str:
-    """``arm [k=v, ...]`` over ``names`` (``label_fields``): floats as %g, the rest as text."""
-    tail = ", ".join(f"{k}={record[k]:g}" if isinstance(record[k], float) else f"{k}={record[k]}" for k in names)
+    """``arm [k=v, ...]`` over ``names`` (``label_fields``): floats as %g, "" (a field's own default, e.g. the
+    path's spacing) as ``default``, the rest as text."""
+    tail = ", ".join(f"{k}={record[k]:g}" if isinstance(record[k], float) else f"{k}={record[k] if record[k] != '' else 'default'}"
+                     for k in names)
     return f"{record['arm']} [{tail}]" if names else str(record["arm"])
 
 
@@ -409,7 +430,7 @@ def build_process(cfg: RunConfig, data: Optional[torch.Tensor] = None) -> Forwar
     else:
         diffusion = PathDiffusion(path, cfg.prediction, cfg.weighting, cfg.weighting_kwargs(), density, cfg.train_shift)
         betas = None  # a continuous path has no beta schedule
-    for sampler, _ in cfg.evaluations:
+    for sampler, _, _ in cfg.eval_items:
         SAMPLERS.get(sampler).check_process(diffusion)
     if data is not None and diffusion.needs_data:
         diffusion.fit_start(data)
@@ -499,9 +520,13 @@ def coerce(key: str, value: Any) -> Any:
         value = float(value)
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise InputError(f"{key} must be {base.__name__}, got {type(value).__name__} {value!r}")
-    if base is float and not math.isfinite(value):
-        raise InputError(f"{key} must be a finite number, got {value}")
+    if base is float and not math.isfinite(value) and not (key in UNBOUNDED and value == math.inf):
+        raise InputError(f"{key} must be a finite number, got {value}" + (" (or inf)" if key in UNBOUNDED else ""))
     return value
+
+
+#: float fields whose value may be +inf (an upper bound that bounds nothing: heun's S_tmax, EDM's default)
+UNBOUNDED = ("s_tmax",)
 
 
 def _parse_str(key: str, text: str, base, optional: bool):
@@ -595,12 +620,12 @@ def validate(cfg: RunConfig) -> None:
         raise InputError(f"loss must be {'|'.join(LOSSES)} and var_type {'|'.join(VAR_TYPES)}, "
                          f"got {cfg.loss!r}, {cfg.var_type!r}")
     for registry, names in ((DATASETS, [cfg.dataset]), (MODELS, [cfg.model]), (METRICS, cfg.metric_names),
-                            (SAMPLERS, [s for s, _ in cfg.evaluations]), (PATHS, [cfg.path]), (DENSITIES, [cfg.t_density])):
+                            (SAMPLERS, [s for s, _, _ in cfg.eval_items]), (PATHS, [cfg.path]), (DENSITIES, [cfg.t_density])):
         for name in names:
             registry.get(name)
-    build_process(cfg)
+    diffusion = build_process(cfg).diffusion
     for sampler, steps in cfg.evaluations:
-        sampler_options(sampler, cfg)
+        SAMPLERS.get(sampler).check_call(diffusion, min(steps, diffusion.T), sampler_options(sampler, cfg))
         if steps > cfg.timesteps:
             raise InputError(f"evals: {sampler}:{steps} asks for more steps than timesteps={cfg.timesteps}")
         if "skip_start" in SAMPLERS.get(sampler).options and steps > start_T(cfg.timesteps, cfg.skip_start):

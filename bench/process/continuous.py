@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from bench.process.diffusion import PREDICTIONS, Diffusion, Prediction, make_weighting
 from bench.process.paths import Path, shift_log_snr
+from bench.process.spacings import SPACINGS
 from bench.registry import InputError
 
 #: training times are kept in [T_EPS, 1 - T_EPS]: sigma~ finite (edm's c_noise = ln sigma/4) and > 0
@@ -122,10 +123,15 @@ class PathDiffusion(Diffusion):
         c_in = self._coef(self.path.c_in(t.double()), x_t)
         return c_in * x_t, self.path.c_noise(t.double()).to(torch.float32)
 
-    def solver_grid(self, steps, sample_shift=1.0):
-        """The path's grid (``Path.default_grid``: uniform t from 1 on rf, Karras rho = 7 on edm), then
-        the sampling shift in lambda (sigma~' = sample_shift sigma~; the ends t = 0 and 1 stay)."""
-        t = self.path.default_grid(steps)
+    def sigma_range(self):
+        return self.path.sigma_min, self.path.sigma_max
+
+    def solver_grid(self, steps, sample_shift=1.0, spacing="", rho=7.0):
+        """The grid of ``spacing`` (``bench.process.spacings``; "" = the path's own: uniform t from 1 on rf,
+        Karras rho = 7 on edm), then data (t = 0), then the sampling shift in lambda (sigma~' = sample_shift
+        sigma~; the ends t = 0 and 1 stay)."""
+        t = SPACINGS.get(spacing or self.path.default_spacing)(self, steps, rho)
+        t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
         if sample_shift != 1.0:
             inner = (t > 0) & (t < 1)
             t = torch.where(inner, self.path.t_of_log_snr(shift_log_snr(self.path.log_snr(t.clamp(T_EPS, 1 - T_EPS)),

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.process.paths import SIGMA_DATA, VP
-from bench.process.schedules import check_betas, timestep_subsequence
+from bench.process.schedules import check_betas
+from bench.process.spacings import SPACINGS
 from bench.registry import InputError, Registry
 
 PREDICTIONS: Registry = Registry("prediction")
@@ -452,13 +453,25 @@ class Diffusion:
         """What the network is called with at (x_t, t): x_t and the timestep index itself here."""
         return x_t, t
 
-    def solver_grid(self, steps: int, sample_shift: float = 1.0) -> list[tuple[object, float, float]]:
+    def sigma_tilde(self) -> torch.Tensor:
+        """The VE noise level sigma~ = sqrt((1 - alpha_bar)/alpha_bar) at every index (float64; inf at zero terminal SNR)."""
+        ab = self.alpha_bar.to(torch.float64)
+        return torch.sqrt((1.0 - ab) / ab)
+
+    def sigma_range(self) -> tuple[float, float]:
+        """[sigma~_min, sigma~_max]: the table's first and last index (k-diffusion's ``DiscreteSchedule``)."""
+        st = self.sigma_tilde()
+        return float(st[0]), float(st[-1])
+
+    def solver_grid(self, steps: int, sample_shift: float = 1.0, spacing: str = "",
+                    rho: float = 7.0) -> list[tuple[object, float, float]]:
         """The VE-view solvers' grid (time, alpha, sigma) from noise to data, ``steps`` + 1 points: the
-        evenly spaced timesteps DDIM uses (``timestep_subsequence``), descending, then data (1, 0).
-        On vp the sampling shift must equal the training shift (``train_shift`` shifts the schedule
-        itself: a discrete chain has no noise levels between its T), which the config checks."""
-        ts = timestep_subsequence(self.T, steps)
-        grid = [(t, float(self.sqrt_alpha_bar[t]), float(self.sqrt_one_minus_alpha_bar[t])) for t in reversed(ts)]
+        timesteps of ``spacing`` (``bench.process.spacings``; "" = linspace, the evenly spaced timesteps
+        DDIM uses), descending, then data (1, 0). On vp the sampling shift must equal the training shift
+        (``train_shift`` shifts the schedule itself: a discrete chain has no noise levels between its T),
+        which the config checks."""
+        ts = SPACINGS.get(spacing or "linspace")(self, steps, rho)
+        grid = [(t, float(self.sqrt_alpha_bar[t]), float(self.sqrt_one_minus_alpha_bar[t])) for t in ts]
         return grid + [(None, 1.0, 0.0)]
 
     def _at(self, coef: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

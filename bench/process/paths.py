@@ -41,6 +41,12 @@ def _f64(t) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
+def _sigma_over_one_plus(sigma) -> torch.Tensor:
+    """t = sigma~/(1 + sigma~) (rf and edm: sigma~ = t/(1 - t)), 1 at sigma~ = inf."""
+    sigma = _f64(sigma)
+    return torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma / (1.0 + sigma))
+
+
 def shift_log_snr(lam: torch.Tensor, shift: float) -> torch.Tensor:
     """The shift by ``shift`` = a >= 1: sigma~' = a sigma~, i.e. lambda' = lambda - 2 log a (Hoogeboom
     et al. 2023, simple diffusion's shifted schedules; on ``rf`` this is SD3's t' = a t/(1 + (a - 1) t),
@@ -69,6 +75,10 @@ class Path:
     natural_density = ""
     #: whether it is a discrete beta schedule (vp: the ``Diffusion`` tables; no continuous formulas here)
     discrete = False
+    #: the sampling grid its papers use (``bench.process.spacings``: the grid of ``spacing = ""``)
+    default_spacing = "uniform_t"
+    #: the VE noise range [sigma~_min, sigma~_max] its solvers sample (karras and uniform_lambda need a finite max)
+    sigma_min, sigma_max = 0.0, math.inf
 
     def arm_label(self, density_name: str, density_label: str, density_params: str) -> str:
         """The arm's name in SD3 Table 1's style: ``rf/lognorm(0.00,1.00)``, ``rf`` for uniform;
@@ -108,10 +118,9 @@ class Path:
         """The prediction from the raw network output ``out`` (identity unless the path preconditions)."""
         return out
 
-    def default_grid(self, steps: int) -> torch.Tensor:
-        """The sampling grid t_0 > ... > t_N = 0 (float64, N + 1 points) until the spacings of the next
-        issue: uniform in t from t = 1."""
-        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    def t_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The time of VE noise level sigma~ (lambda = -2 log sigma~; sigma~ = inf is t = 1)."""
+        return self.t_of_log_snr(-2.0 * torch.log(_f64(sigma)))
 
 
 @PATHS.register("vp")
@@ -123,6 +132,7 @@ class VP(Path):
     description = "vp: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps on the beta schedule's T steps (Ho et al. 2020)"
     predictions = ("eps", "x0", "v")
     discrete = True
+    default_spacing = "linspace"
 
 
 @PATHS.register("rf")
@@ -153,6 +163,9 @@ class RectifiedFlow(Path):
     def c_noise(self, t):
         return 1000.0 * _f64(t)
 
+    def t_of_sigma(self, sigma):
+        return _sigma_over_one_plus(sigma)
+
 
 @PATHS.register("edm")
 class EDM(Path):
@@ -165,14 +178,15 @@ class EDM(Path):
 
     D is an x_0 prediction (target ``x0``); EDM's loss weight (sigma^2 + sd^2)/(sigma sd)^2 on
     ||D - x_0||^2 is the weighting ``edm``. Time t = sigma/(1 + sigma) (sigma~ = t/(1 - t), as on
-    rf). Sampling grid: Karras et al.'s rho = 7 between 0.002 and 80 (``edm_sampler``'s defaults)."""
+    rf). Default sampling grid: Karras et al.'s rho = 7 between 0.002 and 80 (``edm_sampler``'s defaults)."""
 
     name = "edm"
     description = "edm: x = x_0 + sigma eps, D = c_skip x + c_out F(c_in x, ln(sigma)/4), sigma_data 0.5 (Karras et al. 2022)"
     predictions = ("x0",)
     natural_weighting = "edm"
     natural_density = "lognormal"
-    sigma_min, sigma_max, rho = 0.002, 80.0, 7.0
+    default_spacing = "karras"
+    sigma_min, sigma_max = 0.002, 80.0
 
     def alpha(self, t):
         return torch.ones_like(_f64(t))
@@ -207,10 +221,5 @@ class EDM(Path):
         cout = self.c_out(t).to(x_t.dtype).reshape(shape)
         return skip * x_t + cout * out.to(x_t.dtype)
 
-    def default_grid(self, steps):
-        """Karras et al.'s grid: sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho,
-        i = 0..N-1, then sigma_N = 0 (as t = sigma/(1 + sigma))."""
-        i = torch.arange(steps, dtype=torch.float64)
-        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
-        sig = (hi + i / max(steps - 1, 1) * (lo - hi)) ** self.rho
-        return torch.cat([sig / (1.0 + sig), torch.zeros(1, dtype=torch.float64)])
+    def t_of_sigma(self, sigma):
+        return _sigma_over_one_plus(sigma)

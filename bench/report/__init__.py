@@ -24,6 +24,7 @@ from bench.report.caveats import warnings_section
 from bench.report.formulation import plot_effective_weighting
 from bench.report.forward import plot_run_forward
 from bench.report.montage import montage_denoise, montage_nearest, montage_samples
+from bench.report.nfe import plot_metric_vs_nfe
 from bench.report.paired import fmt_seeds, paired_table, sentence, vs_best, write_paired
 from bench.report.plots import (
     Plot,
@@ -94,7 +95,7 @@ def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None =
     plots: list[Plot | None] = []
     for m in run.metrics:
         table = paired[m] if paired and m in paired else paired_table(run, m)
-        plots += [plot_metric_by_arm(run, m, out_dir), plot_metric_vs_steps(run, m, out_dir)]
+        plots += [plot_metric_by_arm(run, m, out_dir), plot_metric_vs_steps(run, m, out_dir), plot_metric_vs_nfe(run, m, out_dir)]
         plots += [plot_forest(run, m, ds, table, out_dir) for ds in datasets_with(run, m)]
     plots += claims_report.plot_claims(run, out_dir)
     plots += plot_learning_curves(run, out_dir)

@@ -28,6 +28,7 @@ import pandas as pd
 from bench.experiment.config import RunConfig, arm_label, fill_defaults, label_fields
 from bench.experiment.rundir import read_rows
 from bench.report import kept
+from bench.sampling.sample import SAMPLERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,7 +101,7 @@ class Run:
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
 
-    rows = fill_defaults(read_rows(run_dir))  # the rule of config_from_row, for the whole table
+    rows = with_nfe(fill_defaults(read_rows(run_dir)))  # the rule of config_from_row, for the whole table
     rows["label"] = arm_labels(rows)
     floors_path = run_dir / "floors.csv"
     floors = pd.read_csv(floors_path) if floors_path.exists() and floors_path.stat().st_size else None
@@ -108,6 +109,20 @@ def load_run(run_dir: Path) -> Run:
     grid = tomllib.loads(grid_path.read_text()) if grid_path.exists() else {}
     env = json.loads(env_path.read_text()) if env_path.exists() else {}
     return Run(run_dir, rows, floors, grid, env, kept.load(run_dir))
+
+
+def with_nfe(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``nfe`` (model evaluations) on every evaluation row: rows written before the column
+    existed get steps x evaluations per step, exact for the samplers of that time (1 a step: ddpm, ddim,
+    cold, euler, dpmpp_2m); a sampler whose count depends on the process (heun) always wrote its own."""
+    rows = rows.copy()
+    nfe = pd.to_numeric(rows["nfe"], errors="coerce") if "nfe" in rows.columns else pd.Series(np.nan, index=rows.index)
+    for i in rows.index[nfe.isna() & rows.get("sampler", pd.Series(dtype=object)).notna()]:
+        name, steps = rows.at[i, "sampler"], pd.to_numeric(rows.at[i, "sample_steps"], errors="coerce")
+        if name in SAMPLERS and pd.notna(steps) and SAMPLERS.get(name).nfe_of is None:
+            nfe[i] = int(steps) * SAMPLERS.get(name).evals_per_step
+    rows["nfe"] = nfe.astype("Int64")
+    return rows
 
 
 def final_mask(rows: pd.DataFrame) -> pd.Series:

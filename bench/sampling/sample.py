@@ -82,6 +82,7 @@ from bench.process.diffusion import Diffusion
 from bench.process.noise import Noise
 from bench.process.paths import check_shift
 from bench.process.schedules import timestep_subsequence  # noqa: F401  (its home is the leaf schedules)
+from bench.process.spacings import check_rho, check_spacing
 from bench.registry import InputError, Registry
 
 SAMPLERS: Registry = Registry("sampler")
@@ -145,11 +146,16 @@ class Sampler:
     needs_chain: bool = True
     #: whether it steps the VE view x_s = alpha_s x0_hat + sigma_s eps_hat (``Diffusion.has_ve_view``; not blur)
     needs_ve_view: bool = False
+    #: its model evaluations for ``steps`` on a process, ``nfe(steps, diffusion)``; None: steps * evals_per_step
+    nfe_of: Callable[[int, Diffusion], int] | None = None
+    #: the checks of one call that need the process, ``prepare(diffusion, steps, **options)`` (InputError), or None
+    prepare: Callable[..., Any] | None = None
 
     @property
     def description(self) -> str:
         first = (self.fn.__doc__ or "").strip().split("\n")[0]
-        return f"{first} [options: {', '.join(self.options) or 'none'}; {self.evals_per_step} model eval(s)/step]"
+        cost = (self.nfe_of.__doc__ or "").strip() if self.nfe_of else f"{self.evals_per_step} model eval(s)/step"
+        return f"{first} [options: {', '.join(self.options) or 'none'}; {cost}]"
 
     def missing(self, diffusion: Diffusion) -> str:
         """What ``diffusion`` lacks for this sampler ("" when it can sample it)."""
@@ -157,6 +163,27 @@ class Sampler:
                  (self.needs_chain, "discrete", "a discrete chain of timesteps (the vp path)"),
                  (self.needs_ve_view, "has_ve_view", "the VE view x_t = alpha_t x_0 + sigma_t eps (no operator on x_0)"))
         return " and ".join(what for needed, attr, what in needs if needed and not getattr(diffusion, attr))
+
+    def nfe(self, steps: int, diffusion: Diffusion) -> int:
+        """Model evaluations of ``steps`` steps on ``diffusion`` (heun: 2N - 1; see its docstring)."""
+        return self.nfe_of(steps, diffusion) if self.nfe_of else steps * self.evals_per_step
+
+    def steps_for_nfe(self, nfe: int, diffusion: Diffusion) -> int:
+        """The step count whose NFE is ``nfe`` on ``diffusion``; InputError when none gives it."""
+        for steps in range(1, diffusion.T + 1):
+            if self.nfe(steps, diffusion) == nfe:
+                return steps
+        near = sorted({self.nfe(k, diffusion) for k in range(1, diffusion.T + 1)}, key=lambda n: abs(n - nfe))[:2]
+        raise InputError(f"{self.name}@{nfe}: no step count of {self.name} makes {nfe} model evaluations on this "
+                         f"process ({diffusion.label()}); the nearest are {' and '.join(map(str, sorted(near)))}")
+
+    def check_call(self, diffusion: Diffusion, steps: int, options: dict[str, Any]) -> None:
+        """InputError, before any work, for a call this sampler cannot make: the process, the steps, the options."""
+        self.check_process(diffusion)
+        _check_steps(diffusion.T, steps)
+        check_options(options)
+        if self.prepare is not None:
+            self.prepare(diffusion, steps, **options)
 
     def check_process(self, diffusion: Diffusion) -> None:
         """InputError when this sampler cannot sample ``diffusion`` (what it needs and the process lacks)."""
@@ -179,7 +206,8 @@ class Sampler:
 
 
 def register_sampler(name: str, options: dict[str, Callable[[Any], None]] | None = None, evals_per_step: int = 1,
-                     needs_posterior: bool = True, needs_chain: bool = True, needs_ve_view: bool = False):
+                     needs_posterior: bool = True, needs_chain: bool = True, needs_ve_view: bool = False,
+                     nfe: Callable[[int, Diffusion], int] | None = None, prepare: Callable[..., Any] | None = None):
     """Decorator: register ``Sampler(name, fn, options, evals_per_step, needs_posterior)`` in ``SAMPLERS``,
     and each option's value check (``options``: option name -> check) in ``OPTION_CHECKS``; returns
     ``fn`` itself (so the module attribute stays the plain, picklable function)."""
@@ -199,7 +227,7 @@ def register_sampler(name: str, options: dict[str, Callable[[Any], None]] | None
         if not (isinstance(evals_per_step, int) and evals_per_step >= 1):
             raise TypeError(f"sampler {name}: evals_per_step must be an integer >= 1")
         SAMPLERS.register(name)(Sampler(name, fn, tuple(options), evals_per_step, bool(needs_posterior), bool(needs_chain),
-                                        bool(needs_ve_view)))
+                                        bool(needs_ve_view), nfe, prepare))
         OPTION_CHECKS.update(options)
         return fn
 
@@ -419,49 +447,149 @@ def _check_sample_shift(value: Any) -> None:
     check_shift("sample_shift", value)  # the one rule for a shift (bench.process.paths)
 
 
-def _ve_start(diffusion: Diffusion, noise: Noise, shape, steps: int, generators, device, sample_shift: float):
+def _check_nonneg(name: str):
+    def check(value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+            raise InputError(f"{name} must be a number >= 0, got {value!r}")
+    check.__name__ = f"_check_{name}"
+    return check
+
+
+_check_s_churn, _check_s_tmin, _check_s_tmax, _check_s_noise = map(_check_nonneg, ("s_churn", "s_tmin", "s_tmax", "s_noise"))
+
+#: the options of every VE-view solver: the grid (bench.process.spacings) and the sampling shift
+GRID_OPTIONS = {"sample_shift": _check_sample_shift, "spacing": check_spacing, "rho": check_rho}
+
+
+def _grid(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: str = "", rho: float = 7.0, **_):
+    """The checked grid of a VE-view solver (InputError for a spacing the process cannot take)."""
+    _check_steps(diffusion.T, steps)
+    check_options({"sample_shift": sample_shift, "spacing": spacing, "rho": rho})
+    return diffusion.solver_grid(steps, float(sample_shift), spacing, float(rho))
+
+
+def _ve_start(diffusion: Diffusion, noise: Noise, shape, steps: int, generators, device, **grid_options):
     """The VE-view solvers' grid (``solver_grid``) and start x_0 = sigma_0 n, n the run's standardised noise at
-    the last index (vp: ddim's x_T), after checking the call and the option."""
+    the last index (vp: ddim's x_T), after checking the call and the options."""
     _validate(diffusion, noise, shape, steps, generators)
-    check_options({"sample_shift": sample_shift})
-    grid = diffusion.solver_grid(steps, float(sample_shift))
+    grid = _grid(diffusion, steps, **grid_options)
     return grid, noise.sample_per_item(shape, diffusion.T - 1, generators, device).float() * grid[0][2]
 
 
-@register_sampler("euler", options={"sample_shift": _check_sample_shift}, evals_per_step=1, needs_posterior=False,
-                  needs_chain=False, needs_ve_view=True)
+def _denoise(model, diffusion: Diffusion, x: torch.Tensor, time, clip_x0: bool):
+    """(x0_hat, eps_hat) at x and the process's time ``time`` (an index on vp, t on a path): the one conversion."""
+    tt = diffusion.times_on(x, time)
+    return diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
+
+
+@register_sampler("euler", options=GRID_OPTIONS, evals_per_step=1, needs_posterior=False, needs_chain=False,
+                  needs_ve_view=True, prepare=_grid)
 @torch.no_grad()
 def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-          device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0) -> torch.Tensor:
+          device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
+          rho: float = 7.0) -> torch.Tensor:
     """Euler on the VE view (Karras et al. 2022, Algorithm 1 without the second order; DESIGN.md section 6), every path.
 
-    On the process's grid (time_i, alpha_i, sigma_i), i = 0..N, from noise to data (``solver_grid``:
-    vp DDIM's timesteps, rf uniform t from 1, edm Karras rho = 7; ``sample_shift`` last, in lambda),
-    with D_i = x0_hat and eps_hat from the one conversion (``split``) at x_i:
+    On the process's grid (time_i, alpha_i, sigma_i), i = 0..N, from noise to data (``solver_grid``: the
+    ``spacing``, default the path's own: vp DDIM's linspace timesteps, rf uniform t from 1, edm Karras
+    rho = 7; ``sample_shift`` last, in lambda), with D_i = x0_hat and eps_hat from the one conversion
+    (``split``) at x_i:
 
         x~_{i+1} = D_i + (sigma~_{i+1}/sigma~_i)(x~_i - D_i),   sigma~ = sigma/alpha, x~ = x/alpha
         written in x space:  x_{i+1} = alpha_{i+1} D_i + sigma_{i+1} eps_hat_i,  eps_hat_i = (x_i - alpha_i D_i)/sigma_i
 
     so a start at t = 1 (rf, zero terminal SNR: alpha_0 = 0, sigma~ infinite) is defined; 1 model
     evaluation per step. It starts from x_0 = sigma_0 n, n the run's standardised noise at the last index
-    (vp: ddim's x_T). Identities (tests/test_formulations.py): on vp it is DDIM at eta 0 on the same
-    timesteps; on rf with the flow target, x_{i+1} = x_i + (t_{i+1} - t_i) u_hat (diffusers'
+    (vp: ddim's x_T). Identities (tests/test_formulations.py, tests/test_solvers.py): on vp it is DDIM at
+    eta 0 on the same timesteps; on rf with the flow target, x_{i+1} = x_i + (t_{i+1} - t_i) u_hat (diffusers'
     ``FlowMatchEulerDiscreteScheduler.step``); on edm Karras' Euler step x_{i+1} = D + (sigma_{i+1}/sigma_i)(x_i - D).
     """
-    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift)
+    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
+                        rho=rho)
     for i in _loop(range(steps), progress, f"euler:{steps}"):
-        tt = diffusion.times_on(x, grid[i][0])
-        x0, eps = diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
+        x0, eps = _denoise(model, diffusion, x, grid[i][0], clip_x0)
         _, a_next, s_next = grid[i + 1]
         x = a_next * x0 + s_next * eps if s_next else x0
     return x
 
 
-@register_sampler("dpmpp_2m", options={"sample_shift": _check_sample_shift}, evals_per_step=1, needs_posterior=False,
-                  needs_chain=False, needs_ve_view=True)
+def _heun_nfe(steps: int, diffusion: Diffusion) -> int:
+    """2N - 1 model evaluations (the last step is Euler); 2N - 2 from sigma~ = inf (rf, zero terminal SNR: the first is Euler too)"""
+    return 2 * steps - 1 - (1 if steps >= 2 and diffusion.start_alpha_bar() == 0 else 0)
+
+
+def _heun_prepare(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: str = "", rho: float = 7.0,
+                  s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
+    grid = _grid(diffusion, steps, sample_shift, spacing, rho)
+    check_options({"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise})
+    if s_churn > 0 and diffusion.discrete:
+        raise InputError("heun with s_churn > 0 evaluates the model between the noise levels of vp's T timesteps, which "
+                         "a discrete chain does not have: use s_churn = 0 on vp, or a continuous path (rf, edm)")
+    if s_tmin > s_tmax:
+        raise InputError(f"heun: s_tmin = {s_tmin:g} > s_tmax = {s_tmax:g} leaves no noise level for churn")
+    return grid
+
+
+@register_sampler("heun", options={**GRID_OPTIONS, "s_churn": _check_s_churn, "s_tmin": _check_s_tmin,
+                                   "s_tmax": _check_s_tmax, "s_noise": _check_s_noise},
+                  evals_per_step=2, needs_posterior=False, needs_chain=False, needs_ve_view=True, nfe=_heun_nfe,
+                  prepare=_heun_prepare)
+@torch.no_grad()
+def heun(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+         device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
+         rho: float = 7.0, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+         s_noise: float = 1.0) -> torch.Tensor:
+    """Heun's 2nd order method with churn (Karras et al. 2022, Algorithm 2; k-diffusion ``sample_heun``) on the VE view.
+
+    On euler's grid sigma~_0 > ... > sigma~_N = 0, in x~ = x/alpha, with D(x~; s) = x0_hat at the process's
+    point of noise level s (the model sees alpha(s) x~) and d(x~; s) = (x~ - D)/s:
+
+        gamma_i   = min(S_churn/N, sqrt(2) - 1) if S_tmin <= sigma~_i <= S_tmax else 0
+        s^        = sigma~_i (1 + gamma_i);   x^ = x~_i + sqrt(s^2 - sigma~_i^2) S_noise z   (z: the run's noise type)
+        x'        = x^ + (sigma~_{i+1} - s^) d(x^; s^)                                         (Euler)
+        x~_{i+1}  = x^ + (sigma~_{i+1} - s^) (d(x^; s^) + d(x'; sigma~_{i+1}))/2            (unless sigma~_{i+1} = 0)
+
+    2 model evaluations a step, the last step (to sigma~ = 0) Euler: 2N - 1 in all (EDM's 18 steps = 35
+    NFE). From sigma~ = inf (rf at t = 1, vp at zero terminal SNR) x~ is infinite and the correction
+    undefined, so that first step is euler's in x space and the count is 2N - 2. With S_churn = 0 it is
+    deterministic after the start; z is drawn only where gamma > 0 (k-diffusion draws it every step).
+    S_churn > 0 needs noise levels between vp's timesteps and is refused there.
+    """
+    grid = _heun_prepare(diffusion, steps, sample_shift, spacing, rho, s_churn, s_tmin, s_tmax, s_noise)
+    _, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
+                     rho=rho)
+    path = getattr(diffusion, "path", None)
+    x = x / grid[0][1] if grid[0][1] > 0 else x  # x~ from here on (x itself while sigma~ = inf)
+    for i in _loop(range(steps), progress, f"heun:{steps}"):
+        (t, a, s), (t_next, a_next, s_next) = grid[i], grid[i + 1]
+        if a == 0:  # sigma~_i = inf: euler's step in x space, to x~ at the next point
+            x0, eps = _denoise(model, diffusion, x, t, clip_x0)
+            x = (a_next * x0 + s_next * eps) / a_next if s_next else x0
+            continue
+        sig, sig_next = s / a, s_next / a_next
+        gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= sig <= s_tmax else 0.0
+        t_hat, a_hat, sig_hat = t, a, sig
+        if gamma > 0:  # churn: up to sigma~ (1 + gamma) with fresh noise of the run's type (continuous paths only)
+            sig_hat = sig * (1 + gamma)
+            t_hat = float(path.t_of_sigma(torch.tensor(sig_hat, dtype=torch.float64)))
+            a_hat = float(path.alpha(torch.tensor(t_hat, dtype=torch.float64)))
+            z = noise.sample_per_item(shape, int(diffusion.noise_index(torch.tensor([t_hat]))[0]), generators, device)
+            x = x + math.sqrt(sig_hat**2 - sig**2) * s_noise * z.float()
+        d = (x - _denoise(model, diffusion, a_hat * x, t_hat, clip_x0)[0]) / sig_hat
+        x_next = x + (sig_next - sig_hat) * d
+        if sig_next > 0:
+            d_next = (x_next - _denoise(model, diffusion, a_next * x_next, t_next, clip_x0)[0]) / sig_next
+            x_next = x + (sig_next - sig_hat) * (d + d_next) / 2
+        x = x_next
+    return x
+
+
+@register_sampler("dpmpp_2m", options=GRID_OPTIONS, evals_per_step=1, needs_posterior=False, needs_chain=False,
+                  needs_ve_view=True, prepare=_grid)
 @torch.no_grad()
 def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
-             device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0) -> torch.Tensor:
+             device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
+             rho: float = 7.0) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; k-diffusion ``sample_dpmpp_2m``) on the VE view, every path.
 
     On euler's grid, with l_i = log(alpha_i/sigma_i) = -log sigma~_i (half the log-SNR), h = l_{i+1} - l_i,
@@ -474,13 +602,13 @@ def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, gener
     (euler's step with D' for D, so a start at t = 1 is defined: there l = -inf, r = inf and D' = D_i).
     1 model evaluation per step; deterministic after the start (drawn as euler's).
     """
-    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift)
+    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
+                        rho=rho)
     half_log_snr = [math.log(a) - math.log(s) if a > 0 and s > 0 else (math.inf if s == 0 else -math.inf) for _, a, s in grid]
     old = None
     for i in _loop(range(steps), progress, f"dpmpp_2m:{steps}"):
         (t, a, s), (_, a_next, s_next) = grid[i], grid[i + 1]
-        tt = diffusion.times_on(x, t)
-        x0, _ = diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
+        x0, _ = _denoise(model, diffusion, x, t, clip_x0)
         d = x0
         if old is not None and s_next > 0:
             r = (half_log_snr[i] - half_log_snr[i - 1]) / (half_log_snr[i + 1] - half_log_snr[i])

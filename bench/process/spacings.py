@@ -1,0 +1,169 @@
+"""Sampling grids (``spacing``): where the VE-view solvers evaluate the model (DESIGN.md section 6).
+
+A grid is N evaluation points from noise to data, then data itself (sigma~ = 0). On the ``vp`` path
+(a discrete chain) the points are 0-based timestep indices into its T-step table; on a continuous
+path (``rf``, ``edm``) they are times t in (0, 1]. ``sample_shift`` applies after the spacing
+(``Diffusion.solver_grid``), in lambda.
+
+vp only (diffusers' ``timestep_spacing``; Lin et al. 2024, "Common Diffusion Noise Schedules and
+Sample Steps are Flawed", Table 2), with T the table's steps and N the sampling steps:
+
+    linspace   round(linspace(0, T-1, N)), descending (improved-diffusion's rounding, half up; diffusers'
+               np.round rounds half to even, which differs only where i(T-1)/(N-1) is exactly k + 1/2)
+    leading    k * (T // N), k = N-1..0: starts at T - T//N, not at the last index (Lin et al.'s flaw)
+    trailing   round(arange(T, 0, -T/N)) - 1: starts at T-1, ends at T/N - 1
+
+any path, from the path's own noise range [smin, smax] of sigma~ (vp: its table's first and last
+index; edm: 0.002 and 80, ``edm_sampler``'s defaults; rf: t in [0, 1], so smax is infinite):
+
+    uniform_t       t_i = t_max (1 - i/N), i = 0..N-1 (torch.linspace) (rf: t from 1; on vp t = (index + 1)/T, which is trailing)
+    karras          sigma~_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i = 0..N-1
+                    (Karras et al. 2022, eq. 5; k-diffusion ``get_sigmas_karras``; ``rho``, default 7)
+    uniform_lambda  log sigma~ evenly spaced from log smax to log smin (lambda = -2 log sigma~ uniform:
+                    karras as rho -> infinity; k-diffusion ``get_sigmas_exponential``)
+
+karras and uniform_lambda need a finite smax: not rf (t = 1 is sigma~ = inf) nor a vp schedule with
+zero terminal SNR. On vp their sigma~ fall between the table's entries and are moved to the nearest
+index in log sigma~ (k-diffusion's ``DiscreteSchedule`` with ``quantize=True``); where two land on one
+index the grid is refused (fewer steps, or a continuous path).
+
+The default (``spacing = ""``) is each path's own grid, as before this field existed: vp linspace,
+rf uniform_t, edm karras with rho = 7.
+
+Add a spacing: a function ``(diffusion, steps, rho) -> points`` (descending: indices on vp, a float64
+tensor of t on a continuous path; raise InputError where it does not apply), registered with
+``@register_spacing("name", "one line")``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bench.process.schedules import timestep_subsequence
+from bench.registry import InputError, Registry
+
+SPACINGS: Registry = Registry("spacing")
+
+
+@dataclass(frozen=True)
+class Spacing:
+    name: str
+    fn: Callable[..., Any]
+    description: str
+
+    def __call__(self, diffusion, steps: int, rho: float = 7.0):
+        return self.fn(diffusion, steps, rho)
+
+
+def register_spacing(name: str, description: str):
+    def deco(fn: Callable) -> Callable:
+        SPACINGS.register(name)(Spacing(name, fn, description))
+        return fn
+    return deco
+
+
+def check_spacing(value: Any) -> None:
+    """InputError unless ``value`` is "" (the path's own grid) or a registered spacing."""
+    if not isinstance(value, str):
+        raise InputError(f"spacing must be a name (bench ls spacings), got {value!r}")
+    if value:
+        SPACINGS.get(value)
+
+
+def check_rho(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InputError(f"rho (the karras grid's exponent) must be a finite number > 0, got {value!r}")
+
+
+def _vp_only(diffusion, name: str) -> None:
+    if not diffusion.discrete:
+        raise InputError(f"spacing {name} spaces the timesteps of a discrete vp chain; a continuous path "
+                         f"({diffusion.label()}) takes uniform_t, karras or uniform_lambda")
+
+
+def _check_count(name: str, T: int, steps: int) -> None:
+    if not 1 <= steps <= T:
+        raise InputError(f"spacing {name}: {steps} steps do not fit T = {T} timesteps")
+
+
+@register_spacing("linspace", "vp: round(linspace(0, T-1, N)), both ends included (improved-diffusion; the vp default)")
+def linspace(diffusion, steps: int, rho: float = 7.0) -> list[int]:
+    _vp_only(diffusion, "linspace")
+    return list(reversed(timestep_subsequence(diffusion.T, steps)))
+
+
+@register_spacing("leading", "vp: k (T // N), k = N-1..0 (diffusers' leading; starts short of the last index)")
+def leading(diffusion, steps: int, rho: float = 7.0) -> list[int]:
+    _vp_only(diffusion, "leading")
+    _check_count("leading", diffusion.T, steps)
+    ratio = diffusion.T // steps
+    return [k * ratio for k in reversed(range(steps))]
+
+
+def _trailing(T: int, steps: int) -> list[int]:
+    """diffusers' ``trailing``: np.round(np.arange(T, 0, -T/N)) - 1 (numpy's rounding, half to even)."""
+    return [int(i) for i in np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1]
+
+
+@register_spacing("trailing", "vp: round(arange(T, 0, -T/N)) - 1 (diffusers' trailing; Lin et al. 2024)")
+def trailing(diffusion, steps: int, rho: float = 7.0) -> list[int]:
+    _vp_only(diffusion, "trailing")
+    _check_count("trailing", diffusion.T, steps)
+    return _trailing(diffusion.T, steps)
+
+
+@register_spacing("uniform_t", "any path: t_i = t_max (1 - i/N) (rf's default; on vp the trailing indices)")
+def uniform_t(diffusion, steps: int, rho: float = 7.0):
+    if diffusion.discrete:
+        _check_count("uniform_t", diffusion.T, steps)
+        return _trailing(diffusion.T, steps)
+    t_max = float(diffusion.path.t_of_sigma(torch.tensor(diffusion.path.sigma_max, dtype=torch.float64)))
+    return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)[:-1]
+
+
+def _sigma_range(diffusion, name: str) -> tuple[float, float]:
+    smin, smax = diffusion.sigma_range()
+    if not math.isfinite(smax):
+        others = "linspace, leading, trailing or uniform_t" if diffusion.discrete else "uniform_t"
+        raise InputError(f"spacing {name} needs a finite largest noise level sigma~_max, and this process "
+                         f"({diffusion.label()}) starts at sigma~ = inf: sample it with {others}")
+    return smin, smax
+
+
+def _on_path(diffusion, sigmas: torch.Tensor, name: str):
+    """The sigma~ of a grid as the process's points: t on a continuous path; on vp the nearest table index
+    in log sigma~ (k-diffusion's quantize=True), refused where two points share an index."""
+    if not diffusion.discrete:
+        return diffusion.path.t_of_sigma(sigmas)
+    table = diffusion.sigma_tilde().log()
+    idx = [int(torch.argmin((table - math.log(s)).abs())) for s in sigmas.tolist()]
+    if len(set(idx)) != len(idx):
+        raise InputError(f"spacing {name}: {len(idx)} steps put two grid points on one of the T = {diffusion.T} "
+                         f"timesteps (vp's noise levels are its table's); take fewer steps or another spacing")
+    return idx
+
+
+def karras_sigmas(smin: float, smax: float, steps: int, rho: float) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: the N noise levels (float64, descending; no trailing 0)."""
+    ramp = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
+    lo, hi = smin ** (1 / rho), smax ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+@register_spacing("karras", "any path with a finite sigma~_max: Karras et al.'s rho-spacing of sigma~ (rho, default 7)")
+def karras(diffusion, steps: int, rho: float = 7.0):
+    check_rho(rho)
+    return _on_path(diffusion, karras_sigmas(*_sigma_range(diffusion, "karras"), steps, rho), "karras")
+
+
+@register_spacing("uniform_lambda", "any path with a finite sigma~_max: log-SNR evenly spaced (log sigma~ linear)")
+def uniform_lambda(diffusion, steps: int, rho: float = 7.0):
+    smin, smax = _sigma_range(diffusion, "uniform_lambda")
+    ramp = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
+    sig = torch.exp(math.log(smax) + ramp * (math.log(smin) - math.log(smax)))
+    return _on_path(diffusion, sig, "uniform_lambda")

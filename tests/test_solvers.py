@@ -1,0 +1,354 @@
+"""Issue 34: the sampling grids (``spacing``), heun, NFE, and the bad input of solvers, against
+independent code (DESIGN.md section 6): diffusers' ``DDIMScheduler`` (timesteps and trajectories),
+k-diffusion's ``get_sigmas_karras`` / ``get_sigmas_exponential`` / ``sample_heun`` (transcribed below:
+the package pins numpy < 2 through dctorch, which this suite's pandas cannot take).
+
+Tolerances: the oracles run in float64 (k-diffusion transcriptions) or in the sample's float32
+(diffusers); bench's samplers keep the state x in float32, as on a GPU, so a trajectory agrees to
+float32 rounding accumulated over the steps: 1e-5 absolute where the state stays O(1) (rf, DDIM), and
+1e-4 relative on the VE view, whose x~ = x/alpha reaches sigma~_max (80 on edm, ~160 on vp linear).
+Grids themselves (float64 on both sides) agree to 1e-12.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench.experiment.config import RunConfig, build_process, validate
+from bench.process.continuous import PathDiffusion
+from bench.process.densities import make_density
+from bench.process.diffusion import Diffusion
+from bench.process.noise import make_noise
+from bench.process.paths import PATHS
+from bench.process.schedules import make_betas
+from bench.process.spacings import SPACINGS, karras_sigmas
+from bench.registry import InputError
+from bench.report.tables import with_nfe
+from bench.sampling.sample import SAMPLERS, image_generators
+
+F64 = torch.float64
+
+
+def _path(path, prediction, weighting="none", density="uniform", **kw):
+    return PathDiffusion(PATHS.get(path)(), prediction, weighting, {}, make_density(density, **kw), 1.0)
+
+
+def _edm():
+    return _path("edm", "x0", "edm", "lognormal")
+
+
+def _vp(schedule="linear", prediction="v", **kw):
+    return Diffusion(make_betas(schedule, 1000, **kw), prediction=prediction)
+
+
+def _vp_model(x, t):
+    return 0.3 * x + torch.cos(t.float().reshape(-1, 1, 1, 1) / 200.0)
+
+
+def _net(x, c):
+    return torch.tanh(0.5 * x) + 0.1 * c.reshape(-1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-diffusion 0.1.1 (crowsonkb/k-diffusion, k_diffusion/sampling.py), transcribed
+
+
+def _kd_get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0):
+    ramp = torch.linspace(0, 1, n, dtype=F64)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def _kd_get_sigmas_exponential(n, sigma_min, sigma_max):
+    sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=F64).exp()
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def _kd_sample_heun(model, x, sigmas, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, randn=None):
+    """``sample_heun`` with its ``torch.randn_like(x)`` replaced by ``randn(i)`` (the same draws as bench's)."""
+    to_d = lambda x, sigma, denoised: (x - denoised) / sigma
+    for i in range(len(sigmas) - 1):
+        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+        eps = (randn(i) if randn else torch.zeros_like(x)) * s_noise
+        sigma_hat = sigmas[i] * (gamma + 1)
+        if gamma > 0:
+            x = x + eps * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5
+        denoised = model(x, sigma_hat)
+        d = to_d(x, sigma_hat, denoised)
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            denoised_2 = model(x_2, sigmas[i + 1])
+            d_2 = to_d(x_2, sigmas[i + 1], denoised_2)
+            x = x + (d + d_2) / 2 * dt
+    return x
+
+
+def _edm_denoiser(d, net):
+    """D(x~; sigma~) of the edm path in float64 (c_skip x + c_out F(c_in x, ln(sigma)/4))."""
+    def denoise(x, sigma):
+        t = d.path.t_of_sigma(torch.as_tensor(sigma, dtype=F64)).expand(x.shape[0])
+        x_in, c = d.model_input(x, t)
+        return d.split(net(x_in.float(), c).double(), x, t)[0]
+    return denoise
+
+
+def _vp_denoiser(d, model):
+    """D(x~; sigma~) of a vp table at the index whose sigma~ it is (the grid's points are table entries)."""
+    table = d.sigma_tilde()
+
+    def denoise(x_ve, sigma):
+        i = int(torch.argmin((table - float(sigma)).abs()))
+        a = float(d.sqrt_alpha_bar[i])
+        x = (x_ve * a).float()
+        tt = torch.full((x.shape[0],), i, dtype=torch.long)
+        return d.split(model(x, tt).float(), x, tt)[0].double()
+    return denoise
+
+
+# ---------------------------------------------------------------------------------------------
+# grids
+
+
+@pytest.mark.parametrize("steps,rho", [(1, 7.0), (2, 7.0), (18, 7.0), (10, 3.0), (40, 1.0)])
+def test_karras_sigmas_are_k_diffusions(steps, rho):
+    ours = torch.cat([karras_sigmas(0.002, 80.0, steps, rho), torch.zeros(1, dtype=F64)])
+    if steps > 1:  # k-diffusion's linspace(0, 1, 1) is [0]: sigma_max, as ours
+        assert torch.allclose(ours, _kd_get_sigmas_karras(steps, 0.002, 80.0, rho), rtol=1e-12, atol=0)
+    d = _edm()
+    grid = d.solver_grid(steps, spacing="karras", rho=rho)
+    sig = torch.tensor([s / a for _, a, s in grid], dtype=F64)
+    assert torch.allclose(sig, ours, rtol=1e-9, atol=1e-12)
+
+
+def test_uniform_lambda_is_k_diffusions_exponential_grid():
+    d = _edm()
+    sig = torch.tensor([s / a for _, a, s in d.solver_grid(12, spacing="uniform_lambda")], dtype=F64)
+    assert torch.allclose(sig, _kd_get_sigmas_exponential(12, 0.002, 80.0), rtol=1e-9, atol=1e-12)
+    lam = -2 * sig[:-1].log()
+    assert torch.allclose(lam.diff(), lam.diff()[:1].expand(11), rtol=1e-9)  # evenly spaced log-SNR
+
+
+def test_the_default_grid_of_each_path_is_its_named_spacing():
+    """spacing '' keeps each path's grid of before the field existed: vp linspace, rf uniform_t, edm karras(7)."""
+    for d, name in ((_vp(), "linspace"), (_path("rf", "flow"), "uniform_t"), (_edm(), "karras")):
+        for steps in (1, 7, 50):
+            assert d.solver_grid(steps) == d.solver_grid(steps, spacing=name)
+    rf = _path("rf", "flow")
+    assert [t for t, _, _ in rf.solver_grid(4)] == torch.linspace(1, 0, 5, dtype=F64).tolist()
+
+
+@pytest.mark.parametrize("spacing,steps", [("linspace", 10), ("linspace", 50), ("leading", 10), ("leading", 50),
+                                           ("leading", 7), ("trailing", 10), ("trailing", 50), ("trailing", 7),
+                                           ("trailing", 3)])
+def test_vp_spacings_are_diffusers_timesteps(spacing, steps):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
+    sched.set_timesteps(steps)
+    ours = [t for t, _, _ in _vp().solver_grid(steps, spacing=spacing)][:-1]
+    assert ours == sched.timesteps.tolist()
+
+
+def test_uniform_t_on_vp_is_trailing_and_leading_starts_short():
+    d = _vp()
+    assert d.solver_grid(10, spacing="uniform_t") == d.solver_grid(10, spacing="trailing")
+    lead, trail = d.solver_grid(10, spacing="leading"), d.solver_grid(10, spacing="trailing")
+    assert (lead[0][0], lead[-2][0]) == (900, 0) and (trail[0][0], trail[-2][0]) == (999, 99)  # Lin et al. 2024, Table 2
+
+
+def test_karras_on_vp_takes_the_nearest_table_entries():
+    d = _vp("linear")
+    table = d.sigma_tilde()
+    idx = [t for t, _, _ in d.solver_grid(10, spacing="karras")][:-1]
+    target = karras_sigmas(float(table[0]), float(table[-1]), 10, 7.0)
+    for i, s in zip(idx, target):  # k-diffusion's DiscreteSchedule(quantize=True): argmin |log sigma - log table|
+        assert i == int(torch.argmin((table.log() - math.log(s)).abs()))
+    assert idx[0] == 999 and idx[-1] == 0
+
+
+@pytest.mark.parametrize("spacing,steps", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 8), ("trailing", 1)])
+def test_euler_on_vp_is_diffusers_ddim_under_designs_conditions(spacing, steps):
+    """DESIGN.md section 6: DDIMScheduler(clip_sample=False, set_alpha_to_one=True) steps to t - T//N, which is
+    the grid's next point for leading and for trailing when N divides T (and for one step)."""
+    from diffusers import DDIMScheduler
+
+    d = _vp("linear", "v")
+    noise = make_noise("gaussian", d.alpha_bar)
+    shape = (2, 1, 6, 6)
+    ours = SAMPLERS.get("euler")(_vp_model, d, noise, shape, steps, image_generators(2, 4), clip_x0=False,
+                                 spacing=spacing)
+    sched = DDIMScheduler(num_train_timesteps=1000, trained_betas=d.betas.numpy(), clip_sample=False,
+                          set_alpha_to_one=True, timestep_spacing=spacing, steps_offset=0, prediction_type="v_prediction")
+    sched.set_timesteps(steps)
+    x = noise.sample_per_item(shape, d.T - 1, image_generators(2, 4)).float() * d.solver_grid(steps, spacing=spacing)[0][2]
+    for t in sched.timesteps:
+        x = sched.step(_vp_model(x, t.expand(2)), t, x, eta=0.0).prev_sample
+    assert torch.allclose(ours, x, atol=1e-5), (ours - x).abs().max()
+
+
+# ---------------------------------------------------------------------------------------------
+# heun against k-diffusion's sample_heun
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 18])
+def test_heun_on_edm_is_k_diffusions(steps):
+    d = _edm()
+    noise = make_noise("gaussian", d.alpha_bar)
+    ours = SAMPLERS.get("heun")(_net, d, noise, (2, 1, 5, 5), steps, image_generators(2, 3), clip_x0=False)
+    sig = torch.tensor([s / a for _, a, s in d.solver_grid(steps)], dtype=F64)
+    x = noise.sample_per_item((2, 1, 5, 5), d.T - 1, image_generators(2, 3)).double() * sig[0]
+    theirs = _kd_sample_heun(_edm_denoiser(d, _net), x, sig)
+    assert torch.allclose(ours.double(), theirs, atol=1e-4, rtol=1e-4), (ours.double() - theirs).abs().max()
+
+
+def test_heun_with_churn_on_edm_is_k_diffusions_with_the_same_draws():
+    d = _edm()
+    noise = make_noise("gaussian", d.alpha_bar)
+    steps, opts = 8, dict(s_churn=10.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
+    draws = []
+    real = noise.sample_per_item
+
+    class Spy:  # records bench's draws after the start so the oracle uses the very same z
+        alpha_bar = noise.alpha_bar
+
+        def sample_per_item(self, shape, index, generators, device="cpu"):
+            z = real(shape, index, generators, device)
+            draws.append(z.double())
+            return z
+
+    ours = SAMPLERS.get("heun")(_net, d, Spy(), (2, 1, 5, 5), steps, image_generators(2, 3), clip_x0=False, **opts)
+    sig = torch.tensor([s / a for _, a, s in d.solver_grid(steps)], dtype=F64)
+    churned = [i for i in range(steps) if opts["s_tmin"] <= sig[i] <= opts["s_tmax"]]
+    assert 0 < len(churned) < steps and len(draws) == 1 + len(churned)  # the start, then one z per churned step
+    z_of = dict(zip(churned, draws[1:]))
+    x = draws[0] * sig[0]
+    theirs = _kd_sample_heun(_edm_denoiser(d, _net), x, sig, randn=lambda i: z_of.get(i, torch.zeros_like(x)), **opts)
+    assert torch.allclose(ours.double(), theirs, atol=1e-4, rtol=1e-4), (ours.double() - theirs).abs().max()
+
+
+@pytest.mark.parametrize("spacing", ["", "karras", "trailing"])
+def test_heun_on_vp_is_k_diffusions_in_the_ve_view(spacing):
+    d = _vp("linear", "v")
+    noise = make_noise("gaussian", d.alpha_bar)
+    ours = SAMPLERS.get("heun")(_vp_model, d, noise, (2, 1, 6, 6), 6, image_generators(2, 1), clip_x0=False,
+                                spacing=spacing)
+    grid = d.solver_grid(6, spacing=spacing)
+    sig = torch.tensor([s / a for _, a, s in grid], dtype=F64)
+    x = noise.sample_per_item((2, 1, 6, 6), d.T - 1, image_generators(2, 1)).double() * grid[0][2] / grid[0][1]
+    theirs = _kd_sample_heun(_vp_denoiser(d, _vp_model), x, sig)
+    assert torch.allclose(ours.double(), theirs, rtol=1e-4, atol=1e-4), (ours.double() - theirs).abs().max()
+
+
+def test_heun_from_sigma_inf_starts_with_euler_then_corrects():
+    """rf at t = 1: the first step is euler's (x~ is infinite there), the rest are Heun's on the VE view."""
+    d = _path("rf", "flow")
+    noise = make_noise("gaussian", d.alpha_bar)
+    flow = lambda x, c: 0.4 * x + torch.sin(c.reshape(-1, 1, 1, 1) / 300.0)
+    ours = SAMPLERS.get("heun")(flow, d, noise, (2, 1, 6, 6), 5, image_generators(2, 5), clip_x0=False)
+    first = SAMPLERS.get("euler")(flow, d, noise, (2, 1, 6, 6), 5, image_generators(2, 5), clip_x0=False)
+    grid = d.solver_grid(5)
+    x1 = noise.sample_per_item((2, 1, 6, 6), d.T - 1, image_generators(2, 5)).double()
+    t0 = torch.full((2,), 1.0, dtype=F64)
+    u = flow(x1.float(), d.model_input(x1.float(), t0)[1]).double()
+    x1 = x1 + (grid[1][0] - 1.0) * u  # the flow Euler step from t = 1
+    a, b = torch.tensor([g[1] for g in grid], dtype=F64), torch.tensor([g[2] for g in grid], dtype=F64)
+
+    def denoise(x_ve, sigma):
+        t = d.path.t_of_sigma(torch.as_tensor(sigma, dtype=F64)).expand(2)
+        x = (x_ve * d.path.alpha(t[0])).float()
+        return d.split(flow(*d.model_input(x, t)).double(), x.double(), t)[0]
+
+    theirs = _kd_sample_heun(denoise, x1 / a[1], b[1:] / a[1:])
+    assert torch.allclose(ours.double(), theirs, atol=1e-4), (ours.double() - theirs).abs().max()
+    assert not torch.allclose(ours, first, atol=1e-3)  # the correction acts
+
+
+# ---------------------------------------------------------------------------------------------
+# NFE
+
+
+class _Counter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9, 18])
+def test_nfe_counts_the_model_calls(steps):
+    rf = _path("rf", "flow")
+    for d, model in ((_vp(), _vp_model), (_edm(), _net), (rf, _net), (_vp(zero_terminal_snr=True), _vp_model)):
+        noise = make_noise("gaussian", d.alpha_bar)
+        for name in ("euler", "heun", "dpmpp_2m"):
+            m = _Counter(model)
+            SAMPLERS.get(name)(m, d, noise, (1, 1, 4, 4), steps, image_generators(1, 0))
+            assert m.calls == SAMPLERS.get(name).nfe(steps, d), (name, d.label(), steps)
+    assert SAMPLERS.get("heun").nfe(18, _edm()) == 35 and SAMPLERS.get("heun").nfe(18, rf) == 34  # EDM: 18 steps, 35 NFE
+
+
+def test_evals_named_by_nfe_resolve_to_steps_and_refuse_what_no_step_count_gives():
+    vp = RunConfig(evals="heun@35,euler@10,dpmpp_2m:7")
+    assert vp.evaluations == (("heun", 18), ("euler", 10), ("dpmpp_2m", 7))
+    rf = RunConfig(path="rf", prediction="flow", evals="heun@34")
+    assert rf.evaluations == (("heun", 18),)
+    with pytest.raises(InputError, match="no step count of heun makes 34 model evaluations.*33 and 35"):
+        RunConfig(evals="heun@34").evaluations  # noqa: B018
+    with pytest.raises(InputError, match="SAMPLER@NFE"):
+        RunConfig(evals="heun@x").evaluations  # noqa: B018
+
+
+def test_rows_written_before_nfe_get_it_from_the_sampler():
+    import pandas as pd
+
+    rows = pd.DataFrame({"sampler": ["ddim", "euler", "heun", None], "sample_steps": [10, 50, 18, None],
+                         "nfe": [None, None, 35, None]})
+    assert with_nfe(rows)["nfe"].tolist()[:3] == [10, 50, 35] and pd.isna(with_nfe(rows)["nfe"].iloc[3])
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one line, before any work
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(evals="euler:10", spacing="leading", path="rf", prediction="flow"), "spaces the timesteps of a discrete vp"),
+    (dict(evals="euler:10", spacing="karras", path="rf", prediction="flow"), "needs a finite largest noise level"),
+    (dict(evals="heun:10", spacing="uniform_lambda", zero_terminal_snr=True, prediction="v"), "needs a finite largest noise level"),
+    (dict(evals="euler:10", spacing="karras", rho=0.0), "rho .* must be a finite number > 0"),
+    (dict(evals="euler:10", spacing="karras", rho=-7.0), "rho .* must be a finite number > 0"),
+    (dict(evals="euler:10", spacing="cosine"), "unknown spacing"),
+    (dict(evals="heun:10", s_churn=40.0), "s_churn > 0 .* discrete chain"),
+    (dict(evals="heun:10", s_churn=-1.0), "s_churn must be a number >= 0"),
+    (dict(evals="heun:10", path="edm", prediction="x0", weighting="edm", t_density="lognormal", s_tmin=5.0, s_tmax=1.0),
+     "s_tmin = 5 > s_tmax = 1"),
+    (dict(evals="euler:600", spacing="karras"), "two grid points on one of the T = 1000 timesteps"),
+    (dict(evals="heun@34"), "no step count of heun makes 34"),
+])
+def test_bad_solver_input_is_refused_by_validate(changes, match):
+    with pytest.raises(InputError, match=match):
+        validate(RunConfig(**changes))
+
+
+def test_bad_solver_input_exits_2_before_work(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", "formulations", "--preset", "smoke",
+                          "--set", "spacing=leading", "--out", str(tmp_path / "r"), "--dry-run"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and "spacing leading" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_registered_spacing_is_tested_here():
+    assert SPACINGS.names() == ["karras", "leading", "linspace", "trailing", "uniform_lambda", "uniform_t"]
+    assert {"euler", "heun", "dpmpp_2m"} <= set(SAMPLERS.names())
+    assert np.isinf(RunConfig().s_tmax) and build_process(RunConfig(evals="heun:3")).diffusion.solver_grid(3)
