@@ -3,11 +3,12 @@ independent code (DESIGN.md section 6): diffusers' ``DDIMScheduler`` (timesteps 
 k-diffusion's ``get_sigmas_karras`` / ``get_sigmas_exponential`` / ``sample_heun`` (transcribed below:
 the package pins numpy < 2 through dctorch, which this suite's pandas cannot take).
 
-Tolerances: the oracles run in float64 (k-diffusion transcriptions) or in the sample's float32
-(diffusers); bench's samplers keep the state x in float32, as on a GPU, so a trajectory agrees to
-float32 rounding accumulated over the steps: 1e-5 absolute where the state stays O(1) (rf, DDIM), and
-1e-4 relative on the VE view, whose x~ = x/alpha reaches sigma~_max (80 on edm, ~160 on vp linear).
-Grids themselves (float64 on both sides) agree to 1e-12.
+Tolerances: against the float64 k-diffusion transcriptions the solvers run with a float64 state
+(``STATE_DTYPE``, the ``f64`` fixture) and agree to 1e-6 relative / 1e-9 absolute: what remains is the
+order of float64 operations over up to 35 model calls on x~ up to sigma~_max (80 on edm, ~160 on vp
+linear) and the network's float32 time input, the same on both sides. Against diffusers (whose DDIM
+coefficients are float32 tables) the float32 state agrees to 1e-5 absolute, float32 rounding over the
+steps on an O(1) state. Grids (float64 on both sides) agree to 1e-12.
 """
 
 import math
@@ -26,9 +27,17 @@ from bench.process.schedules import make_betas
 from bench.process.spacings import SPACINGS, karras_sigmas
 from bench.registry import InputError
 from bench.report.tables import with_nfe
+from bench.sampling import sample as sample_module
 from bench.sampling.sample import SAMPLERS, image_generators
 
 F64 = torch.float64
+TOL = dict(rtol=1e-6, atol=1e-9)  # float64 state against float64 oracles
+
+
+@pytest.fixture
+def f64(monkeypatch):
+    """The VE-view solvers' state in float64 (``STATE_DTYPE``), for the comparisons with float64 oracles."""
+    monkeypatch.setattr(sample_module, "STATE_DTYPE", F64)
 
 
 def _path(path, prediction, weighting="none", density="uniform", **kw):
@@ -94,7 +103,7 @@ def _edm_denoiser(d, net):
     def denoise(x, sigma):
         t = d.path.t_of_sigma(torch.as_tensor(sigma, dtype=F64)).expand(x.shape[0])
         x_in, c = d.model_input(x, t)
-        return d.split(net(x_in.float(), c).double(), x, t)[0]
+        return d.split(net(x_in, c).double(), x, t)[0]
     return denoise
 
 
@@ -104,10 +113,9 @@ def _vp_denoiser(d, model):
 
     def denoise(x_ve, sigma):
         i = int(torch.argmin((table - float(sigma)).abs()))
-        a = float(d.sqrt_alpha_bar[i])
-        x = (x_ve * a).float()
+        x = x_ve * float(d.sqrt_alpha_bar[i])
         tt = torch.full((x.shape[0],), i, dtype=torch.long)
-        return d.split(model(x, tt).float(), x, tt)[0].double()
+        return d.split(model(x, tt).double(), x, tt)[0]
     return denoise
 
 
@@ -141,6 +149,12 @@ def test_the_default_grid_of_each_path_is_its_named_spacing():
             assert d.solver_grid(steps) == d.solver_grid(steps, spacing=name)
     rf = _path("rf", "flow")
     assert [t for t, _, _ in rf.solver_grid(4)] == torch.linspace(1, 0, 5, dtype=F64).tolist()
+    for steps in (1, 2, 18, 50):  # edm: the formula of before spacings existed (Path.default_grid), bit for bit
+        i = torch.arange(steps, dtype=F64)
+        lo, hi = 0.002 ** (1 / 7.0), 80.0 ** (1 / 7.0)
+        sig = (hi + i / max(steps - 1, 1) * (lo - hi)) ** 7.0
+        old = torch.cat([sig / (1.0 + sig), torch.zeros(1, dtype=F64)]).tolist()
+        assert [t for t, _, _ in _edm().solver_grid(steps)] == old
 
 
 @pytest.mark.parametrize("spacing,steps", [("linspace", 10), ("linspace", 50), ("leading", 10), ("leading", 50),
@@ -155,6 +169,20 @@ def test_vp_spacings_are_diffusers_timesteps(spacing, steps):
     assert ours == sched.timesteps.tolist()
 
 
+def test_every_vp_grid_has_n_distinct_descending_indices_for_every_n():
+    """diffusers' float arange gives N + 1 trailing points (the last index -1, the noisiest entry) for 62 N at
+    T = 1000: bench computes the formula exactly; it equals diffusers' wherever diffusers' arange is exact."""
+    d = _vp()
+    for steps in range(1, 1001):
+        for spacing in ("linspace", "leading", "trailing"):
+            ts = [t for t, _, _ in d.solver_grid(steps, spacing=spacing)][:-1]
+            assert len(set(ts)) == steps and ts == sorted(ts, reverse=True) and 0 <= ts[-1] and ts[0] <= 999
+        diffusers = np.round(np.arange(1000, 0, -1000 / steps)).astype(np.int64) - 1
+        if steps * (1000 // steps) == 1000:  # T/N an integer: no rounding anywhere, diffusers exact
+            assert [t for t, _, _ in d.solver_grid(steps, spacing="trailing")][:-1] == diffusers.tolist()
+    assert len(np.arange(1000, 0, -1000 / 61)) == 62  # the diffusers case this guards against
+
+
 def test_uniform_t_on_vp_is_trailing_and_leading_starts_short():
     d = _vp()
     assert d.solver_grid(10, spacing="uniform_t") == d.solver_grid(10, spacing="trailing")
@@ -162,14 +190,20 @@ def test_uniform_t_on_vp_is_trailing_and_leading_starts_short():
     assert (lead[0][0], lead[-2][0]) == (900, 0) and (trail[0][0], trail[-2][0]) == (999, 99)  # Lin et al. 2024, Table 2
 
 
+def _kd_sigma_to_t_quantized(sigma, sigmas_table):
+    """k-diffusion 0.1.1 ``DiscreteSchedule.sigma_to_t(sigma, quantize=True)``, transcribed."""
+    log_sigma = sigma.log()
+    dists = log_sigma - sigmas_table.log()[:, None]
+    return dists.abs().argmin(dim=0).view(sigma.shape)
+
+
 def test_karras_on_vp_takes_the_nearest_table_entries():
     d = _vp("linear")
-    table = d.sigma_tilde()
+    table = ((1 - d.alpha_bar.double()) / d.alpha_bar.double()) ** 0.5  # k-diffusion's DiscreteSchedule sigmas
     idx = [t for t, _, _ in d.solver_grid(10, spacing="karras")][:-1]
-    target = karras_sigmas(float(table[0]), float(table[-1]), 10, 7.0)
-    for i, s in zip(idx, target):  # k-diffusion's DiscreteSchedule(quantize=True): argmin |log sigma - log table|
-        assert i == int(torch.argmin((table.log() - math.log(s)).abs()))
-    assert idx[0] == 999 and idx[-1] == 0
+    kd = _kd_get_sigmas_karras(10, float(table[0]), float(table[-1]))[:-1]
+    assert idx == _kd_sigma_to_t_quantized(kd, table).tolist()
+    assert idx[0] == 999 and idx[-1] == 0 and len(set(idx)) == 10
 
 
 @pytest.mark.parametrize("spacing,steps", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 8), ("trailing", 1)])
@@ -197,17 +231,17 @@ def test_euler_on_vp_is_diffusers_ddim_under_designs_conditions(spacing, steps):
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 18])
-def test_heun_on_edm_is_k_diffusions(steps):
+def test_heun_on_edm_is_k_diffusions(steps, f64):
     d = _edm()
     noise = make_noise("gaussian", d.alpha_bar)
     ours = SAMPLERS.get("heun")(_net, d, noise, (2, 1, 5, 5), steps, image_generators(2, 3), clip_x0=False)
     sig = torch.tensor([s / a for _, a, s in d.solver_grid(steps)], dtype=F64)
     x = noise.sample_per_item((2, 1, 5, 5), d.T - 1, image_generators(2, 3)).double() * sig[0]
     theirs = _kd_sample_heun(_edm_denoiser(d, _net), x, sig)
-    assert torch.allclose(ours.double(), theirs, atol=1e-4, rtol=1e-4), (ours.double() - theirs).abs().max()
+    assert ours.dtype == F64 and torch.allclose(ours, theirs, **TOL), (ours - theirs).abs().max()
 
 
-def test_heun_with_churn_on_edm_is_k_diffusions_with_the_same_draws():
+def test_heun_with_churn_on_edm_is_k_diffusions_with_the_same_draws(f64):
     d = _edm()
     noise = make_noise("gaussian", d.alpha_bar)
     steps, opts = 8, dict(s_churn=10.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
@@ -229,11 +263,11 @@ def test_heun_with_churn_on_edm_is_k_diffusions_with_the_same_draws():
     z_of = dict(zip(churned, draws[1:]))
     x = draws[0] * sig[0]
     theirs = _kd_sample_heun(_edm_denoiser(d, _net), x, sig, randn=lambda i: z_of.get(i, torch.zeros_like(x)), **opts)
-    assert torch.allclose(ours.double(), theirs, atol=1e-4, rtol=1e-4), (ours.double() - theirs).abs().max()
+    assert torch.allclose(ours, theirs, **TOL), (ours - theirs).abs().max()
 
 
 @pytest.mark.parametrize("spacing", ["", "karras", "trailing"])
-def test_heun_on_vp_is_k_diffusions_in_the_ve_view(spacing):
+def test_heun_on_vp_is_k_diffusions_in_the_ve_view(spacing, f64):
     d = _vp("linear", "v")
     noise = make_noise("gaussian", d.alpha_bar)
     ours = SAMPLERS.get("heun")(_vp_model, d, noise, (2, 1, 6, 6), 6, image_generators(2, 1), clip_x0=False,
@@ -242,10 +276,10 @@ def test_heun_on_vp_is_k_diffusions_in_the_ve_view(spacing):
     sig = torch.tensor([s / a for _, a, s in grid], dtype=F64)
     x = noise.sample_per_item((2, 1, 6, 6), d.T - 1, image_generators(2, 1)).double() * grid[0][2] / grid[0][1]
     theirs = _kd_sample_heun(_vp_denoiser(d, _vp_model), x, sig)
-    assert torch.allclose(ours.double(), theirs, rtol=1e-4, atol=1e-4), (ours.double() - theirs).abs().max()
+    assert torch.allclose(ours, theirs, **TOL), (ours - theirs).abs().max()
 
 
-def test_heun_from_sigma_inf_starts_with_euler_then_corrects():
+def test_heun_from_sigma_inf_starts_with_euler_then_corrects(f64):
     """rf at t = 1: the first step is euler's (x~ is infinite there), the rest are Heun's on the VE view."""
     d = _path("rf", "flow")
     noise = make_noise("gaussian", d.alpha_bar)
@@ -255,17 +289,17 @@ def test_heun_from_sigma_inf_starts_with_euler_then_corrects():
     grid = d.solver_grid(5)
     x1 = noise.sample_per_item((2, 1, 6, 6), d.T - 1, image_generators(2, 5)).double()
     t0 = torch.full((2,), 1.0, dtype=F64)
-    u = flow(x1.float(), d.model_input(x1.float(), t0)[1]).double()
+    u = flow(x1, d.model_input(x1, t0)[1])
     x1 = x1 + (grid[1][0] - 1.0) * u  # the flow Euler step from t = 1
     a, b = torch.tensor([g[1] for g in grid], dtype=F64), torch.tensor([g[2] for g in grid], dtype=F64)
 
     def denoise(x_ve, sigma):
         t = d.path.t_of_sigma(torch.as_tensor(sigma, dtype=F64)).expand(2)
-        x = (x_ve * d.path.alpha(t[0])).float()
-        return d.split(flow(*d.model_input(x, t)).double(), x.double(), t)[0]
+        x = x_ve * d.path.alpha(t[0])
+        return d.split(flow(*d.model_input(x, t)), x, t)[0]
 
     theirs = _kd_sample_heun(denoise, x1 / a[1], b[1:] / a[1:])
-    assert torch.allclose(ours.double(), theirs, atol=1e-4), (ours.double() - theirs).abs().max()
+    assert torch.allclose(ours, theirs, **TOL), (ours - theirs).abs().max()
     assert not torch.allclose(ours, first, atol=1e-3)  # the correction acts
 
 
@@ -292,6 +326,15 @@ def test_nfe_counts_the_model_calls(steps):
             SAMPLERS.get(name)(m, d, noise, (1, 1, 4, 4), steps, image_generators(1, 0))
             assert m.calls == SAMPLERS.get(name).nfe(steps, d), (name, d.label(), steps)
     assert SAMPLERS.get("heun").nfe(18, _edm()) == 35 and SAMPLERS.get("heun").nfe(18, rf) == 34  # EDM: 18 steps, 35 NFE
+
+
+@pytest.mark.parametrize("spacing,inf_start", [("", True), ("leading", False), ("trailing", True)])
+def test_heuns_nfe_follows_where_its_grid_starts(spacing, inf_start):
+    """At zero terminal SNR only a grid that starts at the last index starts at sigma~ = inf (leading does not)."""
+    d = _vp("cosine", "v", zero_terminal_snr=True)
+    m = _Counter(_vp_model)
+    SAMPLERS.get("heun")(m, d, make_noise("gaussian", d.alpha_bar), (1, 1, 4, 4), 5, image_generators(1, 0), spacing=spacing)
+    assert m.calls == SAMPLERS.get("heun").nfe(5, d, {"spacing": spacing}) == (8 if inf_start else 9)
 
 
 def test_evals_named_by_nfe_resolve_to_steps_and_refuse_what_no_step_count_gives():
@@ -325,7 +368,7 @@ def test_rows_written_before_nfe_get_it_from_the_sampler():
     (dict(evals="euler:10", spacing="karras", rho=-7.0), "rho .* must be a finite number > 0"),
     (dict(evals="euler:10", spacing="cosine"), "unknown spacing"),
     (dict(evals="heun:10", s_churn=40.0), "s_churn > 0 .* discrete chain"),
-    (dict(evals="heun:10", s_churn=-1.0), "s_churn must be a number >= 0"),
+    (dict(evals="heun:10", s_churn=-1.0), "s_churn must be a finite number >= 0"),
     (dict(evals="heun:10", path="edm", prediction="x0", weighting="edm", t_density="lognormal", s_tmin=5.0, s_tmax=1.0),
      "s_tmin = 5 > s_tmax = 1"),
     (dict(evals="euler:600", spacing="karras"), "two grid points on one of the T = 1000 timesteps"),

@@ -188,7 +188,7 @@ class RunConfig:
         if all(sep == ":" for _, sep, _ in self.eval_items):
             return tuple((name, n) for name, _, n in self.eval_items)
         diffusion = build_process(self).diffusion
-        return tuple((name, n) if sep == ":" else (name, SAMPLERS.get(name).steps_for_nfe(n, diffusion))
+        return tuple((name, n) if sep == ":" else (name, SAMPLERS.get(name).steps_for_nfe(n, diffusion, sampler_options(name, self)))
                      for name, sep, n in self.eval_items)
 
     @cached_property

@@ -471,6 +471,8 @@ class Diffusion:
         (``train_shift`` shifts the schedule itself: a discrete chain has no noise levels between its T),
         which the config checks."""
         ts = SPACINGS.get(spacing or "linspace")(self, steps, rho)
+        if len(ts) != steps or len(set(ts)) != steps or not all(0 <= t < self.T for t in ts) or ts != sorted(ts, reverse=True):
+            raise AssertionError(f"spacing {spacing or 'linspace'} gave {ts} for {steps} steps of T = {self.T}")
         grid = [(t, float(self.sqrt_alpha_bar[t]), float(self.sqrt_one_minus_alpha_bar[t])) for t in ts]
         return grid + [(None, 1.0, 0.0)]
 

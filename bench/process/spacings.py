@@ -11,7 +11,10 @@ Sample Steps are Flawed", Table 2), with T the table's steps and N the sampling 
     linspace   round(linspace(0, T-1, N)), descending (improved-diffusion's rounding, half up; diffusers'
                np.round rounds half to even, which differs only where i(T-1)/(N-1) is exactly k + 1/2)
     leading    k * (T // N), k = N-1..0: starts at T - T//N, not at the last index (Lin et al.'s flaw)
-    trailing   round(arange(T, 0, -T/N)) - 1: starts at T-1, ends at T/N - 1
+    trailing   round(T (N - k)/N) - 1, k = 0..N-1: starts at T-1, ends at T/N - 1 (diffusers'
+               np.round(np.arange(T, 0, -T/N)) - 1 computed exactly, rounding half to even: diffusers' float
+               arange differs by one index at an exact half for 49 of N = 1..1000 at T = 1000, and for 62
+               others returns N + 1 points, the last index -1, i.e. the noisiest entry, as its final step)
 
 any path, from the path's own noise range [smin, smax] of sigma~ (vp: its table's first and last
 index; edm: 0.002 and 80, ``edm_sampler``'s defaults; rf: t in [0, 1], so smax is infinite):
@@ -23,8 +26,10 @@ index; edm: 0.002 and 80, ``edm_sampler``'s defaults; rf: t in [0, 1], so smax i
                     karras as rho -> infinity; k-diffusion ``get_sigmas_exponential``)
 
 karras and uniform_lambda need a finite smax: not rf (t = 1 is sigma~ = inf) nor a vp schedule with
-zero terminal SNR. On vp their sigma~ fall between the table's entries and are moved to the nearest
-index in log sigma~ (k-diffusion's ``DiscreteSchedule`` with ``quantize=True``); where two land on one
+zero terminal SNR. On vp their sigma~ fall between the table's entries, and a chain has no noise levels
+there, so the grid itself is moved to the nearest index in log sigma~ (the index k-diffusion's
+``DiscreteSchedule.sigma_to_t(quantize=True)`` gives the model; k-diffusion keeps stepping on the
+unsnapped sigmas, which a model trained on the table's T levels never saw); where two land on one
 index the grid is refused (fewer steps, or a continuous path).
 
 The default (``spacing = ""``) is each path's own grid, as before this field existed: vp linspace,
@@ -39,9 +44,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from bench.process.schedules import timestep_subsequence
@@ -106,11 +111,11 @@ def leading(diffusion, steps: int, rho: float = 7.0) -> list[int]:
 
 
 def _trailing(T: int, steps: int) -> list[int]:
-    """diffusers' ``trailing``: np.round(np.arange(T, 0, -T/N)) - 1 (numpy's rounding, half to even)."""
-    return [int(i) for i in np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1]
+    """diffusers' ``trailing``, round(T (N - k)/N) - 1, in exact rational arithmetic (half to even, as np.round)."""
+    return [round(Fraction(T * (steps - k), steps)) - 1 for k in range(steps)]
 
 
-@register_spacing("trailing", "vp: round(arange(T, 0, -T/N)) - 1 (diffusers' trailing; Lin et al. 2024)")
+@register_spacing("trailing", "vp: round(T (N - k)/N) - 1, k = 0..N-1 (diffusers' trailing, exact; Lin et al. 2024)")
 def trailing(diffusion, steps: int, rho: float = 7.0) -> list[int]:
     _vp_only(diffusion, "trailing")
     _check_count("trailing", diffusion.T, steps)

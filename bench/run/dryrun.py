@@ -45,11 +45,11 @@ import torch
 
 from bench.data.datasets import DATASETS
 from bench.env import device_name, pick_device
-from bench.experiment.config import RunConfig
+from bench.experiment.config import RunConfig, build_process
 from bench.experiment.grid import Grid
 from bench.progress import duration
 from bench.run.checks import check_data
-from bench.sampling.sample import SAMPLERS
+from bench.sampling.sample import SAMPLERS, sampler_options
 from bench.scoring.features import FEATURES
 from bench.scoring.metrics import DEFAULT_N_REFERENCE, METRICS, reference_cached
 from bench.timing import sync
@@ -151,8 +151,9 @@ def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: in
             if key not in timings:
                 timings[key] = _time_model(*key, device)
             step_img_s, fwd_img_s, _, _ = timings[key]
-            first_nfe = cfg.evaluations[0][1] * SAMPLERS.get(cfg.evaluations[0][0]).evals_per_step
-            nfe = sum(steps * SAMPLERS.get(s).evals_per_step for s, steps in cfg.evaluations)
+            diffusion = build_process(cfg).diffusion
+            costs = [SAMPLERS.get(s).nfe(steps, diffusion, sampler_options(s, cfg)) for s, steps in cfg.evaluations]
+            first_nfe, nfe = costs[0], sum(costs)
             curve = len(cfg.curve_steps)
             sample_s = (nfe + curve * first_nfe) * cfg.n_samples * fwd_img_s
             score_s = (len(cfg.evaluations) * _scoring_s(cfg.metric_names, cfg.n_samples, spec.channels, size)

@@ -87,8 +87,8 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         _denoise_strip(cfg, ema, diffusion, noise, workdir, device)
     rows = [{**base, **r} for r in curve.rows() if r["train_step"] <= result.steps]
     for sampler, steps in cfg.evaluations:
-        row = {**base, "sampler": sampler, "sample_steps": steps, "nfe": SAMPLERS.get(sampler).nfe(steps, diffusion),
-               "train_step": result.steps}
+        row = {**base, "sampler": sampler, "sample_steps": steps, "train_step": result.steps,
+               "nfe": SAMPLERS.get(sampler).nfe(steps, diffusion, sampler_options(sampler, cfg))}
         if result.status == "ok":
             row.update(_evaluate(cfg, ema, diffusion, noise, sampler, steps, data.shape[1:], workdir, device, progress,
                                  cfg.metric_names, f"{sampler}-{steps}.png", report))
@@ -115,7 +115,8 @@ class _Curve:
         diffusion, noise, chw, workdir, device, report = self.args
         scores = _evaluate(self.cfg, ema, diffusion, noise, sampler, steps, chw, workdir, device, False,
                            self.cfg.curve_metric_names, f"{sampler}-{steps}-step{step}.png", report)
-        self.done[step] = {"sampler": sampler, "sample_steps": steps, "nfe": SAMPLERS.get(sampler).nfe(steps, diffusion),
+        nfe = SAMPLERS.get(sampler).nfe(steps, diffusion, sampler_options(sampler, self.cfg))
+        self.done[step] = {"sampler": sampler, "sample_steps": steps, "nfe": nfe,
                            "train_step": step, "train_seconds": train_seconds,
                            **scores}
         write_json_atomic(self.path, self.rows())

@@ -146,8 +146,8 @@ class Sampler:
     needs_chain: bool = True
     #: whether it steps the VE view x_s = alpha_s x0_hat + sigma_s eps_hat (``Diffusion.has_ve_view``; not blur)
     needs_ve_view: bool = False
-    #: its model evaluations for ``steps`` on a process, ``nfe(steps, diffusion)``; None: steps * evals_per_step
-    nfe_of: Callable[[int, Diffusion], int] | None = None
+    #: its model evaluations for ``steps`` on a process, ``nfe(steps, diffusion, **options)``; None: steps * evals_per_step
+    nfe_of: Callable[..., int] | None = None
     #: the checks of one call that need the process, ``prepare(diffusion, steps, **options)`` (InputError), or None
     prepare: Callable[..., Any] | None = None
 
@@ -164,16 +164,21 @@ class Sampler:
                  (self.needs_ve_view, "has_ve_view", "the VE view x_t = alpha_t x_0 + sigma_t eps (no operator on x_0)"))
         return " and ".join(what for needed, attr, what in needs if needed and not getattr(diffusion, attr))
 
-    def nfe(self, steps: int, diffusion: Diffusion) -> int:
-        """Model evaluations of ``steps`` steps on ``diffusion`` (heun: 2N - 1; see its docstring)."""
-        return self.nfe_of(steps, diffusion) if self.nfe_of else steps * self.evals_per_step
+    def nfe(self, steps: int, diffusion: Diffusion, options: dict[str, Any] | None = None) -> int:
+        """Model evaluations of ``steps`` steps on ``diffusion`` with ``options`` (this sampler's; heun's count
+        depends on where its grid starts: see its docstring)."""
+        if self.nfe_of is None:
+            return steps * self.evals_per_step
+        return self.nfe_of(steps, diffusion, **{k: v for k, v in (options or {}).items() if k in self.options})
 
-    def steps_for_nfe(self, nfe: int, diffusion: Diffusion) -> int:
-        """The step count whose NFE is ``nfe`` on ``diffusion``; InputError when none gives it."""
-        for steps in range(1, diffusion.T + 1):
-            if self.nfe(steps, diffusion) == nfe:
+    def steps_for_nfe(self, nfe: int, diffusion: Diffusion, options: dict[str, Any] | None = None) -> int:
+        """The step count whose NFE is ``nfe`` on ``diffusion``; InputError when none gives it (every sampler
+        makes at least one evaluation a step, so only 1..nfe steps are tried)."""
+        tried = {k: self.nfe(k, diffusion, options) for k in range(1, min(diffusion.T, nfe + 1) + 1)}
+        for steps, n in tried.items():
+            if n == nfe:
                 return steps
-        near = sorted({self.nfe(k, diffusion) for k in range(1, diffusion.T + 1)}, key=lambda n: abs(n - nfe))[:2]
+        near = sorted(set(tried.values()), key=lambda n: abs(n - nfe))[:2]
         raise InputError(f"{self.name}@{nfe}: no step count of {self.name} makes {nfe} model evaluations on this "
                          f"process ({diffusion.label()}); the nearest are {' and '.join(map(str, sorted(near)))}")
 
@@ -207,7 +212,7 @@ class Sampler:
 
 def register_sampler(name: str, options: dict[str, Callable[[Any], None]] | None = None, evals_per_step: int = 1,
                      needs_posterior: bool = True, needs_chain: bool = True, needs_ve_view: bool = False,
-                     nfe: Callable[[int, Diffusion], int] | None = None, prepare: Callable[..., Any] | None = None):
+                     nfe: Callable[..., int] | None = None, prepare: Callable[..., Any] | None = None):
     """Decorator: register ``Sampler(name, fn, options, evals_per_step, needs_posterior)`` in ``SAMPLERS``,
     and each option's value check (``options``: option name -> check) in ``OPTION_CHECKS``; returns
     ``fn`` itself (so the module attribute stays the plain, picklable function)."""
@@ -328,11 +333,12 @@ def _model_out(model: Callable, x: torch.Tensor, t: int, device) -> torch.Tensor
 
 def _call(model: Callable, x_in: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
     """model(x_in, t_in) under the trainer's bf16 autocast on CUDA (``bench.training.train``; none on a
-    CPU, where results stay as they were), as float32."""
+    CPU, where results stay as they were), as float32 (float64 for a float64 state: ``STATE_DTYPE``)."""
+    dtype = torch.float64 if x_in.dtype == torch.float64 else torch.float32
     if x_in.device.type != "cuda":
-        return model(x_in, t_in).float()
+        return model(x_in, t_in).to(dtype)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        return model(x_in, t_in).float()
+        return model(x_in, t_in).to(dtype)
 
 
 def _steps_on(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -447,15 +453,17 @@ def _check_sample_shift(value: Any) -> None:
     check_shift("sample_shift", value)  # the one rule for a shift (bench.process.paths)
 
 
-def _check_nonneg(name: str):
+def _check_nonneg(name: str, inf_ok: bool = False):
     def check(value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
-            raise InputError(f"{name} must be a number >= 0, got {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0
+                or (math.isinf(value) and not inf_ok)):
+            raise InputError(f"{name} must be a {'' if inf_ok else 'finite '}number >= 0, got {value!r}")
     check.__name__ = f"_check_{name}"
     return check
 
 
-_check_s_churn, _check_s_tmin, _check_s_tmax, _check_s_noise = map(_check_nonneg, ("s_churn", "s_tmin", "s_tmax", "s_noise"))
+_check_s_churn, _check_s_tmin, _check_s_noise = map(_check_nonneg, ("s_churn", "s_tmin", "s_noise"))
+_check_s_tmax = _check_nonneg("s_tmax", inf_ok=True)  # EDM's default: churn at every noise level
 
 #: the options of every VE-view solver: the grid (bench.process.spacings) and the sampling shift
 GRID_OPTIONS = {"sample_shift": _check_sample_shift, "spacing": check_spacing, "rho": check_rho}
@@ -468,12 +476,17 @@ def _grid(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: 
     return diffusion.solver_grid(steps, float(sample_shift), spacing, float(rho))
 
 
+#: the dtype of the VE-view solvers' state x: float32 (as on a GPU); the oracle tests set float64 to compare
+#: trajectories with float64 reference code to ~1e-6 instead of float32's rounding
+STATE_DTYPE = torch.float32
+
+
 def _ve_start(diffusion: Diffusion, noise: Noise, shape, steps: int, generators, device, **grid_options):
     """The VE-view solvers' grid (``solver_grid``) and start x_0 = sigma_0 n, n the run's standardised noise at
-    the last index (vp: ddim's x_T), after checking the call and the options."""
+    the last index (vp: ddim's x_T), after checking the call and the options; x in ``STATE_DTYPE``."""
     _validate(diffusion, noise, shape, steps, generators)
     grid = _grid(diffusion, steps, **grid_options)
-    return grid, noise.sample_per_item(shape, diffusion.T - 1, generators, device).float() * grid[0][2]
+    return grid, noise.sample_per_item(shape, diffusion.T - 1, generators, device).to(STATE_DTYPE) * grid[0][2]
 
 
 def _denoise(model, diffusion: Diffusion, x: torch.Tensor, time, clip_x0: bool):
@@ -513,9 +526,10 @@ def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generato
     return x
 
 
-def _heun_nfe(steps: int, diffusion: Diffusion) -> int:
+def _heun_nfe(steps: int, diffusion: Diffusion, **grid_options) -> int:
     """2N - 1 model evaluations (the last step is Euler); 2N - 2 from sigma~ = inf (rf, zero terminal SNR: the first is Euler too)"""
-    return 2 * steps - 1 - (1 if steps >= 2 and diffusion.start_alpha_bar() == 0 else 0)
+    starts_at_inf = _grid(diffusion, steps, **grid_options)[0][1] == 0
+    return 2 * steps - 1 - (1 if steps >= 2 and starts_at_inf else 0)
 
 
 def _heun_prepare(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: str = "", rho: float = 7.0,
@@ -573,8 +587,9 @@ def heun(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
             sig_hat = sig * (1 + gamma)
             t_hat = float(path.t_of_sigma(torch.tensor(sig_hat, dtype=torch.float64)))
             a_hat = float(path.alpha(torch.tensor(t_hat, dtype=torch.float64)))
-            z = noise.sample_per_item(shape, int(diffusion.noise_index(torch.tensor([t_hat]))[0]), generators, device)
-            x = x + math.sqrt(sig_hat**2 - sig**2) * s_noise * z.float()
+            index = int(diffusion.noise_index(torch.tensor([t_hat], dtype=torch.float64))[0])
+            z = noise.sample_per_item(shape, index, generators, device)
+            x = x + math.sqrt(sig_hat**2 - sig**2) * s_noise * z.to(x.dtype)
         d = (x - _denoise(model, diffusion, a_hat * x, t_hat, clip_x0)[0]) / sig_hat
         x_next = x + (sig_next - sig_hat) * d
         if sig_next > 0:
