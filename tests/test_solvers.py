@@ -395,3 +395,31 @@ def test_every_registered_spacing_is_tested_here():
     assert SPACINGS.names() == ["karras", "leading", "linspace", "trailing", "uniform_lambda", "uniform_t"]
     assert {"euler", "heun", "dpmpp_2m"} <= set(SAMPLERS.names())
     assert np.isinf(RunConfig().s_tmax) and build_process(RunConfig(evals="heun:3")).diffusion.solver_grid(3)
+
+
+# ---------------------------------------------------------------------------------------------
+# SD3's ranking: non-dominated sorting (bench.report.ranking), against the recursive definition
+
+
+def test_fronts_by_hand_and_against_the_longest_dominance_chain():
+    from bench.report.ranking import fronts
+
+    assert fronts({"a": (1, 1), "b": (2, 2), "c": (1, 3), "d": (3, 0), "e": (2, 2)}) == {"a": 1, "d": 1, "b": 2, "c": 2,
+                                                                                         "e": 2}
+    gen = np.random.default_rng(0)
+    for _ in range(20):
+        pts = {f"p{i}": tuple(gen.integers(0, 6, 2).tolist()) for i in range(9)}
+        assert fronts(pts) == _longest_chains(pts)
+
+
+def _longest_chains(pts):
+    """Front index = 1 + the longest chain of points that dominate one another down to it (recursive definition)."""
+    dom = lambda q, p: q[0] <= p[0] and q[1] <= p[1] and q != p
+    memo = {}
+
+    def chain(k):
+        if k not in memo:
+            memo[k] = 1 + max((chain(j) for j in pts if dom(pts[j], pts[k])), default=0)
+        return memo[k]
+
+    return {k: chain(k) for k in pts}
