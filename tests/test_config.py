@@ -97,7 +97,7 @@ def test_trial_labels_name_the_fields_that_vary_within_an_arm():
     assert trial_labels(quick)[trial_id(quick[0])] == "linear / gaussian | mnist | seed 0"
 
 
-SOLVER_OPTIONS = ("spacing", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise")
+SOLVER_OPTIONS = ("spacing", "rho", "solver_sigma_max", "s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
 def test_every_field_declares_exactly_one_role_and_the_derived_lists_are_the_historical_ones():

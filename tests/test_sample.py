@@ -424,15 +424,16 @@ OPTION_DEFAULTS = _option_defaults()
 
 def test_sampler_contract():
     assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "dpmpp_2m", "euler", "heun"]
-    assert SAMPLERS.get("euler").options == ("sample_shift", "spacing", "rho") and SAMPLERS.get("euler").needs_ve_view
-    assert SAMPLERS.get("heun").options == ("sample_shift", "spacing", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise")
+    grid = ("sample_shift", "spacing", "rho", "solver_sigma_max")
+    assert SAMPLERS.get("euler").options == grid and SAMPLERS.get("euler").needs_ve_view
+    assert SAMPLERS.get("heun").options == (*grid, "s_churn", "s_tmin", "s_tmax", "s_noise")
     assert SAMPLERS.get("ddpm").options == ("var_type", "skip_start")
     assert SAMPLERS.get("ddim").options == ("ddim_eta", "skip_start")
     assert SAMPLERS.get("cold").options == () and not SAMPLERS.get("cold").needs_posterior
     assert SAMPLERS.get("ddpm").needs_posterior and SAMPLERS.get("ddim").needs_posterior
     assert set(OPTION_DEFAULTS) == set(OPTION_CHECKS)
     assert OPTION_DEFAULTS == {"var_type": "small", "ddim_eta": 0.0, "skip_start": 0.0, "sample_shift": 1.0, "spacing": "",
-                               "rho": 7.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
+                               "rho": 7.0, "solver_sigma_max": math.inf, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
     for name, smp in SAMPLERS.items():
         assert isinstance(smp, Sampler) and smp.name == name and smp.evals_per_step == (2 if name == "heun" else 1)
         assert set(smp.options) <= set(OPTION_CHECKS)

@@ -142,6 +142,33 @@ def test_uniform_lambda_is_k_diffusions_exponential_grid():
     assert torch.allclose(lam.diff(), lam.diff()[:1].expand(11), rtol=1e-9)  # evenly spaced log-SNR
 
 
+@pytest.mark.parametrize("path", ["edm", "rf"])
+def test_solver_sigma_max_caps_the_karras_grid_as_k_diffusions_sigma_max(path):
+    """EDM's sampler takes sigma_max as a parameter: karras from the cap to the path's sigma~_min (0.002 on
+    both); on rf the cap is what makes karras possible at all (its own sigma~_max is infinite)."""
+    d = _edm() if path == "edm" else _path("rf", "flow")
+    sig = torch.tensor([s / a for _, a, s in d.solver_grid(10, spacing="karras", sigma_cap=20.0)], dtype=F64)
+    assert torch.allclose(sig, _kd_get_sigmas_karras(10, 0.002, 20.0), rtol=1e-9, atol=1e-12)
+    assert d.solver_grid(10, spacing="karras", sigma_cap=1e9)[0][2] / d.solver_grid(10, spacing="karras", sigma_cap=1e9)[0][1] \
+        == pytest.approx(80.0 if path == "edm" else 1e9)  # a cap above the path's own smax leaves it
+
+
+def test_a_capped_karras_grid_keeps_heun_stable_on_the_cosine_table(f64):
+    """The cosine table's last sigma~ is 2.0e4 (betas clipped at 0.999; results/probe_solvers): capped at 80 the
+    karras grid starts where EDM starts, and heun there is k-diffusion's sample_heun on the snapped grid."""
+    d = _vp("cosine", "v")
+    assert float(d.sigma_tilde()[-1]) == pytest.approx(2.03e4, rel=1e-2) and float(d.sigma_tilde()[-2]) < 700
+    noise = make_noise("gaussian", d.alpha_bar)
+    opts = dict(spacing="karras", solver_sigma_max=80.0)
+    ours = SAMPLERS.get("heun")(_vp_model, d, noise, (2, 1, 6, 6), 8, image_generators(2, 1), clip_x0=False, **opts)
+    grid = d.solver_grid(8, spacing="karras", sigma_cap=80.0)
+    sig = torch.tensor([s / a for _, a, s in grid], dtype=F64)
+    assert 60 < sig[0] < 100
+    x = noise.sample_per_item((2, 1, 6, 6), d.T - 1, image_generators(2, 1)).double() * grid[0][2] / grid[0][1]
+    theirs = _kd_sample_heun(_vp_denoiser(d, _vp_model), x, sig)
+    assert torch.allclose(ours, theirs, **TOL), (ours - theirs).abs().max()
+
+
 def test_the_default_grid_of_each_path_is_its_named_spacing():
     """spacing '' keeps each path's grid of before the field existed: vp linspace, rf uniform_t, edm karras(7)."""
     for d, name in ((_vp(), "linspace"), (_path("rf", "flow"), "uniform_t"), (_edm(), "karras")):
@@ -362,7 +389,7 @@ def test_rows_written_before_nfe_get_it_from_the_sampler():
 
 @pytest.mark.parametrize("changes,match", [
     (dict(evals="euler:10", spacing="leading", path="rf", prediction="flow"), "spaces the timesteps of a discrete vp"),
-    (dict(evals="euler:10", spacing="karras", path="rf", prediction="flow"), "needs a finite largest noise level"),
+    (dict(evals="euler:10", spacing="karras", path="rf", prediction="flow"), "needs a finite largest .* set solver_sigma_max"),
     (dict(evals="heun:10", spacing="uniform_lambda", zero_terminal_snr=True, prediction="v"), "needs a finite largest noise level"),
     (dict(evals="euler:10", spacing="karras", rho=0.0), "rho .* must be a finite number > 0"),
     (dict(evals="euler:10", spacing="karras", rho=-7.0), "rho .* must be a finite number > 0"),
@@ -373,6 +400,10 @@ def test_rows_written_before_nfe_get_it_from_the_sampler():
      "s_tmin = 5 > s_tmax = 1"),
     (dict(evals="euler:600", spacing="karras"), "two grid points on one of the T = 1000 timesteps"),
     (dict(evals="heun@34"), "no step count of heun makes 34"),
+    (dict(evals="euler:10", solver_sigma_max=80.0), "caps the noise levels of the karras and uniform_lambda grids"),
+    (dict(evals="euler:10", spacing="trailing", solver_sigma_max=80.0), "spacing trailing is set by times"),
+    (dict(evals="euler:10", spacing="karras", solver_sigma_max=0.001), "not above the smallest noise level"),
+    (dict(evals="euler:10", spacing="karras", solver_sigma_max=-1.0), "solver_sigma_max must be a number > 0"),
 ])
 def test_bad_solver_input_is_refused_by_validate(changes, match):
     with pytest.raises(InputError, match=match):

@@ -138,6 +138,8 @@ class RunConfig:
         help="VE-view solvers' grid: linspace | leading | trailing (vp) | uniform_t | karras | uniform_lambda; "
              "'' = the path's own (bench ls spacings)")
     rho: float = role(SAMPLER_OPTION, 7.0, help="the karras grid's exponent (Karras et al. 2022, eq. 5)")
+    solver_sigma_max: float = role(SAMPLER_OPTION, math.inf,
+        help="largest sigma~ of the karras and uniform_lambda grids (EDM's sigma_max, e.g. 80); inf = the path's own")
     s_churn: float = role(SAMPLER_OPTION, 0.0, help="heun: EDM's S_churn, fresh noise per step (0 = deterministic)")
     s_tmin: float = role(SAMPLER_OPTION, 0.0, help="heun: churn only where sigma~ >= S_tmin")
     s_tmax: float = role(SAMPLER_OPTION, math.inf, help="heun: churn only where sigma~ <= S_tmax")
@@ -526,7 +528,7 @@ def coerce(key: str, value: Any) -> Any:
 
 
 #: float fields whose value may be +inf (an upper bound that bounds nothing: heun's S_tmax, EDM's default)
-UNBOUNDED = ("s_tmax",)
+UNBOUNDED = ("s_tmax", "solver_sigma_max")
 
 
 def _parse_str(key: str, text: str, base, optional: bool):

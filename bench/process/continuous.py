@@ -22,6 +22,8 @@ the loss-by-time bins and the noise type's bookkeeping; no formula uses them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -126,11 +128,11 @@ class PathDiffusion(Diffusion):
     def sigma_range(self):
         return self.path.sigma_min, self.path.sigma_max
 
-    def solver_grid(self, steps, sample_shift=1.0, spacing="", rho=7.0):
+    def solver_grid(self, steps, sample_shift=1.0, spacing="", rho=7.0, sigma_cap=math.inf):
         """The grid of ``spacing`` (``bench.process.spacings``; "" = the path's own: uniform t from 1 on rf,
         Karras rho = 7 on edm), then data (t = 0), then the sampling shift in lambda (sigma~' = sample_shift
         sigma~; the ends t = 0 and 1 stay)."""
-        t = SPACINGS.get(spacing or self.path.default_spacing)(self, steps, rho)
+        t = SPACINGS.get(spacing or self.path.default_spacing)(self, steps, rho, sigma_cap)
         t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
         if sample_shift != 1.0:
             inner = (t > 0) & (t < 1)

@@ -463,14 +463,15 @@ class Diffusion:
         st = self.sigma_tilde()
         return float(st[0]), float(st[-1])
 
-    def solver_grid(self, steps: int, sample_shift: float = 1.0, spacing: str = "",
-                    rho: float = 7.0) -> list[tuple[object, float, float]]:
+    def solver_grid(self, steps: int, sample_shift: float = 1.0, spacing: str = "", rho: float = 7.0,
+                    sigma_cap: float = math.inf) -> list[tuple[object, float, float]]:
         """The VE-view solvers' grid (time, alpha, sigma) from noise to data, ``steps`` + 1 points: the
         timesteps of ``spacing`` (``bench.process.spacings``; "" = linspace, the evenly spaced timesteps
-        DDIM uses), descending, then data (1, 0). On vp the sampling shift must equal the training shift
+        DDIM uses), descending, then data (1, 0); ``sigma_cap`` caps the largest noise level of the karras and
+        uniform_lambda grids (``solver_sigma_max``). On vp the sampling shift must equal the training shift
         (``train_shift`` shifts the schedule itself: a discrete chain has no noise levels between its T),
         which the config checks."""
-        ts = SPACINGS.get(spacing or "linspace")(self, steps, rho)
+        ts = SPACINGS.get(spacing or "linspace")(self, steps, rho, sigma_cap)
         if len(ts) != steps or len(set(ts)) != steps or not all(0 <= t < self.T for t in ts) or ts != sorted(ts, reverse=True):
             raise AssertionError(f"spacing {spacing or 'linspace'} gave {ts} for {steps} steps of T = {self.T}")
         grid = [(t, float(self.sqrt_alpha_bar[t]), float(self.sqrt_one_minus_alpha_bar[t])) for t in ts]

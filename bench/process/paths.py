@@ -146,6 +146,8 @@ class RectifiedFlow(Path):
     name = "rf"
     description = "rf: x_t = (1 - t) x_0 + t eps, target flow u = eps - x_0 (rectified flow; SD3 eqs. 2-3)"
     predictions = ("flow",)
+    #: karras / uniform_lambda (with solver_sigma_max) end at EDM's 0.002; sigma~_max is infinite (t = 1)
+    sigma_min = 0.002
 
     def alpha(self, t):
         return 1.0 - _f64(t)

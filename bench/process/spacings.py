@@ -25,12 +25,16 @@ index; edm: 0.002 and 80, ``edm_sampler``'s defaults; rf: t in [0, 1], so smax i
     uniform_lambda  log sigma~ evenly spaced from log smax to log smin (lambda = -2 log sigma~ uniform:
                     karras as rho -> infinity; k-diffusion ``get_sigmas_exponential``)
 
-karras and uniform_lambda need a finite smax: not rf (t = 1 is sigma~ = inf) nor a vp schedule with
-zero terminal SNR. On vp their sigma~ fall between the table's entries, and a chain has no noise levels
-there, so the grid itself is moved to the nearest index in log sigma~ (the index k-diffusion's
-``DiscreteSchedule.sigma_to_t(quantize=True)`` gives the model; k-diffusion keeps stepping on the
-unsnapped sigmas, which a model trained on the table's T levels never saw); where two land on one
-index the grid is refused (fewer steps, or a continuous path).
+karras and uniform_lambda need a finite smax: not rf (t = 1 is sigma~ = inf) nor a vp schedule with zero
+terminal SNR, unless ``solver_sigma_max`` caps it (EDM's ``sigma_max``: 80 in ``edm_sampler``; a cap
+below the path's own smax starts generation from pure noise at that level, as EDM samples its VP model
+from sigma ~ 152 and not from the table's end). On the cosine table, whose betas are clipped at 0.999,
+smax is 2.0e4 (the level before it 642): Heun's first step from there multiplies the change of the
+predicted noise by ~1e4 (results/probe_solvers), which a cap avoids. On vp their sigma~ fall between the
+table's entries, and a chain has no noise levels there, so the grid itself is moved to the nearest index
+in log sigma~ (the index k-diffusion's ``DiscreteSchedule.sigma_to_t(quantize=True)`` gives the model;
+k-diffusion keeps stepping on the unsnapped sigmas, which a model trained on the table's T levels never
+saw); where two land on one index the grid is refused (fewer steps, or a continuous path).
 
 The default (``spacing = ""``) is each path's own grid, as before this field existed: vp linspace,
 rf uniform_t, edm karras with rho = 7.
@@ -61,13 +65,19 @@ class Spacing:
     fn: Callable[..., Any]
     description: str
 
-    def __call__(self, diffusion, steps: int, rho: float = 7.0):
-        return self.fn(diffusion, steps, rho)
+    #: whether its points are noise levels between [smin, smax] (karras, uniform_lambda), so a cap on smax applies
+    by_sigma: bool = False
+
+    def __call__(self, diffusion, steps: int, rho: float = 7.0, sigma_cap: float = math.inf):
+        if sigma_cap != math.inf and not self.by_sigma:
+            raise InputError(f"solver_sigma_max caps the noise levels of the karras and uniform_lambda grids; spacing "
+                             f"{self.name or 'of the path'} is set by times, not noise levels")
+        return self.fn(diffusion, steps, rho, sigma_cap) if self.by_sigma else self.fn(diffusion, steps, rho)
 
 
-def register_spacing(name: str, description: str):
+def register_spacing(name: str, description: str, by_sigma: bool = False):
     def deco(fn: Callable) -> Callable:
-        SPACINGS.register(name)(Spacing(name, fn, description))
+        SPACINGS.register(name)(Spacing(name, fn, description, by_sigma))
         return fn
     return deco
 
@@ -131,12 +141,23 @@ def uniform_t(diffusion, steps: int, rho: float = 7.0):
     return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)[:-1]
 
 
-def _sigma_range(diffusion, name: str) -> tuple[float, float]:
+def check_sigma_cap(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
+        raise InputError(f"solver_sigma_max must be a number > 0 (inf = the path's own largest sigma~), got {value!r}")
+
+
+def _sigma_range(diffusion, name: str, sigma_cap: float = math.inf) -> tuple[float, float]:
+    """[smin, smax] of the process, smax capped at ``sigma_cap`` (``solver_sigma_max``: EDM's sampler's sigma_max)."""
     smin, smax = diffusion.sigma_range()
+    smax = min(smax, sigma_cap)
+    if smax <= smin:
+        raise InputError(f"spacing {name}: solver_sigma_max = {sigma_cap:g} is not above the smallest noise level "
+                         f"sigma~_min = {smin:g} of this process ({diffusion.label()})")
     if not math.isfinite(smax):
         others = "linspace, leading, trailing or uniform_t" if diffusion.discrete else "uniform_t"
         raise InputError(f"spacing {name} needs a finite largest noise level sigma~_max, and this process "
-                         f"({diffusion.label()}) starts at sigma~ = inf: sample it with {others}")
+                         f"({diffusion.label()}) starts at sigma~ = inf: set solver_sigma_max (e.g. 80) or sample "
+                         f"it with {others}")
     return smin, smax
 
 
@@ -160,15 +181,17 @@ def karras_sigmas(smin: float, smax: float, steps: int, rho: float) -> torch.Ten
     return (hi + ramp * (lo - hi)) ** rho
 
 
-@register_spacing("karras", "any path with a finite sigma~_max: Karras et al.'s rho-spacing of sigma~ (rho, default 7)")
-def karras(diffusion, steps: int, rho: float = 7.0):
+@register_spacing("karras", "any path with a finite sigma~_max (or solver_sigma_max): Karras et al.'s rho-spacing of sigma~ (rho, default 7)",
+                  by_sigma=True)
+def karras(diffusion, steps: int, rho: float = 7.0, sigma_cap: float = math.inf):
     check_rho(rho)
-    return _on_path(diffusion, karras_sigmas(*_sigma_range(diffusion, "karras"), steps, rho), "karras")
+    return _on_path(diffusion, karras_sigmas(*_sigma_range(diffusion, "karras", sigma_cap), steps, rho), "karras")
 
 
-@register_spacing("uniform_lambda", "any path with a finite sigma~_max: log-SNR evenly spaced (log sigma~ linear)")
-def uniform_lambda(diffusion, steps: int, rho: float = 7.0):
-    smin, smax = _sigma_range(diffusion, "uniform_lambda")
+@register_spacing("uniform_lambda", "any path with a finite sigma~_max (or solver_sigma_max): log-SNR evenly spaced (log sigma~ linear)",
+                  by_sigma=True)
+def uniform_lambda(diffusion, steps: int, rho: float = 7.0, sigma_cap: float = math.inf):
+    smin, smax = _sigma_range(diffusion, "uniform_lambda", sigma_cap)
     ramp = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
     sig = torch.exp(math.log(smax) + ramp * (math.log(smin) - math.log(smax)))
     return _on_path(diffusion, sig, "uniform_lambda")

@@ -82,7 +82,7 @@ from bench.process.diffusion import Diffusion
 from bench.process.noise import Noise
 from bench.process.paths import check_shift
 from bench.process.schedules import timestep_subsequence  # noqa: F401  (its home is the leaf schedules)
-from bench.process.spacings import check_rho, check_spacing
+from bench.process.spacings import check_rho, check_sigma_cap, check_spacing
 from bench.registry import InputError, Registry
 
 SAMPLERS: Registry = Registry("sampler")
@@ -466,14 +466,16 @@ _check_s_churn, _check_s_tmin, _check_s_noise = map(_check_nonneg, ("s_churn", "
 _check_s_tmax = _check_nonneg("s_tmax", inf_ok=True)  # EDM's default: churn at every noise level
 
 #: the options of every VE-view solver: the grid (bench.process.spacings) and the sampling shift
-GRID_OPTIONS = {"sample_shift": _check_sample_shift, "spacing": check_spacing, "rho": check_rho}
+GRID_OPTIONS = {"sample_shift": _check_sample_shift, "spacing": check_spacing, "rho": check_rho,
+                "solver_sigma_max": check_sigma_cap}
 
 
-def _grid(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: str = "", rho: float = 7.0, **_):
+def _grid(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: str = "", rho: float = 7.0,
+          solver_sigma_max: float = math.inf, **_):
     """The checked grid of a VE-view solver (InputError for a spacing the process cannot take)."""
     _check_steps(diffusion.T, steps)
-    check_options({"sample_shift": sample_shift, "spacing": spacing, "rho": rho})
-    return diffusion.solver_grid(steps, float(sample_shift), spacing, float(rho))
+    check_options({"sample_shift": sample_shift, "spacing": spacing, "rho": rho, "solver_sigma_max": solver_sigma_max})
+    return diffusion.solver_grid(steps, float(sample_shift), spacing, float(rho), float(solver_sigma_max))
 
 
 #: the dtype of the VE-view solvers' state x: float32 (as on a GPU); the oracle tests set float64 to compare
@@ -500,7 +502,7 @@ def _denoise(model, diffusion: Diffusion, x: torch.Tensor, time, clip_x0: bool):
 @torch.no_grad()
 def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
           device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
-          rho: float = 7.0) -> torch.Tensor:
+          rho: float = 7.0, solver_sigma_max: float = math.inf) -> torch.Tensor:
     """Euler on the VE view (Karras et al. 2022, Algorithm 1 without the second order; DESIGN.md section 6), every path.
 
     On the process's grid (time_i, alpha_i, sigma_i), i = 0..N, from noise to data (``solver_grid``: the
@@ -518,7 +520,7 @@ def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generato
     ``FlowMatchEulerDiscreteScheduler.step``); on edm Karras' Euler step x_{i+1} = D + (sigma_{i+1}/sigma_i)(x_i - D).
     """
     grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
-                        rho=rho)
+                        rho=rho, solver_sigma_max=solver_sigma_max)
     for i in _loop(range(steps), progress, f"euler:{steps}"):
         x0, eps = _denoise(model, diffusion, x, grid[i][0], clip_x0)
         _, a_next, s_next = grid[i + 1]
@@ -533,8 +535,9 @@ def _heun_nfe(steps: int, diffusion: Diffusion, **grid_options) -> int:
 
 
 def _heun_prepare(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: str = "", rho: float = 7.0,
-                  s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
-    grid = _grid(diffusion, steps, sample_shift, spacing, rho)
+                  solver_sigma_max: float = math.inf, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+                  s_noise: float = 1.0):
+    grid = _grid(diffusion, steps, sample_shift, spacing, rho, solver_sigma_max)
     check_options({"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise})
     if s_churn > 0 and diffusion.discrete:
         raise InputError("heun with s_churn > 0 evaluates the model between the noise levels of vp's T timesteps, which "
@@ -551,8 +554,8 @@ def _heun_prepare(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, s
 @torch.no_grad()
 def heun(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
          device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
-         rho: float = 7.0, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-         s_noise: float = 1.0) -> torch.Tensor:
+         rho: float = 7.0, solver_sigma_max: float = math.inf, s_churn: float = 0.0, s_tmin: float = 0.0,
+         s_tmax: float = math.inf, s_noise: float = 1.0) -> torch.Tensor:
     """Heun's 2nd order method with churn (Karras et al. 2022, Algorithm 2; k-diffusion ``sample_heun``) on the VE view.
 
     On euler's grid sigma~_0 > ... > sigma~_N = 0, in x~ = x/alpha, with D(x~; s) = x0_hat at the process's
@@ -569,9 +572,9 @@ def heun(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     deterministic after the start; z is drawn only where gamma > 0 (k-diffusion draws it every step).
     S_churn > 0 needs noise levels between vp's timesteps and is refused there.
     """
-    grid = _heun_prepare(diffusion, steps, sample_shift, spacing, rho, s_churn, s_tmin, s_tmax, s_noise)
+    grid = _heun_prepare(diffusion, steps, sample_shift, spacing, rho, solver_sigma_max, s_churn, s_tmin, s_tmax, s_noise)
     _, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
-                     rho=rho)
+                     rho=rho, solver_sigma_max=solver_sigma_max)
     path = getattr(diffusion, "path", None)
     x = x / grid[0][1] if grid[0][1] > 0 else x  # x~ from here on (x itself while sigma~ = inf)
     for i in _loop(range(steps), progress, f"heun:{steps}"):
@@ -604,7 +607,7 @@ def heun(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
 @torch.no_grad()
 def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
              device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
-             rho: float = 7.0) -> torch.Tensor:
+             rho: float = 7.0, solver_sigma_max: float = math.inf) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; k-diffusion ``sample_dpmpp_2m``) on the VE view, every path.
 
     On euler's grid, with l_i = log(alpha_i/sigma_i) = -log sigma~_i (half the log-SNR), h = l_{i+1} - l_i,
@@ -618,7 +621,7 @@ def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, gener
     1 model evaluation per step; deterministic after the start (drawn as euler's).
     """
     grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
-                        rho=rho)
+                        rho=rho, solver_sigma_max=solver_sigma_max)
     half_log_snr = [math.log(a) - math.log(s) if a > 0 and s > 0 else (math.inf if s == 0 else -math.inf) for _, a, s in grid]
     old = None
     for i in _loop(range(steps), progress, f"dpmpp_2m:{steps}"):
