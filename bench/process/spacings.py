@@ -41,7 +41,9 @@ rf uniform_t, edm karras with rho = 7.
 
 Add a spacing: a function ``(diffusion, steps, rho) -> points`` (descending: indices on vp, a float64
 tensor of t on a continuous path; raise InputError where it does not apply), registered with
-``@register_spacing("name", "one line")``.
+``@register_spacing("name", "one line")``; a grid spaced by noise levels between the process's
+[smin, smax] takes ``sigma_cap`` as a fourth parameter and registers with ``by_sigma=True``, so that
+``solver_sigma_max`` applies to it (and is refused for the others).
 """
 
 from __future__ import annotations
