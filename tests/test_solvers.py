@@ -153,6 +153,19 @@ def test_solver_sigma_max_caps_the_karras_grid_as_k_diffusions_sigma_max(path):
         == pytest.approx(80.0 if path == "edm" else 1e9)  # a cap above the path's own smax leaves it
 
 
+@pytest.mark.parametrize("cap,steps", [(80.0, 35), (700.0, 5), (600.0, 3)])
+def test_a_cap_on_vp_is_kept_to_a_tenth(cap, steps):
+    """vp's grid points are table levels (nearest in log sigma~); the first may lie at most a tenth above the cap
+    (cosine: 80 -> 80.2), and a cap whose nearest level is far above it (5000 -> 2.0e4) is refused, naming the
+    levels around it."""
+    d = _vp("cosine", "v")
+    grid = d.solver_grid(steps, spacing="karras", sigma_cap=cap)
+    assert grid[0][2] / grid[0][1] <= 1.1 * cap and len(grid) == steps + 1
+    with pytest.raises(InputError, match="nearest solver_sigma_max = 5000 is sigma~ = 2.03e.04 .index 999.; the level "
+                                         "below it is 642 .index 998."):
+        d.solver_grid(3, spacing="karras", sigma_cap=5000.0)
+
+
 def test_a_capped_karras_grid_keeps_heun_stable_on_the_cosine_table(f64):
     """The cosine table's last sigma~ is 2.0e4 (betas clipped at 0.999; results/probe_solvers): capped at 80 the
     karras grid starts where EDM starts, and heun there is k-diffusion's sample_heun on the snapped grid."""
@@ -404,6 +417,7 @@ def test_rows_written_before_nfe_get_it_from_the_sampler():
     (dict(evals="euler:10", spacing="trailing", solver_sigma_max=80.0), "spacing trailing is set by times"),
     (dict(evals="euler:10", spacing="karras", solver_sigma_max=0.001), "not above the smallest noise level"),
     (dict(evals="euler:10", spacing="karras", solver_sigma_max=-1.0), "solver_sigma_max must be a number > 0"),
+    (dict(evals="ddim:10", solver_sigma_max=-5.0), "solver_sigma_max must be a number > 0"),  # read by no eval: still bad
 ])
 def test_bad_solver_input_is_refused_by_validate(changes, match):
     with pytest.raises(InputError, match=match):
@@ -454,3 +468,33 @@ def _longest_chains(pts):
         return memo[k]
 
     return {k: chain(k) for k in pts}
+
+
+def test_an_arm_without_a_score_in_a_setting_comes_last_there():
+    """A diverged arm must not rank first by being left out of the settings where it has no score."""
+    import pandas as pd
+
+    from bench.report import ranking
+
+    class FakeRun:
+        labels = ["a", "b", "c"]
+        metrics = ["fd_mnist_clf", "coverage_clf"]
+        rows = pd.DataFrame({"path": ["vp", "rf", "edm"], "t_density": ["uniform"] * 3})
+
+    def agg(run, metric):
+        vals = {"fd_mnist_clf": {("a", 5): 10.0, ("b", 5): 20.0, ("c", 5): 30.0, ("a", 10): 9.0, ("b", 10): 8.0},
+                "coverage_clf": {("a", 5): 0.9, ("b", 5): 0.8, ("c", 5): 0.7, ("a", 10): 0.9, ("b", 10): 0.95}}[metric]
+        return pd.DataFrame([{"dataset": "mnist", "label": lb, "sampler": "euler", "sample_steps": k, "mean": v}
+                             for (lb, k), v in vals.items()])
+
+    orig = ranking.aggregate
+    ranking.aggregate = agg
+    try:
+        table = ranking.ranking(FakeRun()).set_index("label")
+    finally:
+        ranking.aggregate = orig
+    # 5 steps: a > b > c (fronts 1, 2, 3); 10 steps: b dominates a (1, 2), c has no score: front 3
+    assert table[["euler:5", "euler:10"]].to_dict("index") == {"a": {"euler:5": 1, "euler:10": 2},
+                                                                 "b": {"euler:5": 2, "euler:10": 1},
+                                                                 "c": {"euler:5": 3, "euler:10": 3}}
+    assert table["average_rank"].to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0} and table.loc["c", "settings"] == 1

@@ -34,7 +34,7 @@ from bench.process.noise import NOISES, Noise, make_noise, noise_params
 from bench.process.paths import PATHS, check_shift
 from bench.process.schedules import SCHEDULES, make_betas, schedule_params, shift_schedule
 from bench.registry import InputError, did_you_mean
-from bench.sampling.sample import SAMPLERS, sampler_options, start_T
+from bench.sampling.sample import OPTION_CHECKS, SAMPLERS, check_options, sampler_options, start_T
 from bench.scoring.metrics import METRICS
 
 # --- each field's role, declared once with the field (issue 30) ------------------------------------
@@ -139,7 +139,7 @@ class RunConfig:
              "'' = the path's own (bench ls spacings)")
     rho: float = role(SAMPLER_OPTION, 7.0, help="the karras grid's exponent (Karras et al. 2022, eq. 5)")
     solver_sigma_max: float = role(SAMPLER_OPTION, math.inf,
-        help="largest sigma~ of the karras and uniform_lambda grids (EDM's sigma_max, e.g. 80); inf = the path's own")
+        help="largest sigma~ of the karras and uniform_lambda grids (EDM's sigma_max, e.g. 80; before sample_shift); inf = the path's own")
     s_churn: float = role(SAMPLER_OPTION, 0.0, help="heun: EDM's S_churn, fresh noise per step (0 = deterministic)")
     s_tmin: float = role(SAMPLER_OPTION, 0.0, help="heun: churn only where sigma~ >= S_tmin")
     s_tmax: float = role(SAMPLER_OPTION, math.inf, help="heun: churn only where sigma~ <= S_tmax")
@@ -625,6 +625,7 @@ def validate(cfg: RunConfig) -> None:
                             (SAMPLERS, [s for s, _, _ in cfg.eval_items]), (PATHS, [cfg.path]), (DENSITIES, [cfg.t_density])):
         for name in names:
             registry.get(name)
+    check_options({k: getattr(cfg, k) for k in OPTION_CHECKS})  # every sampler option, read or not by these evals
     diffusion = build_process(cfg).diffusion
     for sampler, steps in cfg.evaluations:
         SAMPLERS.get(sampler).check_call(diffusion, min(steps, diffusion.T), sampler_options(sampler, cfg))

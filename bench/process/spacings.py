@@ -163,13 +163,24 @@ def _sigma_range(diffusion, name: str, sigma_cap: float = math.inf) -> tuple[flo
     return smin, smax
 
 
-def _on_path(diffusion, sigmas: torch.Tensor, name: str):
+#: how far above ``solver_sigma_max`` vp's nearest table level may lie (a tenth: 80 -> 80.2 on cosine; not 5000 -> 2.0e4)
+CAP_SLACK = 1.1
+
+
+def _on_path(diffusion, sigmas: torch.Tensor, name: str, sigma_cap: float = math.inf):
     """The sigma~ of a grid as the process's points: t on a continuous path; on vp the nearest table index
-    in log sigma~ (k-diffusion's quantize=True), refused where two points share an index."""
+    in log sigma~ (k-diffusion's quantize=True), refused where two points share an index, or where the
+    first lands more than ``CAP_SLACK`` above ``sigma_cap`` (the cap exists to keep the start off the
+    table's top levels)."""
     if not diffusion.discrete:
         return diffusion.path.t_of_sigma(sigmas)
-    table = diffusion.sigma_tilde().log()
-    idx = [int(torch.argmin((table - math.log(s)).abs())) for s in sigmas.tolist()]
+    table = diffusion.sigma_tilde()
+    idx = [int(torch.argmin((table.log() - math.log(s)).abs())) for s in sigmas.tolist()]
+    if float(table[idx[0]]) > CAP_SLACK * sigma_cap:
+        below = int((table <= sigma_cap).nonzero().max())
+        raise InputError(f"spacing {name}: the table level nearest solver_sigma_max = {sigma_cap:g} is sigma~ = "
+                         f"{float(table[idx[0]]):.3g} (index {idx[0]}); the level below it is {float(table[below]):.3g} "
+                         f"(index {below}): set the cap there, or near a level of the table")
     if len(set(idx)) != len(idx):
         raise InputError(f"spacing {name}: {len(idx)} steps put two grid points on one of the T = {diffusion.T} "
                          f"timesteps (vp's noise levels are its table's); take fewer steps or another spacing")
@@ -187,7 +198,7 @@ def karras_sigmas(smin: float, smax: float, steps: int, rho: float) -> torch.Ten
                   by_sigma=True)
 def karras(diffusion, steps: int, rho: float = 7.0, sigma_cap: float = math.inf):
     check_rho(rho)
-    return _on_path(diffusion, karras_sigmas(*_sigma_range(diffusion, "karras", sigma_cap), steps, rho), "karras")
+    return _on_path(diffusion, karras_sigmas(*_sigma_range(diffusion, "karras", sigma_cap), steps, rho), "karras", sigma_cap)
 
 
 @register_spacing("uniform_lambda", "any path with a finite sigma~_max (or solver_sigma_max): log-SNR evenly spaced (log sigma~ linear)",
@@ -196,4 +207,4 @@ def uniform_lambda(diffusion, steps: int, rho: float = 7.0, sigma_cap: float = m
     smin, smax = _sigma_range(diffusion, "uniform_lambda", sigma_cap)
     ramp = torch.arange(steps, dtype=torch.float64) / max(steps - 1, 1)
     sig = torch.exp(math.log(smax) + ramp * (math.log(smin) - math.log(smax)))
-    return _on_path(diffusion, sig, "uniform_lambda")
+    return _on_path(diffusion, sig, "uniform_lambda", sigma_cap)

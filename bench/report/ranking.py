@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.files import write_text_atomic
@@ -56,22 +57,26 @@ def fronts(points: dict[str, tuple[float, float]]) -> dict[str, int]:
 
 def ranking(run: Run) -> pd.DataFrame:
     """One row per dataset and arm: its front in every setting (columns ``sampler:steps``), ``average_rank``
-    over the settings where it has both metrics, and ``settings`` (how many); sorted by average rank."""
+    over every setting (an arm without a score in one, diverged or failed, counts as the front after the last
+there), and ``settings``, the settings where it has both scores; sorted by average rank."""
     pair = metrics_of(run)
     if pair is None:
         return pd.DataFrame()
     dist, cov = (aggregate(run, m) for m in pair)
     keys = ["dataset", "label", "sampler", "sample_steps"]
     both = dist[keys + ["mean"]].merge(cov[keys + ["mean"]], on=keys, suffixes=("_a", "_b")).dropna()
+    # "settings": the settings where the arm has both metrics (a missing one counts as the last front there)
     out = []
     for ds, part in both.groupby("dataset", sort=False):
-        ranks: dict[str, dict[str, int]] = {}
+        ranks: dict[str, dict[str, int]] = {lb: {} for lb in run.labels}
         for (s, k), g in part.groupby(["sampler", "sample_steps"], sort=False):
             pts = {r.label: (r.mean_a, -r.mean_b) for r in g.itertuples()}  # coverage: higher is better
-            for lb, f in fronts(pts).items():
-                ranks.setdefault(lb, {})[f"{s}:{int(k)}"] = f
+            ranked = fronts(pts)
+            for lb in ranks:  # an arm with no score here (diverged, failed) comes after every front
+                ranks[lb][f"{s}:{int(k)}"] = ranked.get(lb, max(ranked.values()) + 1)
         for lb, r in ranks.items():
-            out.append({"dataset": ds, "label": lb, **r, "average_rank": sum(r.values()) / len(r), "settings": len(r)})
+            scored = int(both[(both.dataset == ds) & (both.label == lb)].shape[0])
+            out.append({"dataset": ds, "label": lb, **r, "average_rank": sum(r.values()) / len(r), "settings": scored})
     return pd.DataFrame(out).sort_values(["dataset", "average_rank"], kind="stable").reset_index(drop=True)
 
 
@@ -114,7 +119,7 @@ def plot_ranking(run: Run, out_dir: Path) -> Plot | None:
             ax.imshow(grid, cmap="viridis_r", aspect="auto")
             for (i, j), v in pd.DataFrame(grid).stack().items():
                 ax.text(j, i, f"{v:.2f}" if j == len(settings) else f"{v:.0f}", ha="center", va="center",
-                        color="white" if v > grid.max() * 0.6 else "black", fontsize=8)
+                        color="white" if v > np.nanmax(grid) * 0.6 else "black", fontsize=8)
             ax.set_xticks(range(len(settings) + 1), settings + ["average"], rotation=30, ha="right")
             ax.set_yticks(range(len(part)), part.label.tolist())
             ax.set_title(f"{ds}: front (1 = non-dominated)")
