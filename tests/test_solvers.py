@@ -498,3 +498,17 @@ def test_an_arm_without_a_score_in_a_setting_comes_last_there():
                                                                  "b": {"euler:5": 2, "euler:10": 1},
                                                                  "c": {"euler:5": 3, "euler:10": 3}}
     assert table["average_rank"].to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0} and table.loc["c", "settings"] == 1
+
+
+def test_formulation_runs_name_plain_vp_arms_as_sd3_does():
+    """SD3 Table 1 names the vp arms eps/linear and v/cos; a formulation run (arms that differ in path) shows
+    them so, a vp arm with anything else set keeps its full label, and a run of vp arms alone is unchanged."""
+    from bench.report.tables import sd3_names
+
+    recs = [{**RunConfig(**kw).to_dict(), "arm": RunConfig(**kw).arm()} for kw in (
+        dict(schedule="linear", prediction="eps"), dict(schedule="cosine", prediction="v"),
+        dict(schedule="cosine", prediction="v", weighting="min_snr"), dict(schedule="sigmoid", prediction="v"),
+        dict(path="rf", prediction="flow", t_density="logit_normal", t_mean=0.0, t_std=1.0))]
+    assert [r["arm"] for r in sd3_names(recs)] == ["eps/linear", "v/cos", recs[2]["arm"], recs[3]["arm"],
+                                                   "rf/lognorm(0.00,1.00)"]
+    assert sd3_names(recs[:4]) == recs[:4]

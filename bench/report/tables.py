@@ -158,12 +158,33 @@ def curve_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[~final_mask(rows)]
 
 
+#: SD3 Table 1's short names of the vp schedules (Esser et al. 2024: eps/linear, v/cos)
+SD3_SCHEDULES = {"linear": "linear", "cosine": "cos"}
+
+
+def sd3_names(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """In a run whose arms differ in ``path`` (a formulation run), each plain vp arm (its schedule's default
+    parameters, Gaussian noise, no weighting, uniform time, nothing else set: its arm label is the plain
+    config's) is named as SD3 Table 1 names it, target/schedule: ``eps/linear``, ``v/cos``. rf and edm arms
+    carry SD3's names already (``RunConfig.arm``); every other run keeps its labels."""
+    if len({r.get("path", "vp") for r in records}) < 2:
+        return records
+    out = []
+    for r in records:
+        short = SD3_SCHEDULES.get(str(r.get("schedule")))
+        plain = None
+        if r.get("path", "vp") == "vp" and short and r.get("prediction") in ("eps", "x0", "v"):
+            plain = RunConfig(path="vp", schedule=r["schedule"], prediction=r["prediction"]).arm()
+        out.append({**r, "arm": f"{r['prediction']}/{short}"} if plain is not None and r["arm"] == plain else r)
+    return out
+
+
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
     """The ``arm`` column, with ``[k=v, ...]`` appended for any other config field that varies within
     an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps): the rule of
     the progress lines' trial labels (``bench.experiment.config.label_fields``)."""
     present = ["arm", "dataset", *(f.name for f in dataclasses.fields(RunConfig) if f.name in rows.columns and f.name != "dataset")]
-    records = rows[present].to_dict("records")
+    records = sd3_names(rows[present].to_dict("records"))
     names = label_fields(records)
     return pd.Series([arm_label(r, names) for r in records], index=rows.index, dtype=object).astype(str)
 
