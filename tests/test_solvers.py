@@ -480,6 +480,7 @@ def test_an_arm_without_a_score_in_a_setting_comes_last_there():
         labels = ["a", "b", "c"]
         metrics = ["fd_mnist_clf", "coverage_clf"]
         rows = pd.DataFrame({"path": ["vp", "rf", "edm"], "t_density": ["uniform"] * 3})
+        cache: dict = {}
 
     def agg(run, metric):
         vals = {"fd_mnist_clf": {("a", 5): 10.0, ("b", 5): 20.0, ("c", 5): 30.0, ("a", 10): 9.0, ("b", 10): 8.0},

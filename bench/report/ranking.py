@@ -59,6 +59,12 @@ def ranking(run: Run) -> pd.DataFrame:
     """One row per dataset and arm: its front in every setting (columns ``sampler:steps``), ``average_rank``
     over every setting (an arm without a score in one, diverged or failed, counts as the front after the last
 there), and ``settings``, the settings where it has both scores; sorted by average rank."""
+    if "ranking" not in run.cache:  # the section and the figure read it: computed once per report
+        run.cache["ranking"] = _ranking(run)
+    return run.cache["ranking"]
+
+
+def _ranking(run: Run) -> pd.DataFrame:
     pair = metrics_of(run)
     if pair is None:
         return pd.DataFrame()

@@ -117,10 +117,10 @@ def with_nfe(rows: pd.DataFrame) -> pd.DataFrame:
     cold, euler, dpmpp_2m); a sampler whose count depends on the process (heun) always wrote its own."""
     rows = rows.copy()
     nfe = pd.to_numeric(rows["nfe"], errors="coerce") if "nfe" in rows.columns else pd.Series(np.nan, index=rows.index)
-    for i in rows.index[nfe.isna() & rows.get("sampler", pd.Series(dtype=object)).notna()]:
-        name, steps = rows.at[i, "sampler"], pd.to_numeric(rows.at[i, "sample_steps"], errors="coerce")
-        if name in SAMPLERS and pd.notna(steps) and SAMPLERS.get(name).nfe_of is None:
-            nfe[i] = int(steps) * SAMPLERS.get(name).evals_per_step
+    per_step = rows.get("sampler", pd.Series(np.nan, index=rows.index)).map(
+        lambda n: SAMPLERS.get(n).evals_per_step if n in SAMPLERS and SAMPLERS.get(n).nfe_of is None else np.nan)
+    steps = pd.to_numeric(rows.get("sample_steps", pd.Series(np.nan, index=rows.index)), errors="coerce")
+    nfe = nfe.fillna(steps * per_step.astype(float))
     rows["nfe"] = nfe.astype("Int64")
     return rows
 

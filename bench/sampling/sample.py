@@ -483,12 +483,11 @@ def _grid(diffusion: Diffusion, steps: int, sample_shift: float = 1.0, spacing: 
 STATE_DTYPE = torch.float32
 
 
-def _ve_start(diffusion: Diffusion, noise: Noise, shape, steps: int, generators, device, **grid_options):
-    """The VE-view solvers' grid (``solver_grid``) and start x_0 = sigma_0 n, n the run's standardised noise at
-    the last index (vp: ddim's x_T), after checking the call and the options; x in ``STATE_DTYPE``."""
+def _ve_start(diffusion: Diffusion, noise: Noise, shape, steps: int, generators, device, grid) -> torch.Tensor:
+    """The VE-view solvers' start on their (checked) ``grid``: x_0 = sigma_0 n, n the run's standardised noise at
+    the last index (vp: ddim's x_T), after checking the call; x in ``STATE_DTYPE``."""
     _validate(diffusion, noise, shape, steps, generators)
-    grid = _grid(diffusion, steps, **grid_options)
-    return grid, noise.sample_per_item(shape, diffusion.T - 1, generators, device).to(STATE_DTYPE) * grid[0][2]
+    return noise.sample_per_item(shape, diffusion.T - 1, generators, device).to(STATE_DTYPE) * grid[0][2]
 
 
 def _denoise(model, diffusion: Diffusion, x: torch.Tensor, time, clip_x0: bool):
@@ -519,8 +518,8 @@ def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generato
     eta 0 on the same timesteps; on rf with the flow target, x_{i+1} = x_i + (t_{i+1} - t_i) u_hat (diffusers'
     ``FlowMatchEulerDiscreteScheduler.step``); on edm Karras' Euler step x_{i+1} = D + (sigma_{i+1}/sigma_i)(x_i - D).
     """
-    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
-                        rho=rho, solver_sigma_max=solver_sigma_max)
+    grid = _grid(diffusion, steps, sample_shift, spacing, rho, solver_sigma_max)
+    x = _ve_start(diffusion, noise, shape, steps, generators, device, grid)
     for i in _loop(range(steps), progress, f"euler:{steps}"):
         x0, eps = _denoise(model, diffusion, x, grid[i][0], clip_x0)
         _, a_next, s_next = grid[i + 1]
@@ -573,8 +572,7 @@ def heun(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     S_churn > 0 needs noise levels between vp's timesteps and is refused there.
     """
     grid = _heun_prepare(diffusion, steps, sample_shift, spacing, rho, solver_sigma_max, s_churn, s_tmin, s_tmax, s_noise)
-    _, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
-                     rho=rho, solver_sigma_max=solver_sigma_max)
+    x = _ve_start(diffusion, noise, shape, steps, generators, device, grid)
     path = getattr(diffusion, "path", None)
     x = x / grid[0][1] if grid[0][1] > 0 else x  # x~ from here on (x itself while sigma~ = inf)
     for i in _loop(range(steps), progress, f"heun:{steps}"):
@@ -620,8 +618,8 @@ def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, gener
     (euler's step with D' for D, so a start at t = 1 is defined: there l = -inf, r = inf and D' = D_i).
     1 model evaluation per step; deterministic after the start (drawn as euler's).
     """
-    grid, x = _ve_start(diffusion, noise, shape, steps, generators, device, sample_shift=sample_shift, spacing=spacing,
-                        rho=rho, solver_sigma_max=solver_sigma_max)
+    grid = _grid(diffusion, steps, sample_shift, spacing, rho, solver_sigma_max)
+    x = _ve_start(diffusion, noise, shape, steps, generators, device, grid)
     half_log_snr = [math.log(a) - math.log(s) if a > 0 and s > 0 else (math.inf if s == 0 else -math.inf) for _, a, s in grid]
     old = None
     for i in _loop(range(steps), progress, f"dpmpp_2m:{steps}"):
