@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    ls = sub.add_parser("ls", help="list registered schedules, paths, densities, spacings, noises, samplers, datasets, models, "
-                                   "metrics, grids, config")
+    ls = sub.add_parser("ls", help="list registered schedules, paths, densities, spacings, noises, samplers, lr_schedules, "
+                                   "emas, datasets, models, metrics, grids, config")
     ls.add_argument("kind", nargs="?", help="one of: " + ", ".join(LISTERS))
     ls.set_defaults(func=cmd_ls)
 
@@ -151,6 +151,8 @@ LISTERS = {
     "spacings": _registry_lister("bench.process.spacings", "SPACINGS"),
     "predictions": _registry_lister("bench.process.diffusion", "PREDICTIONS"),
     "weightings": _registry_lister("bench.process.diffusion", "WEIGHTINGS"),
+    "lr_schedules": _registry_lister("bench.optim.lr", "LR_SCHEDULES"),
+    "emas": _registry_lister("bench.optim.ema", "EMAS"),
     "datasets": _registry_lister("bench.data.datasets", "DATASETS"),
     "models": _list_models,
     "metrics": _registry_lister("bench.scoring.metrics", "METRICS"),

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "bench"
 LAYERS = [
     {"registry", "files", "env", "timing", "style", "progress"},  # leaves: nothing of bench
     {"images"},  # a leaf helper over files
-    {"process", "data", "models"},  # the components: forward processes, datasets, networks
+    {"process", "data", "models", "optim"},  # the components: forward processes, datasets, networks, optimisation
     {"sampling", "scoring"},  # sampling from a process; metrics, features and statistics
     {"experiment"},  # the flat RunConfig, grids, claims, the run directory's layout
     {"training", "report"},  # training a config (and reusing it); the report reads a run directory

@@ -197,6 +197,45 @@ def test_learning_curve_words_and_plot(built):
     assert "](plots/curve_fd_mnist_clf_mnist.png)" in text and "min-max range over seeds (band; n = 3 seeds" in text
 
 
+def test_paired_gaps_along_the_curve(built):
+    """Issue 36: the final best arm (cosine, mean 5) against each other arm at every point, paired by
+    seed. SEED_SHIFT moves every arm alike, so each gap is exact (sd 0, the interval one point): at step
+    50 cosine is 2 behind linear (12 vs 10) and 8 ahead of sigmoid; at the end 1 and 4 ahead."""
+    from bench.report import load_run
+    from bench.report.curves import paired_along
+
+    run_dir, text = built
+    t = paired_along(load_run(run_dir), "mnist", "fd_mnist_clf")
+    assert set(t["best"]) == {"cosine / gaussian"} and set(t["n"]) == {3}
+    got = {(r.other, r.train_step): (r.gap, r.lo, r.hi) for r in t.itertuples()}
+    assert got == {("linear / gaussian", 50): (-2.0, -2.0, -2.0), ("linear / gaussian", 100): (1.0, 1.0, 1.0),
+                   ("sigmoid / gaussian", 50): (8.0, 8.0, 8.0), ("sigmoid / gaussian", 100): (4.0, 4.0, 4.0)}
+    assert (run_dir / "tables" / "curve_pairs.csv").exists()
+    assert ("is ahead of each other arm at each of 2 points (training images; the last is the end of training; "
+            "positive = ahead, paired by seed, 95% t-interval): linear / gaussian -2 [-2, -2] at 400, 1 [1, 1] at 800 "
+            "(interval above 0 at 1 of 2); sigmoid / gaussian 8 [8, 8] at 400, 4 [4, 4] at 800 (interval above 0 at 2 "
+            "of 2).") in text
+
+
+def test_paired_gaps_match_scipy_with_spread(built):
+    """With seed-to-seed spread the gap's interval and p are scipy's paired t-test on the same values."""
+    from bench.report import load_run
+    from bench.report.curves import paired_along
+
+    run = load_run(built[0])
+    noise = {0: 0.3, 1: -0.5, 2: 0.1}
+    for frame in (run.rows, run.curve):
+        bump = frame["label"].eq("linear / gaussian") * frame["seed"].map(noise)
+        frame.loc[:, "fd_mnist_clf"] = frame["fd_mnist_clf"] + bump
+    t = paired_along(run, "mnist", "fd_mnist_clf")
+    r = t[(t.other == "linear / gaussian") & (t.train_step == 50)].iloc[0]
+    lin = np.array([10.0 + SEED_SHIFT[s] + noise[s] for s in SEEDS])
+    cos = np.array([12.0 + SEED_SHIFT[s] for s in SEEDS])
+    ref = st.ttest_rel(-cos, -lin)
+    lo, hi = ref.confidence_interval(0.95)
+    assert (r.gap, r.lo, r.hi, r.p) == pytest.approx((np.mean(lin - cos), lo, hi, ref.pvalue), rel=1e-9)
+
+
 def test_learning_curve_without_a_final_value_says_so(tmp_path):
     from bench.report import load_run
     from bench.report.curves import words

@@ -4,10 +4,12 @@ finished trial with the same training fields instead of training again (issue 17
 import json
 import time
 
+import pandas as pd
 import pytest
 import torch
 
 from bench.experiment.config import RunConfig, validate
+from bench.run.dryrun import steps_to_train
 from bench.run.trial import run_trial
 from bench.training import trained
 from bench.training.train import load_ema
@@ -122,3 +124,109 @@ def test_a_reusing_trial_with_a_learning_curve_adopts_the_curve_it_would_draw_or
     other = run_trial(SMOKE.replace(eval_at="4", reuse_training=True), tmp_path / "other", device="cpu", progress=False)
     assert {r["trained_in"] for r in other} == {""}  # its curve step is not the source's: it trains, curve included
     assert sorted(r["train_step"] for r in other) == [4, 12]
+
+
+def _weights(workdir):
+    ck = torch.load(workdir / "checkpoint.pt", weights_only=False)
+    return [*ck["model"].values(), *ck["ema"].values()]
+
+
+def test_a_longer_trial_continues_the_longest_shorter_training_to_the_weights_of_training_from_zero(tmp_path):
+    """Issue 36 (a longer run continues a shorter one's checkpoints): with dropout on (the global RNG),
+    a 24-step trial with reuse_training continues the 12-step trial (not the 8-step one, nor one with
+    another learning rate) and ends at the weights, EMA and curve points of the same trial trained from
+    step 0; its curve point at the source's final step is evaluated on resume."""
+    base = SMOKE.replace(dropout=0.1)
+    for steps, lr in ((8, base.lr), (12, base.lr), (16, 2 * base.lr)):
+        run_trial(base.replace(train_steps=steps, lr=lr), tmp_path / f"src{steps}", device="cpu", progress=False)
+    long = base.replace(train_steps=24, eval_at="12,18")
+    assert steps_to_train(long.replace(reuse_training=True), set()) == 12  # the dry run's estimate: the steps beyond
+    assert steps_to_train(long, set()) == 24
+    rows = run_trial(long.replace(reuse_training=True), tmp_path / "continued", device="cpu", progress=False)
+    scratch = run_trial(long, tmp_path / "scratch", device="cpu", progress=False)
+    src = str((tmp_path / "src12").resolve())
+    assert {(r["trained_in"], r["adopted_step"], r["train_steps_done"]) for r in rows} == {(src, 12, 24)}
+    assert {(r["trained_in"], r["adopted_step"]) for r in scratch} == {("", 0)}
+    for a, b in zip(_weights(tmp_path / "continued"), _weights(tmp_path / "scratch")):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    points = {r["train_step"]: r["fd_pixels"] for r in rows}
+    assert sorted(points) == [12, 18, 24]
+    for r in scratch:
+        assert points[r["train_step"]] == pytest.approx(r["fd_pixels"], rel=1e-5)
+    attempt = [json.loads(line) for line in (tmp_path / "continued" / "attempts.jsonl").read_text().splitlines()]
+    assert [(a["resumed_from_step"], a["adopted_from"]) for a in attempt] == [(12, src)]
+    src_seconds = json.loads((tmp_path / "src12" / "result.json").read_text())[0]["train_seconds"]
+    seconds = {r["train_step"]: r["train_seconds"] for r in rows}
+    assert seconds[12] == src_seconds < seconds[18] < seconds[24]  # the source's training time, then on
+
+
+def test_a_longer_trial_does_not_continue_a_source_without_its_earlier_curve_points(tmp_path):
+    """A curve point below the source's last step can only be copied (its model is gone): a source that
+    did not draw it with the same evaluation is not continued, and the trial trains from step 0."""
+    run_trial(SMOKE, tmp_path / "src", device="cpu", progress=False)
+    rows = run_trial(SMOKE.replace(train_steps=24, eval_at="6,18", reuse_training=True), tmp_path / "long",
+                     device="cpu", progress=False)
+    assert {(r["trained_in"], r["adopted_step"]) for r in rows} == {("", 0)}
+    assert sorted(r["train_step"] for r in rows) == [6, 18, 24]
+    with_curve = SMOKE.replace(train_steps=12, eval_at="6", seed=1)  # seed 0 at 24 steps is indexed now
+    src_rows = run_trial(with_curve, tmp_path / "src_curve", device="cpu", progress=False)
+    rows = run_trial(with_curve.replace(train_steps=24, eval_at="6,18", reuse_training=True), tmp_path / "long2",
+                     device="cpu", progress=False)
+    assert {r["adopted_step"] for r in rows} == {12}
+    copied = [r for r in rows if r["train_step"] == 6]
+    assert [r["fd_pixels"] for r in copied] == [r["fd_pixels"] for r in src_rows if r["train_step"] == 6]
+
+
+def test_a_checkpoint_at_a_curve_step_without_its_point_evaluates_it_on_resume(tmp_path):
+    """Killed after saving the checkpoint at a curve step and before evaluating it: the resumed trainer
+    draws that point before its next step (before: the point was lost for good)."""
+    from bench.experiment.config import build_process
+    from bench.run.trial import train_images
+    from bench.training.train import train
+
+    cfg = SMOKE.replace(eval_at="6")
+    data = train_images(cfg)
+    _, diffusion, noise = build_process(cfg)
+
+    def killed(step, ema, train_seconds):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, diffusion, noise, tmp_path / "t", progress=False, evaluate=killed)
+    calls = []
+    result, _ = train(cfg, data, diffusion, noise, tmp_path / "t", progress=False,
+                      evaluate=lambda step, ema, s: calls.append(step))
+    assert calls == [6] and result.steps == 12
+
+
+def test_the_report_tells_evaluation_only_continued_and_trained_trials_apart(tmp_path):
+    """adopted_step = the trial's train_steps: evaluation only; below it: continued; rows written before
+    the column (NaN): evaluation only, as they were."""
+    from bench.report import adopted_lines
+    from bench.report.tables import Run
+
+    src = "/r/schedules/standard-1/_work/trials/abc"
+    rows = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "trained_in": [src, src, "", src],
+                         "adopted_step": [36000, 4500, 0, float("nan")], "train_steps": [36000] * 4,
+                         "train_step": [36000] * 4, "train_steps_done": [36000] * 4})
+    lines = adopted_lines(Run(tmp_path, rows, None, {}, {}))
+    assert len(lines) == 2
+    assert lines[0].startswith("- **Evaluation only**: 2 of 4 trials trained nothing") and "`schedules/standard-1`" in lines[0]
+    assert lines[1].startswith("- **Continued**: 1 of 4 trials began") and "step 4,500" in lines[1]
+
+
+def test_continuation_holds_for_edm2s_schedule_and_average_and_cosine_never_continues(tmp_path):
+    """inv_sqrt and the power EMA count in steps taken, so a 24-step trial continues a 12-step one to
+    the weights of training from 0; cosine reads train_steps, so its 24-step trial trains from 0."""
+    edm2 = SMOKE.replace(lr_schedule="inv_sqrt", lr_ref_steps=6, ema="power", ema_std=0.1, warmup_steps=0)
+    run_trial(edm2, tmp_path / "short", device="cpu", progress=False)
+    rows = run_trial(edm2.replace(train_steps=24, reuse_training=True), tmp_path / "long", device="cpu", progress=False)
+    run_trial(edm2.replace(train_steps=24), tmp_path / "scratch", device="cpu", progress=False)
+    assert rows[0]["adopted_step"] == 12
+    for a, b in zip(_weights(tmp_path / "long"), _weights(tmp_path / "scratch")):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    cosine = SMOKE.replace(lr_schedule="cosine")
+    run_trial(cosine, tmp_path / "cos12", device="cpu", progress=False)
+    assert trained.budget_key(cosine) != trained.budget_key(cosine.replace(train_steps=24))
+    rows = run_trial(cosine.replace(train_steps=24, reuse_training=True), tmp_path / "cos24", device="cpu", progress=False)
+    assert rows[0]["adopted_step"] == 0

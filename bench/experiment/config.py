@@ -26,6 +26,8 @@ import torch
 
 from bench.data.datasets import DATASETS
 from bench.models.unet import MODELS
+from bench.optim.ema import check as ema_check
+from bench.optim.lr import check as lr_check
 from bench.process.continuous import PathDiffusion
 from bench.process.corruptions import CORRUPTIONS, corruption_params, make_process
 from bench.process.densities import DENSITIES, all_density_params, density_params, make_density
@@ -123,6 +125,12 @@ class RunConfig:
     warmup_steps: int = role(TRAINS, 100, help='steps of linear learning-rate warm-up')
     grad_clip: float = role(TRAINS, 1.0, help='gradient-norm clip; 0 = none')
     ema_decay: float = role(TRAINS, 0.999, help='decay of the exponential moving average of the weights that is evaluated')
+    lr_schedule: str = role(TRAINS, "constant",
+        help="learning rate after the warmup: constant | inv_sqrt (EDM2) | cosine (bench ls lr_schedules)")
+    lr_ref_steps: int = role(TRAINS, 0, help="inv_sqrt: the rate falls as 1/sqrt(step / lr_ref_steps) after this step (EDM2's t_ref); 0 otherwise")
+    ema: str = role(TRAINS, "fixed",
+        help="the weight average that is evaluated: fixed (ema_decay, warmed up) | power (EDM2, ema_std) (bench ls emas)")
+    ema_std: float = role(TRAINS, 0.0, help="ema power: the profile's relative standard deviation sigma_rel (EDM2: 0.05, 0.10); 0 otherwise")
     loss: str = role(TRAINS, "mse", help='distance of the loss: mse | l1')
     checkpoint_every: int = role(BOOKKEEPING, 500, help='steps between checkpoints (a killed trial resumes from the last)')
     seed: int = role(TRAINS, 0, label=False, help='training seed: initialisation, batches, timesteps and noise draws')
@@ -308,6 +316,9 @@ class RunConfig:
         parts += [f"ip {self.input_perturbation:g}"] if self.input_perturbation else []
         parts += ["immiscible"] if self.immiscible else []
         parts += [f"offset {self.offset_noise:g}"] if self.offset_noise else []
+        parts += [f"lr {self.lr_schedule}" + (f"({self.lr_ref_steps})" if self.lr_ref_steps else "")] \
+            if self.lr_schedule != "constant" else []
+        parts += [f"ema {self.ema}({self.ema_std:g})"] if self.ema != "fixed" else []
         return parts
 
 
@@ -494,7 +505,7 @@ def check_formulation(cfg: RunConfig):
 
 
 FIELD_TYPES: dict[str, Any] = typing.get_type_hints(RunConfig)
-NONNEGATIVE_INT = ("image_size", "max_train_images", "warmup_steps", "seed", "sample_seed", "n_reference")
+NONNEGATIVE_INT = ("image_size", "max_train_images", "warmup_steps", "seed", "sample_seed", "n_reference", "lr_ref_steps")
 POSITIVE_INT = ("timesteps", "train_steps", "batch_size", "checkpoint_every", "n_samples")
 LOSSES = ("mse", "l1")
 VAR_TYPES = ("small", "large")
@@ -625,6 +636,8 @@ def validate(cfg: RunConfig) -> None:
                             (SAMPLERS, [s for s, _, _ in cfg.eval_items]), (PATHS, [cfg.path]), (DENSITIES, [cfg.t_density])):
         for name in names:
             registry.get(name)
+    lr_check(cfg)
+    ema_check(cfg)
     check_options({k: getattr(cfg, k) for k in OPTION_CHECKS})  # every sampler option, read or not by these evals
     diffusion = build_process(cfg).diffusion
     for sampler, steps in cfg.evaluations:

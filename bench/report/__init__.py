@@ -77,6 +77,7 @@ def build_report(run_dir: Path) -> Path:
     write_tables(run, run.dir / "tables")
     paired = write_paired(run, run.dir / "tables")
     claims_report.write_table(run, run.dir / "tables")
+    curves.write_pairs(run, run.dir / "tables")
     plots, notes = make_plots(run, run.dir / "plots", paired)
     notes = kept.notes(run, notes)
     sections = [header(run), compared(run), result(run, paired), claims_report.section(run), ranking.section(run),
@@ -196,6 +197,7 @@ def result(run: Run, paired: dict[str, pd.DataFrame] | None = None) -> str:
         lines += other_metrics(run, ds, primary, several)
         lines += brightness_lines(run, ds)
         lines += [f"- {w}" for m in curves.curve_metrics(run) for w in [curves.words(run, ds, m)] if w]
+        lines += [f"- {w}" for m in curves.curve_metrics(run)[:1] for w in [curves.pairs_words(run, ds, m)] if w]
         out.append("\n".join(lines))
     out.append(seed_planner(run, tables))
     out.append(budget(run))
@@ -421,20 +423,42 @@ def method(run: Run) -> str:
 
 
 def adopted_lines(run: Run) -> list[str]:
-    """Where trials trained nothing (``reuse_training``): how many, and the run directories their
-    models came from (``trained_in`` is a trial work dir, RUN/_work/trials/ID)."""
+    """Where trials trained nothing or only part (``reuse_training``): how many, and the run directories
+    their models came from (``trained_in`` is a trial work dir, RUN/_work/trials/ID). ``adopted_step``
+    tells the two apart: the source's step, equal to the trial's train_steps when it only evaluated, below
+    it when it continued the source's training (rows written before the column: evaluation only)."""
     if "trained_in" not in run.rows.columns:
         return []
     trials = run.trials()
-    adopted = [x for x in trials["trained_in"] if isinstance(x, str) and x]  # empty cells read back as NaN
-    if not adopted:
+    adopted = trials[[isinstance(x, str) and x != "" for x in trials["trained_in"]]]  # empty cells read back as NaN
+    if not len(adopted):
         return []
-    runs = sorted({f"{Path(s).parents[2].parent.name}/{Path(s).parents[2].name}" if len(Path(s).parents) > 3 else s
-                   for s in adopted})
-    return [f"- **Evaluation only**: {len(adopted)} of {plural(len(trials), 'trial')} trained nothing: each adopted the "
-            f"final weights and EMA of a finished trial with identical training fields (`reuse_training`, "
-            f"`bench/training/trained.py`) from {join([f'`{r}`' for r in runs])}, resumed its trainer at the last step (no step "
-            f"taken) and sampled and scored only; the training recorded for them is the source's."]
+    step = pd.to_numeric(adopted.get("adopted_step", pd.Series(np.nan, index=adopted.index)), errors="coerce")
+    continued = step.notna() & (step < pd.to_numeric(adopted["train_steps"], errors="coerce"))
+    lines = []
+    for part, what in ((adopted[~continued], "evaluated"), (adopted[continued], "continued")):
+        if not len(part):
+            continue
+        runs = join([f"`{r}`" for r in sorted({_run_of(s) for s in part["trained_in"]})])
+        if what == "evaluated":
+            lines.append(f"- **Evaluation only**: {len(part)} of {plural(len(trials), 'trial')} trained nothing: each "
+                         f"adopted the final weights and EMA of a finished trial with identical training fields "
+                         f"(`reuse_training`, `bench/training/trained.py`) from {runs}, resumed its trainer at the last step "
+                         f"(no step taken) and sampled and scored only; the training recorded for them is the source's.")
+        else:
+            steps = join([f"{int(v):,}" for v in sorted(set(step[continued]))])
+            lines.append(f"- **Continued**: {len(part)} of {plural(len(trials), 'trial')} began from the final checkpoint "
+                         f"of a finished shorter trial with the same training fields (step {steps}; `reuse_training`, "
+                         f"`bench/training/trained.py`) from {runs} and trained on to their own train_steps: the same "
+                         f"weights as training from step 0 (constant learning rate after the warmup, every generator's "
+                         f"state in the checkpoint); their training time includes the source's.")
+    return lines
+
+
+def _run_of(workdir: str) -> str:
+    """RUN_PARENT/RUN of a trial work dir RUN/_work/trials/ID (the path itself when shorter)."""
+    p = Path(workdir)
+    return f"{p.parents[2].parent.name}/{p.parents[2].name}" if len(p.parents) > 3 else workdir
 
 
 def image_seed_text(run: Run) -> str:

@@ -18,6 +18,8 @@ import pandas as pd
 
 from bench.report.tables import Run, higher_is_better, join, plural
 
+#: the table of ``paired_along``, in the run's tables/
+PAIRS = "curve_pairs"
 #: the columns of ``curve_frame``
 COLUMNS = ["label", "sampler", "sample_steps", "train_step", "images", "final", "n", "mean", "sd", "min", "max"]
 
@@ -135,6 +137,62 @@ def agreement(frame: pd.DataFrame, metric: str) -> list[dict]:
                         "end_step": int(f.loc[f["final"], "train_step"].max()) if f["final"].any() else None,
                         "arms": arms, "tau": float(tau), "p": float(p), "flips": flips})
     return out
+
+
+def paired_along(run: Run, dataset: str, metric: str) -> pd.DataFrame:
+    """Whether the final ranking holds along the curve, with intervals (issue 36): per curve evaluation,
+    the arm best at the end (by mean) against every other arm at each point of the curve and at the end,
+    paired by training seed (``bench.scoring.stats.paired``): ``gap`` = the other arm's score minus the
+    best's in the direction where positive means the final best arm is ahead, its 95% t-interval and p.
+    A gap whose interval lies below 0 at some point is a ranking that did not hold there."""
+    from bench.scoring import stats
+
+    pts = trial_points(run, dataset, metric)
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    out = []
+    for (s, k), part in pts.groupby(["sampler", "sample_steps"], sort=False):
+        end = part[part["final"]]
+        if not len(end):
+            continue
+        best = (sign * end.groupby("label", sort=False)["value"].mean()).idxmax()
+        for (step, final), at in part.groupby(["train_step", "final"], sort=True):
+            wide = at.pivot_table(index="seed", columns="label", values="value", aggfunc="first")
+            for other in (lb for lb in run.labels if lb in wide.columns and lb != best and best in wide.columns):
+                r = stats.paired(sign * wide[best].to_numpy(float), sign * wide[other].to_numpy(float))
+                out.append({"dataset": dataset, "metric": metric, "sampler": s, "sample_steps": int(k),
+                            "train_step": int(step), "images": float(at["images"].iloc[0]), "final": bool(final),
+                            "best": best, "other": other, "n": r.n, "gap": r.mean, "lo": r.lo, "hi": r.hi, "p": r.p})
+    return pd.DataFrame(out)
+
+
+def write_pairs(run: Run, out_dir) -> None:
+    """``tables/curve_pairs.csv``: ``paired_along`` for every dataset and curve metric, where the run has a curve."""
+    from bench.files import write_text_atomic
+
+    parts = [paired_along(run, ds, m) for m in curve_metrics(run) for ds in curve_datasets(run, m)]
+    parts = [p for p in parts if len(p)]
+    if parts:
+        write_text_atomic(out_dir / f"{PAIRS}.csv", pd.concat(parts, ignore_index=True).to_csv(index=False))
+
+
+def pairs_words(run: Run, dataset: str, metric: str) -> str | None:
+    """The report's sentence on ``paired_along``: each other arm's gap behind the final best arm at
+    each point, with its interval; None without curve points."""
+    table = paired_along(run, dataset, metric)
+    if not len(table) or table["final"].all():
+        return None
+    parts = []
+    for (s, k, best), part in table.groupby(["sampler", "sample_steps", "best"], sort=False):
+        steps = sorted(set(part["train_step"]))
+        gaps = []
+        for other, rows in part.groupby("other", sort=False):
+            cells = [f"{r.gap:.3g} [{r.lo:.3g}, {r.hi:.3g}] at {_count(r.images)}" for r in rows.itertuples()]
+            held = int((rows["lo"] > 0).sum())
+            gaps.append(f"{other} {', '.join(cells)} (interval above 0 at {held} of {len(rows)})")
+        parts.append(f"`{s}:{k}`: how far the final best arm, {best}, is ahead of each other arm at each of "
+                     f"{len(steps)} points (training images; the last is the end of training; positive = ahead, paired "
+                     f"by seed, 95% t-interval): " + "; ".join(gaps))
+    return f"Paired gaps along the learning curve of `{metric}` (`tables/{PAIRS}.csv`), " + ". ".join(parts) + "."
 
 
 def _count(x: float) -> str:

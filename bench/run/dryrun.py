@@ -118,16 +118,18 @@ def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path, threads: int 
     return est
 
 
-def adopts(cfg: RunConfig, keys: set[str]) -> bool:
-    """Whether a trial with ``reuse_training`` will adopt a model instead of training: one already
-    indexed (``bench.training.trained``), or one an earlier trial of the plan trains (``keys`` collects them)."""
+def steps_to_train(cfg: RunConfig, keys: set[str]) -> int:
+    """The steps a trial will train: none where ``reuse_training`` will adopt a model (one already
+    indexed, or one an earlier trial of the plan trains: ``keys`` collects them), those beyond the source's
+    where it will continue a shorter indexed training (``bench.training.trained``), else all."""
     if not cfg.reuse_training:
-        return False
+        return cfg.train_steps
     key = trained.train_key(cfg)
     if key in keys or trained.find(cfg) is not None:
-        return True
+        return 0
     keys.add(key)
-    return False
+    src = trained.to_continue(cfg)
+    return cfg.train_steps - (trained.steps_of(src.parent) if src is not None else 0)
 
 
 def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: int = 1, ray: bool = False,
@@ -158,7 +160,7 @@ def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: in
             sample_s = (nfe + curve * first_nfe) * cfg.n_samples * fwd_img_s
             score_s = (len(cfg.evaluations) * _scoring_s(cfg.metric_names, cfg.n_samples, spec.channels, size)
                        + curve * _scoring_s(cfg.curve_metric_names, cfg.n_samples, spec.channels, size)) / (threads * speedup)
-            train_s = 0.0 if adopts(cfg, trained_keys) else cfg.train_steps * batch * step_img_s
+            train_s = steps_to_train(cfg, trained_keys) * batch * step_img_s
             per_trial.append(train_s + sample_s + score_s)
     finally:
         torch.set_num_threads(before)

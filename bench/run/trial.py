@@ -54,14 +54,13 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
     # everything after it is the one shared trainer and sampler.
     _, diffusion, noise = build_process(cfg, data)  # data: for a corruption whose start is fitted to it
 
-    trained_in = ""
     with trained.training_lock(cfg) if cfg.reuse_training else contextlib.nullcontext():
-        if cfg.reuse_training:  # an evaluation-only trial: a finished model of the same training, if there is one
-            trained_in = trained.adopt(cfg, workdir)
+        # a finished model of the same training (evaluation only), or a shorter one's to continue, if there is one
+        adopted = trained.adopt(cfg, workdir) if cfg.reuse_training else ""
         curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device, report)  # after adoption: it may bring the curve
-        _log_attempt(workdir, trained_in)  # after adoption: the step it resumes from is the adopted model's
-        # an attempt stopped after adopting resumes from the adopted checkpoint: the model is still the source's
-        trained_in = trained_in or adopted_before(workdir)
+        _log_attempt(workdir, adopted)  # after adoption: the step it resumes from is the adopted model's
+        # this attempt's adoption or an earlier one's (a stopped attempt resumes from the adopted checkpoint)
+        trained_in, adopted_step = adopted_before(workdir)
         result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress,
                             report=report, evaluate=curve)
     if result.status == "ok" and result.steps == cfg.train_steps:
@@ -82,6 +81,7 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
         "n_train_images": len(data),
         "device": device_name(device),
         "trained_in": trained_in,  # the work dir whose model this trial adopted ("" = trained here)
+        "adopted_step": adopted_step,  # that model's step: train_steps = evaluation only, fewer = continued from it
     }
     if result.status == "ok":
         _denoise_strip(cfg, ema, diffusion, noise, workdir, device)
@@ -232,21 +232,22 @@ def finished_rows(workdir: Path) -> list[dict[str, Any]] | None:
     return rows if rows and all(r.get("status") in ("ok", "diverged") for r in rows) else None
 
 
-def adopted_before(workdir: Path) -> str:
-    """The work dir whose model an earlier attempt of this trial adopted ("" if none did): adoption
-    copies a finished checkpoint, so a later attempt resumes from it and trains no step of its own."""
+def adopted_before(workdir: Path) -> tuple[str, int]:
+    """The work dir whose model an attempt of this trial adopted, and that model's step (``("", 0)``
+    if none did): adoption copies a finished checkpoint, so a later attempt resumes from it (or from a
+    later checkpoint of its own, where it continues a shorter training)."""
     try:
         lines = (workdir / "attempts.jsonl").read_text().splitlines()
     except OSError:
-        return ""
+        return "", 0
     for line in lines:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
         if entry.get("adopted_from"):
-            return str(entry["adopted_from"])
-    return ""
+            return str(entry["adopted_from"]), int(entry.get("resumed_from_step", 0))
+    return "", 0
 
 
 def _log_attempt(workdir: Path, adopted_from: str = "") -> None:

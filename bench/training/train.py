@@ -3,8 +3,9 @@
 One optimizer step (Ho et al. 2020, Algorithm 1): draw a batch x_0 from the in-memory training tensor
 and t ~ U{0..T-1} (one seeded CPU generator), eps from the noise type (a second seeded CPU
 generator; the loop never branches on the noise type), loss = ``Diffusion.loss(model, x0, t, eps)``,
-AdamW step with linear warmup, gradient clipping, then an EMA update of the weights. The EMA model
-is what gets sampled and scored.
+AdamW step with linear warmup and the learning-rate schedule (``bench.optim.lr``), gradient clipping,
+then an update of the weight average (``bench.optim.ema``). The averaged model is what gets sampled and
+scored.
 
 Reproducibility:
 - every random draw comes from generators seeded from ``cfg.seed``: model init and dropout from the
@@ -50,6 +51,8 @@ from bench.experiment.config import (
 )
 from bench.files import atomic_write, checksum_path, load_torch_checked, save_torch_atomic
 from bench.models.unet import build_model, count_params
+from bench.optim.ema import EMAS
+from bench.optim.lr import LR_SCHEDULES
 from bench.training.knobs import apply_knobs
 
 CHECKPOINT = "checkpoint.pt"
@@ -160,10 +163,11 @@ class Trainer:
         # channels_last: faster convs with oneDNN on CPU (~1.8x here) and with bf16 on CUDA
         self.model.to(device, memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        # weight_decay=0: plain Adam as in DDPM / improved-diffusion; constant lr after the warmup.
+        # weight_decay=0: plain Adam as in DDPM / improved-diffusion.
         self.opt = _adamw(self.model.parameters(), cfg.lr)
-        warmup = cfg.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        schedule = LR_SCHEDULES.get(cfg.lr_schedule)  # LambdaLR's s = steps taken: the next is step s + 1
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: schedule.factor(s + 1, cfg))
+        self.ema_beta = EMAS.get(cfg.ema).beta
         self.batch_gen = torch.Generator().manual_seed(batch_seed)
         self.noise_gen = torch.Generator().manual_seed(noise_seed)
 
@@ -276,10 +280,10 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        """ema <- d * ema + (1 - d) * model, with d = min(ema_decay, (1 + step) / (10 + step)): the usual
-        warmup of the decay (TensorFlow's ExponentialMovingAverage num_updates), so short runs do not
-        keep a large share of the random init in the EMA."""
-        d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        """ema <- d * ema + (1 - d) * model with d the profile's beta for this step (``bench.optim.ema``;
+        ``fixed``: min(ema_decay, k / (9 + k)), the usual warmup of the decay, so short runs do not keep
+        a large share of the random init in the EMA). ``self.step`` is the steps before this one."""
+        d = self.ema_beta(self.step + 1, self.cfg)
         ema_p, p = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema_p, p, 1.0 - d)
         for eb, b in zip(self.ema.buffers(), self.model.buffers()):
@@ -314,6 +318,12 @@ class Trainer:
         start_step, t_start = self.step, time.perf_counter()
         t_mark = t_start  # training time is booked up to here (evaluations are not training)
         curve_steps = set(getattr(self.cfg, "curve_steps", ()))
+        if self.status == "ok" and self.step in curve_steps and evaluate is not None:
+            # a checkpoint at a curve step whose point may be missing: killed between saving and evaluating,
+            # or a longer trial continuing a shorter one's final checkpoint (bench.training.trained)
+            with torch.random.fork_rng(devices=self.cuda_devices):
+                evaluate(self.step, self.ema, self.train_seconds)
+            t_mark = time.perf_counter()
         self.model.train()
         try:
             while self.step < self.total and self.status == "ok":

@@ -24,6 +24,18 @@ exactly as the schedules grid's) adopts only a source whose curve is the one it 
 (``curve_key``: the same curve steps, sampler and steps, images, image seeds, reference and curve
 metrics), and copies the source's curve.json and curve sample grids with the model; where no such
 source exists it trains, curve included.
+
+**Continuing a shorter training** (issue 36: a longer run continues the checkpoints of a shorter one).
+Where no finished trial of the same key exists, a reusing trial looks for the longest finished trial
+of the same *budget key* (the training key without ``train_steps``) that trained fewer steps, copies
+its final checkpoint and trains on from there. The weights are those of training from step 0: the
+learning-rate schedules and weight averages count in steps taken (``bench.optim``), and the checkpoint
+carries every generator's state (``bench.training.train``), so no part of the first n steps depends on
+how many follow (``tests/test_trained.py`` checks it); a schedule that reads ``train_steps`` (cosine)
+keeps it in the budget key and never continues. Curve points below the
+source's step must be in the source's curve with the same evaluation and scoring (they are copied);
+otherwise it trains from step 0. Only the loss log's row spacing (``train_steps`` / 1000) and the
+"second half" loss-by-t window follow the new length.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from typing import Iterator
 
 from bench.experiment.config import BOOKKEEPING, CURVE, EVALUATIONS, SAMPLER_OPTION, SCORING, RunConfig, fields_with
 from bench.files import cache_dir, copy_atomic, file_lock, load_torch_checked, write_json_atomic
+from bench.optim.lr import LR_SCHEDULES
 from bench.training.train import CHECKPOINT
 
 #: fields that never change the trained weights (the BUDGET, train_steps, does: it is part of the key)
@@ -67,15 +80,34 @@ def _keyed(cfg: RunConfig, names) -> dict:
 
 def train_key(cfg: RunConfig) -> str:
     """16 hex digits of SHA-256 over the training fields (sorted JSON; ``_keyed``)."""
-    fields = _keyed(cfg, [k for k in cfg.to_dict() if k not in EVAL_ONLY])
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _hash(_keyed(cfg, [k for k in cfg.to_dict() if k not in EVAL_ONLY]))
+
+
+def budget_key(cfg: RunConfig) -> str:
+    """The training key without ``train_steps``: trials that share it take the same first steps. A
+    learning-rate schedule that reads ``train_steps`` (``needs_total``: cosine) keeps it in the key, so
+    such a trial continues no other."""
+    drop = set() if LR_SCHEDULES.get(cfg.lr_schedule).needs_total else {"train_steps"}
+    return "budget-" + _hash(_keyed(cfg, [k for k in cfg.to_dict() if k not in EVAL_ONLY and k not in drop]))
 
 
 def curve_key(cfg: RunConfig) -> str:
     """What a learning-curve point depends on beyond the training: its steps, its evaluation (the first
     of ``evals``) and how it is scored. Two trials with equal train and curve keys draw the same curve."""
-    fields = {"steps": cfg.curve_steps, "metrics": cfg.curve_metric_names, "eval": cfg.evaluations[0],
-              **_keyed(cfg, CURVE_FIELDS)}
+    return _hash({"steps": cfg.curve_steps, **_point_fields(cfg)})
+
+
+def point_key(cfg: RunConfig) -> str:
+    """``curve_key`` without the steps: two trials of one budget key with equal point keys draw the
+    same point at any step both evaluate."""
+    return _hash(_point_fields(cfg))
+
+
+def _point_fields(cfg: RunConfig) -> dict:
+    return {"metrics": cfg.curve_metric_names, "eval": cfg.evaluations[0], **_keyed(cfg, CURVE_FIELDS)}
+
+
+def _hash(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -89,21 +121,47 @@ def register(cfg: RunConfig, workdir: Path, tid: str) -> None:
     try:
         folder = _index()
         folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(folder / f"{train_key(cfg)}.json", {"checkpoint": str((Path(workdir) / CHECKPOINT).resolve()),
-                                                               "trial_id": tid})
+        pointer = {"checkpoint": str((Path(workdir) / CHECKPOINT).resolve()), "trial_id": tid}
+        write_json_atomic(folder / f"{train_key(cfg)}.json", pointer)
+        write_json_atomic(folder / f"{budget_key(cfg)}-{cfg.train_steps}.json", pointer)  # for longer trials to continue
     except OSError as e:
         print(f"bench: warning: trained model of trial {tid} not indexed for reuse ({e.strerror or e})", file=sys.stderr)
 
 
 def find(cfg: RunConfig) -> Path | None:
     """The checkpoint of a finished trial with ``cfg``'s training key, verified; None if there is none."""
+    return _verified(_index() / f"{train_key(cfg)}.json", train_key, cfg, cfg.train_steps)
+
+
+def find_shorter(cfg: RunConfig) -> Path | None:
+    """The checkpoint of the longest finished trial with ``cfg``'s budget key and fewer steps, verified."""
+    prefix = f"{budget_key(cfg)}-"
+    lengths = sorted((int(p.stem[len(prefix):]) for p in _index().glob(f"{prefix}*.json")
+                      if p.stem[len(prefix):].isdigit()), reverse=True)
+    for steps in (n for n in lengths if n < cfg.train_steps):
+        ckpt = _verified(_index() / f"{prefix}{steps}.json", budget_key, cfg, steps)
+        if ckpt is not None:
+            return ckpt
+    return None
+
+
+def to_continue(cfg: RunConfig) -> Path | None:
+    """The checkpoint a trial of ``cfg`` would continue (``find_shorter`` whose curve points below its
+    step are the ones ``cfg`` would draw; the module docstring); None if there is none."""
+    src = find_shorter(cfg)
+    return src if src is not None and _same_curve(cfg, src.parent, below=steps_of(src.parent)) else None
+
+
+def _verified(pointer: Path, key, cfg: RunConfig, steps: int) -> Path | None:
+    """The checkpoint ``pointer`` names if it reads, is finished (status ok at ``steps``, its own
+    train_steps) and was trained with ``cfg``'s ``key``; None otherwise."""
     try:
-        ckpt = Path(json.loads((_index() / f"{train_key(cfg)}.json").read_text())["checkpoint"])
+        ckpt = Path(json.loads(pointer.read_text())["checkpoint"])
         ck = load_torch_checked(ckpt, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - no pointer, a torn one, or a checkpoint gone or unreadable: train instead
         return None
     theirs = RunConfig(**{k: v for k, v in ck.get("cfg", {}).items() if k in RunConfig.__dataclass_fields__})
-    if train_key(theirs) != train_key(cfg) or ck.get("step") != cfg.train_steps or ck.get("status") != "ok":
+    if key(theirs) != key(cfg) or ck.get("step") != steps or theirs.train_steps != steps or ck.get("status") != "ok":
         return None
     return ckpt
 
@@ -125,26 +183,48 @@ def adopt(cfg: RunConfig, workdir: Path) -> str:
         return ""  # its own (resumed) training comes first
     src = find(cfg)
     if src is None or (cfg.curve_steps and not _same_curve(cfg, src.parent)):
-        return ""
+        src = to_continue(cfg)
+        if src is None:
+            return ""
     workdir.mkdir(parents=True, exist_ok=True)
     for name in LOGS:
         if (src.parent / name).exists():
             shutil.copyfile(src.parent / name, workdir / name)
-    if cfg.curve_steps:  # the curve's rows and its sample grids, before the model (the adopted state is complete)
-        (workdir / "samples").mkdir(exist_ok=True)
-        for png in (src.parent / "samples").glob("*-step*.png"):
-            shutil.copyfile(png, workdir / "samples" / png.name)
-        copy_atomic(src.parent / "curve.json", workdir / "curve.json")
+    _copy_curve(cfg, src.parent, workdir)  # the curve's rows and sample grids, before the model (then the state is complete)
     copy_atomic(src, workdir / CHECKPOINT)
     return str(src.parent)
 
 
-def _same_curve(cfg: RunConfig, src_dir: Path) -> bool:
-    """Whether the source trial in ``src_dir`` drew, at every curve step, the curve ``cfg`` would draw."""
+def steps_of(src_dir: Path) -> int:
+    """The training length of the trial in ``src_dir`` (its config.json)."""
+    return int(json.loads((src_dir / "config.json").read_text())["train_steps"])
+
+
+def _copy_curve(cfg: RunConfig, src_dir: Path, workdir: Path) -> None:
+    """The source's curve points at ``cfg``'s curve steps, with their sample grids (``_same_curve``
+    checked that they are the points ``cfg`` would draw)."""
+    steps = set(cfg.curve_steps)
+    if not steps or not (src_dir / "curve.json").exists():
+        return
+    rows = [r for r in json.loads((src_dir / "curve.json").read_text()) if r["train_step"] in steps]
+    (workdir / "samples").mkdir(exist_ok=True)
+    for png in (src_dir / "samples").glob("*-step*.png"):
+        if int(png.stem.rsplit("-step", 1)[1]) in steps:
+            shutil.copyfile(png, workdir / "samples" / png.name)
+    write_json_atomic(workdir / "curve.json", rows)
+
+
+def _same_curve(cfg: RunConfig, src_dir: Path, below: int | None = None) -> bool:
+    """Whether the source trial in ``src_dir`` drew, at every curve step of ``cfg`` (those below step
+    ``below`` when it continues the source), the curve point ``cfg`` would draw."""
+    wanted = {s for s in cfg.curve_steps if below is None or s < below}
+    if not wanted:
+        return True
     try:
         theirs = RunConfig(**{k: v for k, v in json.loads((src_dir / "config.json").read_text()).items()
                               if k in RunConfig.__dataclass_fields__})
         done = {r["train_step"] for r in json.loads((src_dir / "curve.json").read_text())}
     except Exception:  # noqa: BLE001 - a source without its config or curve: train instead
         return False
-    return curve_key(theirs) == curve_key(cfg) and set(cfg.curve_steps) <= done
+    same = curve_key(theirs) == curve_key(cfg) if below is None else point_key(theirs) == point_key(cfg)
+    return same and wanted <= done
