@@ -454,3 +454,15 @@ def test_bootstrap_reads_the_extractors_the_trials_keep():
     assert boot_reason("fd_mnist_clf") is None and boot_reason("fd_pixels") is None
     assert boot_reason("fid").startswith("its 2048-d features are not kept per image")
     assert "FD-infinity" in boot_reason("fd_mnist_clf_inf") and "W1" in boot_reason("brightness_gap")
+
+
+def test_paired_gaps_sentence_shortens_long_curves_and_needs_two_seeds(built, monkeypatch):
+    from bench.report import curves, load_run
+
+    run = load_run(built[0])
+    monkeypatch.setattr(curves, "SHOWN_POINTS", 1)
+    text = curves.pairs_words(run, "mnist", "fd_mnist_clf")
+    assert "at the first and the last of 2 points" in text and "-2 [-2, -2] at 400 ... 1 [1, 1] at 800" in text
+    one = load_run(built[0])
+    one.rows, one.curve = one.rows[one.rows["seed"] == 0], one.curve[one.curve["seed"] == 0]
+    assert curves.pairs_words(one, "mnist", "fd_mnist_clf") is None

@@ -20,6 +20,8 @@ from bench.report.tables import Run, higher_is_better, join, plural
 
 #: the table of ``paired_along``, in the run's tables/
 PAIRS = "curve_pairs"
+#: the report's sentence gives every point of a curve up to this many, else its first and last
+SHOWN_POINTS = 4
 #: the columns of ``curve_frame``
 COLUMNS = ["label", "sampler", "sample_steps", "train_step", "images", "final", "n", "mean", "sd", "min", "max"]
 
@@ -179,17 +181,21 @@ def pairs_words(run: Run, dataset: str, metric: str) -> str | None:
     """The report's sentence on ``paired_along``: each other arm's gap behind the final best arm at
     each point, with its interval; None without curve points."""
     table = paired_along(run, dataset, metric)
-    if not len(table) or table["final"].all():
+    if not len(table) or table["final"].all() or table["n"].max() < 2:  # one seed: no interval to state
         return None
     parts = []
     for (s, k, best), part in table.groupby(["sampler", "sample_steps", "best"], sort=False):
         steps = sorted(set(part["train_step"]))
         gaps = []
         for other, rows in part.groupby("other", sort=False):
-            cells = [f"{r.gap:.3g} [{r.lo:.3g}, {r.hi:.3g}] at {_count(r.images)}" for r in rows.itertuples()]
+            every = len(rows) <= SHOWN_POINTS
+            shown = rows if every else rows.iloc[[0, -1]]  # the CSV has every point
+            cells = [f"{r.gap:.3g} [{r.lo:.3g}, {r.hi:.3g}] at {_count(r.images)}" for r in shown.itertuples()]
             held = int((rows["lo"] > 0).sum())
-            gaps.append(f"{other} {', '.join(cells)} (interval above 0 at {held} of {len(rows)})")
-        parts.append(f"`{s}:{k}`: how far the final best arm, {best}, is ahead of each other arm at each of "
+            gaps.append(f"{other} {(', ' if every else ' ... ').join(cells)} "
+                        f"(interval above 0 at {held} of {len(rows)})")
+        which = "each" if len(steps) <= SHOWN_POINTS else "the first and the last"
+        parts.append(f"`{s}:{k}`: how far the final best arm, {best}, is ahead of each other arm at {which} of "
                      f"{len(steps)} points (training images; the last is the end of training; positive = ahead, paired "
                      f"by seed, 95% t-interval): " + "; ".join(gaps))
     return f"Paired gaps along the learning curve of `{metric}` (`tables/{PAIRS}.csv`), " + ". ".join(parts) + "."
