@@ -49,6 +49,13 @@ def test_progress_eta_after_a_resume_counts_only_what_this_session_ran():
     p.trial_done("f", [{"trial_id": "f", "status": "ok", "trial_s": 200.0, "trained_in": "../other/trial"}])
     p.trial_done("g", [{"trial_id": "g", "status": "ok", "trial_s": 30.0}])  # never seen training (e.g. killed in evaluation)
     assert p.durations == [1100.0, 900.0]
+    p.step("h", "h", 4600, 36000, start=4500)  # continued a 4500-step trial (issue 36's long presets): it trained here
+    p.trial_done("h", [{"trial_id": "h", "status": "ok", "trial_s": 4000.0, "trained_in": "../std/trial",
+                        "adopted_step": 4500}])
+    p.step("i", "i", 36000, 36000, start=36000)  # adopted a finished 36000-step model: evaluation only
+    p.trial_done("i", [{"trial_id": "i", "status": "ok", "trial_s": 100.0, "trained_in": "../long/trial",
+                        "adopted_step": 36000}])
+    assert p.durations == [1100.0, 900.0, 4000.0]
 
 
 def test_progress_counts_trials_that_only_evaluate_as_running(capsys):

@@ -29,7 +29,7 @@ class Progress:
     duration of the trials this session trained from their start: a --resume restarts trials from
     their checkpoints, and an adopted (``reuse_training``) trial only evaluates, so a trial counts
     in T only if its attempt began at most ``FRESH`` into its steps (the trainer's ``start_step``,
-    or ``begin``) and it trained here. Until one such trial has finished, T is the running trials'
+    or ``begin``) and it trained here; one that continued a shorter trial, from the step it adopted. Until one such trial has finished, T is the running trials'
     step rate (from when this session first saw them to their latest reported step, so that an
     evaluation in progress does not slow it; earlier curve evaluations still count) x their steps:
     training only, a lower bound."""
@@ -116,7 +116,12 @@ class Progress:
         self.finished.append(status)
         self.errors.append(str(rows[0].get("error", "")) if status == "error" else "")
         seconds = seconds if seconds is not None else max((r.get("trial_s") or 0 for r in rows), default=0)
-        trained_here = start is not None and steps > 0 and start <= self.FRESH * steps and not rows[0].get("trained_in")
+        # a continued trial (reuse_training from a shorter one) trained from the adopted step: it counts when
+        # its attempt began there (the long presets continue every trial from the same fraction)
+        adopted = _int(rows[0].get("adopted_step")) if rows[0].get("trained_in") else 0
+        continued = 0 < adopted < steps  # adopted and evaluated only: trained_in without a step below steps
+        trained_here = (start is not None and steps > 0 and start - adopted <= self.FRESH * steps
+                        and (continued or not rows[0].get("trained_in")))
         if status == "ok" and seconds > 0 and trained_here:
             self.durations.append(seconds)
         extra = f": {rows[0].get('error', '')}" if status == "error" else ""  # whole: a cut message hides its cause
@@ -165,3 +170,11 @@ class Progress:
         self.last = time.time()
         rate_s = f", {rate:.0f} img/s" if rate else ""
         say(f"running {label}: step {step}/{steps}{rate_s}; {self.counts()}; {self.eta()}")
+
+
+def _int(value) -> int:
+    """A row's integer cell (0 where absent or empty: rows made before the column)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
