@@ -124,23 +124,38 @@ def test_the_trainer_uses_the_schedule_and_the_average(tmp_path):
         assert torch.equal(e, p)
 
 
-def test_new_fields_at_their_defaults_keep_every_trial_id():
+def test_new_fields_keep_every_key_and_name_what_is_not_the_default():
+    """The keys of a default config are pinned (test_formulations pins train_key and curve_key the same
+    way); a non-default schedule or average changes the trial id and shows in the arm label."""
+    from bench.training.trained import budget_key, point_key, train_key
+
     plain = RunConfig()
-    explicit = plain.replace(lr_schedule="constant", lr_ref_steps=0, ema="fixed", ema_std=0.0)
-    assert trial_id(explicit) == trial_id(plain)
+    assert (train_key(plain), budget_key(plain), point_key(plain)) == (
+        "68cc0eb9b0bb6179", "budget-16c05cca687aa562", "fb343953d184dfa1")
     assert trial_id(plain.replace(lr_schedule="inv_sqrt", lr_ref_steps=100)) != trial_id(plain)
     assert plain.replace(ema="power", ema_std=0.05).arm().endswith(" / ema power(0.05)")
     assert plain.replace(lr_schedule="inv_sqrt", lr_ref_steps=4500).arm().endswith(" / lr inv_sqrt(4500)")
 
 
+def test_canonical_resets_what_the_schedule_and_the_average_do_not_read():
+    """As for component parameters: a grid crossing ema_decay with a power arm, or lr_ref_steps with a
+    constant arm, makes one trial of each, not several identical ones under different ids."""
+    power = SMOKE.replace(ema="power", ema_std=0.1)
+    assert trial_id(power.replace(ema_decay=0.5).canonical()) == trial_id(power.replace(ema_decay=0.9).canonical())
+    assert power.replace(ema_decay=0.5).canonical().ema_decay == RunConfig().ema_decay
+    assert SMOKE.replace(lr_ref_steps=100).canonical().lr_ref_steps == 0
+    assert SMOKE.replace(ema_std=0.05).canonical().ema_std == 0.0
+    kept = SMOKE.replace(lr_schedule="inv_sqrt", lr_ref_steps=100, ema_decay=0.5).canonical()
+    assert (kept.lr_ref_steps, kept.ema_decay) == (100, 0.5)  # read by inv_sqrt and the fixed average
+
+
 @pytest.mark.parametrize("change, message", [
     ({"lr_schedule": "inv_sqrt"}, "needs lr_ref_steps > 0"),
-    ({"lr_ref_steps": 100}, "applies to lr_schedule inv_sqrt only"),
     ({"lr_schedule": "cosin"}, "did you mean cosine"),
     ({"ema": "power"}, "needs 0 < ema_std < 0.2887"),
     ({"ema": "power", "ema_std": 0.3}, "needs 0 < ema_std"),
-    ({"ema_std": 0.05}, "applies to ema power only"),
     ({"ema": "karras"}, "unknown ema 'karras'"),
+    ({"lr_ref_steps": -1}, "lr_ref_steps must be >= 0"),
 ])
 def test_bad_optimisation_settings_are_input_errors(change, message):
     with pytest.raises(InputError, match=message):

@@ -148,7 +148,7 @@ def test_a_longer_trial_continues_the_longest_shorter_training_to_the_weights_of
     assert {(r["trained_in"], r["adopted_step"], r["train_steps_done"]) for r in rows} == {(src, 12, 24)}
     assert {(r["trained_in"], r["adopted_step"]) for r in scratch} == {("", 0)}
     for a, b in zip(_weights(tmp_path / "continued"), _weights(tmp_path / "scratch")):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a, b)  # bitwise: the same steps on the same CPU
     points = {r["train_step"]: r["fd_pixels"] for r in rows}
     assert sorted(points) == [12, 18, 24]
     for r in scratch:
@@ -224,9 +224,55 @@ def test_continuation_holds_for_edm2s_schedule_and_average_and_cosine_never_cont
     run_trial(edm2.replace(train_steps=24), tmp_path / "scratch", device="cpu", progress=False)
     assert rows[0]["adopted_step"] == 12
     for a, b in zip(_weights(tmp_path / "long"), _weights(tmp_path / "scratch")):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a, b)
     cosine = SMOKE.replace(lr_schedule="cosine")
     run_trial(cosine, tmp_path / "cos12", device="cpu", progress=False)
     assert trained.budget_key(cosine) != trained.budget_key(cosine.replace(train_steps=24))
     rows = run_trial(cosine.replace(train_steps=24, reuse_training=True), tmp_path / "cos24", device="cpu", progress=False)
     assert rows[0]["adopted_step"] == 0
+
+
+def test_a_continued_trial_keeps_its_own_second_half_and_survives_a_kill(tmp_path, monkeypatch):
+    """The loss-by-t "second half" of a continued trial holds only its own second half (before: the
+    source's second half, an earlier and higher-loss stretch, was carried in); a continued trial killed
+    before its first own checkpoint resumes from the adopted one and ends where an unbroken one does."""
+    import csv
+
+    from bench.training import train as train_mod
+
+    run_trial(SMOKE, tmp_path / "src", device="cpu", progress=False)
+    long = SMOKE.replace(train_steps=48, checkpoint_every=48, reuse_training=True)
+    real_save = train_mod.Trainer.save
+
+    def save_then_die(self):
+        if self.step == 20:
+            raise KeyboardInterrupt  # killed at step 20, before any checkpoint of its own
+        real_save(self)
+
+    monkeypatch.setattr(train_mod.Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(long.replace(checkpoint_every=20), tmp_path / "long", device="cpu", progress=False)
+    monkeypatch.setattr(train_mod.Trainer, "save", real_save)
+    rows = run_trial(long.replace(checkpoint_every=20), tmp_path / "long", device="cpu", progress=False)
+    run_trial(SMOKE.replace(train_steps=48), tmp_path / "scratch", device="cpu", progress=False)
+    assert {(r["trained_in"], r["adopted_step"], r["train_steps_done"]) for r in rows} == \
+        {(str((tmp_path / "src").resolve()), 12, 48)}
+    for a, b in zip(_weights(tmp_path / "long"), _weights(tmp_path / "scratch")):
+        assert torch.equal(a, b)
+
+    def second_half_n(wd):
+        with open(wd / "loss_by_t.csv") as f:
+            return sum(int(r["n"]) for r in csv.DictReader(f) if r["window"] == "second_half")
+
+    assert second_half_n(tmp_path / "long") == second_half_n(tmp_path / "scratch") == 24 * SMOKE.batch_size
+
+
+def test_only_trials_that_trained_are_indexed_and_only_their_kind_of_device_is_continued(tmp_path):
+    """An evaluation-only copy does not take over its source's pointer (the source keeps the complete
+    curve and logs); a checkpoint made on another kind of device is not continued."""
+    src = SMOKE.replace(eval_at="6")
+    run_trial(src, tmp_path / "src", device="cpu", progress=False)
+    run_trial(SMOKE.replace(reuse_training=True, evals="ddim:4"), tmp_path / "copy", device="cpu", progress=False)
+    assert trained.find(SMOKE) == (tmp_path / "src" / "checkpoint.pt").resolve()
+    assert trained.source(SMOKE.replace(train_steps=24), "cpu")[1] == 12
+    assert trained.source(SMOKE.replace(train_steps=24), "cuda") is None  # made on the CPU

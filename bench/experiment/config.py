@@ -26,7 +26,9 @@ import torch
 
 from bench.data.datasets import DATASETS
 from bench.models.unet import MODELS
+from bench.optim.ema import EMAS
 from bench.optim.ema import check as ema_check
+from bench.optim.lr import LR_SCHEDULES
 from bench.optim.lr import check as lr_check
 from bench.process.continuous import PathDiffusion
 from bench.process.corruptions import CORRUPTIONS, corruption_params, make_process
@@ -259,7 +261,17 @@ class RunConfig:
         keep = set(schedule_params(self.schedule)) | set(noise_params(self.noise)) | set(_weighting_params(self.weighting))
         keep |= set(corruption_params(self.corruption))
         drop = {k: None for k in sorted(every - keep) if getattr(self, k) is not None}
+        drop |= self._unread_optim_params()
         return dataclasses.replace(self, **drop) if drop else self
+
+    def _unread_optim_params(self) -> dict[str, Any]:
+        """The optimisation fields the trial's learning-rate schedule and weight average do not read, at
+        their defaults (ema_decay under the power EMA, lr_ref_steps under constant, ...)."""
+        if self.lr_schedule not in LR_SCHEDULES or self.ema not in EMAS:
+            return {}
+        read = set(LR_SCHEDULES.get(self.lr_schedule).params) | set(EMAS.get(self.ema).params)
+        defaults = {f.name: f.default for f in fields(RunConfig)}
+        return {k: defaults[k] for k in OPTIM_PARAMS if k not in read and getattr(self, k) != defaults[k]}
 
     def schedule_label(self) -> str:
         """The schedule with its parameters, e.g. ``sigmoid(tau=0.5)+zt``."""
@@ -342,6 +354,8 @@ def _weighting_params(name: str) -> tuple[str, ...]:
 COMPONENT_PARAMS = ("beta_start", "beta_end", "cosine_s", "tau", "sigmoid_start", "sigmoid_end", "sigma_min",
                     "sigma_max", "laplace_mu", "laplace_b", "theta_0", "min_snr_gamma", "p2_k", "p2_gamma",
                     "sigma_blur_max", "weight_bias")
+# The fields of the learning-rate schedules and weight averages (bench.optim): reset by ``canonical`` where unread.
+OPTIM_PARAMS = ("lr_ref_steps", "ema_decay", "ema_std")
 # The time densities' parameters: never dropped by ``canonical`` (one set without its density is bad input).
 DENSITY_PARAMS = all_density_params()
 

@@ -48,20 +48,20 @@ class EMAProfile:
 
     beta: Callable[[int, Any], float]
     description: str  # what `bench ls` prints
-    params: tuple[str, ...] = ()  # the RunConfig fields it reads beyond ema_decay; others need them at 0
+    params: tuple[str, ...] = ()  # the RunConfig fields it reads (RunConfig.canonical resets the others)
 
 
-EMAS.register("fixed")(EMAProfile(lambda k, cfg: min(cfg.ema_decay, k / (9 + k)), "beta_k = min(ema_decay, k / (9 + k)) (every run before issue 36)"))
+EMAS.register("fixed")(EMAProfile(lambda k, cfg: min(cfg.ema_decay, k / (9 + k)),
+                                  "beta_k = min(ema_decay, k / (9 + k)) (every run before issue 36)", params=("ema_decay",)))
 EMAS.register("power")(EMAProfile(lambda k, cfg: (1.0 - 1.0 / k) ** (std_to_exp(cfg.ema_std) + 1.0),
                                   "EDM2 power function (Karras et al. 2024): beta_k = (1 - 1/k)^(gamma + 1), sigma_rel = ema_std",
                                   params=("ema_std",)))
 
 
 def check(cfg) -> None:
-    """InputError for an unknown profile, an ``ema_std`` out of (0, sqrt(1/12)) where it is read, or set where it is not."""
+    """InputError for an unknown profile or an ``ema_std`` out of (0, sqrt(1/12)) where it is read (a
+    grid's trials are canonical: the fields a profile does not read are at their defaults)."""
     profile = EMAS.get(cfg.ema)
     if "ema_std" in profile.params and not 0 < cfg.ema_std < MAX_STD:
         raise InputError(f"ema {cfg.ema} needs 0 < ema_std < {MAX_STD:.4f} (sqrt(1/12), the uniform average), "
                          f"got {cfg.ema_std}")
-    if "ema_std" not in profile.params and cfg.ema_std != 0:
-        raise InputError(f"ema_std = {cfg.ema_std} applies to ema power only, not {cfg.ema}")

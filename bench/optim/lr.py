@@ -32,7 +32,7 @@ class LRSchedule:
 
     decay: Callable[[int, Any], float]
     description: str  # what `bench ls` prints
-    params: tuple[str, ...] = ()  # the RunConfig fields it reads; every other schedule needs them at 0
+    params: tuple[str, ...] = ()  # the RunConfig fields it reads (RunConfig.canonical resets the others)
     needs_total: bool = False  # reads train_steps: the first steps of a longer trial are not a shorter one's
 
     def factor(self, k: int, cfg) -> float:
@@ -49,18 +49,10 @@ LR_SCHEDULES.register("cosine")(LRSchedule(
     lambda k, cfg: 0.5 * (1.0 + math.cos(math.pi * (k - 1) / cfg.train_steps)),
     "x (1 + cos(pi (k - 1) / train_steps)) / 2, CosineAnnealingLR to 0; reads train_steps", needs_total=True))
 
-#: the fields schedules take, at their "not used" value
-PARAM_DEFAULTS = {"lr_ref_steps": 0}
-
-
 def check(cfg) -> None:
-    """InputError for an unknown schedule, a parameter it needs that is missing, or one it ignores that is set."""
+    """InputError for an unknown schedule or a parameter it reads that is not > 0 (a grid's trials are
+    canonical: the fields a schedule does not read are at their defaults, ``RunConfig.canonical``)."""
     schedule = LR_SCHEDULES.get(cfg.lr_schedule)
-    for name, unused in PARAM_DEFAULTS.items():
-        value = getattr(cfg, name)
-        if name in schedule.params and value <= 0:
-            raise InputError(f"lr_schedule {cfg.lr_schedule} needs {name} > 0, got {value}")
-        if name not in schedule.params and value != unused:
-            raise InputError(f"{name} = {value} applies to lr_schedule "
-                             f"{' | '.join(n for n, s in LR_SCHEDULES.items() if name in s.params)} only, "
-                             f"not {cfg.lr_schedule}")
+    for name in schedule.params:
+        if getattr(cfg, name) <= 0:
+            raise InputError(f"lr_schedule {cfg.lr_schedule} needs {name} > 0, got {getattr(cfg, name)}")

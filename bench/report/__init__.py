@@ -450,8 +450,9 @@ def adopted_lines(run: Run) -> list[str]:
             lines.append(f"- **Continued**: {len(part)} of {plural(len(trials), 'trial')} began from the final checkpoint "
                          f"of a finished shorter trial with the same training fields (step {steps}; `reuse_training`, "
                          f"`bench/training/trained.py`) from {runs} and trained on to their own train_steps: the same "
-                         f"weights as training from step 0 (constant learning rate after the warmup, every generator's "
-                         f"state in the checkpoint); their training time includes the source's.")
+                         f"weights as training from step 0 (the learning-rate schedule and the weight average count "
+                         f"in steps taken, every generator's state is in the checkpoint); their training time "
+                         f"includes the source's.")
     return lines
 
 

@@ -159,10 +159,12 @@ def paired_along(run: Run, dataset: str, metric: str) -> pd.DataFrame:
         best = (sign * end.groupby("label", sort=False)["value"].mean()).idxmax()
         for (step, final), at in part.groupby(["train_step", "final"], sort=True):
             wide = at.pivot_table(index="seed", columns="label", values="value", aggfunc="first")
+            # arms that differ in batch size pair at equal steps, not at equal images: then the step names the point
+            images = float(at["images"].iloc[0]) if at["images"].nunique() == 1 else float("nan")
             for other in (lb for lb in run.labels if lb in wide.columns and lb != best and best in wide.columns):
                 r = stats.paired(sign * wide[best].to_numpy(float), sign * wide[other].to_numpy(float))
                 out.append({"dataset": dataset, "metric": metric, "sampler": s, "sample_steps": int(k),
-                            "train_step": int(step), "images": float(at["images"].iloc[0]), "final": bool(final),
+                            "train_step": int(step), "images": images, "final": bool(final),
                             "best": best, "other": other, "n": r.n, "gap": r.mean, "lo": r.lo, "hi": r.hi, "p": r.p})
     return pd.DataFrame(out)
 
@@ -190,13 +192,15 @@ def pairs_words(run: Run, dataset: str, metric: str) -> str | None:
         for other, rows in part.groupby("other", sort=False):
             every = len(rows) <= SHOWN_POINTS
             shown = rows if every else rows.iloc[[0, -1]]  # the CSV has every point
-            cells = [f"{r.gap:.3g} [{r.lo:.3g}, {r.hi:.3g}] at {_count(r.images)}" for r in shown.itertuples()]
+            cells = [f"{r.gap:.3g} [{r.lo:.3g}, {r.hi:.3g}] at "
+                     + (_count(r.images) if np.isfinite(r.images) else f"step {r.train_step:,}") for r in shown.itertuples()]
             held = int((rows["lo"] > 0).sum())
             gaps.append(f"{other} {(', ' if every else ' ... ').join(cells)} "
                         f"(interval above 0 at {held} of {len(rows)})")
         which = "each" if len(steps) <= SHOWN_POINTS else "the first and the last"
+        unit = "training images" if np.isfinite(part["images"]).all() else "the arms differ in batch size: steps"
         parts.append(f"`{s}:{k}`: how far the final best arm, {best}, is ahead of each other arm at {which} of "
-                     f"{len(steps)} points (training images; the last is the end of training; positive = ahead, paired "
+                     f"{len(steps)} points ({unit}; the last is the end of training; positive = ahead, paired "
                      f"by seed, 95% t-interval): " + "; ".join(gaps))
     return f"Paired gaps along the learning curve of `{metric}` (`tables/{PAIRS}.csv`), " + ". ".join(parts) + "."
 

@@ -125,11 +125,11 @@ def steps_to_train(cfg: RunConfig, keys: set[str]) -> int:
     if not cfg.reuse_training:
         return cfg.train_steps
     key = trained.train_key(cfg)
-    if key in keys or trained.find(cfg) is not None:
+    if key in keys:
         return 0
     keys.add(key)
-    src = trained.to_continue(cfg)
-    return cfg.train_steps - (trained.steps_of(src.parent) if src is not None else 0)
+    found = trained.source(cfg, pick_device())
+    return cfg.train_steps - (found[1] if found is not None else 0)
 
 
 def estimate(trials: list[RunConfig], threads: int | None = None, concurrent: int = 1, ray: bool = False,

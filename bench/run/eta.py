@@ -163,6 +163,8 @@ class Progress:
         self.stepped_at[tid] = time.time()  # the trainer reports only as its steps advance
         if start is not None:
             self.start[tid] = int(start)
+            if int(start) > self.first_seen[tid][0]:  # begun at 0 before it adopted a shorter trial's checkpoint
+                self.first_seen[tid] = (int(start), time.time())
         else:
             self.start.setdefault(tid, step)
         if not force and time.time() - self.last < PROGRESS_EVERY_S:

@@ -56,15 +56,17 @@ def run_trial(cfg: RunConfig, workdir: Path, device: str | None = None, progress
 
     with trained.training_lock(cfg) if cfg.reuse_training else contextlib.nullcontext():
         # a finished model of the same training (evaluation only), or a shorter one's to continue, if there is one
-        adopted = trained.adopt(cfg, workdir) if cfg.reuse_training else ""
+        adopted = trained.adopt(cfg, workdir, device) if cfg.reuse_training else ""
         curve = _Curve(cfg, diffusion, noise, data.shape[1:], workdir, device, report)  # after adoption: it may bring the curve
         _log_attempt(workdir, adopted)  # after adoption: the step it resumes from is the adopted model's
         # this attempt's adoption or an earlier one's (a stopped attempt resumes from the adopted checkpoint)
         trained_in, adopted_step = adopted_before(workdir)
         result, ema = train(cfg, data.to(device), diffusion, noise, workdir, device=device, progress=progress,
                             report=report, evaluate=curve)
-    if result.status == "ok" and result.steps == cfg.train_steps:
-        trained.register(cfg, workdir, trial_id(cfg))
+        # indexed under the lock (a trial waiting on it then finds the model), and only where it trained: an
+        # evaluation-only copy would shadow its source, whose curve and logs are the complete ones
+        if result.status == "ok" and result.steps == cfg.train_steps and not (trained_in and adopted_step == cfg.train_steps):
+            trained.register(cfg, workdir, trial_id(cfg))
     base = {
         **cfg.to_dict(),
         "trial_id": trial_id(cfg),

@@ -192,6 +192,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
             "log": list(self.log), "recent": list(self.recent), "row_losses": list(self._row_losses),
             "bin_sum": dict(self.bin_sum), "bin_n": dict(self.bin_n), "train_seconds": self.train_seconds,
+            "device": self.device.type,  # a longer trial continues only a checkpoint of its kind of device
         }
 
     def save(self) -> None:
@@ -240,6 +241,10 @@ class Trainer:
         self.recent.extend(ck["recent"])
         self._row_losses = list(ck["row_losses"])
         self.bin_sum, self.bin_n = dict(ck["bin_sum"]), dict(ck["bin_n"])
+        if theirs.get("train_steps", self.total) != self.total:  # a shorter trial's checkpoint, continued here:
+            # its "second half" was of its own length; this one's holds the steps trained from here on
+            self.bin_sum["second_half"] = torch.zeros_like(self.bin_sum["second_half"])
+            self.bin_n["second_half"] = torch.zeros_like(self.bin_n["second_half"])
         self.train_seconds = float(ck.get("train_seconds", 0.0))  # checkpoints before the field: unknown, counted from 0
         return True
 

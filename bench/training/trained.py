@@ -34,8 +34,10 @@ carries every generator's state (``bench.training.train``), so no part of the fi
 how many follow (``tests/test_trained.py`` checks it); a schedule that reads ``train_steps`` (cosine)
 keeps it in the budget key and never continues. Curve points below the
 source's step must be in the source's curve with the same evaluation and scoring (they are copied);
-otherwise it trains from step 0. Only the loss log's row spacing (``train_steps`` / 1000) and the
-"second half" loss-by-t window follow the new length.
+otherwise it trains from step 0. Only the loss log's row spacing (``train_steps`` / 5000 steps a row)
+and the "second half" loss-by-t window follow the new length (the window then holds the steps trained
+after the adopted one: ``Trainer.try_resume``). Only a checkpoint made on the same kind of device is
+continued (bf16 autocast on CUDA, fp32 on the CPU), and only trials that trained are indexed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import torch
 
 from bench.experiment.config import BOOKKEEPING, CURVE, EVALUATIONS, SAMPLER_OPTION, SCORING, RunConfig, fields_with
 from bench.files import cache_dir, copy_atomic, file_lock, load_torch_checked, write_json_atomic
@@ -133,28 +137,32 @@ def find(cfg: RunConfig) -> Path | None:
     return _verified(_index() / f"{train_key(cfg)}.json", train_key, cfg, cfg.train_steps)
 
 
-def find_shorter(cfg: RunConfig) -> Path | None:
-    """The checkpoint of the longest finished trial with ``cfg``'s budget key and fewer steps, verified."""
+def shorter(cfg: RunConfig, device: str = "cpu") -> list[tuple[Path, int]]:
+    """(checkpoint, its step) of every finished trial with ``cfg``'s budget key and fewer steps, made
+    on this kind of ``device``, verified, longest first. The kind of device must match: bf16 autocast
+    on CUDA and fp32 on the CPU are different steps (checkpoints before the field: the CPU)."""
     prefix = f"{budget_key(cfg)}-"
     lengths = sorted((int(p.stem[len(prefix):]) for p in _index().glob(f"{prefix}*.json")
                       if p.stem[len(prefix):].isdigit()), reverse=True)
-    for steps in (n for n in lengths if n < cfg.train_steps):
-        ckpt = _verified(_index() / f"{prefix}{steps}.json", budget_key, cfg, steps)
-        if ckpt is not None:
-            return ckpt
-    return None
+    found = [(_verified(_index() / f"{prefix}{n}.json", budget_key, cfg, n, device), n)
+             for n in lengths if n < cfg.train_steps]
+    return [(ckpt, n) for ckpt, n in found if ckpt is not None]
 
 
-def to_continue(cfg: RunConfig) -> Path | None:
-    """The checkpoint a trial of ``cfg`` would continue (``find_shorter`` whose curve points below its
-    step are the ones ``cfg`` would draw; the module docstring); None if there is none."""
-    src = find_shorter(cfg)
-    return src if src is not None and _same_curve(cfg, src.parent, below=steps_of(src.parent)) else None
+def source(cfg: RunConfig, device: str = "cpu") -> tuple[Path, int] | None:
+    """What a trial of ``cfg`` with ``reuse_training`` starts from: (checkpoint, its step), a finished
+    trial of the same training whose curve is ``cfg``'s (evaluation only), else the longest shorter one
+    whose curve points below its step are ``cfg``'s (continued; the module docstring); None: it trains."""
+    exact = find(cfg)
+    if exact is not None and _same_curve(cfg, exact.parent):
+        return exact, cfg.train_steps
+    return next(((ckpt, n) for ckpt, n in shorter(cfg, device) if _same_curve(cfg, ckpt.parent, below=n)), None)
 
 
-def _verified(pointer: Path, key, cfg: RunConfig, steps: int) -> Path | None:
+def _verified(pointer: Path, key, cfg: RunConfig, steps: int, device: str | None = None) -> Path | None:
     """The checkpoint ``pointer`` names if it reads, is finished (status ok at ``steps``, its own
-    train_steps) and was trained with ``cfg``'s ``key``; None otherwise."""
+    train_steps), was trained with ``cfg``'s ``key`` (and, where ``device`` is given, on that kind of
+    device); None otherwise."""
     try:
         ckpt = Path(json.loads(pointer.read_text())["checkpoint"])
         ck = load_torch_checked(ckpt, map_location="cpu", weights_only=True)
@@ -162,6 +170,8 @@ def _verified(pointer: Path, key, cfg: RunConfig, steps: int) -> Path | None:
         return None
     theirs = RunConfig(**{k: v for k, v in ck.get("cfg", {}).items() if k in RunConfig.__dataclass_fields__})
     if key(theirs) != key(cfg) or ck.get("step") != steps or theirs.train_steps != steps or ck.get("status") != "ok":
+        return None
+    if device is not None and ck.get("device", "cpu") != torch.device(device).type:
         return None
     return ckpt
 
@@ -175,17 +185,16 @@ def training_lock(cfg: RunConfig) -> Iterator[None]:
         yield
 
 
-def adopt(cfg: RunConfig, workdir: Path) -> str:
+def adopt(cfg: RunConfig, workdir: Path, device: str = "cpu") -> str:
     """Copy a finished checkpoint of this training key (and its loss logs) into ``workdir``; returns
     the source work dir, or "" when there is none (the trial then trains)."""
     workdir = Path(workdir)
     if (workdir / CHECKPOINT).exists():
         return ""  # its own (resumed) training comes first
-    src = find(cfg)
-    if src is None or (cfg.curve_steps and not _same_curve(cfg, src.parent)):
-        src = to_continue(cfg)
-        if src is None:
-            return ""
+    found = source(cfg, device)
+    if found is None:
+        return ""
+    src = found[0]
     workdir.mkdir(parents=True, exist_ok=True)
     for name in LOGS:
         if (src.parent / name).exists():
@@ -193,11 +202,6 @@ def adopt(cfg: RunConfig, workdir: Path) -> str:
     _copy_curve(cfg, src.parent, workdir)  # the curve's rows and sample grids, before the model (then the state is complete)
     copy_atomic(src, workdir / CHECKPOINT)
     return str(src.parent)
-
-
-def steps_of(src_dir: Path) -> int:
-    """The training length of the trial in ``src_dir`` (its config.json)."""
-    return int(json.loads((src_dir / "config.json").read_text())["train_steps"])
 
 
 def _copy_curve(cfg: RunConfig, src_dir: Path, workdir: Path) -> None:
@@ -209,7 +213,8 @@ def _copy_curve(cfg: RunConfig, src_dir: Path, workdir: Path) -> None:
     rows = [r for r in json.loads((src_dir / "curve.json").read_text()) if r["train_step"] in steps]
     (workdir / "samples").mkdir(exist_ok=True)
     for png in (src_dir / "samples").glob("*-step*.png"):
-        if int(png.stem.rsplit("-step", 1)[1]) in steps:
+        step = png.stem.rsplit("-step", 1)[1]
+        if step.isdigit() and int(step) in steps:
             shutil.copyfile(png, workdir / "samples" / png.name)
     write_json_atomic(workdir / "curve.json", rows)
 
