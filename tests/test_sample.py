@@ -423,7 +423,7 @@ OPTION_DEFAULTS = _option_defaults()
 
 
 def test_sampler_contract():
-    assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "dpmpp_2m", "euler", "heun"]
+    assert SAMPLERS.names() == ["cold", "ddim", "ddpm", "dpmpp_2m", "euler", "heun", "unipc"]
     grid = ("sample_shift", "spacing", "rho", "solver_sigma_max")
     assert SAMPLERS.get("euler").options == grid and SAMPLERS.get("euler").needs_ve_view
     assert SAMPLERS.get("heun").options == (*grid, "s_churn", "s_tmin", "s_tmax", "s_noise")

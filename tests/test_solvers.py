@@ -361,7 +361,7 @@ def test_nfe_counts_the_model_calls(steps):
     rf = _path("rf", "flow")
     for d, model in ((_vp(), _vp_model), (_edm(), _net), (rf, _net), (_vp(zero_terminal_snr=True), _vp_model)):
         noise = make_noise("gaussian", d.alpha_bar)
-        for name in ("euler", "heun", "dpmpp_2m"):
+        for name in ("euler", "heun", "dpmpp_2m", "unipc"):
             m = _Counter(model)
             SAMPLERS.get(name)(m, d, noise, (1, 1, 4, 4), steps, image_generators(1, 0))
             assert m.calls == SAMPLERS.get(name).nfe(steps, d), (name, d.label(), steps)
@@ -513,3 +513,89 @@ def test_formulation_runs_name_plain_vp_arms_as_sd3_does():
     assert [r["arm"] for r in sd3_names(recs)] == ["eps/linear", "v/cos", recs[2]["arm"], recs[3]["arm"],
                                                    "rf/lognorm(0.00,1.00)"]
     assert sd3_names(recs[:4]) == recs[:4]
+
+
+# ---------------------------------------------------------------------------------------------
+# unipc against diffusers' UniPCMultistepScheduler, and its order of convergence
+
+
+def _diffusers_unipc(grid, x, denoise_input, steps, **config):
+    """diffusers' ``UniPCMultistepScheduler`` (solver_order 2, bh2, lower_order_final: its defaults) on
+    ``grid``: its timesteps and sigmas replaced by the grid's (vp: sigma~ of each index; flow: t)."""
+    from diffusers import UniPCMultistepScheduler
+
+    sched = UniPCMultistepScheduler(num_train_timesteps=1000, **config)
+    sched.set_timesteps(steps)
+    flow = config.get("use_flow_sigmas", False)
+    times = [float(t) for t, _, _ in grid[:-1]]
+    sched.timesteps = torch.tensor([t * 1000 if flow else int(t) for t in times])
+    sched.sigmas = torch.tensor([t if flow else s / a for t, a, s in grid[:-1]] + [0.0], dtype=torch.float32)
+    sched._step_index = 0
+    for t, step_t in zip(times, sched.timesteps):
+        x = sched.step(denoise_input(x, t), step_t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 10, 25])
+@pytest.mark.parametrize("spacing", ["", "trailing", "karras"])
+def test_unipc_on_vp_is_diffusers(steps, spacing):
+    """The same model, start and grid on both sides (float32 like diffusers' tables: 1e-5 absolute)."""
+    d = _vp("linear", "v")
+    noise = make_noise("gaussian", d.alpha_bar)
+    shape = (2, 1, 6, 6)
+    ours = SAMPLERS.get("unipc")(_vp_model, d, noise, shape, steps, image_generators(2, 4), clip_x0=False, spacing=spacing)
+    grid = d.solver_grid(steps, spacing=spacing)
+    x = noise.sample_per_item(shape, d.T - 1, image_generators(2, 4)).float() * grid[0][2]
+    theirs = _diffusers_unipc(grid, x, lambda x, t: _vp_model(x, torch.full((2,), int(t))), steps,
+                              trained_betas=d.betas.numpy(), prediction_type="v_prediction")
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+@pytest.mark.parametrize("steps,opts", [(6, dict(spacing="karras", solver_sigma_max=80.0)), (6, {}),
+                                        (10, dict(sample_shift=3.0))])
+def test_unipc_on_rf_is_diffusers_with_flow_sigmas(steps, opts):
+    """Rectified flow with the flow target, also from t = 1 (sigma~ = inf: the corrector's second-order
+    term vanishes in the limit, as in diffusers' arithmetic)."""
+    d = _path("rf", "flow")
+    noise = make_noise("gaussian", d.alpha_bar)
+    flow = lambda x, c: 0.4 * x + torch.sin(c.reshape(-1, 1, 1, 1) / 300.0)
+    shape = (2, 1, 6, 6)
+    ours = SAMPLERS.get("unipc")(flow, d, noise, shape, steps, image_generators(2, 5), clip_x0=False, **opts)
+    grid = d.solver_grid(steps, opts.get("sample_shift", 1.0), opts.get("spacing", ""), 7.0,
+                         opts.get("solver_sigma_max", math.inf))
+    x = noise.sample_per_item(shape, d.T - 1, image_generators(2, 5)).float() * grid[0][2]
+
+    def velocity(x, t):
+        return flow(*d.model_input(x, torch.full((2,), t, dtype=F64))).float()
+
+    theirs = _diffusers_unipc(grid, x, velocity, steps, use_flow_sigmas=True, prediction_type="flow_prediction")
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+def test_the_solvers_converge_at_their_orders_on_edm(f64, monkeypatch):
+    """Data x_0 ~ N(0, c^2): the exact denoiser is D = c^2 a x/(c^2 a^2 + s^2) and the probability-flow ODE's
+    solution at sigma~ = 0 is x~_start c / sqrt(c^2 + sigma~_start^2). Doubling the steps on EDM's grid (32 to
+    64) divides the error by ~2 (euler, order 1), ~4.5 (dpmpp_2m, order 2) and ~8.7 (unipc: UniPC-2 with its
+    corrector, order 3, Zhao et al. 2023 Theorem 3.3)."""
+    d, c2 = _edm(), 0.25
+    noise = make_noise("gaussian", d.alpha_bar)
+    shape = (2, 1, 4, 4)
+    errors = {}
+    for name in ("euler", "dpmpp_2m", "unipc"):
+        for n in (32, 64):
+            grid = d.solver_grid(n)
+            coeff = {float(t): (a, s) for t, a, s in grid}
+
+            def exact(model, diffusion, x, time, clip_x0):
+                a, s = coeff[float(time)]
+                x0 = (c2 * a / (c2 * a * a + s * s)) * x
+                return x0, (x - a * x0) / s
+
+            monkeypatch.setattr(sample_module, "_denoise", exact)
+            out = SAMPLERS.get(name)(None, d, noise, shape, n, image_generators(2, 0), clip_x0=False)
+            z = noise.sample_per_item(shape, d.T - 1, image_generators(2, 0)).double()
+            a0, s0 = grid[0][1], grid[0][2]
+            errors[name, n] = float((out - z * s0 * math.sqrt(c2 / (c2 * a0 * a0 + s0 * s0))).abs().max())
+    ratio = {name: errors[name, 32] / errors[name, 64] for name in ("euler", "dpmpp_2m", "unipc")}
+    assert 1.8 < ratio["euler"] < 2.2 and 3.5 < ratio["dpmpp_2m"] < 5.5 and 7.0 < ratio["unipc"] < 11, ratio
+    assert errors["unipc", 64] < errors["dpmpp_2m", 64] / 3 < errors["euler", 64] / 3

@@ -1,6 +1,6 @@
 """Samplers: ``ddpm`` (ancestral, all T steps or a respaced subset), ``ddim`` (any steps, eta),
-``cold`` (Cold Diffusion's Algorithm 2, any steps), and on the VE view of every path ``euler`` and
-``dpmpp_2m`` (DPM-Solver++(2M)).
+``cold`` (Cold Diffusion's Algorithm 2, any steps), and on the VE view of every path ``euler``, ``heun``,
+``dpmpp_2m`` (DPM-Solver++(2M)) and ``unipc`` (UniPC-2, bh2).
 
 A sampler is a registered ``Sampler``: its function plus its contract as data, ``options`` (the
 RunConfig fields it reads, passed to the function as keyword arguments of the same names) and
@@ -12,7 +12,8 @@ RunConfig fields it reads, passed to the function as keyword arguments of the sa
     ddpm: options ("var_type", "skip_start")   1 model evaluation per step   needs a Gaussian posterior
     ddim: options ("ddim_eta", "skip_start")   1 model evaluation per step   needs a Gaussian posterior
     cold: options ()              1 model evaluation per step   any forward process
-    euler, dpmpp_2m: options ("sample_shift",)   1 model evaluation per step   any path with the VE view
+    euler, dpmpp_2m, unipc: the grid options (sample_shift, spacing, rho, solver_sigma_max)   1 model evaluation per step   any path with the VE view
+    heun: the grid options and EDM's churn (s_churn, s_tmin, s_tmax, s_noise)   2 per step (2N - 1)
 
 Corruptions (``bench.process.corruptions``; DESIGN.md section 3, "Mild corruptions"): the forward process is a
 ``Diffusion`` (sub)class, and every sampler reaches it only through its methods: ``x_T`` (the start),
@@ -631,6 +632,81 @@ def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, gener
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old
         x = a_next * d + s_next * (x - a * d) / s if s_next else d
         old = x0
+    return x
+
+
+def _unipc_b(hh: float, order: int) -> list[float]:
+    """UniPC's b_k = h phi_k(hh) k! / B(h), k = 1..order, with B(h) = expm1(hh) ('bh2') and hh = -h
+    (Zhao et al. 2023, eq. 8 and Algorithm 2; diffusers' ``multistep_uni_*_bh_update``, the same recursion)."""
+    h_phi_k, fact, b_h, out = math.expm1(hh) / hh - 1, 1, math.expm1(hh), []
+    for k in range(1, order + 1):
+        out.append(h_phi_k * fact / b_h)
+        fact *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / fact
+    return out
+
+
+def _unipc_step(x, grid, lam, i, D, order, d_new=None):
+    """UniPC-p (B(h) = expm1(-h), data prediction) from point i to i + 1 in x space: the predictor, or
+    with ``d_new`` = D at the predicted point the corrector (which reuses that evaluation: no extra NFE).
+
+        x_{i+1} = (s_{i+1}/s_i) x_i - a_{i+1} expm1(-h) D_i - a_{i+1} expm1(-h) (rho_1 D1 + rho_2 (d_new - D_i))
+        D1 = (D_{i-1} - D_i)/r,  r = (l_{i-1} - l_i)/h,  h = l_{i+1} - l_i   (the D1 term at order 2 only)
+
+    predictor: rho_1 = 1/2 (diffusers' order-2 simplification), no d_new term; corrector: rho = 1/2 at
+    order 1, else R rho = b with R = [[1, 1], [r, 1]]. From sigma~ = inf (l_{i-1} = -inf) r is -inf and the
+    D1 term vanishes: D1 -> 0 and rho -> (0, b_1), the limit of the solve."""
+    (_, a, s), (_, a_next, s_next) = grid[i], grid[i + 1]
+    h = lam[i + 1] - lam[i]
+    hh = -h
+    b_h = math.expm1(hh)
+    x_next = (s_next / s) * x - a_next * b_h * D[-1]  # h phi_1 = expm1(-h) = B(h): the order-1 step (DDIM's)
+    r = (lam[i - 1] - lam[i]) / h if order == 2 else None
+    d1 = (D[-2] - D[-1]) / r if order == 2 and math.isfinite(r) else None
+    if d_new is None:
+        return x_next - a_next * b_h * 0.5 * d1 if d1 is not None else x_next
+    b = _unipc_b(hh, order)
+    if order == 1:
+        rho_1, rho_2 = 0.0, 0.5
+    elif not math.isfinite(r):
+        rho_1, rho_2 = 0.0, b[0]
+    else:  # [[1, 1], [r, 1]] (rho_1, rho_2) = (b_1, b_2)
+        rho_1 = (b[0] - b[1]) / (1 - r)
+        rho_2 = b[0] - rho_1
+    corr = rho_2 * (d_new - D[-1]) + (rho_1 * d1 if d1 is not None else 0.0)
+    return x_next - a_next * b_h * corr
+
+
+@register_sampler("unipc", options=GRID_OPTIONS, evals_per_step=1, needs_posterior=False, needs_chain=False,
+                  needs_ve_view=True, prepare=_grid)
+@torch.no_grad()
+def unipc(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
+          device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
+          rho: float = 7.0, solver_sigma_max: float = math.inf) -> torch.Tensor:
+    """UniPC-2, B(h) = expm1(-h) (Zhao et al. 2023, Algorithms 1-2; diffusers' ``UniPCMultistepScheduler``) on the VE view, every path.
+
+    Zhao et al., "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models":
+    order 2, 'bh2', data prediction, diffusers' defaults (solver_order 2, lower_order_final, the corrector
+    after every step but the last, final sigma 0).
+
+    On euler's grid with l_i = log(alpha_i/sigma_i): at each point the model gives D_i at the predicted x_i;
+    the corrector then recomputes x_i from x_{i-1} with D_i (UniC, ``_unipc_step``), and the predictor steps
+    from the corrected x_i (UniP; order 1 at the first and the last step, else 2). 1 model evaluation per
+    step; deterministic after the start (drawn as euler's).
+    """
+    grid = _grid(diffusion, steps, sample_shift, spacing, rho, solver_sigma_max)
+    x = _ve_start(diffusion, noise, shape, steps, generators, device, grid)
+    lam = [math.log(a) - math.log(s) if a > 0 and s > 0 else (math.inf if s == 0 else -math.inf) for _, a, s in grid]
+    D: list[torch.Tensor] = []
+    last_x, last_order = None, 0
+    for i in _loop(range(steps), progress, f"unipc:{steps}"):
+        d_i = _denoise(model, diffusion, x, grid[i][0], clip_x0)[0]
+        if last_x is not None:  # UniC: x_i again from x_{i-1}, with the evaluation at the predicted x_i
+            x = _unipc_step(last_x, grid, lam, i - 1, D, last_order, d_new=d_i)
+        D = (D + [d_i])[-2:]
+        order = min(2, steps - i, len(D))
+        last_x, last_order = x, order
+        x = _unipc_step(x, grid, lam, i, D, order) if grid[i + 1][2] > 0 else d_i  # to sigma = 0: x = D_i
     return x
 
 
