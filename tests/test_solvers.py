@@ -586,7 +586,7 @@ def test_the_solvers_converge_at_their_orders_on_edm(f64, monkeypatch):
             grid = d.solver_grid(n)
             coeff = {float(t): (a, s) for t, a, s in grid}
 
-            def exact(model, diffusion, x, time, clip_x0):
+            def exact(model, diffusion, x, time, clip_x0, coeff=coeff):
                 a, s = coeff[float(time)]
                 x0 = (c2 * a / (c2 * a * a + s * s)) * x
                 return x0, (x - a * x0) / s

@@ -29,10 +29,10 @@ class Progress:
     duration of the trials this session trained from their start: a --resume restarts trials from
     their checkpoints, and an adopted (``reuse_training``) trial only evaluates, so a trial counts
     in T only if its attempt began at most ``FRESH`` into its steps (the trainer's ``start_step``,
-    or ``begin``) and it trained here; one that continued a shorter trial, from the step it adopted. Until one such trial has finished, T is the running trials'
-    step rate (from when this session first saw them to their latest reported step, so that an
-    evaluation in progress does not slow it; earlier curve evaluations still count) x their steps:
-    training only, a lower bound."""
+    or ``begin``) and it trained here; one that continued a shorter trial, from the step it adopted.
+    Until one such trial has finished, T is the running trials' step rate (from when this session
+    first saw them to their latest reported step, so that an evaluation in progress does not slow it;
+    earlier curve evaluations still count) x their steps: training only, a lower bound."""
 
     FRESH = 0.05  # a trial whose attempt began at most this far into its steps ran from its start
 

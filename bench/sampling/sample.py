@@ -656,7 +656,7 @@ def _unipc_step(x, grid, lam, i, D, order, d_new=None):
     predictor: rho_1 = 1/2 (diffusers' order-2 simplification), no d_new term; corrector: rho = 1/2 at
     order 1, else R rho = b with R = [[1, 1], [r, 1]]. From sigma~ = inf (l_{i-1} = -inf) r is -inf and the
     D1 term vanishes: D1 -> 0 and rho -> (0, b_1), the limit of the solve."""
-    (_, a, s), (_, a_next, s_next) = grid[i], grid[i + 1]
+    (_, _, s), (_, a_next, s_next) = grid[i], grid[i + 1]
     h = lam[i + 1] - lam[i]
     hh = -h
     b_h = math.expm1(hh)
