@@ -497,9 +497,16 @@ def _denoise(model, diffusion: Diffusion, x: torch.Tensor, time, clip_x0: bool):
     return diffusion.split(_call(model, *diffusion.model_input(x, tt)), x, tt, clip_x0)
 
 
-@register_sampler("euler", options=GRID_OPTIONS, evals_per_step=1, needs_posterior=False, needs_chain=False,
-                  needs_ve_view=True, prepare=_grid)
-@torch.no_grad()
+def _ve_solver(name: str):
+    """Register a VE-view solver of 1 model evaluation a step that reads the grid options (euler,
+    dpmpp_2m, unipc), run without autograd."""
+    def register(fn):
+        return register_sampler(name, options=GRID_OPTIONS, evals_per_step=1, needs_posterior=False, needs_chain=False,
+                                needs_ve_view=True, prepare=_grid)(torch.no_grad()(fn))
+    return register
+
+
+@_ve_solver("euler")
 def euler(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
           device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
           rho: float = 7.0, solver_sigma_max: float = math.inf) -> torch.Tensor:
@@ -601,9 +608,7 @@ def heun(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generator
     return x
 
 
-@register_sampler("dpmpp_2m", options=GRID_OPTIONS, evals_per_step=1, needs_posterior=False, needs_chain=False,
-                  needs_ve_view=True, prepare=_grid)
-@torch.no_grad()
+@_ve_solver("dpmpp_2m")
 def dpmpp_2m(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
              device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
              rho: float = 7.0, solver_sigma_max: float = math.inf) -> torch.Tensor:
@@ -677,9 +682,7 @@ def _unipc_step(x, grid, lam, i, D, order, d_new=None):
     return x_next - a_next * b_h * corr
 
 
-@register_sampler("unipc", options=GRID_OPTIONS, evals_per_step=1, needs_posterior=False, needs_chain=False,
-                  needs_ve_view=True, prepare=_grid)
-@torch.no_grad()
+@_ve_solver("unipc")
 def unipc(model, diffusion: Diffusion, noise: Noise, shape, steps: int, generators: Sequence[torch.Generator],
           device="cpu", *, clip_x0: bool = True, progress: Ticks = False, sample_shift: float = 1.0, spacing: str = "",
           rho: float = 7.0, solver_sigma_max: float = math.inf) -> torch.Tensor:
