@@ -398,7 +398,7 @@ def test_without_preset_a_cpu_runs_quick_and_says_so(monkeypatch, capsys):
     monkeypatch.setattr(dryrun, "estimate", _fake_estimate(100.0))
     code, out, err = run_cli(capsys, "run", "--grid", "schedules", "--dry-run")
     assert code == 0
-    assert "no --preset given: using quick" in err and "--preset full|quick|standard|gpu|smoke" in err
+    assert "no --preset given: using quick" in err and "--preset full|quick|standard|gpu|long|smoke" in err
     assert "preset quick" in out and "estimate on this machine" in out
 
 
