@@ -160,3 +160,20 @@ def test_canonical_resets_what_the_schedule_and_the_average_do_not_read():
 def test_bad_optimisation_settings_are_input_errors(change, message):
     with pytest.raises(InputError, match=message):
         validate(SMOKE.replace(**change))
+
+
+def test_the_report_names_the_schedule_and_the_average_only_where_they_differ_from_before(tmp_path):
+    import pandas as pd
+
+    from bench.report import ema_text, lr_schedule_text
+    from bench.report.tables import Run
+
+    old = pd.DataFrame({"ema_decay": [0.998, 0.998], "trial_id": ["a", "b"]})  # rows made before the fields
+    run = Run(tmp_path, old, None, {}, {})
+    assert (ema_text(run), lr_schedule_text(run)) == ("EMA of the weights (decay 0.998)", "")
+    new = pd.DataFrame({"trial_id": ["a", "b", "c"], "ema": ["fixed", "power", "fixed"], "ema_std": [0.0, 0.1, 0.0],
+                        "ema_decay": [0.998, 0.999, 0.998], "lr_schedule": ["constant", "constant", "inv_sqrt"],
+                        "lr_ref_steps": [0, 0, 4500]})
+    run = Run(tmp_path, new, None, {}, {})
+    assert ema_text(run) == "by arm, EMA of the weights (decay 0.998) or EDM2's power-function EMA (sigma_rel 0.1)"
+    assert lr_schedule_text(run).startswith(", then by arm `constant` and `inv_sqrt`")

@@ -39,13 +39,14 @@ def test_time_to_reach_takes_the_first_crossing_and_skips_missing_points():
 
 
 # --- the section on a fake run ------------------------------------------------------------------------
-def _make_run(run: Path, metric: str = "fd_mnist_clf") -> Path:
+def _make_run(run: Path, metric: str = "fd_mnist_clf", trained_in: str = "") -> Path:
     rows = []
     for (model, seed), (per_step, values) in CURVES.items():
         cfg = RunConfig(dataset="mnist", schedule="cosine", model=model, seed=seed, train_steps=100, batch_size=8,
                         evals="ddim:10", metrics=metric, eval_at="25,50,75", curve_metrics=metric)
         base = {**cfg.to_dict(), "trial_id": trial_id(cfg), "arm": cfg.arm(), "status": "ok", "error": "",
-                "train_steps_done": 100, "sampler": "ddim", "sample_steps": 10}
+                "train_steps_done": 100, "sampler": "ddim", "sample_steps": 10,
+                "trained_in": trained_in if model == "tiny_wide" else ""}
         for step, value in zip(STEPS, values):
             rows.append({**base, "train_step": step, "train_seconds": per_step * step, metric: value})
     run.mkdir(parents=True)
@@ -62,9 +63,8 @@ def measured(tmp_path_factory):
     return fd_time.measure(_make_run(tmp_path_factory.mktemp("fd") / "run"))
 
 
-def _row(rows, arm_model: str, target_of: str):
-    return next(r for r in rows if arm_model in r["arm"] and r["target_of"] == target_of
-                and r["metric"] == "training seconds")
+def _row(rows, arm_model: str, target_of: str, unit: str = "training seconds"):
+    return next(r for r in rows if arm_model in r["arm"] and r["target_of"] == target_of and r["metric"] == unit)
 
 
 def test_targets_are_the_baselines_scores_per_seed_at_half_and_at_the_end(measured):
@@ -90,6 +90,12 @@ def test_seconds_and_paired_speed_ups_match_the_hand_worked_values(measured):
     # seed 0 reaches 30 at 100 s; seed 1 reaches 40 between 45 @ 100 s and 25 @ 150 s: 100 + 50 * 5 / 20 = 112.5 s
     assert wide_end["lo"] == 100.0 and wide_end["hi"] == 112.5 and wide_end["bounds"] == 0
     assert wide_end["ratio"] == pytest.approx((1.0 + 100 / 112.5) / 2) and wide_end["paired"] == 2
+    # in optimizer steps (tiny_wide takes 2 s a step, so its seconds are twice its steps): seed 0 reaches 30 at
+    # step 50, seed 1 reaches 40 at step 56.25; the baseline at step 100 in both: speed-ups 2 and 1.78
+    steps_end = _row(rows, "tiny_wide", "its end", "training steps")
+    assert (steps_end["lo"], steps_end["hi"]) == (50.0, 56.25)
+    assert steps_end["ratio"] == pytest.approx((2.0 + 100 / 56.25) / 2) and steps_end["case"].endswith(
+        "steps to fd_mnist_clf <= the baseline's at its end")
     rates = {r["arm"]: r["median"] for r in rows if r["metric"] == "images/s"}
     assert sorted(rates.values()) == [4.0, 8.0]  # 800 images in 200 s and in 100 s
 
@@ -102,7 +108,7 @@ def test_table_and_figure(measured, tmp_path):
 
     rows, points, _ = measured
     lines = time_to_fd_table(pd.DataFrame(rows))
-    assert len(lines) == 2 + 2 and "speed-up" in lines[0]
+    assert len(lines) == 2 + 2 and "speed-up" in lines[0] and "| steps to fd_mnist_clf <= the baseline's at its end" in lines[0]
     assert "<= 57.1 (50.0-64.3, n=2)" in lines[3]  # median of 50 (a bound: marked) and 64.3
     assert ">= **0.89x** (0.78-1.00, n=2)" in lines[3]  # a bound on a time is a bound on its speed-up
     fd_time.plot(points, "fd_mnist_clf", tmp_path / "t.png")
@@ -138,3 +144,13 @@ def test_a_higher_is_better_curve_is_refused(tmp_path):
 
     with pytest.raises(InputError, match="no lower-is-better metric"):
         fd_time.measure(_make_run(tmp_path / "run", metric="precision_clf"))
+
+
+def test_trials_that_adopted_another_runs_model_are_named_in_the_notes(tmp_path):
+    """Their train_seconds include the source's, timed under another run's load: the notes say to read steps."""
+    from bench.perf import fd_time
+
+    _, _, notes = fd_time.measure(_make_run(tmp_path / "run", trained_in="/elsewhere/_work/trials/x"))
+    assert any("2 trial(s) of this run adopted or continued" in n and "read their steps" in n for n in notes)
+    _, _, plain = fd_time.measure(_make_run(tmp_path / "plain"))
+    assert not any("adopted" in n for n in plain)

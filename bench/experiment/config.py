@@ -143,7 +143,8 @@ class RunConfig:
     ddim_eta: float = role(SAMPLER_OPTION, 0.0, help='DDIM stochasticity: 0 deterministic, 1 DDPM-like')
     var_type: str = role(SAMPLER_OPTION, "small", help='DDPM reverse variance: small (posterior) | large (beta_t)')
     sample_shift: float = role(SAMPLER_OPTION, 1.0,
-        help="VE-view solvers (euler, heun, dpmpp_2m): shift of the sampling grid, sigma~' = a sigma~, applied last; on vp it must equal train_shift")
+        help="VE-view solvers (euler, heun, dpmpp_2m, unipc): shift of the sampling grid, sigma~' = a sigma~, applied last; "
+             "on vp it must equal train_shift")
     spacing: str = role(SAMPLER_OPTION, "",
         help="VE-view solvers' grid: linspace | leading | trailing (vp) | uniform_t | karras | uniform_lambda; "
              "'' = the path's own (bench ls spacings)")

@@ -15,7 +15,9 @@ speed-up, baseline seconds / arm seconds to the same seed's target (paired: same
 target; the baseline's own speed-up is 1 by construction), with its median and min-max. The score is
 a lower-is-better one (FD); the curves are the baseline's curve evaluation (sampler, steps). The
 trials of a run share the machine as the runner packed them, so times compare within a run, not
-across machines; the notes say which run, machine and dataset they come from.
+across machines; the notes say which run, machine and dataset they come from. The same is read in
+optimizer steps: where the arms cost the same per step (a learning-rate schedule, a weight average),
+the steps carry the answer and the seconds add how the trials happened to share the cores.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import pandas as pd
 from bench.registry import InputError
 
 SECTION = "time_to_fd"
+#: what the curves are read against: the wall time, and the optimizer steps (arms that cost the same per step,
+#: e.g. a learning-rate schedule or a weight average, differ in seconds also by how the runner packed them)
+UNITS = {"train_seconds": "training seconds", "train_step": "training steps"}
 #: a lower-is-better metric of the learning curves, in order of preference
 METRICS = ("fd_mnist_clf", "fid", "fd_pixels")
 
@@ -94,8 +99,8 @@ def measure(run_dir: Path) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str
     pts = pts[(pts["sampler"] == curve_eval["sampler"]) & (pts["sample_steps"] == curve_eval["sample_steps"])]
     base = pts[pts["label"] == baseline]
     targets = goals(base)
-    base_times = {what: {seed: time_to_reach(*_series(base, seed), goal[seed])[0] for seed in goal}
-                  for what, goal in targets}
+    base_at = {(x, what): {seed: time_to_reach(*_series(base, seed, x), goal[seed])[0] for seed in goal}
+               for x in UNITS for what, goal in targets}
     common = {"run": run.id, "dataset": dataset, "score": metric, "baseline": baseline,
               "evaluation": f"{curve_eval['sampler']}:{int(curve_eval['sample_steps'])}"}
     rows: list[dict[str, Any]] = []
@@ -105,9 +110,10 @@ def measure(run_dir: Path) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str
         rate = [r for r in (_images_per_s(mine, seed) for seed in seeds) if math.isfinite(r)]
         rows.append(_spread_row(f"{label}: training images/s", "images/s", rate, arm=label, target_of="",
                                 seeds=len(seeds), **common))
-        for what, goal in targets:
-            reach = {seed: time_to_reach(*_series(mine, seed), goal[seed]) for seed in seeds if seed in goal}
-            rows.append(_time_row(label, what, goal, reach, base_times[what], len(seeds), common))
+        for x in UNITS:
+            for what, goal in targets:
+                reach = {seed: time_to_reach(*_series(mine, seed, x), goal[seed]) for seed in seeds if seed in goal}
+                rows.append(_time_row(label, what, goal, reach, base_at[x, what], len(seeds), common, UNITS[x]))
     env = run.env if isinstance(run.env, dict) else {}
     machine = (f"{env.get('platform', '?')}, {env.get('cpu_count', '?')} CPU cores, runner {env.get('runner', '?')}, "
                f"{env.get('cpus_per_trial') or 'all'} CPU(s) per trial")
@@ -115,13 +121,18 @@ def measure(run_dir: Path) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str
              + (f" (not measured: {', '.join(others)})" if others else "")
              + f"; targets per seed = the baseline arm ({baseline})'s {metric} at "
              + ", ".join(f"{w} (mean {statistics.mean(g.values()):.4g})" for w, g in targets)]
+    adopted = sum(isinstance(x, str) and x != "" for x in run.trials()["trained_in"]) if "trained_in" in run.rows.columns else 0
+    if adopted:  # their train_seconds include a source trial's, timed under that run's load
+        notes.append(f"time_to_fd: {adopted} trial(s) of this run adopted or continued another run's model "
+                     f"(reuse_training): their seconds include the source's, timed on that run's machine and load; "
+                     f"read their steps")
     return rows, pts, notes
 
 
-def _series(points: pd.DataFrame, seed) -> tuple[pd.Series, pd.Series]:
-    """(train_seconds, value) of one trial's curve and final point, in order of training."""
+def _series(points: pd.DataFrame, seed, x: str = "train_seconds") -> tuple[pd.Series, pd.Series]:
+    """(x, value) of one trial's curve and final point, in order of training (x: train_seconds or train_step)."""
     t = points[points["seed"] == seed].sort_values("train_step")
-    return t["train_seconds"], t["value"]
+    return t[x], t["value"]
 
 
 def _images_per_s(points: pd.DataFrame, seed) -> float:
@@ -135,15 +146,16 @@ def _spread_row(case: str, metric: str, values: list[float], **extra) -> dict[st
             "lo": min(v, default=math.nan), "hi": max(v, default=math.nan), "reps": len(v), **extra}
 
 
-def _time_row(label: str, what: str, goal: dict, reach: dict, base: dict, n_seeds: int, common: dict) -> dict[str, Any]:
-    """Seconds to the per-seed target over seeds, and the speed-up baseline / arm per seed where both got there."""
+def _time_row(label: str, what: str, goal: dict, reach: dict, base: dict, n_seeds: int, common: dict,
+              unit: str = "training seconds") -> dict[str, Any]:
+    """Seconds (or steps) to the per-seed target over seeds, and the speed-up baseline / arm per seed where both got there."""
     reached = [s for s, (t, _) in reach.items() if math.isfinite(t)]
     paired = [s for s in reached if math.isfinite(base.get(s, math.nan)) and reach[s][0] > 0]
     speedups = [base[s] / reach[s][0] for s in paired]
     bound = [s for s in reached if reach[s][1]]
     note = f"reached by {len(reached)} of {n_seeds} seeds"
     note += f"; {len(bound)} already there at the first curve point (an upper bound on the time)" if bound else ""
-    row = _spread_row(f"{label}: seconds to {common['score']} <= the baseline's at {what}", "training seconds",
+    row = _spread_row(f"{label}: {unit.split()[-1]} to {common['score']} <= the baseline's at {what}", unit,
                       [reach[s][0] for s in reached], arm=label, target_of=what,
                       target=statistics.mean(goal.values()), seeds=n_seeds, **common)
     row.update(ratio=statistics.median(speedups) if speedups else math.nan, ratio_lo=min(speedups, default=math.nan),

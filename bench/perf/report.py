@@ -34,7 +34,9 @@ HEADINGS = {
                    "until each arm's learning curve first reaches the baseline arm's score at two points of its "
                    "training, interpolated linearly between curve points: median (min-max, n = seeds that reached "
                    "it); speed-up = baseline seconds / arm seconds per training seed (paired), median (min-max). "
-                   "Training images/s = images / train_seconds at the end, as the run packed its trials."),
+                   "Training images/s = images / train_seconds at the end, as the run packed its trials. The same "
+                   "in optimizer steps: where the arms cost the same per step, read the steps (the seconds add "
+                   "how the runner packed the trials on the cores)."),
     "fanout": ("Grid fan-out: smoke grid (2 trials), Ray Tune vs --local", "seconds; ratio = / the --local run's sum of "
                "its trials' wall times (what the trials cost without any runner)."),
 }
@@ -98,16 +100,17 @@ def time_to_fd_table(df: pd.DataFrame) -> list[str]:
     an upper bound and the speed-up a lower bound, marked >=)."""
     arms = list(dict.fromkeys(df["arm"]))
     goals = list(dict.fromkeys(df.loc[df["metric"] == "training seconds", "target_of"]))
+    units = [u for u in ("training seconds", "training steps") if (df["metric"] == u).any()]  # steps: since issue 36
     score = df["score"].iloc[0]
-    head = ["arm", "training images/s"] + [c for g in goals for c in (
-        f"seconds to {score} <= the baseline's at {g} (mean {fmt(df.loc[df['target_of'] == g, 'target'].iloc[0])})",
+    head = ["arm", "training images/s"] + [c for u in units for g in goals for c in (
+        f"{u.split()[-1]} to {score} <= the baseline's at {g} (mean {fmt(df.loc[df['target_of'] == g, 'target'].iloc[0])})",
         "speed-up (paired seeds)")]
     lines = []
     for arm in arms:
         sub = df[df["arm"] == arm]
         line = [arm, rate(sub[sub["metric"] == "images/s"].iloc[0])]
-        for g in goals:
-            r = sub[(sub["metric"] == "training seconds") & (sub["target_of"] == g)].iloc[0]
+        for u, g in ((u, g) for u in units for g in goals):
+            r = sub[(sub["metric"] == u) & (sub["target_of"] == g)].iloc[0]
             mark = "<= " if r["bounds"] else ""
             line.append(f"not reached ({r['note']})" if not r["reps"]
                         else mark + rate(r) + ("" if r["reps"] == r["seeds"] and not r["bounds"] else f" — {r['note']}"))

@@ -376,13 +376,35 @@ def figures_section(run: Run, plots: list[Plot]) -> str:
     return "\n\n".join(out)
 
 
+def ema_text(run: Run) -> str:
+    """The evaluated weight average: the fixed-decay EMA of every run before issue 36 in its old words;
+    with the power-function EMA (``bench.optim.ema``) each profile, and ema_decay only where it is read."""
+    profiles = [str(v) for v in dict.fromkeys(run.rows["ema"].dropna())] if "ema" in run.rows.columns else []
+    if not profiles or profiles == ["fixed"]:
+        return f"EMA of the weights (decay {values(run, 'ema_decay')})"
+    fixed = run.rows[run.rows["ema"] == "fixed"]
+    parts = [f"EDM2's power-function EMA (sigma_rel {join(sorted({f'{v:g}' for v in run.rows.loc[run.rows['ema'] == 'power', 'ema_std']}))})"
+             if p == "power" else f"the {p} average" for p in profiles if p != "fixed"]
+    if len(fixed):
+        parts.insert(0, f"EMA of the weights (decay {join(sorted({f'{v:g}' for v in fixed['ema_decay']}))})")
+    return "by arm, " + " or ".join(parts)
+
+
+def lr_schedule_text(run: Run) -> str:
+    """'' for the constant rate of every run before issue 36; else the schedules (``bench.optim.lr``)."""
+    kinds = [str(v) for v in dict.fromkeys(run.rows["lr_schedule"].dropna())] if "lr_schedule" in run.rows.columns else []
+    if not kinds or kinds == ["constant"]:
+        return ""
+    return f", then by arm {join([f'`{k}`' for k in kinds])} (`bench/optim/lr.py`; `lr_ref_steps` {values(run, 'lr_ref_steps')})"
+
+
 def method(run: Run) -> str:
     lines = ["## Method",
              f"- **Model**: the shared UNet, preset `{values(run, 'model')}` ({n_params(run)} parameters), "
-             f"dropout {values(run, 'dropout')}, EMA of the weights (decay {values(run, 'ema_decay')}) used for sampling.",
+             f"dropout {values(run, 'dropout')}, {ema_text(run)} used for sampling.",
              f"- **Training**: {values(run, 'train_steps')} steps, batch size {values(run, 'batch_size')}, AdamW lr "
-             f"{values(run, 'lr')} with {values(run, 'warmup_steps')} warm-up steps, gradient clipping "
-             f"{values(run, 'grad_clip')}; loss: {loss_what(run)}.",
+             f"{values(run, 'lr')} with {values(run, 'warmup_steps')} warm-up steps{lr_schedule_text(run)}, gradient "
+             f"clipping {values(run, 'grad_clip')}; loss: {loss_what(run)}.",
              "- **Data**: " + "; ".join(_data_line(run, ds) for ds in run.datasets) + ".",
              f"- **Forward process**: T = {values(run, 'timesteps')} steps; each arm's schedule and noise type as "
              f"defined (formula and reference) in `bench/process/schedules.py` and `bench/process/noise.py`.",
