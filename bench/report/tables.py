@@ -169,13 +169,15 @@ def sd3_names(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     carry SD3's names already (``RunConfig.arm``); every other run keeps its labels."""
     if len({r.get("path", "vp") for r in records}) < 2:
         return records
+    plain: dict[tuple[str, str], str] = {}  # (schedule, prediction) -> the plain config's arm: one per pair, not per row
     out = []
     for r in records:
         short = SD3_SCHEDULES.get(str(r.get("schedule")))
-        plain = None
-        if r.get("path", "vp") == "vp" and short and r.get("prediction") in ("eps", "x0", "v"):
-            plain = RunConfig(path="vp", schedule=r["schedule"], prediction=r["prediction"]).arm()
-        out.append({**r, "arm": f"{r['prediction']}/{short}"} if plain is not None and r["arm"] == plain else r)
+        key = (str(r.get("schedule")), str(r.get("prediction")))
+        if r.get("path", "vp") == "vp" and short and key[1] in ("eps", "x0", "v") and key not in plain:
+            plain[key] = RunConfig(path="vp", schedule=key[0], prediction=key[1]).arm()
+        named = r.get("path", "vp") == "vp" and short and plain.get(key) == r["arm"]
+        out.append({**r, "arm": f"{r['prediction']}/{short}"} if named else r)
     return out
 
 
