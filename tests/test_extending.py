@@ -74,7 +74,7 @@ def run(repo: Path, grid_file: Path, out: Path, env: dict) -> pd.DataFrame:
 
 def test_the_recipes_name_what_they_touch():
     files = {r["append"] or r["into"] for r in recipes()}
-    assert files == {"bench/sampling/sample.py", "bench/experiment/config.py", "bench/scoring/metrics.py"}
+    assert files == {"bench/sampling/chain.py", "bench/experiment/config.py", "bench/scoring/metrics.py"}
     assert all((ROOT / f).exists() for f in files)
 
 

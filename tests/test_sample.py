@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-import bench.sampling.sample as S
+import bench.sampling.chain as chain_module
 from bench.process.diffusion import PREDICTIONS, Diffusion
 from bench.process.noise import make_noise
 from bench.process.paths import VP
@@ -345,7 +345,7 @@ def test_respacing(monkeypatch):
     noise = noise_for(d, "gamma", 0.1)
     model = GaussOracle(d, MU, SD)
     full = run("ddpm", model, d, noise, (2, 1, 4, 4), 100, seed=0)
-    monkeypatch.setattr(S, "respace", lambda diffusion, timesteps: rebuilt)
+    monkeypatch.setattr(chain_module, "respace", lambda diffusion, timesteps: rebuilt)
     via_rebuilt = run("ddpm", model, d, noise, (2, 1, 4, 4), 100, seed=0)
     assert torch.allclose(full, via_rebuilt, atol=1e-5)
 

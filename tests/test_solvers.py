@@ -27,7 +27,7 @@ from bench.process.schedules import make_betas
 from bench.process.spacings import SPACINGS, karras_sigmas
 from bench.registry import InputError
 from bench.report.tables import with_nfe
-from bench.sampling import sample as sample_module
+from bench.sampling import solvers as solvers_module
 from bench.sampling.sample import SAMPLERS, image_generators
 
 F64 = torch.float64
@@ -37,7 +37,7 @@ TOL = dict(rtol=1e-6, atol=1e-9)  # float64 state against float64 oracles
 @pytest.fixture
 def f64(monkeypatch):
     """The VE-view solvers' state in float64 (``STATE_DTYPE``), for the comparisons with float64 oracles."""
-    monkeypatch.setattr(sample_module, "STATE_DTYPE", F64)
+    monkeypatch.setattr(solvers_module, "STATE_DTYPE", F64)
 
 
 def _path(path, prediction, weighting="none", density="uniform", **kw):
@@ -591,7 +591,7 @@ def test_the_solvers_converge_at_their_orders_on_edm(f64, monkeypatch):
                 x0 = (c2 * a / (c2 * a * a + s * s)) * x
                 return x0, (x - a * x0) / s
 
-            monkeypatch.setattr(sample_module, "_denoise", exact)
+            monkeypatch.setattr(solvers_module, "_denoise", exact)
             out = SAMPLERS.get(name)(None, d, noise, shape, n, image_generators(2, 0), clip_x0=False)
             z = noise.sample_per_item(shape, d.T - 1, image_generators(2, 0)).double()
             a0, s0 = grid[0][1], grid[0][2]
