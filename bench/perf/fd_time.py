@@ -121,7 +121,7 @@ def measure(run_dir: Path) -> tuple[list[dict[str, Any]], pd.DataFrame, list[str
              + (f" (not measured: {', '.join(others)})" if others else "")
              + f"; targets per seed = the baseline arm ({baseline})'s {metric} at "
              + ", ".join(f"{w} (mean {statistics.mean(g.values()):.4g})" for w, g in targets)]
-    adopted = sum(isinstance(x, str) and x != "" for x in run.trials()["trained_in"]) if "trained_in" in run.rows.columns else 0
+    adopted = len(run.adopted_trials())
     if adopted:  # their train_seconds include a source trial's, timed under that run's load
         notes.append(f"time_to_fd: {adopted} trial(s) of this run adopted or continued another run's model "
                      f"(reuse_training): their seconds include the source's, timed on that run's machine and load; "

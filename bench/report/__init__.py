@@ -449,12 +449,10 @@ def adopted_lines(run: Run) -> list[str]:
     their models came from (``trained_in`` is a trial work dir, RUN/_work/trials/ID). ``adopted_step``
     tells the two apart: the source's step, equal to the trial's train_steps when it only evaluated, below
     it when it continued the source's training (rows written before the column: evaluation only)."""
-    if "trained_in" not in run.rows.columns:
-        return []
-    trials = run.trials()
-    adopted = trials[[isinstance(x, str) and x != "" for x in trials["trained_in"]]]  # empty cells read back as NaN
+    adopted = run.adopted_trials()
     if not len(adopted):
         return []
+    trials = run.trials()
     step = pd.to_numeric(adopted.get("adopted_step", pd.Series(np.nan, index=adopted.index)), errors="coerce")
     continued = step.notna() & (step < pd.to_numeric(adopted["train_steps"], errors="coerce"))
     lines = []

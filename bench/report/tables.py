@@ -97,6 +97,14 @@ class Run:
         """One row per trial (its first evaluation row)."""
         return self.rows.drop_duplicates("trial_id")
 
+    def adopted_trials(self) -> pd.DataFrame:
+        """The trials whose model came from another trial's work dir (``trained_in`` set: adopted or continued,
+        ``reuse_training``); none where the rows predate the column. Empty cells read back as NaN."""
+        trials = self.trials()
+        if "trained_in" not in trials.columns:
+            return trials.iloc[0:0]
+        return trials[[isinstance(x, str) and x != "" for x in trials["trained_in"]]]
+
 
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)

@@ -61,16 +61,16 @@ bounds that, and the last step reads x_0 at the smallest timestep, where the amp
 v and x0 predictions never divide by sqrt(ab), so zero terminal SNR (ab_T = 0) samples from pure
 noise with finite coefficients throughout.
 
-Add a sampler (in ``chain.py``, or ``solvers.py`` for one on the VE view): write a function ``fn(model, diffusion, noise, shape, steps, generators, device="cpu",
-*, clip_x0=True, progress=False, <options>)`` whose keyword-only options are RunConfig fields with
-defaults, declared in ``bench.experiment.config.RunConfig`` with the ``SAMPLER_OPTION`` role (which keeps it out
-of the training key and puts it in the learning-curve key); get (x_0, eps) from
-``diffusion.split``, loop over the steps with ``_loop(indices, progress, desc)`` (a bar or ticks: ``Ticks``),
-and decorate it with ``@register_sampler("name", options={"option": check, ...}, evals_per_step=k,
-needs_posterior=...)``, where ``check(value)`` raises InputError on a bad value (needs_posterior False
-when it uses only ``q_sample`` and ``split``, as ``cold``). Registration checks that the declared
-options are exactly the function's keyword-only options and that an option two samplers share has one
-check. A new option is therefore two edits: its sampler and its RunConfig field with its role.
+Add a sampler (in ``chain.py``, or ``solvers.py`` for one on the VE view): write a function ``fn(model,
+diffusion, noise, shape, steps, generators, device="cpu", *, clip_x0=True, progress=False, <options>)`` whose
+keyword-only options are RunConfig fields with defaults, declared in ``bench.experiment.config.RunConfig``
+with the ``SAMPLER_OPTION`` role (which keeps it out of the training key and puts it in the learning-curve
+key); get (x_0, eps) from ``diffusion.split``, loop over the steps with ``_loop(indices, progress, desc)`` (a
+bar or ticks: ``Ticks``), and decorate it with ``@register_sampler("name", options={"option": check, ...},
+evals_per_step=k, needs_posterior=...)``, where ``check(value)`` raises InputError on a bad value
+(needs_posterior False when it uses only ``q_sample`` and ``split``, as ``cold``). Registration checks that
+the declared options are exactly the function's keyword-only options and that an option two samplers share has
+one check. A new option is therefore two edits: its sampler and its RunConfig field with its role.
 """
 
 from __future__ import annotations
