@@ -42,6 +42,7 @@ def start_T(T: int, skip_start: float = 0.0) -> int:
     t = T' (0-based index T' - 1) instead of T, and samples at most T' steps."""
     return T - round(skip_start * T)
 
+
 def respace(diffusion: Diffusion, timesteps: Sequence[int]) -> Diffusion:
     """The diffusion restricted to an ascending subsequence s_0 < ... < s_{K-1} of its timesteps.
 
@@ -72,8 +73,6 @@ def _start(diffusion: Diffusion, noise: Noise, shape, generators, device, skip_s
     if T1 < 1:
         raise InputError(f"skip_start={skip_start} leaves no timestep of T = {diffusion.T}")
     return noise.sample_per_item(shape, T1 - 1, generators, device).float()
-
-
 
 
 @register_sampler("ddpm", options={"var_type": _check_var_type, "skip_start": _check_skip_start}, evals_per_step=1)

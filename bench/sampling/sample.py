@@ -86,7 +86,7 @@ from bench.process.noise import Noise
 from bench.process.schedules import timestep_subsequence  # noqa: F401  (its home is the leaf schedules)
 from bench.registry import InputError
 
-# the samplers register on import: the chain's, then the VE view's (the order ``bench ls samplers`` lists)
+# the samplers register on import: the chain's (chain.py), then the VE view's (solvers.py)
 from bench.sampling.chain import VAR_TYPES, cold, ddim, ddpm, respace, start_T  # noqa: F401
 from bench.sampling.contract import (  # noqa: F401  (the contract, re-exported for the callers of this module)
     OPTION_CHECKS,
