@@ -144,3 +144,29 @@ def test_different_or_trial_specific_errors_do_not_stop_the_grid():
     r.trial_done("b", rows("b", "error", "DataError: no data"))
     r.trial_done("c", rows("c", "error", "DataError: no data"))
     assert not r.shared_failure()  # one trial got through: not every trial meets it
+
+
+def test_earlier_sessions_trials_set_the_eta_of_a_resume_until_one_of_its_own_finishes():
+    """A --resume knew no trial duration until one of its own finished, and said a training-only lower bound
+    for the first quarter hour (issue 35's run: "ETA > 6.2 h" where ~3.5 h remained). The trials earlier
+    sessions trained give it from the start: training over every attempt plus every evaluation."""
+    def trial(train_s, evals, **extra):  # a curve point and two final evaluations, as rows.csv holds them
+        return [{"status": "ok", "trial_id": "t", "train_seconds": t, "sample_s": s, "score_s": 1.0, **extra}
+                for t, s in zip(train_s, evals)]
+
+    finished = {
+        "a": trial([100.0, 400.0, 400.0], [20.0, 30.0, 100.0]),  # 400 s of training + 150 s sampling + 3 s scoring
+        "b": trial([120.0, 500.0, 500.0], [25.0, 35.0, 140.0], trained_in=""),  # an empty cell: trained here
+        "c": trial([0.0, 0.0], [30.0, 100.0], trained_in="../other/_work/trials/x"),  # adopted: evaluated only
+        "d": [{"status": "error", "trial_id": "d", "train_seconds": 50.0}],  # failed: no duration
+        "e": [{"status": "ok", "trial_id": "e", "train_s": 600.0, "sample_s": 10.0}],  # rows before train_seconds
+        "f": trial([float("nan"), 300.0], [20.0, 60.0], trained_in=float("nan")),  # NaN cells as rows.csv reads them
+    }
+    assert eta.earlier_seconds(finished) == [553.0, 703.0, 382.0]
+    p = eta.Progress(total=10, done_before=6, at_once=2, earlier=eta.earlier_seconds(finished))
+    per_trial = 553.0  # the median of 553, 703 and 382 s
+    assert p.eta() == (f"ETA {eta.duration(4 * per_trial / 2)} (at the median of 3 trials of earlier sessions, "
+                       f"{eta.duration(per_trial)} a trial)")
+    p.step("g", "g", 45, 4500)  # a trial of this session, from its start ...
+    p.trial_done("g", [{"trial_id": "g", "status": "ok", "trial_s": 1200.0}])
+    assert p.eta() == f"ETA {eta.duration(3 * 1200.0 / 2)}"  # ... then this session's load sets it

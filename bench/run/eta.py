@@ -4,8 +4,10 @@ the first trials failing alike on data or the environment stop the grid."""
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from bench.progress import PROGRESS_EVERY_S, duration, say
 
@@ -32,12 +34,16 @@ class Progress:
     or ``begin``) and it trained here; one that continued a shorter trial, from the step it adopted.
     Until one such trial has finished, T is the running trials' step rate (from when this session
     first saw them to their latest reported step, so that an evaluation in progress does not slow it;
-    earlier curve evaluations still count) x their steps: training only, a lower bound."""
+    earlier curve evaluations still count) x their steps: training only, a lower bound; unless trials
+    finished in earlier sessions of the run (``earlier``, from ``earlier_seconds``): then T is their median
+    cost, said as such (they ran under those sessions' load; the median, because one that shared the cores
+    with other work is no typical trial)."""
 
     FRESH = 0.05  # a trial whose attempt began at most this far into its steps ran from its start
 
-    def __init__(self, total: int, done_before: int, at_once: int):
+    def __init__(self, total: int, done_before: int, at_once: int, earlier: Sequence[float] = ()):
         self.total, self.done_before, self.at_once = total, done_before, max(1, at_once)
+        self.earlier = list(earlier)  # seconds of the trials earlier sessions trained (earlier_seconds)
         self.t0 = self.last = time.time()
         self.finished: list[str] = []  # statuses of trials finished in this session
         self.errors: list[str] = []  # their error messages ("" for a trial that did not raise)
@@ -71,8 +77,12 @@ class Progress:
         left = self.total - self.done_before - len(self.finished)
         if not left:
             return "all finished"
+        basis = ""
         if self.durations:
             per_trial, bound = sum(self.durations) / len(self.durations), ""
+        elif self.earlier:
+            per_trial, bound = statistics.median(self.earlier), ""  # the median: a session that shared the cores is no typical trial
+            basis = f" (at the median of {len(self.earlier)} trials of earlier sessions, {duration(per_trial)} a trial)"
         else:
             estimates = [t for tid, (s, n) in self.running.items() if (t := self._training_s(tid, s, n))]
             if not estimates:
@@ -83,7 +93,7 @@ class Progress:
         longest = max([*fractions_left, 1.0 if left > len(self.running) else 0.0])  # a slot cannot split a trial
         eta_s = max(todo / self.at_once, longest) * per_trial
         if not bound:
-            return f"ETA {duration(eta_s)}"
+            return f"ETA {duration(eta_s)}{basis}"
         sampling_s = max((t - time.time() for t in self.sampled_by.values()), default=0.0)
         if sampling_s > eta_s:  # every running trial has trained: what is known is the sampling under way
             return f"ETA > {duration(sampling_s)} (the sampling under way only, until a trial finishes)"
@@ -172,6 +182,36 @@ class Progress:
         self.last = time.time()
         rate_s = f", {rate:.0f} img/s" if rate else ""
         say(f"running {label}: step {step}/{steps}{rate_s}; {self.counts()}; {self.eta()}")
+
+
+def earlier_seconds(finished: dict[str, list[dict[str, Any]]]) -> list[float]:
+    """What each trial finished by an earlier session of the run cost, for the ETA of a --resume until one
+    of its own finishes: the training time to its last step over every attempt (``train_seconds``, its
+    largest) plus every evaluation's sampling and scoring (``sample_s`` + ``score_s``, curve points
+    included). Only trials that finished ok and trained in their own work dir (``trained_in`` empty: not
+    adopted, not continued); rows made before these columns give nothing."""
+    out = []
+    for rows in finished.values():
+        if not rows or rows[0].get("status") != "ok" or _text(rows[0].get("trained_in")):
+            continue
+        train = max((v for r in rows if math.isfinite(v := _num(r.get("train_seconds")))), default=math.nan)
+        evals = sum(_num(r.get("sample_s")) + _num(r.get("score_s")) for r in rows)
+        if math.isfinite(train) and math.isfinite(evals) and train > 0:
+            out.append(train + evals)
+    return out
+
+
+def _num(value) -> float:
+    """A row's number (NaN where absent, empty or not a number)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _text(value) -> str:
+    """A row's text cell ("" where absent or empty, which rows.csv reads back as NaN)."""
+    return value if isinstance(value, str) else ""
 
 
 def _int(value) -> int:

@@ -23,7 +23,7 @@ from bench.experiment.config import trial_id
 from bench.progress import say
 from bench.report import build_report
 from bench.run.collect import Collector
-from bench.run.eta import SHARED_AFTER, Progress, SharedFailure
+from bench.run.eta import SHARED_AFTER, Progress, SharedFailure, earlier_seconds
 from bench.run.fanout import run_local, run_ray
 from bench.run.floors import write_floors, write_real_grids
 from bench.run.plan import Plan
@@ -97,7 +97,8 @@ def _fan_out(plan: Plan, session: _Session) -> bool:
     grid stopped (said, with the command that resumes it). Ctrl-C: said, and re-raised."""
     fanout, collector, trials = plan.fanout, session.collector, plan.trials
     session.t_fan = time.time()
-    progress = Progress(len(trials), session.done_before, fanout.slots()[1])
+    earlier = earlier_seconds(session.collector.rows)  # the trials finished before this session
+    progress = Progress(len(trials), session.done_before, fanout.slots()[1], earlier)
     try:
         if fanout.local:
             run_local(trials, plan.run_dir, collector, threads=fanout.slots()[0], progress=progress)
