@@ -167,6 +167,33 @@ def test_a_lock_left_by_a_killed_run_is_not_stale(tmp_path):
     assert (tmp_path / LOCK).exists() and lock_holder(tmp_path / LOCK) is None
 
 
+def test_a_resume_may_add_trials_and_keeps_every_earlier_one(tmp_path, capsys, monkeypatch, threads):
+    """A grid grew an arm mid-run (issue 35: SD3's eps/linear is LDM-Linear, added after 24 of 50 trials had
+    finished): --resume keeps every finished trial, runs only the added ones, and records the extension in
+    env.json's sessions and the report's Provenance. A grid that drops or changes a trial is still refused."""
+    monkeypatch.setattr(runner, "build_report", lambda run_dir: None)
+    out = tmp_path / "run"
+    assert main(["run", *SMOKE, "--set", "schedule=linear", "--out", str(out)]) == 0  # one trial: linear
+    first = pd.read_csv(out / "rows.csv")
+    linear = first["trial_id"].iloc[0]
+    mtime = (out / "_work" / "trials" / linear / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--out", out, "--resume")  # the preset's two schedules
+    assert code == 0, err[-3000:]
+    assert "this --resume adds 1 trial of 1 new arm (cosine" in err and "every earlier trial is kept" in err, err
+    rows = pd.read_csv(out / "rows.csv")
+    assert set(rows["schedule"]) == {"linear", "cosine"} and rows["trial_id"].nunique() == 2
+    assert (out / "_work" / "trials" / linear / "result.json").stat().st_mtime_ns == mtime  # not trained again
+    kept = rows[rows["trial_id"] == linear].drop(columns=["trial_s"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, first.drop(columns=["trial_s"])[kept.columns], check_dtype=False)
+    sessions = json.loads((out / "env.json").read_text())["sessions"]
+    assert [s.get("grid_extended", "") for s in sessions] == ["", "1 trial of 1 new arm (cosine / gaussian)"]
+    from bench.report import session_lines
+    assert "the grid was extended by 1 trial of 1 new arm (cosine / gaussian)" in session_lines({"sessions": sessions})[-1]
+    code, _, err = run_cli(capsys, "run", *SMOKE, "--set", "schedule=linear", "--out", out, "--resume")  # drops cosine
+    assert code == 2 and "a --resume may only add trials" in one_line(err)
+
+
 # --- 2. reference statistics with a checksum --------------------------------------------------------
 def test_a_flipped_bit_in_cached_reference_statistics_is_rebuilt(tmp_path, monkeypatch):
     """Before: one flipped bit inside a cached tensor shifted every metric without a word."""

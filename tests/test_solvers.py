@@ -503,16 +503,23 @@ def test_an_arm_without_a_score_in_a_setting_comes_last_there():
 
 def test_formulation_runs_name_plain_vp_arms_as_sd3_does():
     """SD3 Table 1 names the vp arms eps/linear and v/cos; a formulation run (arms that differ in path) shows
-    them so, a vp arm with anything else set keeps its full label, and a run of vp arms alone is unchanged."""
+    them so, a vp arm with anything else set keeps its full label, and a run of vp arms alone is unchanged.
+    SD3's eps/linear is LDM-Linear (Stable Diffusion's scaled_linear betas, sec. 3.1), not DDPM's linear betas,
+    which are named for what they are."""
     from bench.report.tables import sd3_names
 
     recs = [{**RunConfig(**kw).to_dict(), "arm": RunConfig(**kw).arm()} for kw in (
-        dict(schedule="linear", prediction="eps"), dict(schedule="cosine", prediction="v"),
+        dict(schedule="scaled_linear", prediction="eps"), dict(schedule="cosine", prediction="v"),
         dict(schedule="cosine", prediction="v", weighting="min_snr"), dict(schedule="sigmoid", prediction="v"),
-        dict(path="rf", prediction="flow", t_density="logit_normal", t_mean=0.0, t_std=1.0))]
+        dict(path="rf", prediction="flow", t_density="logit_normal", t_mean=0.0, t_std=1.0),
+        dict(schedule="linear", prediction="eps"))]
     assert [r["arm"] for r in sd3_names(recs)] == ["eps/linear", "v/cos", recs[2]["arm"], recs[3]["arm"],
-                                                   "rf/lognorm(0.00,1.00)"]
+                                                   "rf/lognorm(0.00,1.00)", "eps/ddpm-linear"]
     assert sd3_names(recs[:4]) == recs[:4]
+    # LDM-Linear's betas, the schedule SD3's eps/linear names (Rombach et al. 2022; diffusers "scaled_linear")
+    betas = make_betas("scaled_linear", 1000)
+    assert math.isclose(betas[0].item(), 0.00085, rel_tol=1e-12) and math.isclose(betas[-1].item(), 0.012, rel_tol=1e-12)
+    assert math.isclose(betas[500].item(), (0.00085**0.5 + 500 / 999 * (0.012**0.5 - 0.00085**0.5)) ** 2, rel_tol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pandas as pd
 
 from bench.env import environment
 from bench.experiment.config import RunConfig, trial_id
-from bench.experiment.grid import Grid, read_toml
+from bench.experiment.grid import Grid, grid_of_record, read_toml
 from bench.files import (
     LockBusy,
     atomic_write,
@@ -66,10 +66,11 @@ def check(run_dir: Path, grid: Grid, resume: bool, probe_lock: bool = True) -> N
         old = read_toml(existing)
         if old.get("name") != grid.name:
             raise InputError(f"{run_dir} holds a run of grid {old.get('name')!r}, not {grid.name!r}: use another --out")
-        if without_claims(existing.read_text()) != without_claims(grid.to_toml()):
+        if without_claims(existing.read_text()) != without_claims(grid.to_toml()) and extension(run_dir, grid) is None:
             raise InputError(
-                f"{run_dir} holds a run of {grid.name!r} with a different resolved grid (preset or --set differ): "
-                f"compare {existing} with this command's --dry-run, or use another --out"
+                f"{run_dir} holds a run of {grid.name!r} with a different resolved grid (preset or --set differ; a "
+                f"--resume may only add trials, keeping every earlier one): compare {existing} with this command's "
+                f"--dry-run, or use another --out"
             )
         if not resume:
             raise InputError(f"{run_dir} already holds a run of {grid.name!r}: add --resume to continue it, or use another --out")
@@ -78,6 +79,18 @@ def check(run_dir: Path, grid: Grid, resume: bool, probe_lock: bool = True) -> N
     elif resume and not run_dir.exists():  # a mistyped --out would otherwise start a fresh run in silence
         raise InputError(f"--resume: {run_dir} does not exist, so there is nothing to resume: check --out, "
                          f"or drop --resume to start a new run there")
+
+
+def extension(run_dir: Path, grid: Grid) -> list[RunConfig] | None:
+    """The trials ``grid`` adds to the run recorded in ``run_dir/grid.toml`` when it keeps every one of that
+    run's trials (the same trial ids: an arm or an axis value added, a note reworded), [] when it adds none;
+    None when it drops or changes one (a trial id is its whole config: a kept id is the same trial, so its
+    finished rows stay valid and nothing is mixed). A --resume then runs the added trials beside the rest."""
+    old = {trial_id(c) for c in grid_of_record(read_toml(run_dir / GRID)).trials()}
+    new = grid.trials()
+    if not old <= {trial_id(c) for c in new}:
+        return None
+    return [c for c in new if trial_id(c) not in old]
 
 
 def without_claims(grid_toml: str) -> str:
@@ -130,8 +143,11 @@ def finish(run_dir: Path, env: dict[str, Any], wall_s: float, fanout_s: float) -
     session = {"started": env.get("session_started", env.get("started")), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "wall_s": round(wall_s, 1), "fanout_s": round(fanout_s, 2), "command": env.get("command"),
                "git": env.get("git")}  # each session's code: a resume may run another commit
+    if env.get("grid_extended"):  # this session's --resume added trials to the grid (``extension``)
+        session["grid_extended"] = env["grid_extended"]
     earlier = list(env.get("sessions", []))
-    out = {**env, "finished": session["finished"], "sessions": earlier + [session],
+    out = {**{k: v for k, v in env.items() if k != "grid_extended"}, "finished": session["finished"],
+           "sessions": earlier + [session],
            "wall_s": round(wall_s + sum(s.get("wall_s") or 0 for s in earlier), 1),
            "fanout_s": round(fanout_s + sum(s.get("fanout_s") or 0 for s in earlier), 2)}
     out.pop("session_started", None)
@@ -214,7 +230,8 @@ def write_env(run_dir: Path, extra: dict[str, Any] | None = None, resume: bool =
             sessions = [{k: earlier.get(k) for k in ("started", "finished", "wall_s", "fanout_s", "command", "git")}]
         if earlier.get("session_started"):  # a resume killed before finish(): keep it, with no end
             sessions.append({"started": earlier["session_started"], "finished": None, "wall_s": None, "fanout_s": None,
-                             "command": earlier.get("command"), "git": earlier.get("git")})
+                             "command": earlier.get("command"), "git": earlier.get("git"),
+                             **({"grid_extended": earlier["grid_extended"]} if earlier.get("grid_extended") else {})})
         env = {**env, "session_started": env["started"], "started": earlier.get("started", env["started"]),
                "sessions": sessions}
     write_text_atomic(run_dir / ENV, json.dumps(env, indent=1))

@@ -579,8 +579,11 @@ def session_lines(env: dict) -> list[str]:
             return f"{s.get('started', '?')}, interrupted (no end recorded; not in the wall time above)"
         return f"{s.get('started', '?')} to {s['finished']}, {duration(s.get('wall_s'))}"
 
+    def grew(s: dict) -> str:  # a --resume that added trials to the grid (bench.experiment.rundir.extension)
+        return f"; the grid was extended by {s['grid_extended']}" if s.get("grid_extended") else ""
+
     return [f"- Sessions ({len(sessions)}; the commit above is the last one's):"] + [
-        f"  {i}. {span(s)}, {code(s)}: `{s.get('command', '?')}`" for i, s in enumerate(sessions, 1)]
+        f"  {i}. {span(s)}, {code(s)}: `{s.get('command', '?')}`{grew(s)}" for i, s in enumerate(sessions, 1)]
 
 
 def cite(run: Run) -> str:

@@ -166,14 +166,18 @@ def curve_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[~final_mask(rows)]
 
 
-#: SD3 Table 1's short names of the vp schedules (Esser et al. 2024: eps/linear, v/cos)
-SD3_SCHEDULES = {"linear": "linear", "cosine": "cos"}
+#: SD3 Table 1's short names of the vp schedules (Esser et al. 2024: eps/linear, v/cos). SD3's "linear" is
+#: LDM-Linear (sec. 3.1: "LDM-Linear ... (eps/linear)"; Rombach et al. 2022), Stable Diffusion's betas linear in
+#: sqrt space from 0.00085 to 0.012: this suite's ``scaled_linear``. DDPM's linear betas (1e-4 to 0.02, ``linear``)
+#: are another schedule (alpha_bar_T 4e-5 against 4.7e-3) and say so: ``ddpm-linear``.
+SD3_SCHEDULES = {"scaled_linear": "linear", "linear": "ddpm-linear", "cosine": "cos"}
 
 
 def sd3_names(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """In a run whose arms differ in ``path`` (a formulation run), each plain vp arm (its schedule's default
     parameters, Gaussian noise, no weighting, uniform time, nothing else set: its arm label is the plain
-    config's) is named as SD3 Table 1 names it, target/schedule: ``eps/linear``, ``v/cos``. rf and edm arms
+    config's) is named as SD3 Table 1 names it, target/schedule: ``eps/linear`` (scaled_linear), ``v/cos``, and
+    DDPM's linear betas ``eps/ddpm-linear`` (``SD3_SCHEDULES``). rf and edm arms
     carry SD3's names already (``RunConfig.arm``); every other run keeps its labels."""
     if len({r.get("path", "vp") for r in records}) < 2:
         return records

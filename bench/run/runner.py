@@ -74,11 +74,13 @@ def _open(plan: Plan) -> _Session:
     """The run directory prepared for this session: the earlier sessions' finished rows (--resume), env.json."""
     run_dir, fanout = plan.run_dir, plan.fanout
     finished, notes = resume_state(run_dir, plan.trials) if plan.resume else ({}, [])
+    added = rundir.extension(run_dir, plan.grid) if plan.resume else []  # before prepare rewrites grid.toml
     rundir.prepare(run_dir, plan.grid)
     t0 = time.time()
     cpus, gpus = fanout.resources()
+    extended = {"grid_extended": extended_record(added)} if added else {}
     env = rundir.write_env(run_dir, {"runner": "local" if fanout.local else "ray", "address": fanout.address,
-                                     "cpus_per_trial": cpus, "gpus_per_trial": gpus}, resume=plan.resume)
+                                     "cpus_per_trial": cpus, "gpus_per_trial": gpus, **extended}, resume=plan.resume)
     collector = Collector(run_dir, plan.trials)
     collector.rows.update(finished)
     collector.flush()
@@ -87,9 +89,19 @@ def _open(plan: Plan) -> _Session:
     done = len(finished)
     say(f"{len(plan.trials)} trials of grid {plan.grid.name!r} ({plan.grid.preset}) -> {run_dir}"
         + (f" ({done} finished earlier)" if done else ""))
+    if added:
+        say(f"this --resume adds {extended['grid_extended']} to the run; every earlier trial is kept (env.json "
+            f"records the extension with this session)")
     for note in plan.unmeasured:
         say(note)
     return _Session(collector, env, done, t0)
+
+
+def extended_record(added: list) -> str:
+    """What a --resume added to a run's grid, for env.json and the report: "5 trials of 1 new arm (ARM)"."""
+    arms = list(dict.fromkeys(c.arm() for c in added))
+    return (f"{len(added)} trial{'s' * (len(added) != 1)} of {len(arms)} new arm{'s' * (len(arms) != 1)} "
+            f"({'; '.join(arms)})")
 
 
 def _fan_out(plan: Plan, session: _Session) -> bool:
