@@ -413,7 +413,9 @@ def method(run: Run) -> str:
              "- **Aggregation**: mean and sample standard deviation (ddof = 1) over the seeds that finished; diverged "
              "or failed trials are left out of the mean and counted in the table cells.",
              "- **Comparisons** (DESIGN.md section 5, `bench/scoring/stats.py`): arms with the same training seed share the "
-             "initial weights, batches, timesteps, noise draws and image seeds, so two arms are compared by their "
+             "initial weights, the noise draws and the image seeds; the minibatches and the training times come from "
+             "one generator, so arms whose times are drawn alike (every vp arm; densities that draw as much randomness "
+             "a step) also share every batch, and others share the first. Two arms are compared by their "
              "per-seed differences d_s = arm_s - best_s over the seeds both finished: mean, 95% t-interval "
              "(df = n - 1), two-sided paired t p-value, and Holm's adjustment over every pair of arms of that dataset, "
              "evaluation and metric (the best arm is chosen from the same scores, so each pair could have been "
