@@ -501,6 +501,33 @@ def test_an_arm_without_a_score_in_a_setting_comes_last_there():
     assert table["average_rank"].to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0} and table.loc["c", "settings"] == 1
 
 
+def test_how_sure_an_average_rank_is_over_seeds_and_what_it_averages():
+    """The average rank sorts means of a few seeds: its range over joint seed resamples, P(first), and each seed
+    alone (a reviewer asked how sure the ranks are); SD3 averaged over one solver's step counts."""
+    import numpy as np
+
+    from bench.report.ranking import averaged, seed_ranges
+
+    assert averaged(["euler:10", "euler:5", "dpmpp_2m:10", "euler:50"]) == ["euler:10", "euler:5", "euler:50"]
+    assert averaged(["heun:3", "euler:5"]) == ["heun:3"] and averaged(["euler:5"]) == ["euler:5"]
+    # arm 0 is better than both others on both metrics at every seed; arms 1 and 2 swap: 1 ahead on seeds 0-1,
+    # 2 ahead on seeds 2-3 (the distance lower, the coverage higher); one setting
+    fd = np.array([[[1.0, 1.0, 1.0, 1.0]], [[2.0, 2.0, 3.0, 3.0]], [[3.0, 3.0, 2.0, 2.0]]])
+    cov = 1.0 - fd / 10
+    out = seed_ranges(fd, cov, boot=400)
+    assert out["p_best"].tolist() == [1.0, 0.0, 0.0]
+    assert out[["average_rank_lo", "average_rank_hi"]].values.tolist() == [[1.0, 1.0], [2.0, 3.0], [2.0, 3.0]]
+    assert out[["seed_rank_min", "seed_rank_max"]].values.tolist() == [[1.0, 1.0], [2.0, 3.0], [2.0, 3.0]]
+    # two arms tied on every seed share first place: P(first) = 1/2 each
+    tied = seed_ranges(np.ones((2, 1, 3)), np.ones((2, 1, 3)), boot=50)
+    assert tied["p_best"].tolist() == [0.5, 0.5]
+    # a seed that one arm lacks is left out of "one seed alone"; the resamples still use it where the arm has it
+    gap = fd.copy()
+    gap[1, 0, 3] = np.nan
+    assert seed_ranges(gap, 1.0 - gap / 10, boot=50)[["seed_rank_min", "seed_rank_max"]].values.tolist() == \
+        [[1.0, 1.0], [2.0, 3.0], [2.0, 3.0]]
+
+
 def test_formulation_runs_name_plain_vp_arms_as_sd3_does():
     """SD3 Table 1 names the vp arms eps/linear and v/cos; a formulation run (arms that differ in path) shows
     them so, a vp arm with anything else set keeps its full label, and a run of vp arms alone is unchanged.

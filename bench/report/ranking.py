@@ -9,23 +9,34 @@ The average of its ranks over the settings says how robust a formulation is acro
 not say which differences are real, which is what the paired intervals of the report are for. Both
 are reported, never one instead of the other.
 
+SD3 averaged over the step counts of one solver (Euler at 5, 10, 25 and 50 steps, with and without EMA):
+where a run evaluates several samplers, the average is over the settings of the one with the most of them
+(``averaged``), and the other settings are shown beside it, not averaged.
+
+How sure is a rank? The means it sorts rest on a few seeds, so the average rank is recomputed on ``BOOT``
+resamples of the training seeds, drawn jointly for every arm (an arm's seeds are paired with the others'):
+its 2.5-97.5% range and the share of resamples in which the arm has the lowest average rank (ties
+shared); and from each seed's own scores alone, the range of the average rank over the seeds.
+
 Drawn for formulation runs (arms that differ in ``path`` or ``t_density``) that score both kinds.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bench.files import write_text_atomic
-from bench.report.tables import Run, aggregate, higher_is_better, md_escape
+from bench.report.tables import Run, aggregate, higher_is_better, join, md_escape
 from bench.style import Plot, figure, save, theme
 
 #: the second metric, in order of preference (SD3 used CLIP score with FID; DESIGN.md: coverage or recall)
 SECOND = ("coverage_clf", "coverage", "recall_clf", "recall")
 TABLE = "ranking"
+BOOT = 1000  # seed resamples behind the average rank's range (seeded: the report reproduces)
 
 
 def metrics_of(run: Run) -> tuple[str, str] | None:
@@ -55,10 +66,54 @@ def fronts(points: dict[str, tuple[float, float]]) -> dict[str, int]:
     return out
 
 
+def averaged(settings: list[str]) -> list[str]:
+    """The settings the average rank is over: those of the sampler with the most settings (the first such),
+    as SD3 averaged over one solver's step counts; all of them where there is one sampler."""
+    by = [x.split(":")[0] for x in settings]
+    most = max(by, key=by.count, default=None)  # max keeps the first of equals
+    return [x for x, smp in zip(settings, by) if smp == most]
+
+
+def average_rank(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Average front over the settings of arms x settings arrays of a distance ``a`` (lower is better) and a
+    coverage-type ``b`` (higher is better); an arm without both in a setting comes after its last front."""
+    ranks = np.empty(a.shape)
+    for j in range(a.shape[1]):
+        ok = np.flatnonzero(np.isfinite(a[:, j]) & np.isfinite(b[:, j]))
+        front = fronts({int(i): (a[i, j], -b[i, j]) for i in ok})
+        last = max(front.values(), default=0) + 1
+        ranks[:, j] = [front.get(i, last) for i in range(a.shape[0])]
+    return ranks.mean(axis=1)
+
+
+def seed_ranges(a: np.ndarray, b: np.ndarray, boot: int = BOOT) -> pd.DataFrame:
+    """For arms x settings x seeds arrays of the two metrics (NaN where a trial has no score): the average
+    rank's 2.5% and 97.5% points over ``boot`` joint resamples of the seeds (means weighted by how often each
+    seed is drawn), ``p_best`` (the share of resamples with the arm's average rank lowest, ties shared), and
+    its lowest and highest average rank from one seed's scores alone (the seeds every arm has every score of)."""
+    def means(v: np.ndarray, w: np.ndarray) -> np.ndarray:
+        have = np.isfinite(v)
+        den = have.astype(float) @ w
+        return np.where(den > 0, np.where(have, v, 0.0) @ w / np.where(den > 0, den, 1.0), np.nan)
+
+    n = a.shape[2]
+    rng = np.random.default_rng(0)
+    draws = np.array([average_rank(means(a, w), means(b, w))
+                      for w in (np.bincount(rng.integers(0, n, n), minlength=n).astype(float) for _ in range(boot))])
+    best = draws == draws.min(axis=1, keepdims=True)
+    complete = [s for s in range(n) if np.isfinite(a[:, :, s]).all() and np.isfinite(b[:, :, s]).all()]
+    alone = np.array([average_rank(a[:, :, s], b[:, :, s]) for s in complete] or [np.full(a.shape[0], np.nan)])
+    return pd.DataFrame({"average_rank_lo": np.percentile(draws, 2.5, axis=0),
+                         "average_rank_hi": np.percentile(draws, 97.5, axis=0),
+                         "p_best": (best / best.sum(axis=1, keepdims=True)).mean(axis=0),
+                         "seed_rank_min": alone.min(axis=0), "seed_rank_max": alone.max(axis=0)})
+
+
 def ranking(run: Run) -> pd.DataFrame:
     """One row per dataset and arm: its front in every setting (columns ``sampler:steps``), ``average_rank``
-    over every setting (an arm without a score in one, diverged or failed, counts as the front after the last
-there), and ``settings``, the settings where it has both scores; sorted by average rank."""
+    over the ``averaged`` settings (an arm without a score in one, diverged or failed, counts as the front after
+    the last there), ``settings``, the settings where it has both scores, and where the rows hold every
+    seed's scores the average rank's ranges over seeds (``seed_ranges``); sorted by average rank."""
     if "ranking" not in run.cache:  # the section and the figure read it: computed once per report
         run.cache["ranking"] = _ranking(run)
     return run.cache["ranking"]
@@ -80,10 +135,33 @@ def _ranking(run: Run) -> pd.DataFrame:
             ranked = fronts(pts)
             for lb in ranks:  # an arm with no score here (diverged, failed) comes after every front
                 ranks[lb][f"{s}:{int(k)}"] = ranked.get(lb, max(ranked.values()) + 1)
-        for lb, r in ranks.items():
+        over = averaged(list(next(iter(ranks.values()))))
+        spread = _seed_spread(run, pair, ds, list(ranks), over)
+        for i, (lb, r) in enumerate(ranks.items()):
             scored = int(both[(both.dataset == ds) & (both.label == lb)].shape[0])
-            out.append({"dataset": ds, "label": lb, **r, "average_rank": sum(r.values()) / len(r), "settings": scored})
+            out.append({"dataset": ds, "label": lb, **r, "average_rank": sum(r[x] for x in over) / len(over),
+                        "settings": scored, **({} if spread is None else spread.iloc[i].to_dict())})
     return pd.DataFrame(out).sort_values(["dataset", "average_rank"], kind="stable").reset_index(drop=True)
+
+
+def _seed_spread(run: Run, pair: tuple[str, str], ds: str, labels: list[str], settings: list[str]) -> pd.DataFrame | None:
+    """``seed_ranges`` of the arms ``labels`` over ``settings`` from the run's per-seed rows, or None where the
+    rows lack a column it needs or hold fewer than 2 seeds."""
+    rows = run.rows
+    if not {"dataset", "label", "sampler", "sample_steps", "seed", "status", *pair} <= set(rows.columns):
+        return None
+    df = rows[(rows["dataset"] == ds) & (rows["status"] == "ok") & rows["sampler"].notna() & (rows["sampler"] != "")]
+    seeds = sorted(df["seed"].dropna().unique())
+    if len(seeds) < 2:
+        return None
+    df = df.assign(setting=df["sampler"].astype(str) + ":" + df["sample_steps"].astype(int).astype(str))
+    index = pd.MultiIndex.from_product([labels, settings, seeds], names=["label", "setting", "seed"])
+
+    def cube(metric: str) -> np.ndarray:
+        values = pd.to_numeric(df[metric], errors="coerce").groupby([df["label"], df["setting"], df["seed"]]).mean()
+        return values.reindex(index).to_numpy(dtype=float).reshape(len(labels), len(settings), len(seeds))
+
+    return seed_ranges(cube(pair[0]), cube(pair[1]))
 
 
 def section(run: Run) -> str:
@@ -94,18 +172,31 @@ def section(run: Run) -> str:
     dist, cov = metrics_of(run)
     write_text_atomic(run.dir / "tables" / f"{TABLE}.csv", table.to_csv(index=False))
     settings = [c for c in table.columns if ":" in c]
+    over = averaged(settings)
+    spread = "p_best" in table.columns
+    n = int(run.rows["seed"].nunique()) if "seed" in run.rows.columns else 0
+    others = [x for x in settings if x not in over]
     out = ["## Ranking by non-dominated sorting (SD3)",
            f"Per setting, each arm's front when the arms are sorted by non-dominance on {dist} (lower is better) and "
            f"{cov} (higher is better), each the mean over seeds (Esser et al. 2024, sec. 5.1): front 1 is the arms no "
-           f"other beats on both; then the average over the {len(settings)} settings. It ranks robustness across "
-           f"budgets; whether two arms differ is what the paired intervals above say (`bench/report/ranking.py`; "
-           f"`tables/{TABLE}.csv`).", ""]
+           f"other beats on both; then the average over the {len(over)} settings of {over[0].split(':')[0]}"
+           + (f" (as SD3 averaged over one solver's step counts; {join([f'`{x}`' for x in others])} beside it, not "
+              f"averaged)" if others else "") + ". It ranks robustness across budgets; whether two arms differ is what "
+           f"the paired intervals above say (`bench/report/ranking.py`; `tables/{TABLE}.csv`)."
+           + (f" How sure each average rank is: its 95% range over {BOOT} joint resamples of the {n} training seeds "
+              f"(only {math.comb(2 * n - 1, n)} distinct ones: a coarse range), the share of them in which the arm "
+              f"ranks first (P(first)), and its lowest and highest average rank from one seed's scores alone."
+              if spread else ""), ""]
+    extra = ["95% range, seed resamples", "P(first)", "one seed alone"] if spread else []
     for ds, part in table.groupby("dataset", sort=False):
-        out += [f"{ds}:", "", "| arm | " + " | ".join(settings) + " | average rank |",
-                "|---|" + "---:|" * (len(settings) + 1)]
+        out += [f"{ds}:", "", "| arm | " + " | ".join(settings) + " | average rank | " + " | ".join(extra)
+                + (" |" if extra else ""), "|---|" + "---:|" * (len(settings) + 1 + len(extra))]
         for _, r in part.iterrows():
             cells = [str(int(r[c])) if pd.notna(r[c]) else "–" for c in settings]
-            out.append(f"| {md_escape(r['label'])} | " + " | ".join(cells) + f" | {r['average_rank']:.2f} |")
+            more = ([f"{r['average_rank_lo']:.2f}-{r['average_rank_hi']:.2f}", f"{r['p_best']:.2f}",
+                     f"{r['seed_rank_min']:.2f}-{r['seed_rank_max']:.2f}"] if spread else [])
+            out.append(f"| {md_escape(r['label'])} | " + " | ".join(cells) + f" | {r['average_rank']:.2f} |"
+                       + "".join(f" {m} |" for m in more))
         out.append("")
     return "\n".join(out).strip()
 
@@ -131,6 +222,7 @@ def plot_ranking(run: Run, out_dir: Path) -> Plot | None:
             ax.set_title(f"{ds}: front (1 = non-dominated)")
         png = save(fig, out_dir / "ranking.png")
     dist, cov = metrics_of(run)
+    over = averaged(settings)
     return Plot(png, f"Non-dominated sorting on {dist} and {cov} (means over seeds) per evaluation setting, as SD3 "
                      f"ranked its formulations: each arm's front (1 = no other arm better on both) and the average "
-                     f"over the settings; arms ordered by it.")
+                     f"over the {len(over)} settings of {over[0].split(':')[0]}; arms ordered by it.")
