@@ -58,6 +58,17 @@ def test_probe_grids_train_as_the_schedules_grid_so_its_models_are_adopted():
             assert {train_key(c) for c in trials} <= schedules, (probe, preset)
 
 
+def test_the_formulations_ode_preset_evaluates_the_standard_models():
+    """standard_ode samples the standard formulation models again with a near-converged ODE solver: every one
+    of its trials has the training key of a standard trial, so where that run is on the machine it trains nothing."""
+    from bench.training.trained import train_key
+
+    standard = {train_key(c) for c in load_grid("formulations", "standard").trials()}
+    ode = load_grid("formulations", "standard_ode").trials()
+    assert len(ode) == len(standard) == 55 and all(c.reuse_training and not c.eval_at for c in ode)
+    assert {train_key(c) for c in ode} == standard
+
+
 def test_the_standard_noise_grids_gaussian_arm_adopts_the_standard_schedules_models_and_curves():
     """Its Gaussian trials have the training key and the curve key of the schedules grid's standard
     cosine trials (bench.training.trained), so where that run is on the machine they train nothing again."""
