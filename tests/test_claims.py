@@ -194,6 +194,26 @@ def test_grid_toml_round_trip_and_resume_may_update_claims_only(tmp_path):
         rundir.check(tmp_path, other, resume=True, probe_lock=False)
 
 
+def test_a_grid_may_grow_but_not_change_its_preset_and_a_run_killed_before_its_grid_toml_starts_over(tmp_path):
+    """rundir.extension: the trials a grid adds to a run ([] for a directory without grid.toml, as a run killed
+    before writing it leaves), None for a grid that drops a trial, runs under another preset's name, or meets a
+    grid.toml this code cannot read (then check's one line says so instead of a traceback)."""
+    from bench.experiment import rundir
+
+    grid = Grid("g", "d", "quick", {"dataset": "synthetic"}, {"seed": [0, 1]})
+    assert rundir.extension(tmp_path, grid) == []  # no grid.toml yet
+    (tmp_path / "grid.toml").write_text(grid.to_toml())
+    grown = Grid("g", "d", "quick", {"dataset": "synthetic"}, {"seed": [0, 1, 2]})
+    assert [c.seed for c in rundir.extension(tmp_path, grown)] == [2]
+    rundir.check(tmp_path, grown, resume=True, probe_lock=False)
+    assert rundir.extension(tmp_path, Grid("g", "d", "standard", {"dataset": "synthetic"}, {"seed": [0, 1, 2]})) is None
+    assert rundir.extension(tmp_path, Grid("g", "d", "quick", {"dataset": "synthetic"}, {"seed": [1, 2]})) is None
+    (tmp_path / "grid.toml").write_text(grid.to_toml().replace('dataset = "synthetic"', 'no_such_field = 1'))
+    assert rundir.extension(tmp_path, grown) is None
+    with pytest.raises(InputError, match="a --resume may only add trials"):
+        rundir.check(tmp_path, grown, resume=True, probe_lock=False)
+
+
 def test_report_section_words_and_figure(tmp_path):
     from bench.report import claims as report_claims
     from bench.report.tables import Run

@@ -650,3 +650,24 @@ def test_rows_from_before_a_field_existed_label_as_the_same_arm():
     filled = fill_defaults(rows)
     assert list(arm_labels(filled)) == ["cosine / gaussian"] * 3 + ["linear / gaussian"]
     assert filled["skip_start"].tolist() == [0.0] * 4 and filled["cosine_s"].isna().all()  # a parameter stays unset
+
+
+def test_seed_correlation_of_a_pair_is_pearsons_r_over_the_seeds_both_have():
+    """r_seeds (tables/paired_*.csv): how much of the seed-to-seed spread two arms share, which pairing removes;
+    against numpy's corrcoef, with its edge cases (fewer than 3 common seeds, no spread) as NaN."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from bench.report.paired import seed_correlation
+
+    a, b, c = [10.0, 12.0, 11.0, 15.0], [20.0, 25.0, 21.0, 24.0], [5.0, 5.0, 5.0, 5.0]
+    df = pd.DataFrame({"label": ["a"] * 4 + ["b"] * 4 + ["c"] * 4, "seed": [0, 1, 2, 3] * 3, "value": a + b + c})
+    assert math.isclose(seed_correlation(df, "a", "b"), np.corrcoef(a, b)[0, 1], rel_tol=1e-12)
+    assert math.isclose(seed_correlation(df, "b", "a"), 11 / math.sqrt(14 * 17), rel_tol=1e-12)  # by hand
+    assert math.isnan(seed_correlation(df, "a", "c"))  # no spread in c
+    two = df[~((df["label"] == "b") & df["seed"].isin([2, 3]))]  # b has 2 seeds left
+    assert math.isnan(seed_correlation(two, "a", "b"))
+    flip = pd.DataFrame({"label": ["x"] * 3 + ["y"] * 3, "seed": [0, 1, 2] * 2, "value": [1.0, 2.0, 3.0, 3.0, 2.0, 1.0]})
+    assert math.isclose(seed_correlation(flip, "x", "y"), -1.0, rel_tol=1e-12)

@@ -86,7 +86,15 @@ def extension(run_dir: Path, grid: Grid) -> list[RunConfig] | None:
     run's trials (the same trial ids: an arm or an axis value added, a note reworded), [] when it adds none;
     None when it drops or changes one (a trial id is its whole config: a kept id is the same trial, so its
     finished rows stay valid and nothing is mixed). A --resume then runs the added trials beside the rest."""
-    old = {trial_id(c) for c in grid_of_record(read_toml(run_dir / GRID)).trials()}
+    if not (run_dir / GRID).exists():  # a directory a run was killed in before it wrote grid.toml: nothing to keep
+        return []
+    try:
+        recorded = read_toml(run_dir / GRID)
+        old = {trial_id(c) for c in grid_of_record(recorded).trials()}
+    except InputError:  # a grid.toml of an older format: not this grid (check's message says what to do)
+        return None
+    if recorded.get("preset", "full") != grid.preset:  # the same trials under another preset's name: another run
+        return None
     new = grid.trials()
     if not old <= {trial_id(c) for c in new}:
         return None

@@ -36,7 +36,17 @@ from bench.scoring import stats
 #: boot_lo, boot_hi: the two-level bootstrap interval of the comparisons with the best arm, where the
 #: metric can be recomputed from the run's per-image data (``bench.report.perimage``; NaN otherwise).
 CSV_COLUMNS = ["metric", "dataset", "sampler", "sample_steps", *stats.COLUMNS, "vs_best", "p_holm_vs_best",
-               "holm_m", "seeds_10pct", "boot_lo", "boot_hi"]
+               "holm_m", "seeds_10pct", "boot_lo", "boot_hi", "r_seeds"]
+
+
+def seed_correlation(df: pd.DataFrame, arm: str, reference: str) -> float:
+    """Pearson's r of two arms' scores over the seeds both have (``scores``' frame; NaN below 3 seeds or with
+    no spread): how much of the seed-to-seed spread the pair shares, which pairing removes. Arms that draw
+    their minibatches alike share more of it (the report's Method says which do)."""
+    wide = df.pivot_table(index="seed", columns="label", values="value").reindex(columns=[arm, reference]).dropna()
+    if len(wide) < 3 or (wide.std() == 0).any():
+        return float("nan")
+    return float(np.corrcoef(wide[arm], wide[reference])[0, 1])
 
 
 def scores(run: Run, metric: str, dataset: str, ev: tuple[str, int]) -> pd.DataFrame:
@@ -67,6 +77,7 @@ def one_table(run: Run, metric: str, dataset: str, ev: tuple[str, int]) -> pd.Da
         boot, _ = bootstrap_vs_best(run, metric, dataset, ev, str(best["reference"].iloc[0]), [str(a) for a in best["arm"]])
         for col, i in (("boot_lo", 0), ("boot_hi", 1)):
             pairs.loc[pairs["vs_best"], col] = pairs.loc[pairs["vs_best"], "arm"].map(lambda a, i=i: boot[str(a)][i])
+    pairs["r_seeds"] = [seed_correlation(df, a, r) for a, r in zip(pairs["arm"], pairs["reference"])]
     pairs = pairs.assign(metric=metric, dataset=dataset, sampler=ev[0], sample_steps=int(ev[1]))
     return pairs[CSV_COLUMNS]
 

@@ -67,10 +67,13 @@ def fronts(points: dict[str, tuple[float, float]]) -> dict[str, int]:
 
 
 def averaged(settings: list[str]) -> list[str]:
-    """The settings the average rank is over: those of the sampler with the most settings (the first such),
-    as SD3 averaged over one solver's step counts; all of them where there is one sampler."""
+    """The settings the average rank is over: those of the one sampler with the most settings, as SD3 averaged
+    over one solver's step counts; every setting where no sampler has more than the others (a solver probe)."""
     by = [x.split(":")[0] for x in settings]
-    most = max(by, key=by.count, default=None)  # max keeps the first of equals
+    counts = sorted((by.count(smp) for smp in set(by)), reverse=True)
+    if len(counts) < 2 or counts[0] == counts[1]:
+        return list(settings)
+    most = max(by, key=by.count)
     return [x for x, smp in zip(settings, by) if smp == most]
 
 
@@ -174,14 +177,16 @@ def section(run: Run) -> str:
     settings = [c for c in table.columns if ":" in c]
     over = averaged(settings)
     spread = "p_best" in table.columns
-    n = int(run.rows["seed"].nunique()) if "seed" in run.rows.columns else 0
+    ok = run.rows[run.rows["status"] == "ok"] if "status" in run.rows.columns else run.rows
+    n = int(ok["seed"].nunique()) if "seed" in ok.columns else 0
     others = [x for x in settings if x not in over]
     out = ["## Ranking by non-dominated sorting (SD3)",
            f"Per setting, each arm's front when the arms are sorted by non-dominance on {dist} (lower is better) and "
            f"{cov} (higher is better), each the mean over seeds (Esser et al. 2024, sec. 5.1): front 1 is the arms no "
-           f"other beats on both; then the average over the {len(over)} settings of {over[0].split(':')[0]}"
-           + (f" (as SD3 averaged over one solver's step counts; {join([f'`{x}`' for x in others])} beside it, not "
-              f"averaged)" if others else "") + ". It ranks robustness across budgets; whether two arms differ is what "
+           f"other beats on both; then the average over "
+           + (f"the {len(over)} settings of {over[0].split(':')[0]} (as SD3 averaged over one solver's step counts; "
+              f"{join([f'`{x}`' for x in others])} beside it, not averaged)" if others else f"the {len(over)} settings")
+           + ". It ranks robustness across budgets; whether two arms differ is what "
            f"the paired intervals above say (`bench/report/ranking.py`; `tables/{TABLE}.csv`)."
            + (f" How sure each average rank is: its 95% range over {BOOT} joint resamples of the {n} training seeds "
               f"(only {math.comb(2 * n - 1, n)} distinct ones: a coarse range), the share of them in which the arm "
@@ -193,8 +198,10 @@ def section(run: Run) -> str:
                 + (" |" if extra else ""), "|---|" + "---:|" * (len(settings) + 1 + len(extra))]
         for _, r in part.iterrows():
             cells = [str(int(r[c])) if pd.notna(r[c]) else "–" for c in settings]
-            more = ([f"{r['average_rank_lo']:.2f}-{r['average_rank_hi']:.2f}", f"{r['p_best']:.2f}",
-                     f"{r['seed_rank_min']:.2f}-{r['seed_rank_max']:.2f}"] if spread else [])
+            alone = (f"{r['seed_rank_min']:.2f}-{r['seed_rank_max']:.2f}" if pd.notna(r["seed_rank_min"])
+                     else "– (no seed with every score)")
+            more = ([f"{r['average_rank_lo']:.2f}-{r['average_rank_hi']:.2f}", f"{r['p_best']:.2f}", alone]
+                    if spread else [])
             out.append(f"| {md_escape(r['label'])} | " + " | ".join(cells) + f" | {r['average_rank']:.2f} |"
                        + "".join(f" {m} |" for m in more))
         out.append("")
@@ -225,4 +232,5 @@ def plot_ranking(run: Run, out_dir: Path) -> Plot | None:
     over = averaged(settings)
     return Plot(png, f"Non-dominated sorting on {dist} and {cov} (means over seeds) per evaluation setting, as SD3 "
                      f"ranked its formulations: each arm's front (1 = no other arm better on both) and the average "
-                     f"over the {len(over)} settings of {over[0].split(':')[0]}; arms ordered by it.")
+                     f"over {f'the {len(over)} settings of ' + over[0].split(':')[0] if len(over) < len(settings) else 'the settings'}; "
+                     f"arms ordered by it.")

@@ -75,12 +75,16 @@ def _open(plan: Plan) -> _Session:
     run_dir, fanout = plan.run_dir, plan.fanout
     finished, notes = resume_state(run_dir, plan.trials) if plan.resume else ({}, [])
     added = rundir.extension(run_dir, plan.grid) if plan.resume else []  # before prepare rewrites grid.toml
-    rundir.prepare(run_dir, plan.grid)
+    new_ids = {trial_id(c) for c in added or []}
+    kept_arms = {c.arm() for c in plan.trials if trial_id(c) not in new_ids}  # the arms the run had
     t0 = time.time()
     cpus, gpus = fanout.resources()
-    extended = {"grid_extended": extended_record(added)} if added else {}
+    extended = {"grid_extended": extended_record(added, kept_arms)} if added else {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # env.json first: a kill between the two must not leave the grown grid.toml without its record
     env = rundir.write_env(run_dir, {"runner": "local" if fanout.local else "ray", "address": fanout.address,
                                      "cpus_per_trial": cpus, "gpus_per_trial": gpus, **extended}, resume=plan.resume)
+    rundir.prepare(run_dir, plan.grid)
     collector = Collector(run_dir, plan.trials)
     collector.rows.update(finished)
     collector.flush()
@@ -97,11 +101,15 @@ def _open(plan: Plan) -> _Session:
     return _Session(collector, env, done, t0)
 
 
-def extended_record(added: list) -> str:
-    """What a --resume added to a run's grid, for env.json and the report: "5 trials of 1 new arm (ARM)"."""
+def extended_record(added: list, kept_arms: set[str]) -> str:
+    """What a --resume added to a run's grid, for env.json and the report: "5 trials of 1 new arm (ARM)", or
+    of arms the run had (more seeds, another axis value), as the config's arm labels say."""
     arms = list(dict.fromkeys(c.arm() for c in added))
-    return (f"{len(added)} trial{'s' * (len(added) != 1)} of {len(arms)} new arm{'s' * (len(arms) != 1)} "
-            f"({'; '.join(arms)})")
+    new = [a for a in arms if a not in kept_arms]
+    what = (f"{len(new)} new arm{'s' * (len(new) != 1)} ({'; '.join(new)})" if new else "")
+    old = [a for a in arms if a in kept_arms]
+    more = f"{len(old)} arm{'s' * (len(old) != 1)} the run had" if old else ""
+    return f"{len(added)} trial{'s' * (len(added) != 1)} of " + " and of ".join(x for x in (what, more) if x)
 
 
 def _fan_out(plan: Plan, session: _Session) -> bool:
