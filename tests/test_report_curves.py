@@ -272,7 +272,13 @@ def test_bootstrap_columns_equal_an_independent_computation(built):
 
     run_dir, _ = built
     df = pd.read_csv(run_dir / "tables" / "paired_fd_mnist_clf.csv")
-    assert list(df.columns[-2:]) == ["boot_lo", "boot_hi"]
+    assert list(df.columns[-3:]) == ["boot_lo", "boot_hi", "r_seeds"]
+    rows = pd.read_csv(run_dir / "rows.csv")
+    rows = rows[(rows["sampler"] == df["sampler"].iloc[0]) & (rows["sample_steps"] == df["sample_steps"].iloc[0])
+                & (rows["train_step"] == rows["train_steps"])]
+    for _, r in df.iterrows():  # r_seeds: Pearson's r of the pair's per-seed scores, against numpy
+        a, b = (rows[rows["arm"] == x].set_index("seed")["fd_mnist_clf"].sort_index() for x in (r["arm"], r["reference"]))
+        assert r["r_seeds"] == pytest.approx(np.corrcoef(a, b)[0, 1], rel=1e-9)
     best = df[df["vs_best"]]
     assert set(best["reference"]) == {"cosine / gaussian"} and len(best) == 2
     assert df.loc[~df["vs_best"], ["boot_lo", "boot_hi"]].isna().all().all()  # only the comparisons with the best
