@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.experiment import claims as claims_mod
+from bench.experiment import references as references_mod
 from bench.experiment.config import COMPONENT_PARAMS, RunConfig, coerce, from_dict, param_owners, trial_id, validate
 from bench.registry import InputError, did_you_mean
 
@@ -54,6 +55,7 @@ class Grid:
     claims: list[claims_mod.Claim] = field(default_factory=list)  # published results the run is checked against
     arms: list[dict[str, Any]] = field(default_factory=list)  # [[arms]]: field settings, each crossed with the axes
     source: str = ""  # how to name it again on the command line: a registered name, or its file's absolute path
+    references: list[references_mod.ReferenceRanks] = field(default_factory=list)  # published rankings to read against
 
     def trials(self) -> list[RunConfig]:
         """Each arm (in file order) x the Cartesian product of the axes over the base. Parameters
@@ -79,6 +81,7 @@ class Grid:
         lines += ["", "[axes]"] + [f"{k} = {_toml(v)}" for k, v in self.axes.items()]
         lines += [line for a in self.arms for line in ["", "[[arms]]", *(f"{k} = {_toml(v)}" for k, v in a.items())]]
         lines += [line for c in self.claims for line in ["", *_claim_toml(c)]]
+        lines += [line for r in self.references for line in ["", *_reference_toml(r)]]
         return "\n".join(lines) + "\n"
 
 
@@ -95,6 +98,13 @@ def _claim_toml(c: claims_mod.Claim) -> list[str]:
     lines += [f"for_each = {_toml(c.for_each)}"] if c.for_each else []
     lines += [f"margin = {_toml(c.margin)}"] if c.margin is not None else []
     return lines + ([f"setting = {_toml(c.setting)}"] if c.setting else [])
+
+
+def _reference_toml(r: references_mod.ReferenceRanks) -> list[str]:
+    """Published ranks as a ``[[reference_ranks]]`` table (``bench.experiment.references``)."""
+    ranks = "{" + ", ".join(f"{_toml_str(k)} = {_toml(v)}" for k, v in r.ranks) + "}"
+    lines = ["[[reference_ranks]]", f"source = {_toml(r.source)}", f"over = {_toml(list(r.over))}", f"ranks = {ranks}"]
+    return lines + ([f"setting = {_toml(r.setting)}"] if r.setting else [])
 
 
 def _toml(v: Any) -> str:
@@ -152,10 +162,10 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
     An override of an axis field fixes that axis to the one value."""
     path = find_grid(name_or_path)
     raw = read_toml(path)
-    unknown = set(raw) - {"name", "description", "base", "axes", "arms", "presets", "preset", "claims"}
+    unknown = set(raw) - {"name", "description", "base", "axes", "arms", "presets", "preset", "claims", "reference_ranks"}
     if unknown:
         raise InputError(f"{path}: unknown top-level keys {sorted(unknown)} (expected name, description, base, axes, "
-                         f"arms, presets, claims)")
+                         f"arms, presets, claims, reference_ranks)")
     presets = raw.get("presets", {})
     if preset != "full" and preset not in presets:  # name only the presets this grid has (a custom grid may lack smoke)
         raise InputError(f"{path}: grid has no [presets.{preset}]; its presets: {', '.join(['full', *presets])}")
@@ -196,7 +206,8 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
         notes.append(f"--set {k}={v}")
     source = name_or_path if path == EXPERIMENTS / f"{name_or_path}.toml" else str(path.resolve())
     return Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes,
-                claims_mod.parse_claims(raw.get("claims"), str(path)), arms, source)
+                claims_mod.parse_claims(raw.get("claims"), str(path)), arms, source,
+                references_mod.parse(raw.get("reference_ranks"), str(path)))
 
 
 def grid_of_record(g: dict[str, Any]) -> Grid:

@@ -39,6 +39,7 @@ GRID = "grid.toml"
 ENV = "env.json"
 FLOORS = "floors.csv"
 LOCK = "_work/run.lock"  # held (flock) by the driver of a run for as long as it runs
+INTERPRETATION = ("\n[[claims]]\n", "\n[[reference_ranks]]\n")  # grid.toml's last tables: not part of any trial
 STATUSES = ("ok", "diverged", "error")
 
 
@@ -102,10 +103,12 @@ def extension(run_dir: Path, grid: Grid) -> list[RunConfig] | None:
 
 
 def without_claims(grid_toml: str) -> str:
-    """A resolved grid without its ``[[claims]]`` tables (written last by ``Grid.to_toml``): claims are
-    the published results a report reads the run against, not part of any trial, so a ``--resume`` may
-    add or correct them (``prepare`` writes them) while every trial-defining line must match."""
-    return grid_toml.split("\n[[claims]]\n", 1)[0].rstrip("\n")
+    """A resolved grid without its ``[[claims]]`` and ``[[reference_ranks]]`` tables (written last by
+    ``Grid.to_toml``): they are the published results a report reads the run against, not part of any trial,
+    so a ``--resume`` may add or correct them (``prepare`` writes them) while every trial-defining line must
+    match. (Strings are written on one line, so a header can only be a table's.)"""
+    cut = min((grid_toml.find(h) for h in INTERPRETATION if h in grid_toml), default=len(grid_toml))
+    return grid_toml[:cut].rstrip("\n")
 
 
 def busy_message(run_dir: Path, holder: str) -> str:

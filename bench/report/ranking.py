@@ -77,8 +77,8 @@ def averaged(settings: list[str]) -> list[str]:
     return [x for x, smp in zip(settings, by) if smp == most]
 
 
-def average_rank(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Average front over the settings of arms x settings arrays of a distance ``a`` (lower is better) and a
+def setting_fronts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Arms x settings fronts from arms x settings arrays of a distance ``a`` (lower is better) and a
     coverage-type ``b`` (higher is better); an arm without both in a setting comes after its last front."""
     ranks = np.empty(a.shape)
     for j in range(a.shape[1]):
@@ -86,14 +86,18 @@ def average_rank(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         front = fronts({int(i): (a[i, j], -b[i, j]) for i in ok})
         last = max(front.values(), default=0) + 1
         ranks[:, j] = [front.get(i, last) for i in range(a.shape[0])]
-    return ranks.mean(axis=1)
+    return ranks
 
 
-def seed_ranges(a: np.ndarray, b: np.ndarray, boot: int = BOOT) -> pd.DataFrame:
-    """For arms x settings x seeds arrays of the two metrics (NaN where a trial has no score): the average
-    rank's 2.5% and 97.5% points over ``boot`` joint resamples of the seeds (means weighted by how often each
-    seed is drawn), ``p_best`` (the share of resamples with the arm's average rank lowest, ties shared), and
-    its lowest and highest average rank from one seed's scores alone (the seeds every arm has every score of)."""
+def average_rank(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Average front over the settings (``setting_fronts``)."""
+    return setting_fronts(a, b).mean(axis=1)
+
+
+def seed_fronts(a: np.ndarray, b: np.ndarray, boot: int = BOOT) -> np.ndarray:
+    """boot x arms x settings: the fronts (``setting_fronts``) of ``boot`` joint resamples of the seeds of arms x
+    settings x seeds arrays (NaN where a trial has no score), each mean weighted by how often its seed is drawn.
+    The resamples depend only on the number of seeds (generator seeded 0), so any two calls draw the same."""
     def means(v: np.ndarray, w: np.ndarray) -> np.ndarray:
         have = np.isfinite(v)
         den = have.astype(float) @ w
@@ -101,8 +105,17 @@ def seed_ranges(a: np.ndarray, b: np.ndarray, boot: int = BOOT) -> pd.DataFrame:
 
     n = a.shape[2]
     rng = np.random.default_rng(0)
-    draws = np.array([average_rank(means(a, w), means(b, w))
-                      for w in (np.bincount(rng.integers(0, n, n), minlength=n).astype(float) for _ in range(boot))])
+    return np.array([setting_fronts(means(a, w), means(b, w))
+                     for w in (np.bincount(rng.integers(0, n, n), minlength=n).astype(float) for _ in range(boot))])
+
+
+def seed_ranges(a: np.ndarray, b: np.ndarray, boot: int = BOOT) -> pd.DataFrame:
+    """For arms x settings x seeds arrays of the two metrics (NaN where a trial has no score): the average
+    rank's 2.5% and 97.5% points over ``boot`` joint resamples of the seeds (``seed_fronts``), ``p_best`` (the
+    share of resamples with the arm's average rank lowest, ties shared), and its lowest and highest average rank
+    from one seed's scores alone (the seeds every arm has every score of)."""
+    n = a.shape[2]
+    draws = seed_fronts(a, b, boot).mean(axis=2)
     best = draws == draws.min(axis=1, keepdims=True)
     complete = [s for s in range(n) if np.isfinite(a[:, :, s]).all() and np.isfinite(b[:, :, s]).all()]
     alone = np.array([average_rank(a[:, :, s], b[:, :, s]) for s in complete] or [np.full(a.shape[0], np.nan)])
@@ -150,6 +163,14 @@ def _ranking(run: Run) -> pd.DataFrame:
 def _seed_spread(run: Run, pair: tuple[str, str], ds: str, labels: list[str], settings: list[str]) -> pd.DataFrame | None:
     """``seed_ranges`` of the arms ``labels`` over ``settings`` from the run's per-seed rows, or None where the
     rows lack a column it needs or hold fewer than 2 seeds."""
+    cubes = seed_cubes(run, pair, ds, labels, settings)
+    return None if cubes is None else seed_ranges(*cubes)
+
+
+def seed_cubes(run: Run, pair: tuple[str, str], ds: str, labels: list[str],
+               settings: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two metrics of ``pair`` as arms x settings x seeds arrays (NaN where a trial has no score) from the
+    run's per-seed rows of dataset ``ds``, or None where the rows lack a column or hold fewer than 2 seeds."""
     rows = run.rows
     if not {"dataset", "label", "sampler", "sample_steps", "seed", "status", *pair} <= set(rows.columns):
         return None
@@ -164,7 +185,7 @@ def _seed_spread(run: Run, pair: tuple[str, str], ds: str, labels: list[str], se
         values = pd.to_numeric(df[metric], errors="coerce").groupby([df["label"], df["setting"], df["seed"]]).mean()
         return values.reindex(index).to_numpy(dtype=float).reshape(len(labels), len(settings), len(seeds))
 
-    return seed_ranges(cube(pair[0]), cube(pair[1]))
+    return cube(pair[0]), cube(pair[1])
 
 
 def section(run: Run) -> str:
