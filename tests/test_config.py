@@ -86,8 +86,8 @@ def test_a_row_written_before_a_field_existed_reads_as_its_default():
 def test_trial_labels_name_the_fields_that_vary_within_an_arm():
     """Progress lines of the budget grid tell its 8 trials apart (all one arm, one seed); a grid whose
     arms differ only by their axes keeps the short name."""
-    from bench.experiment.config import trial_labels
     from bench.experiment.grid import load_grid
+    from bench.experiment.labels import trial_labels
 
     budget = load_grid("budget").trials()
     labels = trial_labels(budget)

@@ -535,7 +535,7 @@ def test_formulation_runs_name_plain_vp_arms_as_sd3_does():
     them so, a vp arm with anything else set keeps its full label, and a run of vp arms alone is unchanged.
     SD3's eps/linear is LDM-Linear (Stable Diffusion's scaled_linear betas, sec. 3.1), not DDPM's linear betas,
     which are named for what they are."""
-    from bench.report.tables import sd3_names
+    from bench.experiment.labels import sd3_names
 
     recs = [{**RunConfig(**kw).to_dict(), "arm": RunConfig(**kw).arm()} for kw in (
         dict(schedule="scaled_linear", prediction="eps"), dict(schedule="cosine", prediction="v"),

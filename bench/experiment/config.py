@@ -397,37 +397,6 @@ def fields_with(*roles: str) -> frozenset[str]:
 NOT_IN_LABEL = frozenset(f.name for f in fields(RunConfig) if not f.metadata.get("label", True))
 
 
-def label_fields(records: list[dict[str, Any]]) -> list[str]:
-    """The one rule for what an arm's label names besides the arm: the RunConfig fields (not
-    ``NOT_IN_LABEL``) whose value differs between records of the same arm and dataset, e.g. model, lr
-    and batch_size in the budget grid. ``records``: configs as dicts with an ``arm`` key (a trial's
-    ``asdict`` or a rows.csv record); a field a record lacks counts as one more value."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["arm"], r["dataset"]), []).append(r)
-    return [f.name for f in fields(RunConfig) if f.name not in NOT_IN_LABEL
-            and any(len({repr(r.get(f.name)) for r in g}) > 1 for g in groups.values())]
-
-
-def arm_label(record: dict[str, Any], names: list[str]) -> str:
-    """``arm [k=v, ...]`` over ``names`` (``label_fields``): floats as %g, "" (a field's own default, e.g. the
-    path's spacing) as ``default``, the rest as text."""
-    tail = ", ".join(f"{k}={record[k]:g}" if isinstance(record[k], float) else f"{k}={record[k] if record[k] != '' else 'default'}"
-                     for k in names)
-    return f"{record['arm']} [{tail}]" if names else str(record["arm"])
-
-
-def trial_labels(cfgs: list) -> dict[str, str]:
-    """The progress lines' name of each trial, by trial_id: ``arm [k=v, ...] | dataset | seed s``, the
-    bracket as in the report's arm labels (``label_fields``, ``arm_label``)."""
-    records = [{**dataclasses.asdict(c), "arm": c.arm()} for c in cfgs]
-    names = label_fields(records)
-    out = {trial_id(c): f"{arm_label(r, names)} | {c.dataset} | seed {c.seed}" for c, r in zip(cfgs, records)}
-    if len(set(out.values())) < len(out):  # trials that differ only in NOT_IN_LABEL fields (sample_seed)
-        out = {tid: f"{label} | trial {tid}" for tid, label in out.items()}
-    return out
-
-
 class ForwardProcess(NamedTuple):
     """What a config's forward process is made of: the beta schedule's float64 betas, the diffusion
     (coefficients, objective, posterior; the ``Diffusion`` subclass of the config's corruption, which

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.experiment import claims as claims_mod
-from bench.experiment import references as references_mod
+from bench.experiment import reference_ranks as ranks_mod
 from bench.experiment.config import COMPONENT_PARAMS, RunConfig, coerce, from_dict, param_owners, trial_id, validate
 from bench.registry import InputError, did_you_mean
 
@@ -55,7 +55,7 @@ class Grid:
     claims: list[claims_mod.Claim] = field(default_factory=list)  # published results the run is checked against
     arms: list[dict[str, Any]] = field(default_factory=list)  # [[arms]]: field settings, each crossed with the axes
     source: str = ""  # how to name it again on the command line: a registered name, or its file's absolute path
-    references: list[references_mod.ReferenceRanks] = field(default_factory=list)  # published rankings to read against
+    reference_ranks: list[ranks_mod.ReferenceRanks] = field(default_factory=list)  # published rankings to read against
 
     def trials(self) -> list[RunConfig]:
         """Each arm (in file order) x the Cartesian product of the axes over the base. Parameters
@@ -81,7 +81,7 @@ class Grid:
         lines += ["", "[axes]"] + [f"{k} = {_toml(v)}" for k, v in self.axes.items()]
         lines += [line for a in self.arms for line in ["", "[[arms]]", *(f"{k} = {_toml(v)}" for k, v in a.items())]]
         lines += [line for c in self.claims for line in ["", *_claim_toml(c)]]
-        lines += [line for r in self.references for line in ["", *_reference_toml(r)]]
+        lines += [line for r in self.reference_ranks for line in ["", *_reference_toml(r)]]
         return "\n".join(lines) + "\n"
 
 
@@ -100,8 +100,8 @@ def _claim_toml(c: claims_mod.Claim) -> list[str]:
     return lines + ([f"setting = {_toml(c.setting)}"] if c.setting else [])
 
 
-def _reference_toml(r: references_mod.ReferenceRanks) -> list[str]:
-    """Published ranks as a ``[[reference_ranks]]`` table (``bench.experiment.references``)."""
+def _reference_toml(r: ranks_mod.ReferenceRanks) -> list[str]:
+    """Published ranks as a ``[[reference_ranks]]`` table (``bench.experiment.reference_ranks``)."""
     ranks = "{" + ", ".join(f"{_toml_str(k)} = {_toml(v)}" for k, v in r.ranks) + "}"
     lines = ["[[reference_ranks]]", f"source = {_toml(r.source)}", f"over = {_toml(list(r.over))}", f"ranks = {ranks}"]
     return lines + ([f"setting = {_toml(r.setting)}"] if r.setting else [])
@@ -207,7 +207,7 @@ def load_grid(name_or_path: str, preset: str = "full", overrides: dict[str, Any]
     source = name_or_path if path == EXPERIMENTS / f"{name_or_path}.toml" else str(path.resolve())
     return Grid(raw.get("name", path.stem), raw.get("description", ""), preset, base, axes, notes,
                 claims_mod.parse_claims(raw.get("claims"), str(path)), arms, source,
-                references_mod.parse(raw.get("reference_ranks"), str(path)))
+                ranks_mod.parse(raw.get("reference_ranks"), str(path)))
 
 
 def grid_of_record(g: dict[str, Any]) -> Grid:

@@ -67,7 +67,7 @@ def check(run_dir: Path, grid: Grid, resume: bool, probe_lock: bool = True) -> N
         old = read_toml(existing)
         if old.get("name") != grid.name:
             raise InputError(f"{run_dir} holds a run of grid {old.get('name')!r}, not {grid.name!r}: use another --out")
-        if without_claims(existing.read_text()) != without_claims(grid.to_toml()) and extension(run_dir, grid) is None:
+        if trial_part(existing.read_text()) != trial_part(grid.to_toml()) and extension(run_dir, grid) is None:
             raise InputError(
                 f"{run_dir} holds a run of {grid.name!r} with a different resolved grid (preset or --set differ; a "
                 f"--resume may only add trials, keeping every earlier one): compare {existing} with this command's "
@@ -102,7 +102,7 @@ def extension(run_dir: Path, grid: Grid) -> list[RunConfig] | None:
     return [c for c in new if trial_id(c) not in old]
 
 
-def without_claims(grid_toml: str) -> str:
+def trial_part(grid_toml: str) -> str:
     """A resolved grid without its ``[[claims]]`` and ``[[reference_ranks]]`` tables (written last by
     ``Grid.to_toml``): they are the published results a report reads the run against, not part of any trial,
     so a ``--resume`` may add or correct them (``prepare`` writes them) while every trial-defining line must

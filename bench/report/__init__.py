@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.files import write_text_atomic
 from bench.report import claims as claims_report
-from bench.report import curves, kept, perimage, ranking, references
+from bench.report import curves, kept, perimage, ranking, reference_ranks
 from bench.report.caveats import warnings_section
 from bench.report.formulation import plot_effective_weighting
 from bench.report.forward import plot_run_forward
@@ -81,7 +81,7 @@ def build_report(run_dir: Path) -> Path:
     plots, notes = make_plots(run, run.dir / "plots", paired)
     notes = kept.notes(run, notes)
     sections = [header(run), compared(run), result(run, paired), claims_report.section(run), ranking.section(run),
-                references.section(run),
+                reference_ranks.section(run),
                 tables_section(run),
                 figures_section(run, plots),
                 method(run), warnings_section(run, notes), provenance(run), cite(run)]
@@ -101,7 +101,7 @@ def make_plots(run: Run, out_dir: Path, paired: dict[str, pd.DataFrame] | None =
         plots += [plot_metric_by_arm(run, m, out_dir), plot_metric_vs_steps(run, m, out_dir), plot_metric_vs_nfe(run, m, out_dir)]
         plots += [plot_forest(run, m, ds, table, out_dir) for ds in datasets_with(run, m)]
     plots += claims_report.plot_claims(run, out_dir)
-    plots += [ranking.plot_ranking(run, out_dir), references.plot_references(run, out_dir)]
+    plots += [ranking.plot_ranking(run, out_dir), reference_ranks.plot_references(run, out_dir)]
     plots += plot_learning_curves(run, out_dir)
     plots += [plot_brightness(run, m, out_dir) for m in brightness_metrics(run)]
     plots += [plot_run_schedules(run, out_dir), plot_effective_weighting(run, out_dir), plot_run_forward(run, out_dir, notes),

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.experiment.config import RunConfig, arm_label, fill_defaults, label_fields
+from bench.experiment.config import RunConfig, fill_defaults
+from bench.experiment.labels import arm_labels_of
 from bench.experiment.rundir import read_rows
 from bench.report import kept
 from bench.sampling.sample import SAMPLERS
@@ -170,37 +171,11 @@ def curve_rows(rows: pd.DataFrame) -> pd.DataFrame:
 #: LDM-Linear (sec. 3.1: "LDM-Linear ... (eps/linear)"; Rombach et al. 2022), Stable Diffusion's betas linear in
 #: sqrt space from 0.00085 to 0.012: this suite's ``scaled_linear``. DDPM's linear betas (1e-4 to 0.02, ``linear``)
 #: are another schedule (alpha_bar_T 4e-5 against 4.7e-3) and say so: ``ddpm-linear``.
-SD3_SCHEDULES = {"scaled_linear": "linear", "linear": "ddpm-linear", "cosine": "cos"}
-
-
-def sd3_names(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """In a run whose arms differ in ``path`` (a formulation run), each plain vp arm (its schedule's default
-    parameters, Gaussian noise, no weighting, uniform time, nothing else set: its arm label is the plain
-    config's) is named as SD3 Table 1 names it, target/schedule: ``eps/linear`` (scaled_linear), ``v/cos``, and
-    DDPM's linear betas ``eps/ddpm-linear`` (``SD3_SCHEDULES``). rf and edm arms
-    carry SD3's names already (``RunConfig.arm``); every other run keeps its labels."""
-    if len({r.get("path", "vp") for r in records}) < 2:
-        return records
-    plain: dict[tuple[str, str], str] = {}  # (schedule, prediction) -> the plain config's arm: one per pair, not per row
-    out = []
-    for r in records:
-        short = SD3_SCHEDULES.get(str(r.get("schedule")))
-        key = (str(r.get("schedule")), str(r.get("prediction")))
-        if r.get("path", "vp") == "vp" and short and key[1] in ("eps", "x0", "v") and key not in plain:
-            plain[key] = RunConfig(path="vp", schedule=key[0], prediction=key[1]).arm()
-        named = r.get("path", "vp") == "vp" and short and plain.get(key) == r["arm"]
-        out.append({**r, "arm": f"{r['prediction']}/{short}"} if named else r)
-    return out
-
-
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
-    """The ``arm`` column, with ``[k=v, ...]`` appended for any other config field that varies within
-    an (arm, dataset) pair apart from the seed (e.g. a grid that also sweeps train_steps): the rule of
-    the progress lines' trial labels (``bench.experiment.config.label_fields``)."""
+    """The ``arm`` column as the report names it (``bench.experiment.labels.arm_labels_of``: SD3's names in a
+    formulation run, ``[k=v, ...]`` for any other field that varies within an (arm, dataset) pair)."""
     present = ["arm", "dataset", *(f.name for f in dataclasses.fields(RunConfig) if f.name in rows.columns and f.name != "dataset")]
-    records = sd3_names(rows[present].to_dict("records"))
-    names = label_fields(records)
-    return pd.Series([arm_label(r, names) for r in records], index=rows.index, dtype=object).astype(str)
+    return pd.Series(arm_labels_of(rows[present].to_dict("records")), index=rows.index, dtype=object).astype(str)
 
 
 def _plain(v: Any) -> str:

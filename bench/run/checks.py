@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from bench.data.datasets import DATASETS, load_dataset
-from bench.experiment import claims, references, rundir
+from bench.experiment import claims, reference_ranks, rundir
 from bench.experiment.config import RunConfig
 from bench.experiment.grid import Grid, check_params_apply, validate_trials
 from bench.files import cache_dir, check_writable
@@ -81,12 +81,12 @@ def check_fanout(fanout: Fanout) -> None:
 
 def check_claims(grid: Grid, trials: list[RunConfig], overrides: dict[str, Any] | None) -> list[str]:
     """The grid's [[claims]] and [[reference_ranks]] against its trials (strict for the full preset as written);
-    the smaller presets narrow the evaluations on purpose, so the claims and references they cannot measure are
+    the smaller presets narrow the evaluations on purpose, so the claims and reference ranks they cannot measure are
     left out and returned as notes (the dry run prints them)."""
     unmeasured: list[str] = []
     strict = grid.preset == "full" and not overrides
     grid.claims = claims.check(grid.claims, trials, f"grid {grid.name!r}", strict=strict, notes=unmeasured)
-    grid.references = references.check(grid.references, trials, f"grid {grid.name!r}", strict=strict, notes=unmeasured)
+    grid.reference_ranks = reference_ranks.check(grid.reference_ranks, trials, f"grid {grid.name!r}", strict=strict, notes=unmeasured)
     grid.notes += unmeasured
     return unmeasured
 

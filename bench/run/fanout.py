@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from bench.experiment.config import RunConfig, from_dict, trial_id, trial_labels
+from bench.experiment.config import RunConfig, from_dict, trial_id
 from bench.experiment.grid import Grid
+from bench.experiment.labels import trial_labels
 from bench.experiment.rundir import trial_dir
 from bench.files import copy_atomic
 from bench.progress import say

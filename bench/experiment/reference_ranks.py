@@ -15,16 +15,18 @@ The report (``bench.report.ranking``) puts the source's ranks beside the run's a
 order matters: a source that ranked 61 variants and a run of 11 arms are compared on the arms they share.
 
 Like claims, reference ranks are interpretation, not trials: they sit after every trial-defining line of
-the run's grid.toml, and a ``--resume`` may add or correct them (``bench.experiment.rundir.without_claims``).
+the run's grid.toml, and a ``--resume`` may add or correct them (``bench.experiment.rundir.trial_part``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from bench.experiment.labels import arm_labels_of
 from bench.registry import InputError
 
 KEYS = ("source", "over", "ranks", "setting")
@@ -66,28 +68,37 @@ def _one(r: dict, where: str) -> ReferenceRanks:
     if len(set(over)) != len(over):
         raise InputError(f"{where}: over repeats a setting: {over}")
     ranks = r["ranks"]
-    ok = isinstance(ranks, dict) and len(ranks) >= 2 and all(
+    ok = isinstance(ranks, dict) and len(ranks) >= 3 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in ranks.values())
     if not ok:
-        raise InputError(f"{where}: ranks must be a table of two or more arm labels = positive ranks, "
-                         f"e.g. {{\"rf\" = 5.67, \"v/cos\" = 9.17}}")
+        raise InputError(f"{where}: ranks must be a table of three or more arm labels = positive ranks (an order needs "
+                         f"three), e.g. {{\"rf\" = 5.67, \"v/cos\" = 9.17, \"eps/linear\" = 2.88}}")
     return ReferenceRanks(r["source"], tuple(over), tuple((str(k), float(v)) for k, v in ranks.items()),
                           r.get("setting", ""))
 
 
 def check(refs: list[ReferenceRanks], trials: list, where: str, strict: bool = True,
           notes: list[str] | None = None) -> list[ReferenceRanks]:
-    """The references whose settings ``trials`` evaluate. With ``strict`` (the full grid as written, where a typo
-    must not pass silently) InputError before any work when one names a setting no trial evaluates; otherwise
-    (a smaller preset narrows the evaluations on purpose) it is left out, with a line in ``notes``."""
+    """The references this run can compare: every setting of ``over`` evaluated by a trial, and three or more of
+    the ranked arms trained (by the labels the report gives them, ``bench.experiment.labels``). With ``strict`` (the
+    full grid as written, where a typo must not pass silently) InputError before any work otherwise; without it (a
+    smaller preset narrows the evaluations or arms on purpose) the reference is left out, with a line in ``notes``.
+    Ranked arms the grid does not train are fine (a paper ranks more than a grid trains) and named in ``notes``."""
     have = sorted({f"{s}:{n}" for cfg in trials for s, n in cfg.evaluations})
+    arms = set(arm_labels_of([{**dataclasses.asdict(c), "arm": c.arm()} for c in trials]))
     kept = []
     for i, r in enumerate(refs):
         missing = [x for x in r.over if x not in have]
-        if missing and strict:
-            raise InputError(f"{where}: [[reference_ranks]] number {i + 1} ({r.source!r}) names {missing[0]}, which no "
-                             f"trial evaluates (the trials evaluate {', '.join(have)})")
-        if missing and notes is not None:
-            notes.append(f"reference ranks {r.source!r} are not compared by this run: no trial evaluates {missing[0]}")
-        kept += [] if missing else [r]
+        known = [lb for lb, _ in r.ranks if lb in arms]
+        problem = (f"names {missing[0]}, which no trial evaluates (the trials evaluate {', '.join(have)})" if missing
+                   else f"ranks {len(known)} of this grid's arms, 3 needed for an order (its arms: "
+                        f"{', '.join(sorted(arms))})" if len(known) < 3 else "")
+        if problem and strict:
+            raise InputError(f"{where}: [[reference_ranks]] number {i + 1} ({r.source!r}) {problem}")
+        if notes is not None and problem:
+            notes.append(f"reference ranks {r.source!r} are not compared by this run: the table {problem}")
+        elif notes is not None and len(known) < len(r.ranks):
+            notes.append(f"reference ranks {r.source!r}: {', '.join(lb for lb, _ in r.ranks if lb not in arms)} "
+                         f"name no arm of this run (compared on the other {len(known)})")
+        kept += [] if problem else [r]
     return kept
