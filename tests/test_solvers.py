@@ -501,6 +501,32 @@ def test_an_arm_without_a_score_in_a_setting_comes_last_there():
     assert table["average_rank"].to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0} and table.loc["c", "settings"] == 1
 
 
+def test_the_ranking_columns_rise_in_steps_within_each_sampler_in_the_grid_order():
+    """A grid that lists euler:10 first (its headline) still shows euler:5, 10, 50 in that order, then dpmpp_2m."""
+    import pandas as pd
+
+    from bench.report import ranking
+
+    class FakeRun:
+        labels = ["a", "b"]
+        metrics = ["fd_mnist_clf", "coverage_clf"]
+        rows = pd.DataFrame({"path": ["vp", "rf"], "t_density": ["uniform"] * 2})
+        cache: dict = {}
+
+    def agg(run, metric):
+        return pd.DataFrame([{"dataset": "mnist", "label": lb, "sampler": smp, "sample_steps": k,
+                              "mean": (1.0 if lb == "a" else 2.0) * (1 if metric == "fd_mnist_clf" else -1)}
+                             for smp, k in (("euler", 10), ("euler", 5), ("dpmpp_2m", 10), ("euler", 50)) for lb in "ab"])
+
+    orig = ranking.aggregate
+    ranking.aggregate = agg
+    try:
+        table = ranking.ranking(FakeRun())
+    finally:
+        ranking.aggregate = orig
+    assert [c for c in table.columns if ":" in c] == ["euler:5", "euler:10", "euler:50", "dpmpp_2m:10"]
+
+
 def test_how_sure_an_average_rank_is_over_seeds_and_what_it_averages():
     """The average rank sorts means of a few seeds: its range over joint seed resamples, P(first), and each seed
     alone (a reviewer asked how sure the ranks are); SD3 averaged over one solver's step counts."""

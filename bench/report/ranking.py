@@ -146,6 +146,9 @@ def _ranking(run: Run) -> pd.DataFrame:
     out = []
     for ds, part in both.groupby("dataset", sort=False):
         ranks: dict[str, dict[str, int]] = {lb: {} for lb in run.labels}
+        # the columns: samplers in the grid's order, each one's steps rising (5, 10, 25, 50 as a reader expects)
+        first = {smp: i for i, smp in enumerate(dict.fromkeys(part["sampler"]))}
+        part = part.assign(_o=part["sampler"].map(first)).sort_values(["_o", "sample_steps"], kind="stable")
         for (s, k), g in part.groupby(["sampler", "sample_steps"], sort=False):
             pts = {r.label: (r.mean_a, -r.mean_b) for r in g.itertuples()}  # coverage: higher is better
             ranked = fronts(pts)
