@@ -59,6 +59,8 @@ class Prediction:
 
     #: whether x_0 can be recovered at alpha_bar = 0 (zero terminal SNR): a = 0, s = 1
     recovers_x0_at_zero_snr: bool = False
+    #: what the loss is on, in the report's words ("the per-element MSE loss on <words>")
+    words: str = ""
 
     @staticmethod
     def target(x0: torch.Tensor, eps: torch.Tensor, a, s) -> torch.Tensor:
@@ -84,6 +86,7 @@ class EpsPrediction(Prediction):
     unrecoverable at t = T, so that combination is rejected (Lin et al. 2023)."""
 
     recovers_x0_at_zero_snr = False
+    words = "the predicted noise eps"
 
     @staticmethod
     def target(x0, eps, a, s):
@@ -105,6 +108,7 @@ class X0Prediction(Prediction):
     x0-MSE = (s/a)^2 eps-MSE = eps-MSE / SNR, so w_x0 = w_eps SNR."""
 
     recovers_x0_at_zero_snr = True
+    words = "the predicted clean image x_0"
 
     @staticmethod
     def target(x0, eps, a, s):
@@ -127,6 +131,7 @@ class VPrediction(Prediction):
     and w_v = w_eps SNR/(SNR + 1). At a = 0: x_0 = -v, eps = x_t (no division)."""
 
     recovers_x0_at_zero_snr = True
+    words = "the predicted velocity v"
 
     @staticmethod
     def target(x0, eps, a, s):
@@ -153,6 +158,7 @@ class FlowPrediction(Prediction):
     needs no division."""
 
     recovers_x0_at_zero_snr = True
+    words = "the predicted flow u = eps - x_0"
 
     @staticmethod
     def target(x0, eps, a, s):

@@ -399,6 +399,17 @@ def lr_schedule_text(run: Run) -> str:
     return f", then by arm {join([f'`{k}`' for k in kinds])} (`bench/optim/lr.py`; `lr_ref_steps` {values(run, 'lr_ref_steps')})"
 
 
+def formulation_text(run: Run) -> str:
+    """'' unless arms differ in path or training time density (a formulation run): then where those are defined."""
+    varies = [c for c in ("path", "t_density") if c in run.rows.columns and run.rows[c].nunique() > 1]
+    if not varies:
+        return ""
+    return ("; each arm's path (x_t = alpha(t) x_0 + sigma(t) eps, with the network's preconditioning), training time "
+            "density and loss weighting as its label names them in SD3's notation, defined in `bench/process/paths.py`, "
+            "`bench/process/densities.py` and `bench/process/diffusion.py` (the effective weighting over log-SNR of "
+            "each arm is a figure below)")
+
+
 def method(run: Run) -> str:
     lines = ["## Method",
              f"- **Model**: the shared UNet, preset `{values(run, 'model')}` ({n_params(run)} parameters), "
@@ -408,7 +419,8 @@ def method(run: Run) -> str:
              f"clipping {values(run, 'grad_clip')}; loss: {loss_what(run)}.",
              "- **Data**: " + "; ".join(_data_line(run, ds) for ds in run.datasets) + ".",
              f"- **Forward process**: T = {values(run, 'timesteps')} steps; each arm's schedule and noise type as "
-             f"defined (formula and reference) in `bench/process/schedules.py` and `bench/process/noise.py`.",
+             f"defined (formula and reference) in `bench/process/schedules.py` and `bench/process/noise.py`"
+             f"{formulation_text(run)}.",
              f"- **Samplers**: {join([f'`{ev_name(e)}`' for e in run.evals])}; DDIM eta = {values(run, 'ddim_eta')}, "
              f"DDPM reverse variance `{values(run, 'var_type')}`; {image_seed_text(run)}",
              "- **Aggregation**: mean and sample standard deviation (ddof = 1) over the seeds that finished; diverged "

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from bench.process.diffusion import PREDICTIONS
 from bench.report import kept
 from bench.report.tables import Run, aggregate, datasets_with, direction, floor_value, labels_of
 from bench.style import Plot, arm_styles, fig_legend, figure, metadata, safe, save, theme, wrap, write_figure  # noqa: F401
@@ -313,7 +314,6 @@ def _loss_kind(run: Run) -> str:
 
 #: the prediction target's symbol in labels (bench.experiment.config ``prediction``)
 TARGETS = {"eps": "eps", "x0": "x_0", "v": "v"}
-TARGET_WORDS = {"eps": "the predicted noise eps", "x0": "the predicted clean image x_0", "v": "the predicted velocity v"}
 
 
 def _distinct(run: Run, col: str, default: str) -> list[str]:
@@ -334,7 +334,8 @@ def loss_what(run: Run) -> str:
     """What the training loss measures, in words, from the run's ``loss``, ``prediction`` and ``weighting``."""
     targets = _distinct(run, "prediction", "eps") or ["eps"]
     weights = [w for w in _distinct(run, "weighting", "none") if w != "none"]
-    what = " or ".join(TARGET_WORDS.get(t, f"the prediction target {t}") for t in targets)
+    what = " or ".join(PREDICTIONS.get(t).words if t in PREDICTIONS.names() else f"the prediction target {t}"
+                       for t in targets)
     text = f"the per-element {_loss_kind(run)} loss on {what}" + (", each arm's own target" if len(targets) > 1 else "")
     return text + (f", weighted per example ({', '.join(weights)})" if weights else "")
 
