@@ -6,13 +6,14 @@ A claim (``bench.experiment.claims``) checks one published contrast; a paper tha
     [[reference_ranks]]
     source = "SD3 (Esser et al. 2024), Table 1, rank averaged over 5 steps"
     over = ["euler:5"]                      # the run's settings (sampler:steps) its average rank is taken over
-    ranks = {"rf" = 6.50, "v/cos" = 12.25}  # arm label (as the run's report names it) = the source's rank
+    ranks = {"rf" = 6.50, "v/cos" = 12.25, "eps/linear" = 4.25}  # arm label (as the report names it) = rank
     setting = "..."                         # optional: how the source's ranking differs from the run's
 
-The report (``bench.report.ranking``) puts the source's ranks beside the run's average front over ``over``
-(non-dominated sorting, as the source) and gives Kendall's tau-b between them on the arms both rank, its
-95% range over the same seed resamples as the average ranks, and Kendall's test of no association. Only the
-order matters: a source that ranked 61 variants and a run of 11 arms are compared on the arms they share.
+The report (``bench.report.reference_ranks``) puts the source's ranks beside the run's average front over
+``over`` (non-dominated sorting, as the source, among the arms both rank) and gives Kendall's tau-b between them,
+its 95% range over the same seed resamples as the average ranks, and a permutation p of no association. Only the
+order matters: a source that ranked 61 variants and a run of 11 arms are compared on the arms they share (three
+at least: ``check``).
 
 Like claims, reference ranks are interpretation, not trials: they sit after every trial-defining line of
 the run's grid.toml, and a ``--resume`` may add or correct them (``bench.experiment.rundir.trial_part``).
