@@ -97,6 +97,20 @@ def test_trial_labels_name_the_fields_that_vary_within_an_arm():
     assert trial_labels(quick)[trial_id(quick[0])] == "linear / gaussian | mnist | seed 0"
 
 
+def test_progress_lines_the_report_and_reference_ranks_name_arms_alike():
+    """One rule (bench.experiment.labels): a formulation grid's progress lines use SD3's names of the vp arms, and
+    the labels computed from the grid's trials are the committed quick run's labels, computed from its rows.csv."""
+    from bench.experiment.grid import load_grid
+    from bench.experiment.labels import arm_labels_of, trial_labels
+    from bench.report.tables import load_run
+
+    quick = load_grid("formulations", "quick").trials()
+    assert trial_labels(quick)[trial_id(quick[0])] == "eps/ddpm-linear | mnist | seed 0"
+    planned = arm_labels_of([{**c.to_dict(), "arm": c.arm()} for c in quick])
+    run = load_run(Path(__file__).resolve().parents[1] / "results" / "formulations" / "quick-20261207-113002")
+    assert list(dict.fromkeys(planned)) == run.labels
+
+
 SOLVER_OPTIONS = ("spacing", "rho", "solver_sigma_max", "s_churn", "s_tmin", "s_tmax", "s_noise")
 
 

@@ -604,3 +604,21 @@ def test_dpmpp_2m_one_step_is_euler_and_it_starts_rf_at_t_1():
     assert torch.allclose(*one, atol=1e-6)
     many = SAMPLERS.get("dpmpp_2m")(_flow_model, d, noise, (2, 1, 6, 6), 10, image_generators(2, 5))
     assert torch.isfinite(many).all()
+
+
+def test_every_prediction_says_what_the_loss_is_on_and_a_formulation_run_says_where_its_parts_are():
+    """Prediction.words reaches the report's Method; the paths, densities and weightings sentence is there only
+    where the arms differ in path or time density."""
+    from pathlib import Path
+
+    from bench.process.diffusion import PREDICTIONS
+    from bench.report import formulation_text
+    from bench.report.plots import loss_what
+    from bench.report.tables import load_run
+
+    assert all(PREDICTIONS.get(n).words for n in PREDICTIONS.names())
+    results = Path(__file__).resolve().parents[1] / "results"
+    quick = load_run(results / "formulations" / "quick-20261207-113002")
+    assert "the predicted flow u = eps - x_0" in loss_what(quick)
+    assert "`bench/process/paths.py`, `bench/process/densities.py`" in formulation_text(quick)
+    assert formulation_text(load_run(results / "schedules" / "quick-20261129-082029")) == ""

@@ -17,7 +17,7 @@ LAYERS = [
     {"images"},  # a leaf helper over files
     {"process", "data", "models", "optim"},  # the components: forward processes, datasets, networks, optimisation
     {"sampling", "scoring"},  # sampling from a process; metrics, features and statistics
-    {"experiment"},  # the flat RunConfig, grids, claims, the run directory's layout
+    {"experiment"},  # the flat RunConfig, arm labels, grids, claims, reference ranks, the run directory's layout
     {"training", "report"},  # training a config (and reusing it); the report reads a run directory
     {"run"},  # a trial, the dry run, the runner: plan, fan-out, progress, resume
     {"perf"},  # the tool that measures the suite

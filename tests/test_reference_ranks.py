@@ -19,6 +19,7 @@ from bench.experiment.reference_ranks import ReferenceRanks, check, parse
 from bench.registry import InputError
 from bench.report import ranking
 from bench.report import reference_ranks as report
+from bench.report.tables import Run
 from bench.run.checks import check_claims
 
 GOOD = {"source": "a paper, Table 1", "over": ["euler:5"], "ranks": {"a": 1, "b": 2.5, "c": 3}}
@@ -130,6 +131,7 @@ class FakeRun:
     labels = ["a", "b", "c", "d", "e"]
     metrics = ["fd_mnist_clf", "coverage_clf"]
     dir = Path("run")
+    evals = Run.evals
 
     def __init__(self, refs):
         self.cache = {}
@@ -180,14 +182,14 @@ def test_the_report_reads_known_orders_against_its_references(known):
     assert s.loc["s2", "p_perm"] == pytest.approx(2 / 24, abs=0.02)
     # every arm ties at euler:25: no order, no tau, every resample counted apart
     assert math.isnan(s.loc["s3", "tau_b"]) and s.loc["s3", "untied_out"] == report.ranking.BOOT
-    assert s.loc["s4", "problem"] == "the run has no euler:10" and s.loc["s1", "lacking"] == "z"
+    assert s.loc["s4", "problem"] == "the run has no euler:10 on mnist" and s.loc["s1", "lacking"] == "z"
 
 
 def test_the_section_says_what_each_row_rests_on(known):
     text = report.section(known)
     assert "| 1 | mnist | s1 | `euler:5` | 4 | 0.91 (0.91) | 0.55 to 0.91 | 0.55 to 0.91 |" in text
     assert "| 3 | mnist | s3 | `euler:25` | 4 | – | – | – | the run ties every arm compared |" in text
-    assert "| 4 | mnist | s4 | `euler:10` | – | – | – | – | the run has no euler:10 |" in text
+    assert "| 4 | mnist | s4 | `euler:10` | – | – | – | – | the run has no euler:10 on mnist |" in text
     assert "This run's e is in no source's ranking" in text and "Sources 1, 2, 3 and 4 also rank z" in text
     # the sources' own columns are one order: tau 1 between each two, over the 4 arms the run trains
     assert "agree with one another by tau_b = 1.00 (1 and 2, 4 arms), 1.00 (1 and 3, 4 arms)" in text
@@ -212,3 +214,15 @@ def test_the_full_grid_refuses_a_reference_it_cannot_compare_and_a_preset_notes_
     notes = check_claims(quick, quick.trials(), None)
     assert [r.over for r in quick.reference_ranks] == [("euler:50",)]
     assert any("name no arm of this run (compared on the other 5)" in n for n in notes)
+
+
+def test_a_dataset_without_a_setting_says_so_instead_of_tying_every_arm(monkeypatch):
+    """Two datasets, the second evaluated at euler:50 only: its euler:5 reference is 'no euler:5 on craters'."""
+    monkeypatch.setattr(ranking, "aggregate", _aggregate)
+    run = FakeRun([{"source": "s1", "over": ["euler:5"], "ranks": RANKS},
+                   {"source": "s2", "over": ["euler:50"], "ranks": RANKS}])
+    more = run.rows[run.rows.sample_steps == 50].assign(dataset="craters")
+    run.rows = pd.concat([run.rows, more], ignore_index=True)
+    s = report.agreement(run)[0].set_index(["dataset", "source"])
+    assert s.loc[("craters", "s1"), "problem"] == "the run has no euler:5 on craters"
+    assert s.loc[("craters", "s2"), "tau_b"] == pytest.approx(-1.0) and s.loc[("mnist", "s1"), "tau_b"] == pytest.approx(TIED)

@@ -480,6 +480,7 @@ def test_an_arm_without_a_score_in_a_setting_comes_last_there():
         labels = ["a", "b", "c"]
         metrics = ["fd_mnist_clf", "coverage_clf"]
         rows = pd.DataFrame({"path": ["vp", "rf", "edm"], "t_density": ["uniform"] * 3})
+        evals = [("euler", 5), ("euler", 10)]
         cache: dict = {}
 
     def agg(run, metric):
@@ -501,22 +502,28 @@ def test_an_arm_without_a_score_in_a_setting_comes_last_there():
     assert table["average_rank"].to_dict() == {"a": 1.5, "b": 1.5, "c": 3.0} and table.loc["c", "settings"] == 1
 
 
-def test_the_ranking_columns_rise_in_steps_within_each_sampler_in_the_grid_order():
-    """A grid that lists euler:10 first (its headline) still shows euler:5, 10, 50 in that order, then dpmpp_2m."""
+def test_the_ranking_columns_rise_in_steps_within_each_sampler_and_cover_every_dataset():
+    """Rows that name euler:10 first (a grid's headline) still show euler:5, 10, 50, then dpmpp_2m (Run.evals' rule);
+    a setting only a later dataset has comes with the others, not after the average rank."""
     import pandas as pd
 
     from bench.report import ranking
+    from bench.report.tables import Run
+
+    settings = {"mnist": [("euler", 10), ("euler", 5), ("dpmpp_2m", 10), ("euler", 50)], "craters": [("euler", 25)]}
 
     class FakeRun:
         labels = ["a", "b"]
         metrics = ["fd_mnist_clf", "coverage_clf"]
-        rows = pd.DataFrame({"path": ["vp", "rf"], "t_density": ["uniform"] * 2})
+        rows = pd.DataFrame([{"path": p, "t_density": "uniform", "sampler": smp, "sample_steps": k}
+                             for ds in settings for smp, k in settings[ds] for p in ("vp", "rf")])
+        evals = Run.evals
         cache: dict = {}
 
     def agg(run, metric):
-        return pd.DataFrame([{"dataset": "mnist", "label": lb, "sampler": smp, "sample_steps": k,
+        return pd.DataFrame([{"dataset": ds, "label": lb, "sampler": smp, "sample_steps": k,
                               "mean": (1.0 if lb == "a" else 2.0) * (1 if metric == "fd_mnist_clf" else -1)}
-                             for smp, k in (("euler", 10), ("euler", 5), ("dpmpp_2m", 10), ("euler", 50)) for lb in "ab"])
+                             for ds in settings for smp, k in settings[ds] for lb in "ab"])
 
     orig = ranking.aggregate
     ranking.aggregate = agg
@@ -524,7 +531,10 @@ def test_the_ranking_columns_rise_in_steps_within_each_sampler_in_the_grid_order
         table = ranking.ranking(FakeRun())
     finally:
         ranking.aggregate = orig
-    assert [c for c in table.columns if ":" in c] == ["euler:5", "euler:10", "euler:50", "dpmpp_2m:10"]
+    assert list(table.columns[:7]) == ["dataset", "label", "euler:5", "euler:10", "euler:25", "euler:50", "dpmpp_2m:10"]
+    assert table.set_index(["dataset", "label"]).loc[("craters", "b"), "euler:25"] == 2
+    assert table.set_index(["dataset", "label"])["euler:5"].isna().to_dict() == {("craters", "a"): True, ("craters", "b"): True,
+                                                                            ("mnist", "a"): False, ("mnist", "b"): False}
 
 
 def test_how_sure_an_average_rank_is_over_seeds_and_what_it_averages():

@@ -14,6 +14,10 @@ from typing import Any
 
 from bench.experiment.config import NOT_IN_LABEL, RunConfig, trial_id
 
+#: SD3 Table 1's short names of the vp schedules (Esser et al. 2024: eps/linear, v/cos). SD3's "linear" is
+#: LDM-Linear (sec. 3.1: "LDM-Linear ... (eps/linear)"; Rombach et al. 2022), Stable Diffusion's betas linear in
+#: sqrt space from 0.00085 to 0.012: this suite's ``scaled_linear``. DDPM's linear betas (1e-4 to 0.02, ``linear``)
+#: are another schedule (alpha_bar_T 4e-5 against 4.7e-3) and say so: ``ddpm-linear``.
 SD3_SCHEDULES = {"scaled_linear": "linear", "linear": "ddpm-linear", "cosine": "cos"}
 
 

@@ -405,7 +405,7 @@ def formulation_text(run: Run) -> str:
     if not varies:
         return ""
     return ("; each arm's path (x_t = alpha(t) x_0 + sigma(t) eps, with the network's preconditioning), training time "
-            "density and loss weighting as its label names them in SD3's notation, defined in `bench/process/paths.py`, "
+            "density and loss weighting as its label names them, defined in `bench/process/paths.py`, "
             "`bench/process/densities.py` and `bench/process/diffusion.py` (the effective weighting over log-SNR of "
             "each arm is a figure below)")
 

@@ -334,7 +334,7 @@ def loss_what(run: Run) -> str:
     """What the training loss measures, in words, from the run's ``loss``, ``prediction`` and ``weighting``."""
     targets = _distinct(run, "prediction", "eps") or ["eps"]
     weights = [w for w in _distinct(run, "weighting", "none") if w != "none"]
-    what = " or ".join(PREDICTIONS.get(t).words if t in PREDICTIONS.names() else f"the prediction target {t}"
+    what = " or ".join((PREDICTIONS.get(t).words if t in PREDICTIONS.names() else "") or f"the prediction target {t}"
                        for t in targets)
     text = f"the per-element {_loss_kind(run)} loss on {what}" + (", each arm's own target" if len(targets) > 1 else "")
     return text + (f", weighted per example ({', '.join(weights)})" if weights else "")

@@ -144,23 +144,25 @@ def _ranking(run: Run) -> pd.DataFrame:
     both = dist[keys + ["mean"]].merge(cov[keys + ["mean"]], on=keys, suffixes=("_a", "_b")).dropna()
     # "settings": the settings where the arm has both metrics (a missing one counts as the last front there)
     out = []
+    columns = [f"{s}:{k}" for s, k in run.evals]  # samplers as rows.csv first names them, each one's steps rising
     for ds, part in both.groupby("dataset", sort=False):
         ranks: dict[str, dict[str, int]] = {lb: {} for lb in run.labels}
-        # the columns: samplers in the grid's order, each one's steps rising (5, 10, 25, 50 as a reader expects)
-        first = {smp: i for i, smp in enumerate(dict.fromkeys(part["sampler"]))}
-        part = part.assign(_o=part["sampler"].map(first)).sort_values(["_o", "sample_steps"], kind="stable")
-        for (s, k), g in part.groupby(["sampler", "sample_steps"], sort=False):
-            pts = {r.label: (r.mean_a, -r.mean_b) for r in g.itertuples()}  # coverage: higher is better
+        groups = {f"{s}:{int(k)}": g for (s, k), g in part.groupby(["sampler", "sample_steps"], sort=False)}
+        for setting in (c for c in columns if c in groups):
+            pts = {r.label: (r.mean_a, -r.mean_b) for r in groups[setting].itertuples()}  # coverage: higher is better
             ranked = fronts(pts)
             for lb in ranks:  # an arm with no score here (diverged, failed) comes after every front
-                ranks[lb][f"{s}:{int(k)}"] = ranked.get(lb, max(ranked.values()) + 1)
+                ranks[lb][setting] = ranked.get(lb, max(ranked.values()) + 1)
         over = averaged(list(next(iter(ranks.values()))))
         spread = _seed_spread(run, pair, ds, list(ranks), over)
         for i, (lb, r) in enumerate(ranks.items()):
             scored = int(both[(both.dataset == ds) & (both.label == lb)].shape[0])
             out.append({"dataset": ds, "label": lb, **r, "average_rank": sum(r[x] for x in over) / len(over),
                         "settings": scored, **({} if spread is None else spread.iloc[i].to_dict())})
-    return pd.DataFrame(out).sort_values(["dataset", "average_rank"], kind="stable").reset_index(drop=True)
+    table = pd.DataFrame(out)
+    first = ["dataset", "label", *(c for c in columns if c in table.columns)]  # a later dataset's own settings too
+    table = table[first + [c for c in table.columns if c not in first]]
+    return table.sort_values(["dataset", "average_rank"], kind="stable").reset_index(drop=True)
 
 
 def _seed_spread(run: Run, pair: tuple[str, str], ds: str, labels: list[str], settings: list[str]) -> pd.DataFrame | None:

@@ -91,25 +91,27 @@ def _agreement(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
     for ds, part in table.groupby("dataset", sort=False):
         labels = part["label"].tolist()
         cubes = ranking.seed_cubes(run, pair, ds, labels, settings)
+        present = [c for c in settings if part[c].notna().any()]  # this dataset's settings (another may have more)
         for k, ref in enumerate(refs, 1):
-            row, arms = _compare(k, ref, ds, labels, settings, cubes)
+            row, arms = _compare(k, ref, ds, labels, settings, present, cubes)
             summary.append(row)
             ranks += arms
     return pd.DataFrame(summary), pd.DataFrame(ranks)
 
 
-def _compare(k: int, ref: sources.ReferenceRanks, ds: str, labels: list[str], settings: list[str],
+def _compare(k: int, ref: sources.ReferenceRanks, ds: str, labels: list[str], settings: list[str], present: list[str],
              cubes: tuple[np.ndarray, np.ndarray] | None) -> tuple[dict, list[dict]]:
     """One reference on one dataset (module docstring): the point from the seeds' means, the range from the seed
-    resamples and from each seed alone, all with the fronts sorted among the arms both rank."""
+    resamples and from each seed alone, all with the fronts sorted among the arms both rank. ``settings``: the
+    columns of the cubes; ``present``: those the dataset has."""
     given = ref.as_dict()
     shared = [lb for lb in labels if lb in given]
     row = {"reference": k, "dataset": ds, "source": ref.source, "over": ",".join(ref.over), "setting": ref.setting,
            "arms": len(shared), "lacking": ", ".join(lb for lb in given if lb not in labels), "tau_b": np.nan,
            "bound": np.nan, "tau_lo": np.nan, "tau_hi": np.nan, "untied_out": 0, "seed_tau_min": np.nan,
            "seed_tau_max": np.nan, "p_perm": np.nan, "problem": ""}
-    missing = [x for x in ref.over if x not in settings]
-    row["problem"] = (f"the run has no {join(missing)}" if missing else
+    missing = [x for x in ref.over if x not in present]
+    row["problem"] = (f"the run has no {join(missing)} on {ds}" if missing else
                       f"only {plural(len(shared), 'arm')} of the run in the source's ranking (3 needed)"
                       if len(shared) < 3 else "the rows hold no per-seed scores" if cubes is None else "")
     if row["problem"]:

@@ -167,10 +167,6 @@ def curve_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[~final_mask(rows)]
 
 
-#: SD3 Table 1's short names of the vp schedules (Esser et al. 2024: eps/linear, v/cos). SD3's "linear" is
-#: LDM-Linear (sec. 3.1: "LDM-Linear ... (eps/linear)"; Rombach et al. 2022), Stable Diffusion's betas linear in
-#: sqrt space from 0.00085 to 0.012: this suite's ``scaled_linear``. DDPM's linear betas (1e-4 to 0.02, ``linear``)
-#: are another schedule (alpha_bar_T 4e-5 against 4.7e-3) and say so: ``ddpm-linear``.
 def arm_labels(rows: pd.DataFrame) -> pd.Series:
     """The ``arm`` column as the report names it (``bench.experiment.labels.arm_labels_of``: SD3's names in a
     formulation run, ``[k=v, ...]`` for any other field that varies within an (arm, dataset) pair)."""

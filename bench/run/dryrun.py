@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +47,7 @@ from bench.data.datasets import DATASETS
 from bench.env import device_name, pick_device
 from bench.experiment.config import RunConfig, build_process
 from bench.experiment.grid import Grid
+from bench.experiment.labels import arm_labels_of
 from bench.progress import duration
 from bench.run.checks import check_data
 from bench.sampling.sample import SAMPLERS, sampler_options
@@ -107,6 +108,8 @@ def print_plan(grid: Grid, trials: list[RunConfig], run_dir: Path, threads: int 
         print(f"  axis {k:<14} {len(v)} x {v}", file=out)
     for i, arm in enumerate(grid.arms, 1):
         print(f"  arm {i:<15} " + ", ".join(f"{k}={v}" for k, v in arm.items()), file=out)
+    names = list(dict.fromkeys(arm_labels_of([{**asdict(c), "arm": c.arm()} for c in trials])))
+    print(f"  labels            {', '.join(names)} (as the report and [[reference_ranks]] name the arms)", file=out)
     varying = set(grid.varied())
     fixed = {k: v for k, v in trials[0].to_dict().items() if k not in varying}
     budget = ("train_steps", "batch_size", "model", "timesteps", "evals", "n_samples", "metrics")
